@@ -1,0 +1,19 @@
+"""Versioned event contracts: the only API between weightflow services."""
+
+from contracts import benchmark, fitting, monitoring, registry, requirements, tuning, workflow
+from contracts.base import EVENT_TYPES, Event, SchemaVersionError, UnknownEventError, parse_event
+
+__all__ = [
+    "EVENT_TYPES",
+    "Event",
+    "SchemaVersionError",
+    "UnknownEventError",
+    "benchmark",
+    "fitting",
+    "monitoring",
+    "parse_event",
+    "registry",
+    "requirements",
+    "tuning",
+    "workflow",
+]

@@ -1,0 +1,94 @@
+"""Stage 5: every artifact pinned by checksum in a manifest, with a runbook; promotion and rollback."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from contracts.base import Contract, Event, register
+from contracts.benchmark import Measurement
+from contracts.fitting import MemoryBudget
+from contracts.requirements import DataRefs, Requirements
+
+
+@register
+class ModelRegistered(Event):
+    STAGE = "registry"
+    NAME = "model_registered"
+    manifest_id: str = Field(description="sha256 of the manifest JSON in the artifact store")
+    deployment: str
+    checksums: dict[str, str] = Field(description="role -> sha256 of every file the deployment needs")
+    runbook_digest: str
+
+
+@register
+class DeploymentPromoted(Event):
+    STAGE = "registry"
+    NAME = "deployment_promoted"
+    deployment: str
+    manifest_id: str
+    previous_manifest_id: str | None = None
+
+
+@register
+class RollbackRequested(Event):
+    STAGE = "registry"
+    NAME = "rollback_requested"
+    deployment: str
+    to_manifest_id: str | None = Field(default=None, description="default: the previously promoted manifest")
+
+
+@register
+class RolledBack(Event):
+    STAGE = "registry"
+    NAME = "rolled_back"
+    deployment: str
+    from_manifest_id: str
+    to_manifest_id: str
+
+
+class ManifestEntry(Contract):
+    tree_digest: str
+    files: dict[str, str] = Field(description="file name -> sha256, as stored")
+
+
+class Manifest(Contract):
+    """The registered deployment, stored content-addressed: its sha256 is the manifest id.
+
+    Everything needed to stand the deployment up again is pinned here by checksum.
+    """
+
+    kind: Literal["weightflow.manifest/v1"] = "weightflow.manifest/v1"
+    deployment: str
+    run_id: str
+    created_at: str
+    requirements_digest: str
+    requirements_version: int
+    requirements: Requirements
+    data: DataRefs
+    candidate: str
+    params: int
+    base: ManifestEntry
+    variant: str
+    quantization: str | None = Field(description="scheme name, or None for the unquantized checkpoint")
+    model: ManifestEntry
+    adapter: ManifestEntry | None = None
+    adapter_train_data_digest: str | None = None
+    adapter_settings: dict[str, float | int | str | list[str]] | None = None
+    sharding: str = Field(default="single-device", description="no sharding or offload in this release")
+    measurement: Measurement
+    budget: MemoryBudget
+    previous_manifest_id: str | None = None
+
+    def checksums(self) -> dict[str, str]:
+        """role/file -> sha256 for every file the deployment loads."""
+        out = {f"base/{k}": v for k, v in self.base.files.items()}
+        out |= {f"model/{k}": v for k, v in self.model.files.items()}
+        if self.adapter:
+            out |= {f"adapter/{k}": v for k, v in self.adapter.files.items()}
+        for split in ("eval", "canary", "train", "general"):
+            digest = getattr(self.data, split)
+            if digest:
+                out[f"data/{split}"] = digest
+        return out

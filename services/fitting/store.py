@@ -1,0 +1,22 @@
+"""Tables owned by the fitting service: a fit attempt waits here for its variant's re-benchmark."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlmodel import Field, SQLModel
+
+from contracts.base import utcnow
+
+
+class FitAttempt(SQLModel, table=True):
+    __tablename__ = "fitting_attempts"
+    request_id: str = Field(primary_key=True)
+    run_id: str = Field(index=True)
+    context_json: str
+    model_json: str
+    budget_json: str
+    steps_json: str
+    status: str = "benchmarking"
+    created_at: datetime = Field(default_factory=utcnow)
+    finished_at: datetime | None = None

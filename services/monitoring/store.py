@@ -1,0 +1,31 @@
+"""Tables owned by monitoring: what each live deployment is, when its next canary is due, its history."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlmodel import Field, SQLModel
+
+from contracts.base import utcnow
+
+
+class Watch(SQLModel, table=True):
+    __tablename__ = "monitoring_watches"
+    deployment: str = Field(primary_key=True)
+    manifest_id: str
+    run_id: str
+    interval_s: float
+    next_due_at: datetime
+    baseline_json: str | None = None
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class CanaryRecord(SQLModel, table=True):
+    __tablename__ = "monitoring_canaries"
+    id: int | None = Field(default=None, primary_key=True)
+    deployment: str = Field(index=True)
+    manifest_id: str
+    passed: bool
+    measurement_json: str | None
+    reasons_json: str
+    ran_at: datetime = Field(default_factory=utcnow)

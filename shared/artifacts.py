@@ -1,0 +1,311 @@
+"""Content-addressed artifact store: the only way model files enter and leave weightflow.
+
+Why it looks like this (MLflow's CVE history is mostly path traversal and unpickling):
+
+* Objects are named by their sha256 and nothing else, so a caller-supplied name can never
+  become a path: ``path_of`` accepts exactly 64 lowercase hex characters and checks that the
+  resolved path stays inside ``root/objects``.
+* Content is sniffed before it is stored (:func:`shared.safetensors_check.sniff_kind`): only
+  safetensors and UTF-8 JSON/text get in, never pickles or zips, whatever the file is called.
+* Writes are atomic (temp file in ``root/tmp`` on the same filesystem, fsync, ``os.replace``,
+  fsync of the directory), so a crash leaves either the old state or the new one.
+* Every read re-hashes, so a tampered or bit-rotted object raises :class:`IntegrityError`;
+  putting the good file again replaces the corrupt copy.
+
+A model directory is stored as a *tree*: each file is an object, plus a JSON manifest
+``{"kind": "weightflow.tree/v1", "files": {name: digest}}``. ``materialize_tree`` rebuilds a
+plain directory from it (hard links when possible) for libraries that want a path. Objects are
+made read-only, but a hard-linked materialized file shares its inode with the object: writing
+into it in place corrupts the object too, which the next verification detects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import stat
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from shared.safetensors_check import UnsafeArtifactError, sniff_kind, strict_json_loads
+
+__all__ = [
+    "TREE_KIND",
+    "ArtifactNotFoundError",
+    "ArtifactStore",
+    "IntegrityError",
+    "UnsafeArtifactError",
+    "is_digest",
+    "sha256_file",
+]
+
+TREE_KIND = "weightflow.tree/v1"
+_DIGEST_RE = re.compile(r"[0-9a-f]{64}")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_SUFFIX_RE = re.compile(r"\.[A-Za-z0-9]{1,16}")
+_CHUNK = 1 << 20
+
+
+class IntegrityError(RuntimeError):
+    """A stored object's content no longer matches its digest."""
+
+
+class ArtifactNotFoundError(FileNotFoundError):
+    """No object with that digest is in the store."""
+
+
+def sha256_file(path: Path, chunk_size: int = _CHUNK) -> str:
+    """Stream ``path`` through sha256 and return the 64-char lowercase hex digest."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_size):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def is_digest(value: str) -> bool:
+    """True only for exactly 64 lowercase ASCII hex characters."""
+    return isinstance(value, str) and _DIGEST_RE.fullmatch(value) is not None
+
+
+def _integrity_error(digest: str, actual: str) -> IntegrityError:
+    return IntegrityError(
+        f"artifact {digest} is corrupt: expected sha256 {digest}, actual {actual}; "
+        f"re-register the original file (put_file/put_tree) to replace the damaged copy"
+    )
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+class ArtifactStore:
+    """Objects live at ``root/objects/<digest[:2]>/<digest[2:]>``; see the module docstring."""
+
+    def __init__(self, root: Path) -> None:
+        self.root: Path = Path(root).resolve()
+        self.objects = self.root / "objects"
+        self.tmp = self.root / "tmp"
+        self.trees = self.root / "trees"
+        for d in (self.objects, self.tmp, self.trees):
+            d.mkdir(parents=True, exist_ok=True)
+            if d.is_symlink() or not d.is_dir():
+                raise UnsafeArtifactError(f"{d} must be a real directory, not a symlink or file")
+
+    # -- addressing -------------------------------------------------------------------------
+
+    def _object_path(self, digest: str) -> Path:
+        """Build the object path from a validated digest; the object itself may not exist."""
+        if not is_digest(digest):
+            raise ValueError(f"{digest!r} is not an artifact digest (64 lowercase hex characters)")
+        shard = self.objects / digest[:2]
+        if shard.is_symlink() or (shard.exists() and shard.resolve() != shard):
+            raise UnsafeArtifactError(f"{shard} is a symlink; the store was tampered with, rebuild it")
+        return shard / digest[2:]
+
+    def path_of(self, digest: str) -> Path:
+        """Path of an existing object (unverified); refuses anything that is not a plain digest."""
+        path = self._object_path(digest)
+        if path.is_symlink():
+            raise UnsafeArtifactError(f"object {digest} is a symlink; re-register the original file")
+        if not path.resolve().is_relative_to(self.objects):
+            raise UnsafeArtifactError(f"object {digest} resolves outside {self.objects}")
+        if not path.is_file():
+            raise ArtifactNotFoundError(f"no artifact {digest} in {self.objects}")
+        return path
+
+    def exists(self, digest: str) -> bool:
+        try:
+            self.path_of(digest)
+        except ArtifactNotFoundError:
+            return False
+        return True
+
+    def size_of(self, digest: str) -> int:
+        return self.path_of(digest).stat().st_size
+
+    # -- verified reads ---------------------------------------------------------------------
+
+    def verify(self, digest: str) -> None:
+        actual = sha256_file(self.path_of(digest))
+        if actual != digest:
+            raise _integrity_error(digest, actual)
+
+    def open_verified(self, digest: str) -> Path:
+        self.verify(digest)
+        return self.path_of(digest)
+
+    def read_bytes(self, digest: str) -> bytes:
+        data = self.path_of(digest).read_bytes()
+        actual = hashlib.sha256(data).hexdigest()  # hash exactly the bytes we return
+        if actual != digest:
+            raise _integrity_error(digest, actual)
+        return data
+
+    def read_json(self, digest: str) -> Any:
+        return strict_json_loads(self.read_bytes(digest))
+
+    # -- writes -----------------------------------------------------------------------------
+
+    def put_file(self, src: Path) -> str:
+        """Store a regular file (never a symlink) after checking its content; return its digest."""
+        src = Path(src)
+        mode = os.lstat(src).st_mode
+        if stat.S_ISLNK(mode) or not stat.S_ISREG(mode):
+            raise UnsafeArtifactError(f"{src} is a symlink or not a regular file; pass the real file")
+        sniff_kind(src)  # refuse unsafe content before copying anything
+        fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise UnsafeArtifactError(f"{src} changed into a non-regular file while being stored")
+            return self._ingest(f, suffix="")
+
+    def put_bytes(self, data: bytes, *, suffix_hint: str = "") -> str:
+        """Store ``data`` under the same rules as ``put_file``; ``suffix_hint`` only names the temp file."""
+        suffix = suffix_hint if _SUFFIX_RE.fullmatch(suffix_hint) else ""
+        return self._ingest(io.BytesIO(data), suffix=suffix)
+
+    def _ingest(self, reader: BinaryIO, *, suffix: str) -> str:
+        fd, name = tempfile.mkstemp(dir=self.tmp, prefix="put-", suffix=suffix)
+        tmp = Path(name)
+        try:
+            h = hashlib.sha256()
+            with os.fdopen(fd, "wb") as out:
+                while chunk := reader.read(_CHUNK):
+                    h.update(chunk)
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            sniff_kind(tmp)  # sniff the copy too: what we store is exactly what was checked
+            digest = h.hexdigest()
+            self._place(tmp, digest)
+            return digest
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _place(self, tmp: Path, digest: str) -> None:
+        """Move a verified temp file into place, keeping a good existing object, replacing a bad one."""
+        target = self._object_path(digest)
+        if target.is_file() and not target.is_symlink() and sha256_file(target) == digest:
+            return
+        shard = target.parent
+        if not shard.is_dir():
+            shard.mkdir()
+            _fsync_dir(self.objects)
+            self._object_path(digest)  # re-check the fresh shard is not a symlink
+        os.chmod(tmp, 0o444)
+        os.replace(tmp, target)  # replaces a corrupt file or a planted symlink itself
+        _fsync_dir(shard)
+
+    # -- trees ------------------------------------------------------------------------------
+
+    def put_tree(self, directory: Path) -> str:
+        """Store the top-level files of a model directory plus a manifest; return the manifest digest."""
+        directory = Path(directory)
+        if not stat.S_ISDIR(os.lstat(directory).st_mode):
+            raise UnsafeArtifactError(f"{directory} is not a directory (symlinks are refused)")
+        for dirpath, dirnames, filenames in os.walk(directory):
+            for n in dirnames + filenames:
+                if os.path.islink(os.path.join(dirpath, n)):
+                    raise UnsafeArtifactError(
+                        f"{os.path.join(dirpath, n)} is a symlink; copy the model with links resolved "
+                        f"(cp -rL, or snapshot_download(local_dir=...)) and store that copy"
+                    )
+        files: dict[str, str] = {}
+        for entry in sorted(os.scandir(directory), key=lambda e: e.name):
+            if entry.name.startswith(".") or entry.name == "README.md" or entry.is_dir(follow_symlinks=False):
+                continue
+            if not _NAME_RE.fullmatch(entry.name):
+                raise UnsafeArtifactError(
+                    f"file name {entry.name!r} in {directory} is not allowed; rename it to match "
+                    f"{_NAME_RE.pattern} (letters, digits, '.', '_', '-')"
+                )
+            files[entry.name] = self.put_file(directory / entry.name)
+        if not files:
+            raise UnsafeArtifactError(f"{directory} has no files to store")
+        manifest = json.dumps({"kind": TREE_KIND, "files": files}, sort_keys=True, separators=(",", ":"))
+        return self.put_bytes(manifest.encode(), suffix_hint=".json")
+
+    def tree_files(self, digest: str) -> dict[str, str]:
+        """Read and schema-check a tree manifest; return ``{file name: digest}``."""
+        data = self.read_bytes(digest)
+        try:
+            doc = strict_json_loads(data)
+        except (ValueError, RecursionError) as exc:
+            raise UnsafeArtifactError(f"artifact {digest} is not a JSON tree manifest: {exc}") from None
+        files = doc.get("files") if isinstance(doc, dict) else None
+        if (
+            not isinstance(doc, dict)
+            or set(doc) != {"kind", "files"}
+            or doc["kind"] != TREE_KIND
+            or not isinstance(files, dict)
+            or not files
+            or not all(isinstance(n, str) and _NAME_RE.fullmatch(n) for n in files)
+            or not all(isinstance(d, str) and is_digest(d) for d in files.values())
+        ):
+            raise UnsafeArtifactError(
+                f"artifact {digest} is not a valid {TREE_KIND} manifest; store the directory with put_tree"
+            )
+        return dict(files)
+
+    def materialize_tree(self, digest: str) -> Path:
+        """Return ``root/trees/<digest>/`` holding the tree's files, verified, (re)built atomically."""
+        files = self.tree_files(digest)
+        target = self.trees / digest
+        if self._tree_matches(target, files):
+            return target
+        build = Path(tempfile.mkdtemp(dir=self.tmp, prefix="tree-"))
+        stale = self.tmp / f"stale-{uuid.uuid4().hex}"
+        try:
+            for name, file_digest in files.items():
+                src, dst = self.path_of(file_digest), build / name
+                try:
+                    os.link(src, dst)
+                except OSError:  # e.g. cross-device or no hard-link support
+                    shutil.copyfile(src, dst)
+                    os.chmod(dst, 0o444)
+                actual = sha256_file(dst)  # verify what the caller will actually load
+                if actual != file_digest:
+                    raise _integrity_error(file_digest, actual)
+            _fsync_dir(build)
+            if os.path.lexists(target):
+                os.replace(target, stale)
+            try:
+                os.replace(build, target)
+            except OSError:  # a concurrent builder won the race; accept its result if it is right
+                if not self._tree_matches(target, files):
+                    raise
+            _fsync_dir(self.trees)
+            return target
+        finally:
+            _remove(build)
+            _remove(stale)
+
+    @staticmethod
+    def _tree_matches(directory: Path, files: dict[str, str]) -> bool:
+        if directory.is_symlink() or not directory.is_dir():
+            return False
+        entries = {e.name: e for e in os.scandir(directory)}
+        if set(entries) != set(files):
+            return False
+        return all(
+            entries[name].is_file(follow_symlinks=False) and sha256_file(directory / name) == d
+            for name, d in files.items()
+        )

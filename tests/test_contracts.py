@@ -1,0 +1,51 @@
+"""Contracts: the envelope, versioning and decoding every service relies on."""
+
+from __future__ import annotations
+
+import json
+from uuid import uuid4
+
+import pytest
+from pydantic import ValidationError
+
+import contracts
+from contracts.base import SchemaVersionError, UnknownEventError, parse_event
+from contracts.monitoring import CanaryRequested
+from contracts.registry import RollbackRequested
+
+
+def test_every_event_has_a_unique_subject_under_wf() -> None:
+    subjects = [cls.subject() for cls in contracts.EVENT_TYPES.values()]
+    assert len(subjects) == len(set(subjects))
+    assert all(s.startswith("wf.") and s.count(".") == 2 for s in subjects)
+    for name in ("requirements.submitted", "benchmark.selection_decided", "fitting.memory_budget_computed",
+                 "tuning.gated", "registry.model_registered", "monitoring.drift_detected", "workflow.rerouted"):
+        assert name in contracts.EVENT_TYPES
+
+
+def test_round_trip_keeps_envelope_and_follow_links_cause() -> None:
+    cause = CanaryRequested(run_id=uuid4(), deployment="d")
+    effect = RollbackRequested.follow(cause, deployment="d")
+    assert effect.run_id == cause.run_id and effect.causation_id == cause.event_id
+    decoded = parse_event(effect.to_bytes())
+    assert decoded == effect and decoded.schema_version == 1
+
+
+def test_newer_schema_version_is_refused_with_what_to_do() -> None:
+    data = json.loads(CanaryRequested(run_id=uuid4(), deployment="d").to_bytes())
+    data["schema_version"] = 2
+    with pytest.raises(SchemaVersionError, match="upgrade the consuming service"):
+        parse_event(json.dumps(data))
+
+
+def test_unknown_type_extra_fields_and_garbage_are_errors() -> None:
+    with pytest.raises(UnknownEventError):
+        parse_event(json.dumps({"event_type": "nope.nope", "run_id": str(uuid4())}))
+    data = json.loads(CanaryRequested(run_id=uuid4(), deployment="d").to_bytes())
+    data["surprise"] = 1
+    with pytest.raises(ValidationError):
+        parse_event(json.dumps(data))
+    with pytest.raises(ValueError, match="not JSON"):
+        parse_event(b"\xff\x00")
+    with pytest.raises(ValueError):
+        parse_event(json.dumps(data), RollbackRequested)

@@ -1,0 +1,169 @@
+"""What the CLI (and tests, and other tools) use to talk to a running weightflow: publish, read, follow.
+
+Status comes from the event stream itself, never from a service's tables, so any operator with NATS
+access sees exactly what the services announced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+import nats
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from contracts.base import SUBJECT_PREFIX, Event, parse_event
+from contracts.benchmark import NoCandidatePassed
+from contracts.fitting import FitFailed
+from contracts.monitoring import CanaryPassed
+from contracts.requirements import RequirementsRejected
+from contracts.tuning import TuningGated, TuningSkipped
+from contracts.workflow import DeadLettered, WorkflowRerouted
+from shared.bus import ensure_stream
+from shared.settings import Settings
+
+
+class Client:
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings()
+        self.nc: Any = None
+        self.js: Any = None
+
+    async def __aenter__(self) -> Client:
+        url = self.settings.resolved_nats_url()
+        try:
+            self.nc = await nats.connect(url, connect_timeout=3, max_reconnect_attempts=3, allow_reconnect=True)
+        except Exception as exc:
+            raise ConnectionError(f"cannot reach NATS at {url}: {exc}; is `weightflow up` running?") from exc
+        self.js = self.nc.jetstream()
+        await ensure_stream(self.js, self.settings)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.nc is not None:
+            await self.nc.drain()
+
+    async def publish(self, event: Event, msg_id: str | None = None) -> None:
+        await self.publish_raw(event.subject(), event.to_bytes(), msg_id or str(event.event_id))
+
+    async def publish_raw(self, subject: str, payload: bytes, msg_id: str) -> None:
+        for attempt in range(5):
+            try:
+                await self.js.publish(subject, payload, headers={"Nats-Msg-Id": msg_id}, timeout=3)
+                return
+            except Exception:
+                if attempt == 4:
+                    raise
+                await asyncio.sleep(0.5 * (attempt + 1))
+
+    async def history(self, since: datetime | None = None) -> list[Event]:
+        """Every event in the stream (or since a time), in order."""
+        events: list[Event] = []
+        async for event in self._read(since=since, follow=False):
+            events.append(event)
+        return events
+
+    async def follow(self, since: datetime | None = None) -> AsyncIterator[Event]:
+        async for event in self._read(since=since, follow=True):
+            yield event
+
+    async def _read(self, *, since: datetime | None, follow: bool) -> AsyncIterator[Event]:
+        info = await self.js.stream_info(self.settings.stream)
+        last = info.state.last_seq
+        config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME if since else DeliverPolicy.ALL,
+                                opt_start_time=since.isoformat() if since else None)
+        if not follow and last == 0:
+            return
+        sub = await self.js.subscribe(f"{SUBJECT_PREFIX}.>", ordered_consumer=True, config=config)
+        try:
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=1.0 if not follow else 3600)
+                except TimeoutError:
+                    if not follow:
+                        return
+                    continue
+                try:
+                    yield parse_event(msg.data)
+                except ValueError:
+                    pass  # not ours to judge here; dead letters record bad payloads
+                if not follow and msg.metadata.sequence.stream >= last:
+                    return
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+
+@dataclass
+class RunTracker:
+    """Follows one workflow across reroutes and says when it has reached an end."""
+
+    run_ids: set[UUID]
+    done_when: Callable[[Event], bool] = field(default=lambda e: isinstance(e, CanaryPassed))
+    events: list[Event] = field(default_factory=list)
+    outcome: str | None = None
+
+    def feed(self, event: Event) -> bool:
+        """Take one event; True when the run has ended (outcome set)."""
+        if event.run_id not in self.run_ids:
+            return False
+        self.events.append(event)
+        if isinstance(event, WorkflowRerouted):
+            self.run_ids.add(event.new_run_id)
+        if self.done_when(event):
+            self.outcome = "succeeded"
+        elif failure_reason(event):
+            self.outcome = "failed"
+        return self.outcome is not None
+
+
+def failure_reason(event: Event) -> str | None:
+    """Why this event ends a run unsuccessfully, or None."""
+    if isinstance(event, RequirementsRejected):
+        return "requirements rejected: " + "; ".join(event.errors)
+    if isinstance(event, NoCandidatePassed):
+        return "no candidate passed: " + event.recommendation.reason
+    if isinstance(event, FitFailed):
+        return "fit failed: " + event.reason
+    if isinstance(event, TuningSkipped) and event.terminal:
+        return "tuning impossible: " + event.reason
+    if isinstance(event, TuningGated) and not event.passed:
+        return "tuned adapter refused: " + "; ".join(event.reasons)
+    if isinstance(event, DeadLettered):
+        return f"dead-lettered by {event.service}: {event.error}"
+    return None
+
+
+def runs_of(events: Iterable[Event]) -> dict[UUID, list[Event]]:
+    out: dict[UUID, list[Event]] = {}
+    for e in events:
+        out.setdefault(e.run_id, []).append(e)
+    return out
+
+
+async def track(client: Client, event: Event, *, timeout: float,
+                done: Callable[[Event], bool] | None = None,
+                on_event: Callable[[Event], None] | None = None) -> RunTracker:
+    """Publish `event` and follow its run (across reroutes) until it ends or `timeout` passes."""
+    tracker = RunTracker({event.run_id}) if done is None else RunTracker({event.run_id}, done)
+    since = datetime.now(UTC) - timedelta(seconds=1)
+    await client.publish(event)
+
+    async def follow() -> None:
+        async with contextlib.aclosing(client.follow(since=since)) as stream:
+            async for e in stream:
+                if on_event is not None and e.run_id in tracker.run_ids:
+                    on_event(e)
+                if tracker.feed(e):
+                    return
+
+    try:
+        await asyncio.wait_for(follow(), timeout)
+    except TimeoutError:
+        tracker.outcome = "timed out"
+    return tracker
