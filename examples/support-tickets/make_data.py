@@ -7,6 +7,12 @@ The tickets mix plain requests with indirect and cross-vocabulary ones (a refund
 is billing; a crash on the payment page is technical). Zero-shot routing by label description gets
 the plain ones and stumbles on the rest, which is the quality gap the demo's LoRA step closes:
 the team's routing conventions are learnable from train.jsonl, not from the descriptions alone.
+
+Calibrated for requirements.yaml (threshold 0.80, tunable_gap 0.10; checked by
+tests/test_modeling.py): on eval.jsonl minilm-l3 scores about 0.67 (too far below to tune),
+minilm-l6 about 0.78 in fp32 and int8 alike (a small gap), and a LoRA adapter trained on
+train.jsonl lifts int8 minilm-l6 to about 0.95 while general.jsonl Spearman moves by under 0.01.
+Changing the templates or weights below moves these numbers: rerun the tests.
 """
 
 from __future__ import annotations
@@ -27,43 +33,140 @@ LABELS = {
 
 # Tickets per label in each split; the splits never share a text.
 PER_LABEL = {"eval": 160, "train": 75, "canary": 30}
-TIER_WEIGHTS = {"plain": 0.34, "indirect": 0.30, "crossover": 0.36}
+TIER_WEIGHTS = {"plain": 0.28, "indirect": 0.30, "crossover": 0.42}
 
 SLOTS: dict[str, list[str]] = {
     "product": [
-        "the running shoes", "the standing desk", "the wireless headphones", "the coffee grinder",
-        "two phone cases", "the winter jacket", "the kitchen knife set", "the yoga mat", "the garden hose",
-        "the laptop stand", "the baby monitor", "the desk lamp", "the rice cooker", "the hiking backpack",
-        "the office chair", "the bluetooth speaker", "the bed sheets", "the kids' bike", "the blender",
-        "the smartwatch", "the camping tent", "the vacuum cleaner", "the gift card", "the printer ink",
+        "the running shoes",
+        "the standing desk",
+        "the wireless headphones",
+        "the coffee grinder",
+        "two phone cases",
+        "the winter jacket",
+        "the kitchen knife set",
+        "the yoga mat",
+        "the garden hose",
+        "the laptop stand",
+        "the baby monitor",
+        "the desk lamp",
+        "the rice cooker",
+        "the hiking backpack",
+        "the office chair",
+        "the bluetooth speaker",
+        "the bed sheets",
+        "the kids' bike",
+        "the blender",
+        "the smartwatch",
+        "the camping tent",
+        "the vacuum cleaner",
+        "the gift card",
+        "the printer ink",
     ],
     "amount": ["$19.99", "€45", "£12.50", "$120", "€89.90", "$7.49", "£230", "$64", "€15.95", "$349"],
     "days": [
-        "three days", "a week", "ten days", "two weeks", "five days", "almost a month", "eight days",
-        "over a week", "twelve days", "nine days",
+        "three days",
+        "a week",
+        "ten days",
+        "two weeks",
+        "five days",
+        "almost a month",
+        "eight days",
+        "over a week",
+        "twelve days",
+        "nine days",
     ],
-    "carrier": ["DHL", "UPS", "the courier", "FedEx", "the postman", "Royal Mail", "the delivery driver", "USPS"],
+    "carrier": [
+        "DHL",
+        "UPS",
+        "the courier",
+        "FedEx",
+        "the postman",
+        "Royal Mail",
+        "the delivery driver",
+        "USPS",
+    ],
     "app": [
-        "the mobile app", "the website", "the dashboard", "the iOS app", "the Android app", "the desktop app",
-        "your site", "the web shop", "the app", "the browser version",
+        "the mobile app",
+        "the website",
+        "the dashboard",
+        "the iOS app",
+        "the Android app",
+        "the desktop app",
+        "your site",
+        "the web shop",
+        "the app",
+        "the browser version",
     ],
     "error": [
-        "error 500", "a blank white screen", "'something went wrong'", "error code E-1032", "a timeout",
-        "'unexpected token'", "a 404 page", "'service unavailable'", "a spinning wheel forever",
-        "error 0x80070005", "'null reference'", "'request failed'",
+        "error 500",
+        "a blank white screen",
+        "'something went wrong'",
+        "error code E-1032",
+        "a timeout",
+        "'unexpected token'",
+        "a 404 page",
+        "'service unavailable'",
+        "a spinning wheel forever",
+        "error 0x80070005",
+        "'null reference'",
+        "'request failed'",
     ],
     "device": [
-        "my iPhone", "my Android phone", "Chrome", "Firefox", "my Windows laptop", "my Mac", "Safari",
-        "my tablet", "Edge", "my Pixel", "my iPad", "Linux",
+        "my iPhone",
+        "my Android phone",
+        "Chrome",
+        "Firefox",
+        "my Windows laptop",
+        "my Mac",
+        "Safari",
+        "my tablet",
+        "Edge",
+        "my Pixel",
+        "my iPad",
+        "Linux",
     ],
-    "month": ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October"],
+    "month": [
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+    ],
     "country": ["Canada", "Norway", "Portugal", "Japan", "Ireland", "Mexico", "Poland", "Australia"],
-    "name": ["Anna", "Tom", "Priya", "Lukas", "Maria", "Kenji", "Fatima", "Jonas", "Chloe", "Diego", "Sam", "Ines"],
+    "name": [
+        "Anna",
+        "Tom",
+        "Priya",
+        "Lukas",
+        "Maria",
+        "Kenji",
+        "Fatima",
+        "Jonas",
+        "Chloe",
+        "Diego",
+        "Sam",
+        "Ines",
+    ],
 }
 GREETINGS = ["", "", "", "Hi!", "Hello.", "Hi there!", "Good morning.", "Hey!", "Hello team.", "Hi support."]
 CLOSINGS = [
-    "", "", "", "Thanks.", "Thank you!", "Please help.", "Any ideas?", "Regards, {name}", "Cheers, {name}",
-    "Thanks in advance.", "This is urgent.", "Please get back to me soon.",
+    "",
+    "",
+    "",
+    "Thanks.",
+    "Thank you!",
+    "Please help.",
+    "Any ideas?",
+    "Regards, {name}",
+    "Cheers, {name}",
+    "Thanks in advance.",
+    "This is urgent.",
+    "Please get back to me soon.",
 ]
 
 TEMPLATES: dict[str, dict[str, list[str]]] = {
@@ -97,7 +200,8 @@ TEMPLATES: dict[str, dict[str, list[str]]] = {
             "I see a pending authorisation of {amount} that never went away.",
         ],
         "crossover": [
-            "You charged me for express shipping but {product} arrived in {days} like normal delivery. I want the difference back.",
+            "You charged me for express shipping but {product} took {days} like normal delivery. "
+            "Refund the difference.",
             "The parcel never came and I would like my money back, not a replacement.",
             "I closed my account last month but you still took {amount} from my card.",
             "The app crashed during checkout and now I see two charges of {amount}.",
@@ -106,7 +210,8 @@ TEMPLATES: dict[str, dict[str, list[str]]] = {
             "I was billed {amount} for delivery to {country} although the site said shipping is free.",
             "{carrier} lost {product}; who refunds me, you or them?",
             "After the update the prices on {app} looked lower, but I was charged the old price of {amount}.",
-            "I deleted my profile by mistake and my store credit of {amount} is gone. Can you restore the credit?",
+            "I deleted my profile by mistake and my store credit of {amount} is gone. "
+            "Can you restore the credit?",
             "{order} was cancelled because it could not be delivered, when do I get my {amount} back?",
             "The password-protected PDF invoice for {order} shows the wrong total.",
             "Tracking says {product} is lost, so I want the {amount} refunded to my card.",
@@ -257,41 +362,86 @@ TEMPLATES: dict[str, dict[str, list[str]]] = {
 GENERAL: dict[str, list[tuple[str, str]]] = {
     "weather": [
         ("It is going to rain all afternoon.", "Expect showers for the rest of the afternoon."),
-        ("The snow closed the mountain roads overnight.", "Overnight snowfall blocked the roads in the mountains."),
+        (
+            "The snow closed the mountain roads overnight.",
+            "Overnight snowfall blocked the roads in the mountains.",
+        ),
         ("It was so hot that the tarmac was melting.", "The heat was strong enough to soften the asphalt."),
-        ("A strong wind knocked over the garden fence.", "The fence in the garden was blown down by the wind."),
-        ("The fog made it hard to see the other side of the lake.", "We could barely see across the lake through the fog."),
+        (
+            "A strong wind knocked over the garden fence.",
+            "The fence in the garden was blown down by the wind.",
+        ),
+        (
+            "The fog made it hard to see the other side of the lake.",
+            "We could barely see across the lake through the fog.",
+        ),
     ],
     "cooking": [
-        ("Add a pinch of salt before the water boils.", "Put a little salt in the water before it starts boiling."),
-        ("She baked bread for the whole family on Sunday.", "On Sunday she made loaves of bread for everyone at home."),
+        (
+            "Add a pinch of salt before the water boils.",
+            "Put a little salt in the water before it starts boiling.",
+        ),
+        (
+            "She baked bread for the whole family on Sunday.",
+            "On Sunday she made loaves of bread for everyone at home.",
+        ),
         ("Let the soup simmer for twenty minutes.", "Keep the soup on a low heat for twenty minutes."),
         ("The steak was overcooked and dry.", "The meat had been cooked too long and was tough."),
         ("He chopped the onions while the oil heated up.", "While the pan was warming, he diced the onions."),
     ],
     "sports": [
-        ("The team scored in the final minute to win the match.", "A last-minute goal gave the team the victory."),
-        ("She runs five kilometres every morning before work.", "Each morning she goes for a 5 km run before her job."),
-        ("The tennis final was postponed because of rain.", "Rain forced the tennis final to be moved to another day."),
-        ("He broke his ankle during the basketball game.", "He fractured his ankle while playing basketball."),
+        (
+            "The team scored in the final minute to win the match.",
+            "A last-minute goal gave the team the victory.",
+        ),
+        (
+            "She runs five kilometres every morning before work.",
+            "Each morning she goes for a 5 km run before her job.",
+        ),
+        (
+            "The tennis final was postponed because of rain.",
+            "Rain forced the tennis final to be moved to another day.",
+        ),
+        (
+            "He broke his ankle during the basketball game.",
+            "He fractured his ankle while playing basketball.",
+        ),
         ("The swimmer set a new national record.", "A national record was broken by the swimmer."),
     ],
     "travel": [
         ("Our flight to Lisbon was delayed by three hours.", "The plane to Lisbon left three hours late."),
-        ("We rented a small car to drive along the coast.", "We hired a little car for a trip down the coastline."),
-        ("The hotel room had a view of the old harbour.", "From our hotel room we could see the historic port."),
+        (
+            "We rented a small car to drive along the coast.",
+            "We hired a little car for a trip down the coastline.",
+        ),
+        (
+            "The hotel room had a view of the old harbour.",
+            "From our hotel room we could see the historic port.",
+        ),
         ("He lost his passport at the train station.", "His passport went missing at the railway station."),
-        ("They backpacked across South America for a year.", "They spent a year travelling through South America with backpacks."),
+        (
+            "They backpacked across South America for a year.",
+            "They spent a year travelling through South America with backpacks.",
+        ),
     ],
     "work": [
-        ("The meeting was moved to Thursday afternoon.", "We rescheduled the meeting for Thursday afternoon."),
+        (
+            "The meeting was moved to Thursday afternoon.",
+            "We rescheduled the meeting for Thursday afternoon.",
+        ),
         ("She got promoted to team lead last month.", "Last month she was made the leader of her team."),
         ("I have to finish this report before Friday.", "This report is due by the end of the week."),
-        ("The office will be closed during the holidays.", "Nobody will be working in the office over the holidays."),
+        (
+            "The office will be closed during the holidays.",
+            "Nobody will be working in the office over the holidays.",
+        ),
         ("He asked his manager for a day off.", "He requested a day of leave from his boss."),
     ],
     "health": [
-        ("Drinking enough water helps prevent headaches.", "Staying hydrated can stop headaches from starting."),
+        (
+            "Drinking enough water helps prevent headaches.",
+            "Staying hydrated can stop headaches from starting.",
+        ),
         ("The doctor told him to rest for a week.", "He was advised by his doctor to take a week of rest."),
         ("She caught a cold after walking home in the rain.", "Walking back in the rain gave her a cold."),
         ("Regular exercise improves your sleep.", "People who work out regularly tend to sleep better."),
@@ -301,18 +451,27 @@ GENERAL: dict[str, list[tuple[str, str]]] = {
         ("The concert sold out within an hour.", "All the concert tickets were gone in less than an hour."),
         ("He has been learning the piano since he was six.", "He started piano lessons at the age of six."),
         ("The band released a new album on Friday.", "A new record by the band came out on Friday."),
-        ("She sings in a choir every Wednesday evening.", "Every Wednesday night she takes part in choir practice."),
+        (
+            "She sings in a choir every Wednesday evening.",
+            "Every Wednesday night she takes part in choir practice.",
+        ),
         ("The guitar was out of tune.", "The guitar strings needed tuning."),
     ],
     "animals": [
-        ("The dog barks whenever the doorbell rings.", "Every time someone rings the bell, the dog starts barking."),
+        (
+            "The dog barks whenever the doorbell rings.",
+            "Every time someone rings the bell, the dog starts barking.",
+        ),
         ("Our cat sleeps on the windowsill all day.", "The cat spends the whole day napping by the window."),
         ("A fox was digging in the neighbour's garden.", "We saw a fox dig up the garden next door."),
         ("The horses were grazing in the field.", "The horses were eating grass out in the meadow."),
         ("Birds built a nest under the roof.", "A nest was made by birds beneath the roof."),
     ],
     "garden": [
-        ("The tomatoes need watering twice a day in summer.", "In summer, water the tomato plants two times daily."),
+        (
+            "The tomatoes need watering twice a day in summer.",
+            "In summer, water the tomato plants two times daily.",
+        ),
         ("He planted tulip bulbs in the autumn.", "In the fall he put tulip bulbs in the ground."),
         ("The lawn has not been mowed for weeks.", "Nobody has cut the grass in weeks."),
         ("Slugs ate most of the lettuce.", "Most of the lettuce was eaten by slugs."),
@@ -322,20 +481,38 @@ GENERAL: dict[str, list[tuple[str, str]]] = {
         ("My phone battery dies before lunch.", "The battery on my phone runs out by midday."),
         ("He bought a new laptop for university.", "He got himself a new notebook computer for his studies."),
         ("The printer ran out of ink again.", "Once more the printer has no ink left."),
-        ("She backs up her photos to an external drive.", "She keeps copies of her pictures on a separate hard drive."),
+        (
+            "She backs up her photos to an external drive.",
+            "She keeps copies of her pictures on a separate hard drive.",
+        ),
         ("The television remote stopped working.", "The TV remote control no longer works."),
     ],
     "school": [
         ("The students have a maths exam tomorrow.", "Tomorrow the pupils will sit a mathematics test."),
-        ("She read three novels over the summer break.", "During the summer holidays she finished three books."),
-        ("The teacher explained photosynthesis with a drawing.", "Using a diagram, the teacher described how plants make food from light."),
+        (
+            "She read three novels over the summer break.",
+            "During the summer holidays she finished three books.",
+        ),
+        (
+            "The teacher explained photosynthesis with a drawing.",
+            "Using a diagram, the teacher described how plants make food from light.",
+        ),
         ("He forgot his homework at home.", "He left his homework at his house."),
         ("The library closes early on Saturdays.", "On Saturdays the library shuts earlier than usual."),
     ],
     "home": [
-        ("The kitchen tap has been dripping all night.", "Water kept dripping from the kitchen faucet throughout the night."),
-        ("We painted the living room light blue.", "The living room now has pale blue walls after we painted it."),
-        ("The heating broke during the coldest week of the year.", "Our heating failed in the coldest week of winter."),
+        (
+            "The kitchen tap has been dripping all night.",
+            "Water kept dripping from the kitchen faucet throughout the night.",
+        ),
+        (
+            "We painted the living room light blue.",
+            "The living room now has pale blue walls after we painted it.",
+        ),
+        (
+            "The heating broke during the coldest week of the year.",
+            "Our heating failed in the coldest week of winter.",
+        ),
         ("They are moving into a bigger flat next month.", "Next month they move to a larger apartment."),
         ("He fixed the squeaky door with some oil.", "A few drops of oil stopped the door from squeaking."),
     ],
@@ -346,7 +523,9 @@ GENERAL_COUNTS = {"same_topic": 70, "unrelated": 70}  # plus one paraphrase pair
 
 def _order(rng: random.Random) -> str:
     number = rng.randint(10000, 99999)
-    return rng.choice(["order #{n}", "order {n}", "order WF-{n}", "my order ({n})", "order no. {n}"]).format(n=number)
+    return rng.choice(["order #{n}", "order {n}", "order WF-{n}", "my order ({n})", "order no. {n}"]).format(
+        n=number
+    )
 
 
 def _fill(template: str, rng: random.Random) -> str:
@@ -423,7 +602,9 @@ def _general(rng: random.Random) -> list[dict[str, object]]:
     for _ in range(GENERAL_COUNTS["unrelated"]):
         add("unrelated", False)
     rng.shuffle(rows)
-    return [{"id": f"general-{i:04d}", "a": a, "b": b, "score": s} for i, (a, b, s) in enumerate(rows, start=1)]
+    return [
+        {"id": f"general-{i:04d}", "a": a, "b": b, "score": s} for i, (a, b, s) in enumerate(rows, start=1)
+    ]
 
 
 def _write(path: Path, rows: list[dict[str, object]] | list[dict[str, str]]) -> None:

@@ -125,7 +125,7 @@ def candidate_spec(name: str) -> CandidateSpec:
 def materialize_candidate(name: str, dest: Path) -> Path:
     """Write a self-contained Hugging Face model directory for `name` into `dest`.
 
-    Weights go through safetensors (never pickle) with sorted keys and fixed metadata, so the same
+    Weights go through safetensors (never pickle) with sorted keys and one metadata key, so the same
     name always yields byte-identical files and the artifact store can deduplicate by digest.
     """
     spec = candidate_spec(name)
@@ -139,11 +139,9 @@ def materialize_candidate(name: str, dest: Path) -> Path:
 
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    save_file(
-        kept,
-        str(dest / "model.safetensors"),
-        metadata={"format": "pt", "weightflow.candidate": name, "weightflow.source": SOURCE_REPO},
-    )
+    # One metadata key only: safetensors writes metadata in hash-map order, so several keys would
+    # make the header, and the file digest, differ from run to run.
+    save_file(kept, str(dest / "model.safetensors"), metadata={"format": "pt"})
     (dest / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     for filename in TOKENIZER_FILES:
         shutil.copyfile(src / filename, dest / filename)

@@ -28,6 +28,12 @@ from shared.modeling.quantization import (
 
 @dataclass(eq=False)
 class Encoder:
+    """One object per loaded model, so callers never need to know whether it is fp32, int8 or adapted.
+
+    `model` is any module returning `last_hidden_state` (a transformers model, a peft wrapper or one
+    with int8/LoRA modules swapped in); `device` is where inputs are sent.
+    """
+
     model: nn.Module
     tokenizer: Any
     device: torch.device
@@ -61,8 +67,13 @@ class Encoder:
         return torch.cat(chunks)
 
     @property
+    def config(self) -> Any:
+        """The Hugging Face config of the wrapped model (peft wrappers forward it)."""
+        return getattr(self.model, "config")  # noqa: B009 - nn.Module typing hides it
+
+    @property
     def dimension(self) -> int:
-        return int(self.model.config.hidden_size)
+        return int(self.config.hidden_size)
 
     def param_count(self) -> int:
         """Logical weight count: int8 weights count as parameters even though they live in buffers."""
@@ -109,7 +120,7 @@ def load_encoder(model_dir: Path, device: torch.device | None = None, *, dequant
         )
     else:
         config = AutoConfig.from_pretrained(str(model_dir), local_files_only=True)
-        model = AutoModel.from_config(config, dtype=torch.float32)
+        model = AutoModel.from_config(config, dtype=torch.float32)  # type: ignore[no-untyped-call]
         install_int8_modules(model, manifest.modules)
         model.load_state_dict(load_file(str(model_dir / "model.safetensors")), strict=True)
         if dequantize:

@@ -52,7 +52,9 @@ def _sync(encoder: Encoder) -> None:
         torch.cuda.synchronize(encoder.device)
 
 
-def classify(encoder: Encoder, texts: Sequence[str], labels: Mapping[str, str], batch_size: int = 32) -> list[str]:
+def classify(
+    encoder: Encoder, texts: Sequence[str], labels: Mapping[str, str], batch_size: int = 32
+) -> list[str]:
     """The label whose description is most cosine-similar to each text."""
     prototypes = _Prototypes(encoder, labels)
     return prototypes.predict(encoder.embed(texts, batch_size=batch_size))

@@ -83,7 +83,10 @@ def train_lora(
 
     start = time.perf_counter()
     encoder = load_encoder(model_dir, device, dequantize=True)
-    forked = [encoder.device] if encoder.device.type == "cuda" else []
+    forked: list[int] = []
+    if encoder.device.type == "cuda":  # fork the CUDA generator too, so callers' RNG streams are untouched
+        index = encoder.device.index
+        forked.append(index if index is not None else torch.cuda.current_device())
     with torch.random.fork_rng(devices=forked):
         torch.manual_seed(settings.seed)
         peft_model = get_peft_model(
@@ -117,7 +120,7 @@ def train_lora(
                     student, [texts[j] for j in batch], descriptions, targets[batch], settings.temperature
                 )
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                loss.backward()  # type: ignore[no-untyped-call]
                 optimizer.step()
                 epoch_losses.append(float(loss.detach()))
             losses.append(epoch_losses)
@@ -148,8 +151,9 @@ class LoraWrapped(nn.Module):
         self.scaling = scaling
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        base: torch.Tensor = self.base(x)
         update = (x @ self.lora_A.to(x.dtype).T) @ self.lora_B.to(x.dtype).T
-        return self.base(x) + update * self.scaling
+        return base + update * self.scaling
 
 
 def _adapter_config(adapter_dir: Path) -> dict[str, Any]:
@@ -208,7 +212,8 @@ def attach_adapter(encoder: Encoder, adapter_dir: Path) -> Encoder:
         a = ab["A"].to(encoder.device, torch.float32)
         b = ab["B"].to(encoder.device, torch.float32)
         if a.shape[0] != r or b.shape[1] != r:
-            raise ValueError(f"adapter module {module_name!r} has shapes {tuple(a.shape)}/{tuple(b.shape)}, not rank {r}")
+            shapes = f"{tuple(a.shape)}/{tuple(b.shape)}"
+            raise ValueError(f"adapter module {module_name!r} has A/B shapes {shapes}, not rank {r}")
         parent_name, _, child = module_name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, LoraWrapped(base, a, b, scaling))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, cast
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
@@ -23,8 +23,8 @@ if TYPE_CHECKING:
 
     from shared.modeling.encoder import Encoder
 
-SCHEME = "int8-weight-only"
-FORMAT_VERSION = 1
+SCHEME: Literal["int8-weight-only"] = "int8-weight-only"
+FORMAT_VERSION: Literal[1] = 1
 MANIFEST = "quantization.json"
 
 
@@ -60,7 +60,9 @@ class Int8Linear(nn.Module):
         super().__init__()
         self.in_features = in_features
         self.out_features = out_features
-        self.register_buffer("weight_int8", torch.zeros(out_features, in_features, dtype=torch.int8, device=device))
+        self.register_buffer(
+            "weight_int8", torch.zeros(out_features, in_features, dtype=torch.int8, device=device)
+        )
         self.register_buffer("weight_scale", torch.ones(out_features, dtype=torch.float32, device=device))
         self.bias: nn.Parameter | None = (
             nn.Parameter(torch.zeros(out_features, device=device), requires_grad=False) if bias else None
@@ -80,7 +82,9 @@ class Int8Linear(nn.Module):
         return self.weight_int8.float() * self.weight_scale[:, None]
 
     def to_float(self) -> nn.Linear:
-        linear = nn.Linear(self.in_features, self.out_features, self.bias is not None, device=self.weight_int8.device)
+        linear = nn.Linear(
+            self.in_features, self.out_features, self.bias is not None, device=self.weight_int8.device
+        )
         linear.weight.data.copy_(self.dequantized_weight())
         if self.bias is not None and linear.bias is not None:
             linear.bias.data.copy_(self.bias.detach())
@@ -91,7 +95,9 @@ class Int8Linear(nn.Module):
         return F.linear(x, self.dequantized_weight().to(x.dtype), bias)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+        )
 
 
 class Int8Embedding(nn.Module):
@@ -120,7 +126,9 @@ class Int8Embedding(nn.Module):
     def from_float(cls, embedding: nn.Embedding) -> Int8Embedding:
         if embedding.max_norm is not None:
             raise ValueError("embeddings with max_norm rewrite their weights at lookup and cannot be int8")
-        module = cls(embedding.num_embeddings, embedding.embedding_dim, embedding.padding_idx, embedding.weight.device)
+        module = cls(
+            embedding.num_embeddings, embedding.embedding_dim, embedding.padding_idx, embedding.weight.device
+        )
         q, scale = _quantize_rows(embedding.weight)
         module.weight_int8.copy_(q)
         module.weight_scale.copy_(scale)
@@ -170,7 +178,7 @@ def quantize_int8(model: nn.Module) -> nn.Module:
         if isinstance(module, nn.Linear):
             _replace(model, name, Int8Linear.from_float(module))
         else:
-            _replace(model, name, Int8Embedding.from_float(cast(nn.Embedding, module)))
+            _replace(model, name, Int8Embedding.from_float(module))
     return model
 
 
@@ -180,12 +188,20 @@ def install_int8_modules(model: nn.Module, names: Sequence[str]) -> None:
         try:
             module = model.get_submodule(name)
         except AttributeError as exc:
-            raise ValueError(f"{MANIFEST} lists module {name!r}, which this model config does not have") from exc
+            raise ValueError(
+                f"{MANIFEST} lists module {name!r}, which this model config does not have"
+            ) from exc
         device = next(module.parameters()).device
         if isinstance(module, nn.Linear):
-            _replace(model, name, Int8Linear(module.in_features, module.out_features, module.bias is not None, device))
+            _replace(
+                model,
+                name,
+                Int8Linear(module.in_features, module.out_features, module.bias is not None, device),
+            )
         elif isinstance(module, nn.Embedding):
-            replacement = Int8Embedding(module.num_embeddings, module.embedding_dim, module.padding_idx, device)
+            replacement = Int8Embedding(
+                module.num_embeddings, module.embedding_dim, module.padding_idx, device
+            )
             _replace(model, name, replacement)
         else:
             raise ValueError(f"{MANIFEST} lists {name!r}, a {type(module).__name__}, which has no int8 form")
@@ -216,12 +232,16 @@ def save_quantized(encoder: Encoder, dest: Path, *, scheme: str = SCHEME) -> Pat
         raise ValueError("the encoder has no int8 modules; run quantize_int8(encoder.model) first")
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    encoder.model.config.save_pretrained(str(dest))
+    encoder.config.save_pretrained(str(dest))
     encoder.tokenizer.save_pretrained(str(dest))
-    state = {k: v.detach().contiguous().cpu() for k, v in sorted(encoder.model.state_dict().items())}
-    save_file(state, str(dest / "model.safetensors"), metadata={"format": "pt", "weightflow.quantization": scheme})
+    # The manifest goes first: a directory cut short then fails to load, instead of being taken for
+    # an fp32 checkpoint whose missing tensors transformers would fill with random values.
     manifest = QuantizationManifest(modules=names)
     (dest / MANIFEST).write_text(json.dumps(manifest.model_dump(), indent=2) + "\n")
+    state = {k: v.detach().contiguous().cpu() for k, v in sorted(encoder.model.state_dict().items())}
+    # A single metadata key: safetensors orders metadata like a hash map, so more keys would make
+    # the bytes (and the artifact digest) differ between identical saves.
+    save_file(state, str(dest / "model.safetensors"), metadata={"format": "pt"})
     return dest
 
 
