@@ -96,3 +96,29 @@ def live_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
         yield live
     finally:
         live.stack.stop()
+
+
+PG_ADMIN_URL = os.environ.get("WEIGHTFLOW_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The same persistence tests on SQLite and on PostgreSQL (a fresh database per test)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'wf.db'}"
+        return
+    import uuid
+
+    import psycopg
+
+    name = f"wf_test_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN_URL} ({exc}); set WEIGHTFLOW_TEST_POSTGRES")
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+        finally:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -62,8 +62,8 @@ async def _wait_for(predicate, timeout: float = 20.0) -> None:  # type: ignore[n
         await asyncio.sleep(0.1)
 
 
-def test_duplicates_retries_and_poison(settings: Settings) -> None:
-    settings = settings.model_copy(update={"max_deliver": 3, "ack_wait_s": 5.0})
+def test_duplicates_retries_and_poison(settings: Settings, database_url: str) -> None:
+    settings = settings.model_copy(update={"max_deliver": 3, "ack_wait_s": 5.0, "database_url": database_url})
     failures = {2: 1}
     svc = make_service(failures)
 
@@ -102,6 +102,7 @@ def test_duplicates_retries_and_poison(settings: Settings) -> None:
     asyncio.run(scenario())
     assert failures[2] == 0
     assert svc.engine is not None
+    assert svc.engine.dialect.name == database_url.split(":")[0]
     with Session(svc.engine) as session:
         effects = sorted(e.n for e in session.exec(select(Effect)))
         assert effects == [1, 2, 3], "each event has exactly one side effect"

@@ -61,7 +61,7 @@ def test_data_checks_find_unknown_labels_and_broken_lines(tmp_path: Path) -> Non
     with pytest.raises(RequirementsError, match=r"labels \['weather'\] are not in task.labels"):
         prepare(folder / "requirements.yaml", ArtifactStore(tmp_path / "store"))
     (folder / "canary.jsonl").unlink()
-    with pytest.raises(RequirementsError, match="data.canary: .* does not exist"):
+    with pytest.raises(RequirementsError, match=r"data\.canary: .* does not exist"):
         prepare(folder / "requirements.yaml", ArtifactStore(tmp_path / "store"))
 
 

@@ -1,0 +1,148 @@
+"""The whole workflow through six service processes on a real nats-server, SQLite and real weights.
+
+Ordered: the first test takes the shipped example to a monitored deployment; the loop-back tests then
+change its requirements and corrupt its live artifact, and watch the workflow reroute and recover.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from uuid import uuid4
+
+import pytest
+
+from contracts.base import Event
+from contracts.benchmark import CandidateBenchmarked, SelectionDecided
+from contracts.fitting import FitCompleted, MemoryBudgetComputed
+from contracts.monitoring import CanaryFailed, CanaryPassed, CanaryRequested, DriftDetected
+from contracts.registry import DeploymentPromoted, ModelRegistered, RollbackRequested, RolledBack
+from contracts.requirements import RequirementsAccepted, RequirementsRejected, RequirementsSubmitted
+from contracts.tuning import TuningGated, TuningSkipped
+from contracts.workflow import WorkflowRerouted
+from shared.artifacts import sha256_file
+from shared.serving import read_manifest
+from weightflow.submission import prepare
+
+from .conftest import EXAMPLE_DIR, LiveStack
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+def types(events: list[Event]) -> list[str]:
+    return [e.type_name() for e in events]
+
+
+def of(events: list[Event], cls: type[Event]) -> list[Event]:
+    return [e for e in events if isinstance(e, cls)]
+
+
+@pytest.fixture(scope="module")
+def first_run(live_stack: LiveStack) -> list[Event]:
+    event = prepare(EXAMPLE_DIR / "requirements.yaml", live_stack.store)
+    tracker = live_stack.run(event)
+    assert tracker.outcome == "succeeded", f"{types(tracker.events)}\n{live_stack.logs()}"
+    return tracker.events
+
+
+def test_example_reaches_a_monitored_deployment(first_run: list[Event], live_stack: LiveStack) -> None:
+    seq = types(first_run)
+    # every stage, in causal order
+    for earlier, later in [("requirements.accepted", "benchmark.candidate_benchmarked"),
+                           ("benchmark.candidate_benchmarked", "benchmark.selection_decided"),
+                           ("benchmark.selection_decided", "fitting.memory_budget_computed"),
+                           ("fitting.memory_budget_computed", "fitting.completed"),
+                           ("fitting.completed", "registry.model_registered"),
+                           ("registry.model_registered", "registry.deployment_promoted"),
+                           ("registry.deployment_promoted", "monitoring.canary_passed")]:
+        assert seq.index(earlier) < seq.index(later), seq
+    benchmarked = of(first_run, CandidateBenchmarked)
+    assert {e.model.candidate for e in benchmarked} >= {"minilm-l3", "minilm-l6"}
+    assert benchmarked[0].model.size_class == "xs", "smallest size class first"
+    selection = of(first_run, SelectionDecided)[0]
+    assert selection.decisions and selection.decisions[-1].action in {"select", "tune"}
+    budgets = [e.budget for e in of(first_run, MemoryBudgetComputed)]
+    assert not budgets[0].fits and budgets[0].variant == "fp32"
+    assert budgets[-1].fits and budgets[-1].variant == "int8"
+    rebench = [e for e in benchmarked if e.model.variant == "int8"]
+    assert rebench and rebench[0].request_id, "the quantized variant was re-benchmarked before the fit completed"
+    fit = of(first_run, FitCompleted)[0]
+    assert fit.model.variant == "int8"
+    if fit.quality_gap > 0:
+        gated = of(first_run, TuningGated)[0]
+        assert gated.passed and gated.task_score >= gated.context.requirements.quality.threshold
+    else:
+        assert of(first_run, TuningSkipped)
+    # every event names its cause, except the submission that started it
+    by_id = {e.event_id: e for e in live_stack.history()}
+    for e in first_run:
+        if not isinstance(e, RequirementsSubmitted):
+            assert e.causation_id in by_id, e.type_name()
+
+
+def test_registered_checksums_match_the_files_on_disk(first_run: list[Event], live_stack: LiveStack) -> None:
+    registered = of(first_run, ModelRegistered)[0]
+    assert registered.checksums
+    for role, digest in registered.checksums.items():
+        assert sha256_file(live_stack.store.path_of(digest)) == digest, role
+    manifest = read_manifest(live_stack.store, registered.manifest_id)
+    assert manifest.model.files["model.safetensors"] == registered.checksums["model/model.safetensors"]
+    assert manifest.quantization == "int8-weight-only" and manifest.base.tree_digest != manifest.model.tree_digest
+    runbook = live_stack.store.read_bytes(registered.runbook_digest).decode()
+    for section in ("## 1. Load", "## 2. Serve", "## 3. Roll back", registered.manifest_id):
+        assert section in runbook
+    if manifest.adapter is not None:
+        assert manifest.adapter_train_data_digest == manifest.data.train
+
+
+def test_invalid_requirements_are_rejected_on_the_bus(first_run: list[Event], live_stack: LiveStack) -> None:
+    event = prepare(EXAMPLE_DIR / "requirements.yaml", live_stack.store)
+    bad = event.model_copy(update={"document": event.document.replace("threshold: 0.", "threshold: 9."),
+                                   "event_id": uuid4(), "run_id": uuid4()})
+    tracker = live_stack.run(bad, timeout=60)
+    rejected = of(tracker.events, RequirementsRejected)
+    assert tracker.outcome == "failed" and rejected and "quality.threshold" in rejected[0].errors[0]
+
+
+def test_changed_requirements_reroute_through_stage_one(first_run: list[Event], live_stack: LiveStack,
+                                                        example_dir: Path) -> None:
+    text = (example_dir / "requirements.yaml").read_text()
+    (example_dir / "requirements.yaml").write_text(text.replace("per_1k_tasks_usd: 0.05", "per_1k_tasks_usd: 0.04"))
+    changed = prepare(example_dir / "requirements.yaml", live_stack.store, changed=True)
+    tracker = live_stack.run(changed)
+    assert tracker.outcome == "succeeded", types(tracker.events)
+    reroute = of(tracker.events, WorkflowRerouted)
+    assert reroute and reroute[0].from_stage == "requirements.changed" and reroute[0].new_run_id == changed.run_id
+    accepted = of(tracker.events, RequirementsAccepted)[0]
+    assert accepted.context.version == 2 and accepted.context.requirements.cost.per_1k_tasks_usd == 0.04
+
+
+def test_corrupt_live_artifact_fails_the_canary_and_reroutes(first_run: list[Event], live_stack: LiveStack) -> None:
+    promoted = [e for e in live_stack.history() if isinstance(e, DeploymentPromoted)][-1]
+    manifest = read_manifest(live_stack.store, promoted.manifest_id)
+    weights = live_stack.store.path_of(manifest.model.files["model.safetensors"])
+    weights.chmod(0o644)
+    with weights.open("r+b") as fh:
+        fh.seek(weights.stat().st_size // 2)
+        byte = fh.read(1)
+        fh.seek(-1, 1)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+    tracker = live_stack.run(CanaryRequested(run_id=uuid4(), deployment=promoted.deployment),
+                             done=lambda e: isinstance(e, CanaryPassed))
+    assert tracker.outcome == "succeeded", types(tracker.events)
+    failed = of(tracker.events, CanaryFailed)
+    assert failed and "integrity" in failed[0].reasons[0]
+    assert any(d.kind == "integrity" for d in of(tracker.events, DriftDetected))
+    reroute = of(tracker.events, WorkflowRerouted)[0]
+    assert reroute.to_stage == "benchmark"
+    assert of(tracker.events, ModelRegistered), "the rerouted run registered a healthy model again"
+    assert sha256_file(weights) == manifest.model.files["model.safetensors"], "the store healed the object"
+
+
+def test_rollback_promotes_the_previous_manifest(first_run: list[Event], live_stack: LiveStack) -> None:
+    history = live_stack.history()
+    live = [e for e in history if isinstance(e, DeploymentPromoted)][-1]
+    tracker = live_stack.run(RollbackRequested(run_id=uuid4(), deployment=live.deployment),
+                             done=lambda e: isinstance(e, RolledBack))
+    assert tracker.outcome == "succeeded"
+    rolled = of(tracker.events, RolledBack)[0]
+    assert rolled.from_manifest_id == live.manifest_id and rolled.to_manifest_id == live.previous_manifest_id
