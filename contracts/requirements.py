@@ -77,13 +77,14 @@ class DeploymentSpec(Contract):
 
 
 class QuantizationSpec(Contract):
-    allowed: list[Literal["int8"]] = Field(default_factory=lambda: ["int8"])
+    allowed: list[Literal["int8"]] = Field(default_factory=lambda: list[Literal["int8"]](["int8"]))
     force: Literal["int8"] | None = Field(default=None, description="quantize even if fp32 fits")
 
 
 class MonitoringSpec(Contract):
     canary_interval_s: float = Field(default=300.0, gt=0)
-    quality_drop: float = Field(default=0.05, ge=0, description="alert when canary score falls this far below registration")
+    quality_drop: float = Field(default=0.05, ge=0,
+                                description="alert when canary score falls this far below registration")
     latency_increase_pct: float = Field(default=50.0, ge=0)
     cost_increase_pct: float = Field(default=50.0, ge=0)
 

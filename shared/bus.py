@@ -104,6 +104,9 @@ class Service:
 
     name: str
     handlers: list[_HandlerSpec[Any]] = field(default_factory=list)
+    # Every event type the handlers and periodic jobs return (DeadLettered is implied): the source of
+    # this service's publish permissions in the scaled deployment (shared.nats_auth).
+    publishes: tuple[type[Event], ...] = ()
     periodics: list[tuple[Callable[[Settings], float], Periodic]] = field(default_factory=list)
     engine: Engine | None = None
     store: ArtifactStore | None = None
@@ -134,6 +137,11 @@ class Service:
     def durable_name(self, event_type: type[Event]) -> str:
         return f"{self.name}__{event_type.STAGE}__{event_type.NAME}"
 
+    def inbox_prefix(self) -> str:
+        """Replies (JetStream acks, fetched messages) arrive under this prefix, so NATS permissions can
+        let each service read its own inbox only (shared.nats_auth)."""
+        return f"_INBOX.{self.name}"
+
     def build(self, settings: Settings | None = None, *, url: str | None = None) -> FastStream:
         """The faststream app for this service; `url` overrides settings (used for schema generation)."""
         self.settings = settings = settings or Settings()
@@ -144,11 +152,12 @@ class Service:
             max_reconnect_attempts=-1,
             reconnect_time_wait=1,
             graceful_timeout=settings.ack_wait_s,
+            inbox_prefix=self.inbox_prefix(),
             middlewares=[NatsTelemetryMiddleware(tracer_provider=provider)],
         )
         self._broker = broker
         stream = JStream(name=settings.stream, subjects=[f"{SUBJECT_PREFIX}.>"],
-                         duplicate_window=settings.duplicate_window_s, declare=True)
+                         duplicate_window=settings.duplicate_window_s, declare=settings.declare_stream)
         for spec in self.handlers:
             subscriber = broker.subscriber(
                 spec.event_type.subject(),
@@ -157,6 +166,7 @@ class Service:
                 pull_sub=PullSub(batch_size=1, timeout=1.0),
                 config=ConsumerConfig(ack_wait=settings.ack_wait_s, max_deliver=settings.max_deliver),
                 ack_policy=AckPolicy.MANUAL,
+                inbox_prefix=f"{self.inbox_prefix()}.".encode(),
                 title=f"{self.name}:{spec.event_type.type_name()}",
                 description=(spec.fn.__doc__ or "").strip(),
             )
@@ -224,7 +234,7 @@ class Service:
         await self._publish_outbox()
         await msg.ack()
 
-    def _process(self, spec: _HandlerSpec[E], event: E) -> None:
+    def _process(self, spec: _HandlerSpec[Any], event: Event) -> None:
         """Run the handler and commit its effects, the inbox row and its outgoing events as one unit."""
         assert self.engine is not None
         with Session(self.engine, expire_on_commit=False) as session:

@@ -61,10 +61,11 @@ class EmbeddedNats:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         if not self.port:
             self.port = free_port()
-        args = [str(find_nats_server()), "-js", "-sd", str(self.store_dir / "jetstream"),
-                "-a", "127.0.0.1", "-p", str(self.port)]
-        if self.config_file:
+        args = [str(find_nats_server()), "-a", "127.0.0.1", "-p", str(self.port)]
+        if self.config_file:  # it configures JetStream itself (nats-server refuses a second store_dir)
             args += ["-c", str(self.config_file)]
+        else:
+            args += ["-js", "-sd", str(self.store_dir / "jetstream")]
         log = self.log_file.open("ab")
         self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout

@@ -25,6 +25,9 @@ class Settings(BaseSettings):
     duplicate_window_s: float = 120.0
     ack_wait_s: float = 30.0
     max_deliver: int = 5
+    # False where NATS permissions let services use the stream but not create it (shared.nats_auth):
+    # the operator (admin user) creates it, e.g. with any `weightflow` CLI command.
+    declare_stream: bool = True
     device: str = "auto"
     canary_interval_s: float | None = None
     scheduler_tick_s: float = 1.0

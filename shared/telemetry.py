@@ -17,7 +17,7 @@ from shared.settings import Settings
 
 
 def _one_line(span: ReadableSpan) -> str:
-    return span.to_json(indent=None) + "\n"
+    return str(span.to_json(indent=None)) + "\n"
 
 
 def setup_tracing(service: str, settings: Settings) -> TracerProvider:

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import importlib
 import json
 import logging
 import os
 import signal
-import sys
 import time
 from collections.abc import Coroutine
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 from uuid import UUID, uuid4
@@ -21,7 +20,7 @@ import typer
 from rich.console import Console
 
 from contracts.base import Event
-from contracts.monitoring import CanaryRequested
+from contracts.monitoring import CanaryFailed, CanaryPassed, CanaryRequested
 from contracts.registry import DeploymentPromoted, ModelRegistered, RollbackRequested
 from contracts.workflow import DeadLettered
 from services.requirements.domain import RequirementsError
@@ -233,7 +232,7 @@ def status(run: str = typer.Argument("", help="run id (or a prefix); default: th
 def runs(as_json: bool = typer.Option(False, "--json")) -> None:
     """Runs seen on the bus, newest last."""
     grouped = runs_of(_run(_history(Settings())))
-    rows = []
+    rows: list[dict[str, Any]] = []
     for run_id, events in grouped.items():
         tracker = RunTracker({run_id})
         for e in events:
@@ -259,10 +258,8 @@ def events(follow: bool = typer.Option(False, "--follow", "-f"), as_json: bool =
             async for e in client.follow():
                 _print_event(e, as_json)
 
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         _run(go())
-    except KeyboardInterrupt:
-        pass
 
 
 def _registered(settings: Settings) -> list[ModelRegistered]:
@@ -345,16 +342,24 @@ def rollback(deployment: str, to: str = typer.Option("", help="manifest id; defa
 
 
 @app.command()
-def canary(deployment: str) -> None:
+def canary(deployment: str, timeout: float = typer.Option(120, help="seconds to wait for the result")) -> None:
     """Run the deployment's evaluation canary now."""
     event = CanaryRequested(run_id=uuid4(), deployment=deployment)
 
-    async def go() -> None:
+    async def go() -> RunTracker:
         async with Client(Settings()) as client:
-            await client.publish(event)
+            return await track(client, event, timeout=timeout,
+                               done=lambda e: isinstance(e, CanaryPassed | CanaryFailed))
 
-    _run(go())
-    console.print(f"canary for {deployment} requested; `weightflow events` shows its result")
+    tracker = _run(go())
+    results = [e for e in tracker.events if isinstance(e, CanaryPassed | CanaryFailed)]
+    if not results:
+        err.print(f"[red]no canary result within {timeout:g} s[/] (is the monitoring service running, "
+                  f"and is {deployment!r} a promoted deployment?)")
+        raise typer.Exit(1)
+    console.print(summary(results[0]), markup=False)
+    if isinstance(results[0], CanaryFailed):
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -417,6 +422,49 @@ def dlq_replay(letter_id: str) -> None:
     raise typer.Exit(2)
 
 
+@app.command("nats-config")
+def nats_config(
+    out: Path = typer.Option(Path("nats/nats-server.conf"), "--out", help="nats-server config file to write"),
+    env_dir: Path | None = typer.Option(None, help="where the per-user <user>.env files go; default: next to --out"),
+    url_host: str = typer.Option("nats", help="host the services and CLI reach NATS at (the compose service name)"),
+    port: int = typer.Option(4222, help="client port"),
+    listen_host: str = typer.Option("0.0.0.0", help="address nats-server listens on"),
+    store_dir: str = typer.Option("/js", help="JetStream store directory inside the NATS container"),
+    monitor_port: int = typer.Option(8222, help="HTTP monitoring port (0: none)"),
+    rotate: bool = typer.Option(False, help="new passwords for all (default: keep those in existing .env files)"),
+) -> None:
+    """Write a nats-server config where each service may touch only its own subjects and consumers.
+
+    Also writes one `<user>.env` per user (WEIGHTFLOW_NATS_URL with its password; services also get
+    WEIGHTFLOW_DECLARE_STREAM=false) for compose `env_file:` or a Kubernetes secret. The `admin` user
+    (CLI) creates the stream and reads history; `alerting` may only subscribe to drift/canary events.
+    """
+    from shared import nats_auth
+
+    env_dir = env_dir or out.parent
+    services = nats_auth.load_services(SERVICES)
+    users = nats_auth.user_names(services)
+    existing = {} if rotate else {u: p for u in users if (p := nats_auth.read_password(env_dir / f"{u}.env"))}
+    passwords = nats_auth.generate_passwords(users, existing)
+    config = nats_auth.build_config(services, passwords, stream=Settings().stream, host=listen_host, port=port,
+                                    store_dir=store_dir, http_port=monitor_port or None)
+
+    def write_private(path: Path, text: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600, exist_ok=True)
+        path.chmod(0o600)
+        path.write_text(text)
+
+    write_private(out, nats_auth.render_config(config))
+    service_names = {s.name for s in services}
+    for user in users:
+        write_private(env_dir / f"{user}.env", nats_auth.credentials_env(
+            user, passwords[user], url_host, port, service=user in service_names))
+    kept = sorted(existing)
+    console.print(f"wrote {out} and {len(users)} credential files in {env_dir} ({', '.join(users)}); "
+                  f"{'kept passwords of ' + ', '.join(kept) if kept else 'new passwords'}")
+
+
 def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -425,4 +473,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

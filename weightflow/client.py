@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -68,7 +68,7 @@ class Client:
             events.append(event)
         return events
 
-    async def follow(self, since: datetime | None = None) -> AsyncIterator[Event]:
+    async def follow(self, since: datetime | None = None) -> AsyncGenerator[Event, None]:
         async for event in self._read(since=since, follow=True):
             yield event
 
@@ -76,7 +76,7 @@ class Client:
         info = await self.js.stream_info(self.settings.stream)
         last = info.state.last_seq
         config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME if since else DeliverPolicy.ALL,
-                                opt_start_time=since.isoformat() if since else None)
+                                opt_start_time=since)
         if not follow and last == 0:
             return
         sub = await self.js.subscribe(f"{SUBJECT_PREFIX}.>", ordered_consumer=True, config=config)
@@ -88,10 +88,8 @@ class Client:
                     if not follow:
                         return
                     continue
-                try:
+                with contextlib.suppress(ValueError):  # not ours to judge; dead letters record bad payloads
                     yield parse_event(msg.data)
-                except ValueError:
-                    pass  # not ours to judge here; dead letters record bad payloads
                 if not follow and msg.metadata.sequence.stream >= last:
                     return
         finally:
@@ -111,6 +109,8 @@ class RunTracker:
     def feed(self, event: Event) -> bool:
         """Take one event; True when the run has ended (outcome set)."""
         if event.run_id not in self.run_ids:
+            if isinstance(event, WorkflowRerouted) and event.new_run_id in self.run_ids:
+                self.events.append(event)  # the link from the run that was rerouted into this one
             return False
         self.events.append(event)
         if isinstance(event, WorkflowRerouted):

@@ -14,7 +14,7 @@ from contracts.workflow import DeadLettered, WorkflowRerouted
 MB = 1024 * 1024
 
 
-def summary(e: Event) -> str:  # noqa: C901 - one branch per event type reads best as a flat table
+def summary(e: Event) -> str:
     if isinstance(e, RequirementsAccepted):
         r = e.context.requirements
         return (f"accepted '{r.name}' v{e.context.version}: {r.quality.metric} ≥ {r.quality.threshold}, "
@@ -40,7 +40,8 @@ def summary(e: Event) -> str:  # noqa: C901 - one branch per event type reads be
     if isinstance(e, FitFailed):
         return f"fit failed: {e.reason}"
     if isinstance(e, AdapterTrained):
-        return f"LoRA adapter trained: {e.steps} steps in {e.seconds:.1f} s, loss {e.loss_first:.3f} → {e.loss_last:.3f}"
+        return (f"LoRA adapter trained: {e.steps} steps in {e.seconds:.1f} s, "
+                f"loss {e.loss_first:.3f} → {e.loss_last:.3f}")
     if isinstance(e, TuningGated):
         verdict = "passed" if e.passed else "refused: " + "; ".join(e.reasons)
         return (f"gate {verdict} — task {e.task_score_before:.3f} → {e.task_score:.3f}, "

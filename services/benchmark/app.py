@@ -23,7 +23,7 @@ from shared.modeling.catalog import UnknownModelError, known_candidates
 from shared.models import load_model, store_candidate
 from shared.splits import examples
 
-service = Service("benchmark")
+service = Service("benchmark", publishes=(CandidateBenchmarked, SelectionDecided, NoCandidatePassed))
 
 
 def _benchmark(cause: Event, context: RunContext, model: ModelArtifact, ctx: HandlerContext,
@@ -62,7 +62,8 @@ def on_accepted(event: RequirementsAccepted, ctx: HandlerContext) -> Sequence[Ev
         chosen, decision = domain.decide_class(results, req, size_class)
         decisions.append(decision)
         if chosen is not None:
-            picked = next(e for e in out if isinstance(e, CandidateBenchmarked) and e.model.candidate == chosen.candidate)
+            picked = next(e for e in out
+                          if isinstance(e, CandidateBenchmarked) and e.model.candidate == chosen.candidate)
             out.append(SelectionDecided.follow(event, context=event.context, model=picked.model,
                                                measurement=picked.measurement, quality_gap=picked.quality_gap,
                                                decisions=decisions))

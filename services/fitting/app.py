@@ -20,10 +20,10 @@ from services.fitting import domain
 from services.fitting.store import FitAttempt
 from shared.bus import HandlerContext, Service
 from shared.measure import judge
-from shared.models import load_model
 from shared.modeling.quantization import quantize_int8, save_quantized
+from shared.models import load_model
 
-service = Service("fitting")
+service = Service("fitting", publishes=(MemoryBudgetComputed, FitCompleted, FitFailed, BenchmarkRequested))
 
 
 def _architecture(ctx: HandlerContext, tree_digest: str) -> domain.Architecture:
@@ -87,7 +87,7 @@ def on_benchmarked(event: CandidateBenchmarked, ctx: HandlerContext) -> Sequence
     model = ModelArtifact.model_validate_json(attempt.model_json)
     budget = MemoryBudget.model_validate_json(attempt.budget_json)
     steps: list[str] = json.loads(attempt.steps_json)
-    passed, failures, gap = judge(event.measurement, context.requirements)
+    _, failures, gap = judge(event.measurement, context.requirements)
     m = event.measurement
     steps.append(f"re-benchmarked {model.variant}: score {m.score:.3f}, p95 {m.latency_ms_p95:.1f} ms, "
                  f"${m.cost_per_1k_usd:.4f}/1k")

@@ -26,12 +26,11 @@ from shared.measure import measure
 from shared.serving import load_deployment, read_manifest
 from shared.splits import examples
 
-service = Service("monitoring")
+service = Service("monitoring", publishes=(CanaryPassed, CanaryFailed, DriftDetected))
 
 
 def _now() -> datetime:
-    """Naive UTC: what SQLite and PostgreSQL `timestamp` columns store and compare consistently."""
-    return utcnow().replace(tzinfo=None)
+    return utcnow()
 
 
 def _interval(ctx: HandlerContext, configured: float) -> float:
@@ -41,8 +40,12 @@ def _interval(ctx: HandlerContext, configured: float) -> float:
 def _canary(watch: Watch, ctx: HandlerContext, cause: Event | None) -> list[Event]:
     manifest = read_manifest(ctx.store, watch.manifest_id)
     req = manifest.requirements
-    run_id = UUID(watch.run_id)
-    envelope = {"run_id": run_id, "causation_id": cause.event_id if cause else None}
+    # An operator's request is its own run (so its sender can follow it); a scheduled canary belongs to the
+    # run that promoted the deployment it watches.
+    if cause is not None:
+        envelope = {"run_id": cause.run_id, "causation_id": cause.event_id}
+    else:
+        envelope = {"run_id": UUID(watch.run_id), "causation_id": UUID(watch.promoted_event_id)}
     try:
         encoder = load_deployment(ctx.store, manifest, ctx.settings.device)
         m = measure(encoder, examples(ctx.store, manifest.data.canary), req.task.labels, req.deployment.hardware)
@@ -77,9 +80,11 @@ def on_promoted(event: DeploymentPromoted, ctx: HandlerContext) -> Sequence[Even
     manifest = read_manifest(ctx.store, event.manifest_id)
     watch = ctx.session.get(Watch, event.deployment) or Watch(
         deployment=event.deployment, manifest_id=event.manifest_id, run_id=str(event.run_id), interval_s=0,
+        promoted_event_id=str(event.event_id),
         next_due_at=_now())
     watch.manifest_id = event.manifest_id
     watch.run_id = str(event.run_id)
+    watch.promoted_event_id = str(event.event_id)
     watch.interval_s = _interval(ctx, manifest.requirements.monitoring.canary_interval_s)
     watch.next_due_at = _now()
     watch.baseline_json = None

@@ -14,6 +14,7 @@ class Watch(SQLModel, table=True):
     deployment: str = Field(primary_key=True)
     manifest_id: str
     run_id: str
+    promoted_event_id: str = Field(description="causation of scheduled canaries: the promotion being watched")
     interval_s: float
     next_due_at: datetime
     baseline_json: str | None = None

@@ -22,7 +22,7 @@ from services.registry import domain
 from services.registry.store import DeploymentRecord, ManifestRecord
 from shared.bus import HandlerContext, PermanentError, Service
 
-service = Service("registry")
+service = Service("registry", publishes=(ModelRegistered, DeploymentPromoted, RolledBack))
 
 
 def _entry(ctx: HandlerContext, tree: str) -> ManifestEntry:
@@ -46,7 +46,8 @@ def _promote(cause: Event, ctx: HandlerContext, deployment: str, manifest_id: st
 
 def _register(cause: Event, ctx: HandlerContext, context: RunContext, model: ModelArtifact,
               measurement: Measurement, budget: MemoryBudget, adapter: AdapterArtifact | None) -> list[Event]:
-    for artifact in filter(None, [model.tree_digest, model.base_tree_digest, adapter and adapter.tree_digest]):
+    trees = [model.tree_digest, model.base_tree_digest, adapter.tree_digest if adapter else None]
+    for artifact in (t for t in trees if t):
         for digest in ctx.store.tree_files(artifact).values():
             ctx.store.verify(digest)
     deployment = context.requirements.deployment.name

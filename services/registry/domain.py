@@ -10,7 +10,8 @@ def render_runbook(manifest: Manifest, manifest_id: str) -> str:
     hw = req.deployment.hardware
     m = manifest.measurement
     rows = "\n".join(f"| `{role}` | `{digest}` |" for role, digest in sorted(manifest.checksums().items()))
-    adapter = (f"LoRA adapter `{manifest.adapter.tree_digest[:12]}` trained on data `{(manifest.adapter_train_data_digest or '')[:12]}`"
+    adapter = (f"LoRA adapter `{manifest.adapter.tree_digest[:12]}` "
+               f"trained on data `{(manifest.adapter_train_data_digest or '')[:12]}`"
                if manifest.adapter else "no adapter")
     previous = f"`{manifest.previous_manifest_id}`" if manifest.previous_manifest_id else "none (first release)"
     return f"""# Runbook: {manifest.deployment}

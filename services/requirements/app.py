@@ -25,7 +25,7 @@ from services.requirements import domain, store
 from shared.bus import HandlerContext, Service
 from shared.splits import load_split
 
-service = Service("requirements")
+service = Service("requirements", publishes=(RequirementsAccepted, RequirementsRejected, WorkflowRerouted))
 
 
 def _accept(event: RequirementsSubmitted | RequirementsChanged, ctx: HandlerContext,

@@ -100,6 +100,7 @@ def check_data(
 def render_markdown(req: Requirements, version: int, digest: str) -> str:
     """The one-page requirements doc a reviewer signs off."""
     hw = req.deployment.hardware
+    forced = f" (forced: {req.quantization.force})" if req.quantization.force else ""
     labels = "\n".join(f"| `{name}` | {desc} |" for name, desc in req.task.labels.items())
     candidates = ", ".join(req.candidates) if req.candidates else "every known candidate"
     return f"""# Requirements: {req.name} (v{version})
@@ -125,7 +126,7 @@ Document sha256 `{digest}`.
 ## Deployment
 - name `{req.deployment.name}`, {req.deployment.mode}, data residency: {req.deployment.data_residency or "unspecified"}
 - hardware `{hw.profile}`: {hw.device}, {hw.memory_mb:g} MB memory, ${hw.cost_per_hour_usd:g}/hour
-- quantization allowed: {", ".join(req.quantization.allowed) or "none"}{" (forced: " + req.quantization.force + ")" if req.quantization.force else ""}
+- quantization allowed: {", ".join(req.quantization.allowed) or "none"}{forced}
 - candidates: {candidates}
 
 ## Monitoring

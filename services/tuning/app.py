@@ -19,7 +19,7 @@ from shared.modeling.lora import LoraSettings, attach_adapter, train_lora
 from shared.models import load_model
 from shared.splits import examples, pairs
 
-service = Service("tuning")
+service = Service("tuning", publishes=(AdapterTrained, TuningGated, TuningSkipped))
 
 
 @service.handles(FitCompleted)
@@ -54,7 +54,8 @@ def on_fit_completed(event: FitCompleted, ctx: HandlerContext) -> Sequence[Event
     return [
         AdapterTrained.follow(event, adapter=adapter, steps=report.steps, seconds=report.seconds,
                               loss_first=report.loss_first, loss_last=report.loss_last),
-        TuningGated.follow(event, context=context, model=event.model, adapter=adapter, measurement=m, budget=event.budget,
+        TuningGated.follow(event, context=context, model=event.model, adapter=adapter, measurement=m,
+                           budget=event.budget,
                            task_score_before=event.measurement.score, task_score=m.score,
                            general_score_before=general_before, general_score=general_after,
                            passed=not reasons, reasons=reasons),
