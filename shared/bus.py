@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
+import os
+import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -114,6 +117,10 @@ class Service:
     _broker: NatsBroker | None = None
     _flush: asyncio.Event | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _inflight: dict[int, NatsMessage] = field(default_factory=dict)
+    _released: set[int] = field(default_factory=set)
+    _stopping: bool = False
+    _exit_process_on_stop: bool = False
 
     # -- declaration -------------------------------------------------------------------------
     def handles(self, event_type: type[E]) -> Callable[[Handler[E]], Handler[E]]:
@@ -151,7 +158,7 @@ class Service:
             name=f"weightflow-{self.name}",
             max_reconnect_attempts=-1,
             reconnect_time_wait=1,
-            graceful_timeout=settings.ack_wait_s,
+            graceful_timeout=1.0,  # our own shutdown hook gives in-flight work its grace period, then NAKs
             inbox_prefix=self.inbox_prefix(),
             middlewares=[NatsTelemetryMiddleware(tracer_provider=provider)],
         )
@@ -172,8 +179,13 @@ class Service:
             )
             subscriber(self._callback(spec))
         app = FastStream(broker, on_startup=[self._on_startup], after_startup=[self._after_startup],
-                         on_shutdown=[self._on_shutdown])
+                         on_shutdown=[self._on_shutdown], after_shutdown=[self._after_shutdown])
         return app
+
+    def run_process(self, settings: Settings | None = None) -> None:
+        """Run as this OS process's only job until SIGTERM/SIGINT (what `weightflow service NAME` does)."""
+        self._exit_process_on_stop = True
+        asyncio.run(self.build(settings).run())
 
     async def _on_startup(self) -> None:
         assert self.settings is not None
@@ -189,10 +201,51 @@ class Service:
         log.info("service %s consuming %s", self.name, self.consumed_subjects())
 
     async def _on_shutdown(self) -> None:
+        """SIGTERM: take no new work, give in-flight handlers the grace period, NAK what is still running.
+
+        A NAKed message is redelivered at once to a replica (or to this service when it restarts); if the
+        abandoned handler commits after all, the inbox makes the redelivery a no-op.
+        """
+        assert self.settings is not None
+        self._stopping = True
+        deadline = asyncio.get_running_loop().time() + self.settings.shutdown_grace_s
+        while self._inflight and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        for key, msg in list(self._inflight.items()):
+            self._released.add(key)
+            with contextlib.suppress(Exception):
+                await msg.nack()
+            log.warning("%s: shutdown grace (%.0f s) over, NAKed in-flight %s for redelivery", self.name,
+                        self.settings.shutdown_grace_s, msg.raw_message.subject)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+
+    async def _after_shutdown(self) -> None:
+        if self._released and self._exit_process_on_stop:
+            # A handler thread cannot be interrupted and the interpreter would wait for it at exit; its
+            # message is already NAKed and its transaction uncommitted, so leaving now loses nothing.
+            logging.shutdown()
+            os._exit(0)
+
+    def _crash_point(self, point: str) -> None:
+        """Fault injection for the crash-safety tests: SIGKILL this process once at `point`.
+
+        Enabled only by WEIGHTFLOW_CRASH_POINTS (empty in any real deployment); a marker file in the data
+        directory makes each point fire once per service, so the restarted process carries on.
+        """
+        assert self.settings is not None
+        if point not in self.settings.crash_points.split(","):
+            return
+        marker = self.settings.home / "crash-points" / f"{self.name}.{point}"
+        if marker.exists():
+            return
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+        log.warning("%s: crash point %s: SIGKILL", self.name, point)
+        logging.shutdown()
+        os.kill(os.getpid(), signal.SIGKILL)
 
     def _context(self, session: Session) -> HandlerContext:
         assert self.store is not None and self.settings is not None
@@ -215,6 +268,11 @@ class Service:
         except (ValidationError, ValueError) as exc:
             await self._dead_letter(msg, f"invalid {spec.event_type.type_name()} payload: {exc}", deliveries)
             return
+        if self._stopping:  # shutting down: leave it to a replica or to our own restart
+            await msg.nack(delay=1.0)
+            return
+        key = id(msg)
+        self._inflight[key] = msg
         heartbeat = asyncio.create_task(self._heartbeat(msg))
         try:
             await asyncio.to_thread(self._process, spec, event)
@@ -231,6 +289,11 @@ class Service:
             return
         finally:
             heartbeat.cancel()
+            self._inflight.pop(key, None)
+        if key in self._released:  # NAKed at shutdown; its redelivery will find the inbox row
+            self._released.discard(key)
+            return
+        self._crash_point("after_commit")
         await self._publish_outbox()
         await msg.ack()
 
@@ -245,6 +308,8 @@ class Service:
             session.add(InboxRecord(service=self.name, event_id=str(event.event_id),
                                     event_type=event.type_name(), run_id=str(event.run_id)))
             self._stage_outbox(session, outgoing)
+            session.flush()
+            self._crash_point("mid_transaction")
             try:
                 session.commit()
             except IntegrityError:

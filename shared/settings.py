@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     # False where NATS permissions let services use the stream but not create it (shared.nats_auth):
     # the operator (admin user) creates it, e.g. with any `weightflow` CLI command.
     declare_stream: bool = True
+    shutdown_grace_s: float = 20.0
+    crash_points: str = ""  # tests only: comma-separated shared.bus crash points (mid_transaction, after_commit)
     device: str = "auto"
     canary_interval_s: float | None = None
     scheduler_tick_s: float = 1.0

@@ -7,6 +7,8 @@ dead-lettered with its error while the rest flows on.
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections.abc import Sequence
 from uuid import uuid4
 
@@ -15,7 +17,7 @@ from sqlmodel import Field, Session, SQLModel, select
 from contracts.base import Event, register
 from contracts.workflow import DeadLettered
 from shared.bus import HandlerContext, Service
-from shared.db import DeadLetterRecord, InboxRecord
+from shared.db import DeadLetterRecord, InboxRecord, make_engine
 from shared.settings import Settings
 from weightflow.client import Client
 
@@ -110,3 +112,60 @@ def test_duplicates_retries_and_poison(settings: Settings, database_url: str) ->
         (letter,) = session.exec(select(DeadLetterRecord)).all()
         assert "n" in letter.error and "not a number" in letter.payload.decode()
         assert letter.stream_sequence is not None and letter.deliveries == 1
+
+
+def slow_service(started: threading.Event, seconds: float, calls: list[int]) -> Service:
+    svc = Service("sleeper")
+
+    @svc.handles(Ping)
+    def on_ping(event: Ping, ctx: HandlerContext) -> Sequence[Event]:
+        calls.append(event.n)
+        started.set()
+        time.sleep(seconds)
+        ctx.session.add(Effect(n=event.n))
+        return [Pong.follow(event, n=event.n)]
+
+    return svc
+
+
+def test_shutdown_finishes_quick_work_and_naks_the_rest(settings: Settings) -> None:
+    """SIGTERM's path: work that ends within the grace period is acked; longer work is NAKed at once,
+    redelivered to the next instance well before ack_wait, and its side effect still happens once."""
+    settings = settings.model_copy(update={"ack_wait_s": 60.0, "shutdown_grace_s": 1.5})
+    calls_a: list[int] = []
+    calls_b: list[int] = []
+
+    async def scenario() -> float:
+        started = threading.Event()
+        first = slow_service(started, 0.5, calls_a)
+        app = first.build(settings)
+        await app.start()
+        async with Client(settings) as client:
+            await client.publish(Ping(run_id=uuid4(), n=1))  # finishes inside the grace period
+            await _wait_for(started.is_set)
+            started.clear()
+            await app.stop()
+            assert calls_a == [1]
+            app = slow_service(started, 6.0, calls_a).build(settings)
+            await app.start()
+            await client.publish(Ping(run_id=uuid4(), n=2))  # outlives the grace period
+            await _wait_for(started.is_set)
+            stopped_at = time.monotonic()
+            await app.stop()
+            second = slow_service(threading.Event(), 0.0, calls_b)
+            app = second.build(settings)
+            await app.start()
+            try:
+                await _wait_for(lambda: 2 in calls_b, timeout=15)
+                redelivered_after = time.monotonic() - stopped_at
+                await asyncio.sleep(7.0)  # the abandoned first attempt finishes and meets the inbox row
+            finally:
+                await app.stop()
+            return redelivered_after
+
+    redelivered_after = asyncio.run(scenario())
+    assert calls_a == [1, 2] and calls_b == [2], "quick work was not redelivered; slow work was, once"
+    assert redelivered_after < settings.ack_wait_s / 2, "NAKed on shutdown, not left to time out"
+    engine = make_engine(settings.resolved_database_url())
+    with Session(engine) as session:
+        assert sorted(e.n for e in session.exec(select(Effect))) == [1, 2]

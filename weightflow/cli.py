@@ -75,8 +75,7 @@ def service(name: str = typer.Argument(..., help=f"one of {', '.join(SERVICES)}"
     logging.basicConfig(level=os.environ.get("WEIGHTFLOW_LOG_LEVEL", "INFO"),
                         format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s")
     module = importlib.import_module(f"services.{name}.app")
-    faststream_app = module.service.build(Settings())
-    asyncio.run(faststream_app.run())
+    module.service.run_process(Settings())
 
 
 def _start_stack(settings: Settings, replicas: int = 1) -> Stack:
