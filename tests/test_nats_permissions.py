@@ -1,0 +1,344 @@
+"""NATS permissions of the scaled deployment, against a real nats-server started with the generated config.
+
+A service user runs its real work (its own durable consumers, its own subjects) and is refused everything
+else: other stages' subjects, other services' consumers, stream management, other inboxes. The alerting
+user reads drift and canary outcomes and nothing more. The permissions table itself is checked against
+what the handlers construct.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import inspect
+import json
+import re
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
+
+import nats
+import pytest
+from nats.js.api import ConsumerConfig
+
+from contracts.base import EVENT_TYPES, Event, parse_event
+from contracts.monitoring import CanaryFailed, CanaryPassed, CanaryRequested, DriftDetected
+from contracts.registry import RollbackRequested
+from contracts.requirements import RequirementsChanged, RequirementsRejected, RequirementsSubmitted
+from contracts.workflow import DeadLettered
+from shared import nats_auth
+from shared.bus import Service
+from shared.natsd import EmbeddedNats, free_port
+from shared.settings import Settings
+from weightflow.client import Client
+from weightflow.stack import SERVICES
+
+SERVICE_DEFS = nats_auth.load_services(SERVICES)
+BY_NAME = {s.name: s for s in SERVICE_DEFS}
+# Events only people (the admin's CLI) originate; every other consumed event comes from a service.
+OPERATOR_EVENTS = {RequirementsSubmitted, RequirementsChanged, RollbackRequested, CanaryRequested}
+DENIED_WAIT = 0.5  # seconds a refused JetStream API request waits for the reply that never comes
+
+
+# -- the permissions table ---------------------------------------------------------------------------
+
+
+def _constructed_events(service: Service) -> set[type[Event]]:
+    """Event classes the service's module calls or `.follow`s: what its handlers and periodics return."""
+    module = inspect.getmodule(service.handlers[0].fn)
+    assert module is not None and module.__file__ is not None
+    events = {cls.__name__: cls for cls in EVENT_TYPES.values()}
+    found: set[type[Event]] = set()
+    for node in ast.walk(ast.parse(Path(module.__file__).read_text())):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        if isinstance(func, ast.Attribute) and func.attr == "follow":
+            func = func.value
+        if isinstance(func, ast.Name) and func.id in events:
+            found.add(events[func.id])
+    return found
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_declared_publishes_match_what_handlers_emit(name: str) -> None:
+    service = BY_NAME[name]
+    assert set(service.publishes) == _constructed_events(service)
+
+
+def test_every_consumed_event_has_a_publisher() -> None:
+    published = {e for s in SERVICE_DEFS for e in s.publishes}
+    consumed = {spec.event_type for s in SERVICE_DEFS for spec in s.handlers}
+    assert consumed - published == OPERATOR_EVENTS
+
+
+def test_generated_permissions_are_narrow() -> None:
+    users = nats_auth.user_names(SERVICE_DEFS)
+    config = nats_auth.build_config(SERVICE_DEFS, nats_auth.generate_passwords(users), store_dir=None)
+    perms = {u["user"]: u["permissions"] for u in config["authorization"]["users"]}
+    assert len(set(nats_auth.generate_passwords(users).values())) == len(users)
+    for service in SERVICE_DEFS:
+        publish = perms[service.name]["publish"]["allow"]
+        assert not [s for s in publish if s in (">", "$JS.>", "$JS.API.>") or s.endswith("*")]
+        stream_subjects = {s for s in publish if not s.startswith("$JS.")}
+        emitted: list[type[Event]] = [*service.publishes, DeadLettered]
+        assert stream_subjects == {e.subject() for e in emitted}
+        durables = {service.durable_name(spec.event_type) for spec in service.handlers}
+        api = [s for s in publish if s.startswith("$JS.")]
+        assert api and all(any(f".WF.{d}" in s for d in durables) for s in api)
+        assert perms[service.name]["subscribe"] == {"allow": [f"_INBOX.{service.name}.>"]}
+    assert perms["alerting"] == {
+        "publish": {"deny": [">"]},
+        "subscribe": {"allow": sorted(e.subject() for e in (DriftDetected, CanaryFailed, CanaryPassed))},
+    }
+
+
+# -- a real server with the generated config ---------------------------------------------------------
+
+
+@dataclass
+class SecuredNats:
+    server: EmbeddedNats
+    passwords: dict[str, str]
+    home: Path
+
+    def url(self, user: str) -> str:
+        return nats_auth.nats_url(user, self.passwords[user], "127.0.0.1", self.server.port)
+
+    def settings(self, user: str, **update: Any) -> Settings:
+        return Settings(home=self.home, nats_url=self.url(user), trace_file=False, **update)
+
+    def violations(self) -> str:
+        return "\n".join(line for line in self.server.log_file.read_text().splitlines() if "Violation" in line)
+
+
+@pytest.fixture
+def secured(tmp_path: Path) -> Iterator[SecuredNats]:
+    port = free_port()
+    passwords = nats_auth.generate_passwords(nats_auth.user_names(SERVICE_DEFS))
+    config = nats_auth.build_config(SERVICE_DEFS, passwords, host="127.0.0.1", port=port,
+                                    store_dir=tmp_path / "jetstream")
+    config_file = tmp_path / "nats-server.conf"
+    config_file.write_text(nats_auth.render_config(config))
+    with EmbeddedNats(tmp_path / "nats", port=port, config_file=config_file) as server:
+        secured = SecuredNats(server, passwords, tmp_path / "home")
+        asyncio.run(_admin_creates_stream(secured))
+        yield secured
+
+
+async def _admin_creates_stream(secured: SecuredNats) -> None:
+    async with Client(secured.settings("admin")):  # ensure_stream, as any CLI command does
+        pass
+
+
+@dataclass
+class Conn:
+    """A raw nats-py connection that records the permission errors the server sends it."""
+
+    nc: Any = None
+    errors: list[str] = field(default_factory=list)
+
+    async def connect(self, url: str, **kwargs: Any) -> Conn:
+        async def on_error(exc: Exception) -> None:
+            self.errors.append(str(exc))
+
+        self.nc = await nats.connect(url, error_cb=on_error, allow_reconnect=False, **kwargs)
+        return self
+
+    async def denied(self, verb: str, subject: str, timeout: float = 3.0) -> str:
+        """Wait for the server's 'Permissions Violation for <verb> to "<subject>"' on this connection."""
+        expected = f'permissions violation for {verb} to "{subject}"'.lower()
+        deadline = asyncio.get_running_loop().time() + timeout
+        while asyncio.get_running_loop().time() < deadline:
+            hits = [e for e in self.errors if expected in e.lower()]
+            if hits:
+                return hits[0]
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"no {expected!r}; errors seen: {self.errors}")
+
+    async def close(self) -> None:
+        if self.nc is not None and not self.nc.is_closed:
+            await self.nc.close()
+
+
+async def _wait_for(predicate: Callable[[], Awaitable[bool]], timeout: float = 15.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.1)
+
+
+def test_nobody_gets_in_without_a_password(secured: SecuredNats) -> None:
+    async def scenario() -> None:
+        with pytest.raises(nats.errors.Error, match=r"(?i)authorization"):
+            await nats.connect(secured.server.url, allow_reconnect=False, max_reconnect_attempts=0,
+                               connect_timeout=2)
+
+    asyncio.run(scenario())
+
+
+def test_service_runs_its_real_work_with_its_own_permissions(secured: SecuredNats) -> None:
+    """The real requirements service, as user `requirements`: binds its consumers, handles, publishes, acks,
+    dead-letters (a TERM ack plus a DeadLettered), all without one permission violation."""
+    service = BY_NAME["requirements"]
+    settings = secured.settings("requirements", declare_stream=False, ack_wait_s=5.0, max_deliver=2,
+                                database_url=f"sqlite:///{secured.home.parent / 'requirements.db'}")
+
+    async def scenario() -> None:
+        app = service.build(settings)
+        await app.start()
+        try:
+            async with Client(secured.settings("admin")) as admin:
+                bad_doc = RequirementsSubmitted(run_id=uuid4(), document="deployment: [not, valid")
+                await admin.publish(bad_doc)
+                await admin.publish_raw(RequirementsSubmitted.subject(), b"not json", f"poison-{uuid4()}")
+
+                async def answered() -> bool:
+                    events = await admin.history()
+                    return (any(isinstance(e, RequirementsRejected) and e.run_id == bad_doc.run_id for e in events)
+                            and any(isinstance(e, DeadLettered) and e.service == "requirements" for e in events))
+
+                await _wait_for(answered)
+                for spec in service.handlers:  # its consumers exist and hold nothing unacked
+                    info = await admin.js.consumer_info("WF", service.durable_name(spec.event_type))
+                    assert info.num_ack_pending == 0 and info.num_pending == 0
+        finally:
+            await app.stop()
+
+    asyncio.run(scenario())
+    assert secured.violations() == ""
+
+
+def test_service_denied_outside_its_subjects(secured: SecuredNats) -> None:
+    benchmark = BY_NAME["benchmark"]
+    fitting = BY_NAME["fitting"]
+    own_durable = "benchmark__requirements__accepted"
+    other_durable = "fitting__benchmark__selection_decided"
+    assert own_durable in {benchmark.durable_name(s.event_type) for s in benchmark.handlers}
+    assert other_durable in {fitting.durable_name(s.event_type) for s in fitting.handlers}
+
+    async def scenario() -> None:
+        admin = await Conn().connect(secured.url("admin"))
+        user = await Conn().connect(secured.url("benchmark"), inbox_prefix="_INBOX.benchmark")
+        try:
+            ajs, js = admin.nc.jetstream(), user.nc.jetstream()
+            await ajs.add_consumer("WF", ConsumerConfig(durable_name=other_durable,
+                                                        filter_subject="wf.benchmark.selection_decided"))
+            await ajs.publish("wf.requirements.accepted", b"work for benchmark")
+            await ajs.publish("wf.benchmark.selection_decided", b"work for fitting")
+
+            # allowed: its own consumer (created with its own filter), fetch, ack; its own subjects
+            sub = await js.pull_subscribe("wf.requirements.accepted", durable=own_durable, stream="WF",
+                                          inbox_prefix=b"_INBOX.benchmark.")
+            [msg] = await sub.fetch(1, timeout=5)
+            assert msg.data == b"work for benchmark"
+            await msg.ack_sync(timeout=5)  # the server confirms the ack
+            ack = await js.publish("wf.benchmark.candidate_benchmarked", b"{}", timeout=5)
+            assert ack.stream == "WF"
+            await js.publish(DeadLettered.subject(), b"{}", timeout=5)
+            assert user.errors == []
+
+            # denied: another stage's subject, core and JetStream
+            await user.nc.publish("wf.registry.model_registered", b"forged")
+            await user.denied("publish", "wf.registry.model_registered")
+            with pytest.raises(nats.errors.TimeoutError):
+                await js.publish("wf.registry.model_registered", b"forged", timeout=DENIED_WAIT)
+
+            # denied: looking up, binding and fetching from another service's durable consumer
+            with pytest.raises(nats.errors.TimeoutError):
+                await js.consumer_info("WF", other_durable, timeout=DENIED_WAIT)
+            await user.denied("publish", f"$JS.API.CONSUMER.INFO.WF.{other_durable}")
+            stolen = await js.pull_subscribe_bind(durable=other_durable, stream="WF",
+                                                  inbox_prefix=b"_INBOX.benchmark.")
+            with pytest.raises(nats.errors.TimeoutError):
+                await stolen.fetch(1, timeout=DENIED_WAIT)
+            await user.denied("publish", f"$JS.API.CONSUMER.MSG.NEXT.WF.{other_durable}")
+
+            # denied: its own consumer redefined over another stage's events (the filter is in the subject) ...
+            with pytest.raises(nats.errors.TimeoutError):
+                await js.add_consumer("WF", ConsumerConfig(name=own_durable, durable_name=own_durable,
+                                                           filter_subject="wf.registry.model_registered"),
+                                      timeout=DENIED_WAIT)
+            await user.denied("publish", f"$JS.API.CONSUMER.CREATE.WF.{own_durable}.wf.registry.model_registered")
+            # ... or through the legacy create request, which does not name the filter
+            with pytest.raises(nats.errors.TimeoutError):
+                await js.add_consumer("WF", ConsumerConfig(durable_name="benchmark__sneaky", filter_subject="wf.>"),
+                                      timeout=DENIED_WAIT)
+            await user.denied("publish", "$JS.API.CONSUMER.DURABLE.CREATE.WF.benchmark__sneaky")
+            # ... and the server refuses a permitted create subject whose body asks for another filter
+            reply = await user.nc.request(
+                f"$JS.API.CONSUMER.CREATE.WF.{own_durable}.wf.requirements.accepted",
+                json.dumps({"stream_name": "WF", "config": {"name": own_durable, "durable_name": own_durable,
+                                                             "filter_subject": "wf.>", "ack_policy": "explicit"}}
+                           ).encode(), timeout=5)
+            assert "error" in json.loads(reply.data), reply.data
+            assert (await ajs.consumer_info("WF", own_durable)).config.filter_subject == "wf.requirements.accepted"
+
+            # denied: stream management
+            with pytest.raises(nats.errors.TimeoutError):
+                await user.nc.jetstream(timeout=DENIED_WAIT).delete_stream("WF")
+            await user.denied("publish", "$JS.API.STREAM.DELETE.WF")
+
+            # denied: reading the stream's subjects directly, or other services' inboxes
+            for subject in ("wf.>", "_INBOX.>", "_INBOX.fitting.>"):
+                await user.nc.subscribe(subject)
+                await user.denied("subscription", subject)
+
+            # nothing leaked or changed: fitting's message is still waiting for fitting, the forgery was not stored
+            info = await ajs.consumer_info("WF", other_durable)
+            assert info.num_pending == 1 and info.delivered.consumer_seq == 0
+            assert (await ajs.stream_info("WF")).config.name == "WF"
+            with pytest.raises(nats.js.errors.NotFoundError):
+                await ajs.get_last_msg("WF", "wf.registry.model_registered")
+        finally:
+            await user.close()
+            await admin.close()
+
+    asyncio.run(scenario())
+    log = secured.violations()
+    assert re.search(r'user:benchmark" - Publish Violation - .*"wf\.registry\.model_registered"', log)
+    assert re.search(r'user:benchmark" - Publish Violation - .*"\$JS\.API\.STREAM\.DELETE\.WF"', log)
+    assert "user:admin" not in log
+
+
+def test_alerting_only_reads_drift_and_canary_outcomes(secured: SecuredNats) -> None:
+    async def scenario() -> None:
+        alerting = await Conn().connect(secured.url("alerting"))
+        try:
+            received: list[Event] = []
+
+            async def on_msg(msg: Any) -> None:
+                received.append(parse_event(msg.data))
+
+            for cls in (DriftDetected, CanaryFailed, CanaryPassed):
+                await alerting.nc.subscribe(cls.subject(), cb=on_msg)
+            await alerting.nc.flush()
+            assert alerting.errors == []
+
+            drift = DriftDetected(run_id=uuid4(), deployment="support-tickets", manifest_id="m1",
+                                  kind="latency", baseline=10.0, observed=25.0, limit=20.0)
+            async with Client(secured.settings("admin")) as admin:
+                await admin.publish(RollbackRequested(run_id=uuid4(), deployment="support-tickets"))
+                await admin.publish(drift)
+
+            async def got_drift() -> bool:
+                return bool(received)
+
+            await _wait_for(got_drift, timeout=5)
+            assert received == [drift]
+
+            for subject in ("wf.>", "wf.registry.>", "wf.monitoring.>", "_INBOX.>"):
+                await alerting.nc.subscribe(subject)
+                await alerting.denied("subscription", subject)
+            await alerting.nc.publish(DriftDetected.subject(), b"forged")
+            await alerting.denied("publish", DriftDetected.subject())
+            with pytest.raises(nats.errors.TimeoutError):  # no JetStream either (its reply inbox is refused too)
+                await alerting.nc.jetstream(timeout=DENIED_WAIT).stream_info("WF")
+            await alerting.denied("publish", "$JS.API.STREAM.INFO.WF")
+        finally:
+            await alerting.close()
+
+    asyncio.run(scenario())
