@@ -7,6 +7,7 @@ dead-lettered with its error while the rest flows on.
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from collections.abc import Sequence
@@ -94,8 +95,10 @@ def test_duplicates_retries_and_poison(settings: Settings, database_url: str) ->
                 await client.publish(once, msg_id=f"{once.event_id}-again")
                 await client.publish(Ping(run_id=uuid4(), n=2))  # fails once, then succeeds
                 await client.publish_raw(Ping.subject(), b'{"event_type": "test.ping", "n": "not a number"}', "poison")
+                future = json.loads(Ping(run_id=uuid4(), n=4).to_bytes()) | {"schema_version": 99}
+                await client.publish_raw(Ping.subject(), json.dumps(future).encode(), "from-the-future")
                 await client.publish(Ping(run_id=uuid4(), n=3))
-                await _wait_for(lambda: {p.n for p in pongs} == {1, 2, 3} and len(letters) == 1)
+                await _wait_for(lambda: {p.n for p in pongs} == {1, 2, 3} and len(letters) == 2)
                 await asyncio.sleep(1.0)  # a late duplicate would show up here
                 assert sorted(p.n for p in pongs) == [1, 2, 3]
         finally:
@@ -109,9 +112,10 @@ def test_duplicates_retries_and_poison(settings: Settings, database_url: str) ->
         effects = sorted(e.n for e in session.exec(select(Effect)))
         assert effects == [1, 2, 3], "each event has exactly one side effect"
         assert len(session.exec(select(InboxRecord).where(InboxRecord.service == "pinger")).all()) == 3
-        (letter,) = session.exec(select(DeadLetterRecord)).all()
+        letter, future_letter = session.exec(select(DeadLetterRecord).order_by(DeadLetterRecord.id)).all()
         assert "n" in letter.error and "not a number" in letter.payload.decode()
         assert letter.stream_sequence is not None and letter.deliveries == 1
+        assert "schema_version 99 is newer than this service understands" in future_letter.error
 
 
 def slow_service(started: threading.Event, seconds: float, calls: list[int]) -> Service:

@@ -74,3 +74,37 @@ def test_tuning_needs_train_and_general() -> None:
 
     errors = check_data(req, loader, {"eval": "d", "canary": "d"})
     assert any("data.train and data.general are needed" in e for e in errors)
+
+
+def test_unknown_model_is_named_with_the_known_ones() -> None:
+    text = EXAMPLE.read_text().replace("candidates: [minilm-l3, minilm-l6]", "candidates: [minilm-l3, llama-70b]")
+    with pytest.raises(RequirementsError) as info:
+        parse_requirements(text)
+    assert info.value.errors == ["candidates.1: unknown model 'llama-70b'; known models: minilm-l3, minilm-l6"]
+
+
+def test_impossible_hardware_is_refused_with_the_field() -> None:
+    text = EXAMPLE.read_text().replace("memory_mb: 96", "memory_mb: -1").replace("cost_per_hour_usd: 0.10",
+                                                                                 "cost_per_hour_usd: lots")
+    with pytest.raises(RequirementsError) as info:
+        parse_requirements(text)
+    joined = "\n".join(info.value.errors)
+    assert "deployment.hardware.memory_mb" in joined and "deployment.hardware.cost_per_hour_usd" in joined
+
+
+def test_cli_rejects_bad_files_with_every_error_and_a_non_zero_exit(tmp_path: Path) -> None:
+    """Validation happens before anything is published or stored: no server is needed to be told."""
+    from typer.testing import CliRunner
+
+    from weightflow.cli import app
+
+    bad = tmp_path / "requirements.yaml"
+    bad.write_text(EXAMPLE.read_text().replace("threshold: 0.", "threshold: 9.").replace("eval: eval.jsonl",
+                                                                                         "eval: missing.jsonl"))
+    runner = CliRunner()
+    result = runner.invoke(app, ["submit", str(bad)], env={"WEIGHTFLOW_HOME": str(tmp_path / "home")})
+    assert result.exit_code == 2
+    assert "quality.threshold" in result.output and "requirements are not valid" in result.output
+    assert not (tmp_path / "home" / "artifacts").exists() or not any((tmp_path / "home" / "artifacts").rglob("*.*"))
+    missing = runner.invoke(app, ["submit", str(tmp_path / "nope.yaml")], env={"WEIGHTFLOW_HOME": str(tmp_path)})
+    assert missing.exit_code == 2 and "nope.yaml" in missing.output

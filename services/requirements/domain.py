@@ -14,6 +14,7 @@ import yaml
 from pydantic import ValidationError
 
 from contracts.requirements import DATA_SPLITS, Requirements
+from shared.modeling.catalog import known_candidates
 
 LABELLED_SPLITS = ("eval", "canary", "train")
 
@@ -38,16 +39,27 @@ def parse_requirements(text: str) -> Requirements:
         raise RequirementsError([f"not valid YAML{where}: {getattr(exc, 'problem', exc)}"]) from exc
     if not isinstance(data, dict):
         raise RequirementsError(["the document must be a YAML mapping (name:, task:, data:, quality:, …)"])
+    errors = _unknown_candidates(data.get("candidates"))
     try:
-        return Requirements.model_validate(data)
+        req = Requirements.model_validate(data)
     except ValidationError as exc:
-        errors = []
         for err in exc.errors():
             message = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 message = "unknown field (check the spelling; see examples/support-tickets/requirements.yaml)"
             errors.append(f"{_location(err['loc'])}: {message}")
         raise RequirementsError(errors) from exc
+    if errors:
+        raise RequirementsError(errors)
+    return req
+
+
+def _unknown_candidates(names: object) -> list[str]:
+    if not isinstance(names, list):
+        return []
+    known = known_candidates()
+    return [f"candidates.{i}: unknown model {name!r}; known models: {', '.join(sorted(known))}"
+            for i, name in enumerate(names) if isinstance(name, str) and name not in known]
 
 
 def requirements_digest(text: str) -> str:
