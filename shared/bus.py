@@ -12,12 +12,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import logging
 import os
 import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
+from uuid import UUID
 
 from faststream import AckPolicy, FastStream
 from faststream.nats import ConsumerConfig, JStream, NatsBroker, PullSub
@@ -42,6 +44,13 @@ log = logging.getLogger("weightflow.bus")
 E = TypeVar("E", bound=Event)
 
 PUBLISH_ATTEMPTS = 6
+# JetStream announces a message it gave up redelivering (no ack after max_deliver tries: the handler
+# crashed or hung every time, so the bus's own dead-lettering never ran) on this subject.
+MAX_DELIVERIES_ADVISORY = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES"
+
+
+def advisory_stream_name(settings: Settings) -> str:
+    return f"{settings.stream}_ADVISORIES"
 
 
 class PermanentError(Exception):
@@ -56,12 +65,20 @@ def stream_config(settings: Settings) -> StreamConfig:
     )
 
 
+def advisory_stream_config(settings: Settings) -> StreamConfig:
+    """Keeps max-deliveries advisories until a service has dead-lettered them (they are core NATS
+    messages: without a stream one sent while every replica restarts would be lost)."""
+    return StreamConfig(name=advisory_stream_name(settings),
+                        subjects=[f"{MAX_DELIVERIES_ADVISORY}.{settings.stream}.>"])
+
+
 async def ensure_stream(js: Any, settings: Settings) -> None:
-    """Create the workflow stream if missing (idempotent; safe from any process)."""
-    try:
-        await js.stream_info(settings.stream)
-    except NotFoundError:
-        await js.add_stream(stream_config(settings))
+    """Create the workflow stream and its advisory stream if missing (idempotent; safe from any process)."""
+    for config in (stream_config(settings), advisory_stream_config(settings)):
+        try:
+            await js.stream_info(config.name)
+        except NotFoundError:
+            await js.add_stream(config)
 
 
 async def publish_raw(broker: NatsBroker, subject: str, payload: bytes, msg_id: str, stream: str) -> None:
@@ -140,6 +157,17 @@ class Service:
     def consumed_subjects(self) -> list[str]:
         return [spec.event_type.subject() for spec in self.handlers]
 
+    def consumers(self, settings: Settings) -> list[tuple[str, str, str]]:
+        """(stream, durable, filter subject) of every consumer this service binds: the source of its
+        NATS permissions (shared.nats_auth)."""
+        out = []
+        for spec in self.handlers:
+            durable = self.durable_name(spec.event_type)
+            out.append((settings.stream, durable, spec.event_type.subject()))
+            out.append((advisory_stream_name(settings), f"{durable}__exhausted",
+                        f"{MAX_DELIVERIES_ADVISORY}.{settings.stream}.{durable}"))
+        return out
+
     # -- runtime -----------------------------------------------------------------------------
     def durable_name(self, event_type: type[Event]) -> str:
         return f"{self.name}__{event_type.STAGE}__{event_type.NAME}"
@@ -178,6 +206,22 @@ class Service:
                 description=(spec.fn.__doc__ or "").strip(),
             )
             subscriber(self._callback(spec))
+        advisories = JStream(name=advisory_stream_name(settings), declare=settings.declare_stream,
+                             subjects=[f"{MAX_DELIVERIES_ADVISORY}.{settings.stream}.>"])
+        for spec in self.handlers:
+            durable = self.durable_name(spec.event_type)
+            exhausted = broker.subscriber(
+                f"{MAX_DELIVERIES_ADVISORY}.{settings.stream}.{durable}",
+                stream=advisories,
+                durable=f"{durable}__exhausted",
+                pull_sub=PullSub(batch_size=1, timeout=1.0),
+                config=ConsumerConfig(ack_wait=settings.ack_wait_s),
+                ack_policy=AckPolicy.MANUAL,
+                inbox_prefix=f"{self.inbox_prefix()}.".encode(),
+                title=f"{self.name}:{spec.event_type.type_name()}:exhausted",
+                description="JetStream gave up redelivering this event: dead-letter it.",
+            )
+            exhausted(self._exhausted_callback(spec))
         app = FastStream(broker, on_startup=[self._on_startup], after_startup=[self._after_startup],
                          on_shutdown=[self._on_shutdown], after_shutdown=[self._after_shutdown])
         return app
@@ -257,6 +301,43 @@ class Service:
 
         on_message.__name__ = f"{self.name}_{spec.event_type.STAGE}_{spec.event_type.NAME}"
         return on_message
+
+    def _exhausted_callback(self, spec: _HandlerSpec[E]) -> Callable[[NatsMessage], Any]:
+        async def on_exhausted(msg: NatsMessage) -> None:
+            await self._record_exhausted(spec, msg)
+
+        on_exhausted.__name__ = f"{self.name}_{spec.event_type.STAGE}_{spec.event_type.NAME}_exhausted"
+        return on_exhausted
+
+    async def _record_exhausted(self, spec: _HandlerSpec[E], msg: NatsMessage) -> None:
+        """Dead-letter an event JetStream stopped redelivering. The payload stays in the stream (this
+        service may not read arbitrary stream messages); `weightflow dlq show|replay` fetches it by sequence."""
+        advisory = json.loads(msg.body)
+        sequence = int(advisory["stream_seq"])
+        deliveries = int(advisory.get("deliveries", 0))
+        error = (f"no ack after {deliveries} deliveries: the {self.name} handler crashed or hung every time "
+                 f"(see its log); JetStream stopped redelivering stream sequence {sequence}")
+
+        def write() -> None:
+            assert self.engine is not None
+            with Session(self.engine) as session:
+                seen = session.exec(select(DeadLetterRecord).where(DeadLetterRecord.service == self.name)
+                                    .where(DeadLetterRecord.stream_sequence == sequence)).first()
+                if seen is not None:
+                    return  # a redelivered advisory, or one that raced another replica
+                letter = DeadLettered(run_id=UUID(int=0), service=self.name, original_subject=spec.event_type.subject(),
+                                      error=error, stream_sequence=sequence, deliveries=deliveries,
+                                      trace_id=current_trace_id(), payload_b64="")
+                session.add(DeadLetterRecord(service=self.name, subject=spec.event_type.subject(), error=error,
+                                             stream_sequence=sequence, deliveries=deliveries,
+                                             trace_id=letter.trace_id, payload=b""))
+                self._stage_outbox(session, [letter])
+                session.commit()
+
+        await asyncio.to_thread(write)
+        log.error("%s: %s", self.name, error)
+        await self._publish_outbox()
+        await msg.ack()
 
     async def _handle(self, spec: _HandlerSpec[E], msg: NatsMessage) -> None:
         assert self.settings is not None
@@ -342,8 +423,6 @@ class Service:
             run_id = parse_event(raw).run_id
         except Exception:
             run_id = None
-        from uuid import UUID
-
         letter = DeadLettered(
             run_id=run_id or UUID(int=0), service=self.name, original_subject=subject, error=error,
             stream_sequence=meta.sequence.stream if meta.sequence else None, deliveries=deliveries,

@@ -32,6 +32,7 @@ from contracts.base import Event
 from contracts.monitoring import CanaryFailed, CanaryPassed, DriftDetected
 from contracts.workflow import DeadLettered
 from shared.bus import Service
+from shared.settings import Settings
 
 ADMIN_USER = "admin"
 ALERTING_USER = "alerting"
@@ -45,17 +46,16 @@ class ServiceGrant:
 
     name: str
     inbox_prefix: str
-    consumes: tuple[tuple[str, str], ...]  # (durable consumer name, filter subject)
+    consumes: tuple[tuple[str, str, str], ...]  # (stream, durable consumer name, filter subject)
     publishes: tuple[str, ...]  # stream subjects
 
     @classmethod
-    def of(cls, service: Service) -> ServiceGrant:
+    def of(cls, service: Service, stream: str = "WF") -> ServiceGrant:
         events = {e.subject(): e for e in (*service.publishes, *ALWAYS_PUBLISHED)}
         return cls(
             name=service.name,
             inbox_prefix=service.inbox_prefix(),
-            consumes=tuple(sorted((service.durable_name(s.event_type), s.event_type.subject())
-                                  for s in service.handlers)),
+            consumes=tuple(sorted(service.consumers(Settings(stream=stream)))),
             publishes=tuple(sorted(events)),
         )
 
@@ -83,8 +83,8 @@ def consumer_api_subjects(stream: str, durable: str, filter_subject: str) -> lis
 
 def service_permissions(grant: ServiceGrant, stream: str) -> dict[str, Any]:
     publish = list(grant.publishes)
-    for durable, filter_subject in grant.consumes:
-        publish += consumer_api_subjects(stream, durable, filter_subject)
+    for consumer_stream, durable, filter_subject in grant.consumes:
+        publish += consumer_api_subjects(consumer_stream, durable, filter_subject)
     return {
         "publish": {"allow": publish},
         "subscribe": {"allow": [f"{grant.inbox_prefix}.>"]},
@@ -136,7 +136,7 @@ def build_config(
     users: list[dict[str, Any]] = []
     for service in services:
         users.append({"user": service.name, "password": passwords[service.name],
-                      "permissions": service_permissions(ServiceGrant.of(service), stream)})
+                      "permissions": service_permissions(ServiceGrant.of(service, stream), stream)})
     users.append({"user": ADMIN_USER, "password": passwords[ADMIN_USER], "permissions": admin_permissions()})
     users.append({"user": ALERTING_USER, "password": passwords[ALERTING_USER],
                   "permissions": alerting_permissions()})

@@ -173,3 +173,58 @@ def test_shutdown_finishes_quick_work_and_naks_the_rest(settings: Settings) -> N
     engine = make_engine(settings.resolved_database_url())
     with Session(engine) as session:
         assert sorted(e.n for e in session.exec(select(Effect))) == [1, 2]
+
+
+def test_event_that_is_never_acked_is_dead_lettered_when_jetstream_gives_up(settings: Settings) -> None:
+    """A handler that crashes its process every time never reaches the bus's own dead-lettering; the
+    max-deliveries advisory, kept in a stream, is turned into a dead letter by the next live replica."""
+    settings = settings.model_copy(update={"max_deliver": 2, "ack_wait_s": 1.0})
+    svc = make_service({})
+
+    async def scenario() -> int:
+        app = svc.build(settings)
+        await app.start()  # declares the streams and the durable consumers, as a deployed service would
+        await app.stop()
+        async with Client(settings) as client:
+            poison = Ping(run_id=uuid4(), n=7)
+            await client.publish(poison)
+            crashing = await client.js.pull_subscribe(Ping.subject(), durable=svc.durable_name(Ping),
+                                                      stream=settings.stream)
+            for _ in range(settings.max_deliver):  # fetched, then the "process dies" before acking
+                (msg,) = await crashing.fetch(1, timeout=10)
+                sequence: int = msg.metadata.sequence.stream
+                await asyncio.sleep(settings.ack_wait_s + 0.5)
+            await crashing.unsubscribe()
+            revived = make_service({})
+            app = revived.build(settings)
+            await app.start()
+            try:
+                def recorded() -> bool:
+                    assert revived.engine is not None
+                    with Session(revived.engine) as session:
+                        return session.exec(select(DeadLetterRecord)).first() is not None
+
+                await _wait_for(recorded, timeout=20)
+            finally:
+                await app.stop()
+            return sequence
+
+    sequence = asyncio.run(scenario())
+    engine = make_engine(settings.resolved_database_url())
+    with Session(engine) as session:
+        (letter,) = session.exec(select(DeadLetterRecord)).all()
+        assert letter.stream_sequence == sequence and letter.deliveries == 2
+        assert "no ack after 2 deliveries" in letter.error
+        assert session.exec(select(Effect)).first() is None
+
+    from typer.testing import CliRunner
+
+    from weightflow.cli import app as cli
+
+    env = {"WEIGHTFLOW_HOME": str(settings.home), "WEIGHTFLOW_NATS_URL": str(settings.nats_url)}
+    listed = CliRunner().invoke(cli, ["dlq", "ls", "--json"], env=env)
+    assert listed.exit_code == 0, listed.output
+    (entry,) = json.loads(listed.output)
+    shown = CliRunner().invoke(cli, ["dlq", "show", entry["event_id"][:8]], env=env)
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(json.loads(shown.output)["payload"])["n"] == 7, "the payload was fetched from the stream"

@@ -85,9 +85,9 @@ def test_generated_permissions_are_narrow() -> None:
         stream_subjects = {s for s in publish if not s.startswith("$JS.")}
         emitted: list[type[Event]] = [*service.publishes, DeadLettered]
         assert stream_subjects == {e.subject() for e in emitted}
-        durables = {service.durable_name(spec.event_type) for spec in service.handlers}
+        own = {f".{stream}.{durable}" for stream, durable, _ in service.consumers(Settings())}
         api = [s for s in publish if s.startswith("$JS.")]
-        assert api and all(any(f".WF.{d}" in s for d in durables) for s in api)
+        assert api and all(any(o in s for o in own) for s in api), "only its own consumers (and advisories)"
         assert perms[service.name]["subscribe"] == {"allow": [f"_INBOX.{service.name}.>"]}
     assert perms["alerting"] == {
         "publish": {"deny": [">"]},

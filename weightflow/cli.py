@@ -379,6 +379,18 @@ def _dead_letters(settings: Settings) -> list[DeadLettered]:
     return [e for e in _run(_history(settings)) if isinstance(e, DeadLettered)]
 
 
+def _letter_payload(settings: Settings, letter: DeadLettered) -> bytes:
+    """The original bytes; an exhausted-deliveries letter carries none, they stay in the stream."""
+    if letter.payload_b64 or letter.stream_sequence is None:
+        return base64.b64decode(letter.payload_b64)
+
+    async def fetch(sequence: int) -> bytes:
+        async with Client(settings) as client:
+            return await client.stored_payload(sequence)
+
+    return _run(fetch(letter.stream_sequence))
+
+
 @dlq_app.command("ls")
 def dlq_ls(as_json: bool = typer.Option(False, "--json")) -> None:
     """Dead letters, oldest first."""
@@ -393,10 +405,11 @@ def dlq_ls(as_json: bool = typer.Option(False, "--json")) -> None:
 @dlq_app.command("show")
 def dlq_show(letter_id: str) -> None:
     """One dead letter with its error, stream sequence, trace id and original payload."""
-    for e in _dead_letters(Settings()):
+    settings = Settings()
+    for e in _dead_letters(settings):
         if str(e.event_id).startswith(letter_id):
             data = json.loads(e.model_dump_json())
-            data["payload"] = base64.b64decode(e.payload_b64).decode(errors="replace")
+            data["payload"] = _letter_payload(settings, e).decode(errors="replace")
             console.print_json(json.dumps(data))
             return
     err.print(f"[red]error:[/] no dead letter {letter_id!r}; see `weightflow dlq ls`")
@@ -409,10 +422,11 @@ def dlq_replay(letter_id: str) -> None:
     settings = Settings()
     for e in _dead_letters(settings):
         if str(e.event_id).startswith(letter_id):
-            async def go(letter: DeadLettered = e) -> None:
+            payload = _letter_payload(settings, e)
+
+            async def go(letter: DeadLettered = e, payload: bytes = payload) -> None:
                 async with Client(settings) as client:
-                    await client.publish_raw(letter.original_subject, base64.b64decode(letter.payload_b64),
-                                             f"replay-{letter.event_id}-{uuid4()}")
+                    await client.publish_raw(letter.original_subject, payload, f"replay-{letter.event_id}-{uuid4()}")
 
             _run(go())
             console.print(f"replayed {e.event_id} to {e.original_subject}")

@@ -51,6 +51,11 @@ class Client:
     async def publish(self, event: Event, msg_id: str | None = None) -> None:
         await self.publish_raw(event.subject(), event.to_bytes(), msg_id or str(event.event_id))
 
+    async def stored_payload(self, sequence: int) -> bytes:
+        """The bytes of one workflow-stream message by sequence (a dead letter recorded without them)."""
+        msg = await self.js.get_msg(self.settings.stream, sequence)
+        return bytes(msg.data or b"")
+
     async def publish_raw(self, subject: str, payload: bytes, msg_id: str) -> None:
         for attempt in range(5):
             try:
