@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -458,3 +459,25 @@ def test_train_lora_is_deterministic(model_dirs: dict[str, Path], tmp_path: Path
     assert all((a[k] - b[k]).abs().max() <= tolerance for k in a)
     assert first.loss_first == pytest.approx(second.loss_first, abs=tolerance)
     assert any(bool(a[k].abs().max() > 0) for k in a if "lora_B" in k)  # B starts at zero; it moved
+
+
+@pytest.mark.slow
+def test_repository_code_in_a_checkpoint_is_never_run(model_dirs: dict[str, Path], tmp_path: Path) -> None:
+    """A checkpoint that asks for its own Python (auto_map) loads as the stock architecture or not at all;
+    the shipped module is never imported."""
+    hostile = tmp_path / "hostile"
+    shutil.copytree(model_dirs["minilm-l3"], hostile)
+    sentinel = tmp_path / "pwned"
+    (hostile / "modeling_evil.py").write_text(f"open({str(sentinel)!r}, 'w').write('ran')\n"
+                                              "from transformers import BertModel as EvilModel\n")
+    (hostile / "configuration_evil.py").write_text(f"open({str(sentinel)!r}, 'w').write('ran')\n"
+                                                   "from transformers import BertConfig as EvilConfig\n")
+    config = json.loads((hostile / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "configuration_evil.EvilConfig", "AutoModel": "modeling_evil.EvilModel"}
+    (hostile / "config.json").write_text(json.dumps(config))
+    try:
+        encoder = load_encoder(hostile, pick_device())
+        assert type(encoder.model).__module__.startswith("transformers.")
+    except ValueError as exc:  # transformers may refuse outright: just as good
+        assert "trust_remote_code" in str(exc)
+    assert not sentinel.exists()

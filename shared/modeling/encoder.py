@@ -111,15 +111,15 @@ def load_encoder(model_dir: Path, device: torch.device | None = None, *, dequant
     model_dir = Path(model_dir)
     _check_files(model_dir)
     target = device if device is not None else pick_device("auto")
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True, trust_remote_code=False)
     manifest = read_manifest(model_dir)
     model: nn.Module
     if manifest is None:
         model = AutoModel.from_pretrained(
-            str(model_dir), local_files_only=True, use_safetensors=True, dtype=torch.float32
+            str(model_dir), local_files_only=True, use_safetensors=True, dtype=torch.float32, trust_remote_code=False
         )
     else:
-        config = AutoConfig.from_pretrained(str(model_dir), local_files_only=True)
+        config = AutoConfig.from_pretrained(str(model_dir), local_files_only=True, trust_remote_code=False)
         model = AutoModel.from_config(config, dtype=torch.float32)  # type: ignore[no-untyped-call]
         install_int8_modules(model, manifest.modules)
         model.load_state_dict(load_file(str(model_dir / "model.safetensors")), strict=True)
