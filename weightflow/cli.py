@@ -37,8 +37,8 @@ registry_app = typer.Typer(help="Registered manifests.", no_args_is_help=True)
 dlq_app = typer.Typer(help="Dead letters: messages a service could not handle.", no_args_is_help=True)
 app.add_typer(registry_app, name="registry")
 app.add_typer(dlq_app, name="dlq")
-console = Console()
-err = Console(stderr=True)
+console = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 T = TypeVar("T")
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "support-tickets" / "requirements.yaml"
