@@ -8,6 +8,7 @@ between commit and publish never loses the announcement.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -15,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import event as sa_event
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlmodel import Field, Session, SQLModel, create_engine
 
 from contracts.base import utcnow
@@ -73,9 +75,20 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
-def create_tables(engine: Engine) -> None:
-    """Create every table the imported models define (idempotent); run by each service at start."""
-    SQLModel.metadata.create_all(engine)
+def create_tables(engine: Engine, attempts: int = 5) -> None:
+    """Create every table the imported models define (idempotent); run by each service at start.
+
+    Services start together: two may both see a table missing and race to create it. The loser's
+    error says the table already exists; trying again sees it and moves on.
+    """
+    for attempt in range(attempts):
+        try:
+            SQLModel.metadata.create_all(engine)
+            return
+        except (OperationalError, ProgrammingError, IntegrityError) as exc:
+            if ("already exists" not in str(exc) and "duplicate key" not in str(exc)) or attempt == attempts - 1:
+                raise
+            time.sleep(0.1 * (attempt + 1))
 
 
 @contextmanager
