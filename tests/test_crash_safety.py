@@ -8,6 +8,7 @@ the outbox relay publishes what the crash held back.
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from collections import Counter
@@ -22,6 +23,7 @@ from sqlmodel import Session
 
 from contracts.base import Event
 from contracts.benchmark import CandidateBenchmarked
+from contracts.fitting import FitCompleted
 from contracts.monitoring import CanaryPassed
 from shared.db import make_engine
 from weightflow.client import RunTracker
@@ -114,8 +116,13 @@ def test_every_service_killed_mid_handling_loses_and_repeats_nothing(tmp_path: P
         live.stack.stop()
 
 
-def test_nats_server_killed_and_restarted_mid_run(tmp_path: Path) -> None:
-    live = start_stack(tmp_path / "home", WEIGHTFLOW_ACK_WAIT_S=6, WEIGHTFLOW_CANARY_INTERVAL_S=3600)
+def test_nats_server_restart_and_sigterm_mid_training(tmp_path: Path) -> None:
+    """The broker dies mid-run and comes back: services reconnect by themselves. Then the tuning service
+    gets SIGTERM while it trains: it exits within its grace period, handing the work back, and its
+    restart trains the adapter once."""
+    grace = 2.0
+    live = start_stack(tmp_path / "home", WEIGHTFLOW_ACK_WAIT_S=6, WEIGHTFLOW_CANARY_INTERVAL_S=3600,
+                       WEIGHTFLOW_SHUTDOWN_GRACE_S=grace)
     try:
         event = prepare(EXAMPLE_DIR / "requirements.yaml", live.store)
         live.publish(event)
@@ -126,9 +133,19 @@ def test_nats_server_killed_and_restarted_mid_run(tmp_path: Path) -> None:
         nats.stop(kill=True)
         time.sleep(3.0)  # services see the outage: publishes, acks and fetches fail meanwhile
         nats.start()
-        history = wait_for_history(live, lambda es: any(isinstance(e, CanaryPassed) and e.run_id == event.run_id
-                                                        for e in es), timeout=600)
+        wait_for_history(live, lambda es: any(isinstance(e, FitCompleted) and e.run_id == event.run_id
+                                              for e in es), timeout=600)
         assert all(p.poll() is None for p in live.stack.procs.values()), "services reconnected, none died"
+        tuning = live.stack.procs["tuning-0"]
+        tuning.send_signal(signal.SIGTERM)  # LoRA training takes tens of seconds: it is mid-work now
+        started = time.monotonic()
+        assert tuning.wait(timeout=grace + 20) == 0
+        assert time.monotonic() - started < grace + 20
+        log = (live.stack.home / "logs" / "tuning-0.log").read_text()
+        assert "NAKed in-flight wf.fitting.completed" in log, "it was interrupted mid-training, not idle"
+        with supervised(live):
+            history = wait_for_history(live, lambda es: any(isinstance(e, CanaryPassed) and e.run_id == event.run_id
+                                                            for e in es), timeout=600)
         assert_exactly_once(live, history, event.run_id)
     finally:
         live.stack.stop()
