@@ -1,0 +1,80 @@
+"""`python -m bench`: run the comparisons, print one table each, write bench/results/<name>.json.
+
+    python -m bench                       # everything, full sizes (about 26 minutes on 2 busy CPU cores)
+    python -m bench --smoke               # tiny sizes, to check it still works
+    python -m bench --only hashing,scale  # a subset
+    python -m bench --reps 3 --out /tmp/results
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+
+COMPARISONS = ("eval_throughput", "orchestration", "hashing", "memory_budget", "quantization", "scale")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", default="", help=f"comma-separated subset of: {', '.join(COMPARISONS)}")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes (seconds per comparison, except stacks)")
+    parser.add_argument("--reps", type=int, default=5, help="timed repetitions per measurement (default 5)")
+    parser.add_argument("--out", type=Path, default=None, help="where the JSON goes (default bench/results)")
+    parser.add_argument("--device", default=os.environ.get("WEIGHTFLOW_DEVICE", "auto"),
+                        help="auto (CUDA when present), cpu or cuda")
+    parser.add_argument("--keep-going", action="store_true", help="run the rest when one comparison fails")
+    args = parser.parse_args(argv)
+    names = [n.strip() for n in args.only.split(",") if n.strip()] or list(COMPARISONS)
+    unknown = sorted(set(names) - set(COMPARISONS))
+    if unknown:
+        parser.error(f"unknown comparison(s) {unknown}; choose from {', '.join(COMPARISONS)}")
+    if args.reps < 1:
+        parser.error("--reps must be at least 1")
+    args.names = names
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    for key, value in (("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1"), ("TOKENIZERS_PARALLELISM", "false")):
+        os.environ.setdefault(key, value)
+
+    from bench.harness import RESULTS_DIR, Config, machine_info, table, write_json
+
+    cfg = Config(reps=args.reps, smoke=args.smoke, out=args.out or RESULTS_DIR, device=args.device)
+    machine = machine_info(cfg.device)
+    print(f"# weightflow bench ({'smoke' if cfg.smoke else 'full'}, reps={cfg.reps}) on {machine['cpu_model']}, "
+          f"{machine['cpu_cores']} cores, {machine['mem_total_gib']} GiB, torch {machine['torch']}, "
+          f"device {machine['device']}", flush=True)
+    failed = []
+    for name in args.names:
+        print(f"\n## {name} …", flush=True)
+        started = time.time()
+        before = machine_info(cfg.device)  # its load average shows what else was running as this began
+        try:
+            report = importlib.import_module(f"bench.{name}").run(cfg)
+        except Exception:
+            traceback.print_exc()
+            failed.append(name)
+            if not args.keep_going:
+                break
+            continue
+        finished = time.time()
+        path = write_json(report, cfg, before, started, finished)
+        print(table(report), flush=True)
+        print(f"\n({finished - started:.0f} s; {path})", flush=True)
+    if failed:
+        print(f"\nfailed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
