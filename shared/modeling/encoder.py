@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from accelerate import init_empty_weights
 from safetensors.torch import load_file
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer
@@ -120,9 +121,15 @@ def load_encoder(model_dir: Path, device: torch.device | None = None, *, dequant
         )
     else:
         config = AutoConfig.from_pretrained(str(model_dir), local_files_only=True, trust_remote_code=False)
-        model = AutoModel.from_config(config, dtype=torch.float32)  # type: ignore[no-untyped-call]
+        # Parameters on the meta device: building the fp32 model first would cost its full fp32 size
+        # (4x the int8 weights), which is exactly what the memory budget promised not to need.
+        with init_empty_weights(include_buffers=False):
+            model = AutoModel.from_config(config, dtype=torch.float32)  # type: ignore[no-untyped-call]
         install_int8_modules(model, manifest.modules)
-        model.load_state_dict(load_file(str(model_dir / "model.safetensors")), strict=True)
+        model.load_state_dict(load_file(str(model_dir / "model.safetensors")), strict=True, assign=True)
+        left = [name for name, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
+        if left:
+            raise ValueError(f"{model_dir / 'model.safetensors'} does not hold {left[:5]}")
         if dequantize:
             dequantize_int8(model)
     model.to(target)
