@@ -53,6 +53,16 @@ def advisory_stream_name(settings: Settings) -> str:
     return f"{settings.stream}_ADVISORIES"
 
 
+def advisory_subject(settings: Settings, durable: str = ">") -> str:
+    """Where JetStream announces giving up on a message of `durable` (all of them by default)."""
+    return f"{MAX_DELIVERIES_ADVISORY}.{settings.stream}.{durable}"
+
+
+def exhausted_durable(durable: str) -> str:
+    """The consumer that dead-letters what `durable` never acked."""
+    return f"{durable}__exhausted"
+
+
 class PermanentError(Exception):
     """Raised by a handler when retrying cannot help (bad input): the message is dead-lettered at once."""
 
@@ -68,8 +78,7 @@ def stream_config(settings: Settings) -> StreamConfig:
 def advisory_stream_config(settings: Settings) -> StreamConfig:
     """Keeps max-deliveries advisories until a service has dead-lettered them (they are core NATS
     messages: without a stream one sent while every replica restarts would be lost)."""
-    return StreamConfig(name=advisory_stream_name(settings),
-                        subjects=[f"{MAX_DELIVERIES_ADVISORY}.{settings.stream}.>"])
+    return StreamConfig(name=advisory_stream_name(settings), subjects=[advisory_subject(settings)])
 
 
 async def ensure_stream(js: Any, settings: Settings) -> None:
@@ -164,8 +173,8 @@ class Service:
         for spec in self.handlers:
             durable = self.durable_name(spec.event_type)
             out.append((settings.stream, durable, spec.event_type.subject()))
-            out.append((advisory_stream_name(settings), f"{durable}__exhausted",
-                        f"{MAX_DELIVERIES_ADVISORY}.{settings.stream}.{durable}"))
+            out.append((advisory_stream_name(settings), exhausted_durable(durable),
+                        advisory_subject(settings, durable)))
         return out
 
     # -- runtime -----------------------------------------------------------------------------
@@ -207,13 +216,13 @@ class Service:
             )
             subscriber(self._callback(spec))
         advisories = JStream(name=advisory_stream_name(settings), declare=settings.declare_stream,
-                             subjects=[f"{MAX_DELIVERIES_ADVISORY}.{settings.stream}.>"])
+                             subjects=[advisory_subject(settings)])
         for spec in self.handlers:
             durable = self.durable_name(spec.event_type)
             exhausted = broker.subscriber(
-                f"{MAX_DELIVERIES_ADVISORY}.{settings.stream}.{durable}",
+                advisory_subject(settings, durable),
                 stream=advisories,
-                durable=f"{durable}__exhausted",
+                durable=exhausted_durable(durable),
                 pull_sub=PullSub(batch_size=1, timeout=1.0),
                 config=ConsumerConfig(ack_wait=settings.ack_wait_s),
                 ack_policy=AckPolicy.MANUAL,
