@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import Config, Report, Row, Stat, bench_env
+from bench.procmem import reset_peak, status_kib
 
 NAME = "hashing"
 MiB = 1024 * 1024
@@ -57,32 +58,13 @@ def _evict(path: Path) -> None:
         os.close(fd)
 
 
-def _status_kib(field: str, pid: int | str = "self") -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return float(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _reset_peak() -> bool:
-    """Reset this process's VmHWM to its current RSS (Linux >= 4.0), so the peak is the next operation's."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True
-
-
 def _child_main(op: str, store_root: str, target: str) -> None:
     """Runs in a fresh interpreter: one store operation, timed, with RSS before and the peak during it."""
     from shared.artifacts import ArtifactStore
 
     store = ArtifactStore(Path(store_root))
-    exact = _reset_peak()
-    before_kib = _status_kib("VmRSS") if exact else None
+    exact = reset_peak()
+    before_kib = status_kib("VmRSS") if exact else None
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     before = before_kib / 1024.0 if before_kib is not None else maxrss
     start = time.perf_counter()
@@ -94,7 +76,7 @@ def _child_main(op: str, store_root: str, target: str) -> None:
     else:
         raise SystemExit(f"unknown op {op}")
     seconds = time.perf_counter() - start
-    peak_kib = _status_kib("VmHWM") if exact else None
+    peak_kib = status_kib("VmHWM") if exact else None
     peak = peak_kib / 1024.0 if peak_kib is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     print(json.dumps({"seconds": seconds, "rss_before_mib": before, "rss_peak_mib": peak, "digest": result,
                       "peak_method": "VmHWM after clear_refs" if exact else "ru_maxrss"}))
@@ -116,7 +98,7 @@ def _timed_command(cmd: list[str]) -> tuple[float, float, str]:
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     peak_kib = 0.0
     while proc.poll() is None:
-        hwm = _status_kib("VmHWM", proc.pid)
+        hwm = status_kib("VmHWM", proc.pid)
         if hwm is not None:
             peak_kib = max(peak_kib, hwm)
         time.sleep(0.002)

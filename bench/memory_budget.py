@@ -21,20 +21,22 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import EXAMPLE_DIR, Config, Report, Row, Stat, bench_env
+from bench.procmem import reset_peak, status_kib
 
 NAME = "memory_budget"
 MiB = 1024 * 1024
 
 
 def _status_kib(field: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return float(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field}")
+    value = status_kib(field)
+    if value is None:
+        raise RuntimeError(f"/proc/self/status has no {field}")
+    return value
 
 
 def _reset_peak() -> None:
-    Path("/proc/self/clear_refs").write_text("5")
+    if not reset_peak():
+        raise RuntimeError("cannot reset the peak RSS: /proc/self/clear_refs is not writable")
 
 
 def _trimmed_rss_mib() -> float:
