@@ -93,8 +93,12 @@ class Client:
                     if not follow:
                         return
                     continue
-                with contextlib.suppress(ValueError):  # not ours to judge; dead letters record bad payloads
-                    yield parse_event(msg.data)
+                try:
+                    event = parse_event(msg.data)
+                except ValueError:
+                    pass  # not ours to judge; dead letters record bad payloads
+                else:
+                    yield event
                 if not follow and msg.metadata.sequence.stream >= last:
                     return
         finally:
