@@ -24,7 +24,7 @@ EXAMPLE_DIR = ROOT / "examples" / "support-tickets"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # test modules import torch directly, before shared.modeling
 
 
 @pytest.fixture

@@ -46,7 +46,6 @@ class Stack:
         env.setdefault("HF_HUB_OFFLINE", "1")
         env.setdefault("TRANSFORMERS_OFFLINE", "1")
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
-        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see weightflow/__init__.py
         return env
 
     def start(self) -> Stack:
