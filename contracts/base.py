@@ -7,12 +7,14 @@ caused it (`causation_id`) and a `schema_version` so a service refuses payloads 
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from typing import Any, ClassVar, TypeVar
 from uuid import UUID, uuid4
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import from_json
+
+from contracts.limits import MAX_EVENT_BYTES, MAX_EVENT_DEPTH
 
 SUBJECT_PREFIX = "wf"
 
@@ -98,18 +100,50 @@ class UnknownEventError(ValueError):
     """A payload whose event_type no contract defines."""
 
 
-def parse_event(raw: bytes | str, expected: type[E] | None = None) -> Event:
-    """Decode a payload into its contract type; raise ValueError (with what to fix) when it is not one."""
+class PayloadError(ValueError):
+    """A payload that is not an acceptable JSON document: too big, too deep, or not JSON at all."""
+
+
+def json_depth(data: Any) -> int:
+    """Nesting depth of decoded JSON, walked iteratively (a recursive walk is what an attacker wants)."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            node = node.values()
+        elif not isinstance(node, list):
+            continue
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in node)
+    return deepest
+
+
+def decode_json(raw: bytes | str, *, max_bytes: int = MAX_EVENT_BYTES, max_depth: int = MAX_EVENT_DEPTH) -> Any:
+    """Bounded JSON decoding: size is checked before parsing, nesting during (pydantic-core's parser
+    refuses ~200 levels without recursing) and after; every failure is a PayloadError."""
+    size = len(raw)
+    if size > max_bytes:
+        raise PayloadError(f"payload is {size} bytes, over the {max_bytes}-byte cap")
     try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"payload is not JSON: {exc}") from exc
+        data = from_json(raw, allow_inf_nan=False)
+    except ValueError as exc:
+        raise PayloadError(f"payload is not JSON: {str(exc)[:200]}") from None
+    if json_depth(data) > max_depth:
+        raise PayloadError(f"payload nests deeper than {max_depth} levels")
+    return data
+
+
+def parse_event(raw: bytes | str, expected: type[E] | None = None) -> Event:
+    """Decode a payload into its contract type. Total: any bad input raises a ValueError (PayloadError,
+    UnknownEventError, SchemaVersionError or pydantic's ValidationError) that says what is wrong."""
+    data = decode_json(raw)
     if not isinstance(data, dict):
-        raise ValueError("payload is not a JSON object")
+        raise PayloadError("payload is not a JSON object")
     name = data.get("event_type")
     cls: type[Event] | None = expected or EVENT_TYPES.get(str(name))
     if cls is None:
-        raise UnknownEventError(f"unknown event_type {name!r}; known: {sorted(EVENT_TYPES)}")
+        raise UnknownEventError(f"unknown event_type {str(name)[:80]!r}; known: {sorted(EVENT_TYPES)}")
     try:
         return cls.model_validate(data)
     except ValidationError as exc:

@@ -7,33 +7,28 @@ from typing import Literal
 from pydantic import Field
 
 from contracts.base import Contract, Event, register
+from contracts.measurement import Measurement
 from contracts.requirements import RunContext
+from contracts.verdict import Verdict
 
-Variant = Literal["fp32", "int8"]
+UNQUANTIZED = "fp32"
 
 
 class ModelArtifact(Contract):
     candidate: str
-    variant: Variant = "fp32"
+    source: str = "builtin"
+    variant: str = Field(default=UNQUANTIZED, description="'fp32' (as brought) or a quantization scheme")
     tree_digest: str = Field(description="artifact-store tree holding config, weights and tokenizer")
     base_tree_digest: str = Field(description="the unquantized checkpoint this variant came from")
     params: int
     size_class: str
 
 
-class Measurement(Contract):
-    score: float
-    latency_ms_p50: float
-    latency_ms_p95: float
-    cost_per_1k_usd: float
-    throughput_per_s: float
-    n: int
-
-
 @register
 class BenchmarkRequested(Event):
     STAGE = "benchmark"
     NAME = "requested"
+    SCHEMA_VERSION = 2
     context: RunContext
     model: ModelArtifact
     request_id: str = Field(description="correlates the CandidateBenchmarked answer")
@@ -43,28 +38,54 @@ class BenchmarkRequested(Event):
 class CandidateBenchmarked(Event):
     STAGE = "benchmark"
     NAME = "candidate_benchmarked"
+    SCHEMA_VERSION = 2
     model: ModelArtifact
     measurement: Measurement
-    passed: bool
-    failures: list[str] = Field(default_factory=list, description="each requirement missed, with numbers")
+    verdict: Verdict
     quality_gap: float = Field(description="threshold - score when positive, else 0")
-    request_id: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict.passed
+
+
+@register
+class VariantBenchmarked(Event):
+    """The answer to a BenchmarkRequested (a variant fitting made), addressed to fitting alone."""
+
+    STAGE = "benchmark"
+    NAME = "variant_benchmarked"
+    model: ModelArtifact
+    measurement: Measurement
+    verdict: Verdict
+    quality_gap: float
+    request_id: str
 
 
 class Decision(Contract):
-    action: Literal["select", "size_up", "relax", "tune"]
+    action: Literal["select", "size_up", "relax", "tune", "exclude", "next_variant"]
     reason: str
+
+
+class FitPlan(Contract):
+    """What fitting must do beyond its own rules, decided by selection on a reroute."""
+
+    skip_variants: list[str] = Field(default_factory=list, description="variants that failed a canary")
+    tune: bool = Field(default=False, description="tune even without a gap on the eval set (a canary gap)")
+    canary_gap: float = Field(default=0.0, description="the quality gap the canary measured, for tuning")
 
 
 @register
 class SelectionDecided(Event):
     STAGE = "benchmark"
     NAME = "selection_decided"
+    SCHEMA_VERSION = 2
     context: RunContext
     model: ModelArtifact
     measurement: Measurement
     quality_gap: float
     decisions: list[Decision]
+    plan: FitPlan = Field(default_factory=FitPlan)
 
 
 @register

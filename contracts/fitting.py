@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from contracts.base import Contract, Event, register
-from contracts.benchmark import Measurement, ModelArtifact
+from contracts.benchmark import ModelArtifact
+from contracts.measurement import Measurement
 from contracts.requirements import RunContext
 
 
@@ -16,6 +19,7 @@ class MemoryBudget(Contract):
     weight_bytes: int
     overhead_fraction: float
     activation_bytes: int = Field(description="activations (or KV cache for decoders) at the serving batch")
+    runtime_bytes: int = Field(default=0, description="fixed cost of the runtime: interpreter, torch, tokenizer")
     total_bytes: int
     budget_bytes: int
     fits: bool
@@ -25,19 +29,25 @@ class MemoryBudget(Contract):
 class MemoryBudgetComputed(Event):
     STAGE = "fitting"
     NAME = "memory_budget_computed"
+    SCHEMA_VERSION = 2
     budget: MemoryBudget
 
 
 @register
 class FitCompleted(Event):
+    """The fitted model, and where it goes next: decided here once (tuning when a gap remains)."""
+
     STAGE = "fitting"
     NAME = "completed"
+    SCHEMA_VERSION = 2
     context: RunContext
     model: ModelArtifact
     measurement: Measurement
     budget: MemoryBudget
     quality_gap: float
     steps: list[str]
+    next_stage: Literal["tuning", "registry"]
+    tune_reason: str = Field(default="", description="why tuning is needed, when next_stage is tuning")
 
 
 @register

@@ -1,39 +1,68 @@
-"""Stage 6: scheduled evaluation canaries on the live model, and drift alerts for alerting systems."""
+"""Stage 6: evaluation canaries on the live model, and drift alerts for alerting systems."""
 
 from __future__ import annotations
 
 from typing import Literal
+from uuid import UUID
 
 from pydantic import Field
 
-from contracts.base import Event, register
-from contracts.benchmark import Measurement
+from contracts.base import Contract, Event, register
+from contracts.measurement import Measurement
+from contracts.verdict import Verdict
+
+DriftKind = Literal["quality", "latency", "cost", "integrity"]
+
+
+class DeployedModel(Contract):
+    """What a manifest serves, so a failure can be pinned on a (candidate, variant, adapter)."""
+
+    candidate: str
+    variant: str
+    adapter_digest: str | None = None
+    requirements_version: int
 
 
 @register
 class CanaryRequested(Event):
     STAGE = "monitoring"
     NAME = "canary_requested"
+    SCHEMA_VERSION = 2
     deployment: str
+    scheduled: bool = Field(default=False, description="true when the schedule (not an operator) asked")
 
 
 @register
 class CanaryPassed(Event):
     STAGE = "monitoring"
     NAME = "canary_passed"
+    SCHEMA_VERSION = 2
     deployment: str
     manifest_id: str
+    manifest_run_id: UUID = Field(description="the run that registered and promoted the manifest")
+    model: DeployedModel
     measurement: Measurement
+    baseline: Measurement | None = Field(default=None, description="the canary at registration")
 
 
 @register
 class CanaryFailed(Event):
     STAGE = "monitoring"
     NAME = "canary_failed"
+    SCHEMA_VERSION = 2
     deployment: str
     manifest_id: str
-    reasons: list[str]
+    manifest_run_id: UUID = Field(description="the run that registered and promoted the manifest")
+    model: DeployedModel
+    kind: Literal["quality", "latency", "cost", "integrity", "unreachable"] = Field(
+        description="the first failure, in that order of precedence")
+    verdict: Verdict
     measurement: Measurement | None = None
+    baseline: Measurement | None = None
+
+    @property
+    def reasons(self) -> list[str]:
+        return self.verdict.messages()
 
 
 @register
@@ -42,7 +71,8 @@ class DriftDetected(Event):
     NAME = "drift_detected"
     deployment: str
     manifest_id: str
-    kind: Literal["quality", "latency", "cost", "integrity"]
+    kind: DriftKind
     baseline: float
     observed: float
     limit: float = Field(description="the value past which drift is alerted")
+

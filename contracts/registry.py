@@ -7,8 +7,8 @@ from typing import Literal
 from pydantic import Field
 
 from contracts.base import Contract, Event, register
-from contracts.benchmark import Measurement
 from contracts.fitting import MemoryBudget
+from contracts.measurement import Measurement
 from contracts.requirements import DataRefs, Requirements
 
 
@@ -16,19 +16,35 @@ from contracts.requirements import DataRefs, Requirements
 class ModelRegistered(Event):
     STAGE = "registry"
     NAME = "model_registered"
+    SCHEMA_VERSION = 2
     manifest_id: str = Field(description="sha256 of the manifest JSON in the artifact store")
     deployment: str
+    requirements_version: int
     checksums: dict[str, str] = Field(description="role -> sha256 of every file the deployment needs")
     runbook_digest: str
+    canary_baseline: Measurement = Field(description="the canary set, measured once at registration")
 
 
 @register
 class DeploymentPromoted(Event):
     STAGE = "registry"
     NAME = "deployment_promoted"
+    SCHEMA_VERSION = 2
     deployment: str
     manifest_id: str
+    requirements_version: int
     previous_manifest_id: str | None = None
+
+
+@register
+class PromotionSkipped(Event):
+    """A registered manifest that must not go live (its requirements were superseded meanwhile)."""
+
+    STAGE = "registry"
+    NAME = "promotion_skipped"
+    deployment: str
+    manifest_id: str
+    reason: str
 
 
 @register
@@ -36,16 +52,25 @@ class RollbackRequested(Event):
     STAGE = "registry"
     NAME = "rollback_requested"
     deployment: str
-    to_manifest_id: str | None = Field(default=None, description="default: the previously promoted manifest")
+    to_manifest_id: str | None = Field(default=None, description="default: the release before the live one")
 
 
 @register
 class RolledBack(Event):
     STAGE = "registry"
     NAME = "rolled_back"
+    SCHEMA_VERSION = 2
     deployment: str
     from_manifest_id: str
     to_manifest_id: str
+    automatic: bool = Field(default=False, description="true when a failed canary triggered it")
+    reason: str = ""
+    to_requirements_version: int
+    live_requirements_version: int = Field(description="the newest requirements version of the deployment")
+
+    @property
+    def to_older_requirements(self) -> bool:
+        return self.to_requirements_version < self.live_requirements_version
 
 
 class ManifestEntry(Contract):
@@ -59,7 +84,7 @@ class Manifest(Contract):
     Everything needed to stand the deployment up again is pinned here by checksum.
     """
 
-    kind: Literal["weightflow.manifest/v1"] = "weightflow.manifest/v1"
+    kind: Literal["weightflow.manifest/v2"] = "weightflow.manifest/v2"
     deployment: str
     run_id: str
     created_at: str
@@ -68,6 +93,7 @@ class Manifest(Contract):
     requirements: Requirements
     data: DataRefs
     candidate: str
+    source: str = "builtin"
     params: int
     base: ManifestEntry
     variant: str
@@ -78,6 +104,7 @@ class Manifest(Contract):
     adapter_settings: dict[str, float | int | str | list[str]] | None = None
     sharding: str = Field(default="single-device", description="no sharding or offload in this release")
     measurement: Measurement
+    canary_baseline: Measurement
     budget: MemoryBudget
     previous_manifest_id: str | None = None
 

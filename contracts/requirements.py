@@ -1,46 +1,80 @@
 """Stage 1: the requirements document and the events that submit, accept or reject it.
 
 `Requirements` is the one-page requirements doc as data. It travels inside later events so every
-stage judges candidates against the same, versioned statement of what the team needs.
+stage judges candidates against the same, versioned statement of what the team needs. What a task
+type, candidate source or quantization scheme *means* is defined by the model layer's registries;
+here they are names, checked against those registries when a document is validated.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from pathlib import PurePosixPath
+from typing import Annotated, Any, Literal
+from uuid import UUID
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from contracts.base import Contract, Event, register
 
 DATA_SPLITS = ("eval", "canary", "train", "general")
+NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+
+
+def _relative_path(value: str, what: str) -> str:
+    """A path inside the requirements file's folder: relative, no '..', no backslashes or NULs."""
+    if not value or "\x00" in value or "\\" in value:
+        raise ValueError(f"{what} {value!r} is not a usable path")
+    path = PurePosixPath(value)
+    if path.is_absolute() or value.startswith("~"):
+        raise ValueError(f"{what} {value!r} is absolute; give a path relative to the requirements file")
+    if ".." in path.parts:
+        raise ValueError(f"{what} {value!r} leaves the requirements file's folder ('..'); move the file inside it")
+    return value
 
 
 class TaskSpec(Contract):
-    type: Literal["zero-shot-classification"] = "zero-shot-classification"
-    labels: dict[str, str] = Field(description="label -> natural-language description used as its prototype")
+    """What the model must do. Which fields a task type needs is checked by that task (model layer)."""
+
+    type: str = Field(default="zero-shot-classification",
+                      description="a registered task: zero-shot-classification, text-classification, …")
+    labels: dict[str, str] | None = Field(
+        default=None, description="classification: label -> natural-language description")
+    label_map: dict[str, str] | None = Field(
+        default=None, description="text-classification: the checkpoint's label -> the task's label")
+    prompt: str | None = Field(default=None, description="language-model tasks: a template with {input}")
+    chat_template: bool = Field(default=False, description="wrap the prompt with the tokenizer's chat template")
+    max_new_tokens: int = Field(default=32, ge=1, le=1024)
+    length_normalise: bool = Field(default=True, description="multiple-choice: mean log-likelihood per token")
 
     @field_validator("labels")
     @classmethod
-    def _two_labels(cls, v: dict[str, str]) -> dict[str, str]:
+    def _labels(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        if v is None:
+            return v
         if len(v) < 2:
             raise ValueError("a classification task needs at least two labels")
         for label, description in v.items():
-            if not label.strip() or not description.strip():
+            if not str(label).strip() or not str(description).strip():
                 raise ValueError(f"label {label!r} needs a non-empty name and description")
         return v
 
 
 class DataFiles(Contract):
-    """Paths as written in the YAML (relative to it); the CLI uploads them and sends digests."""
+    """Paths as written in the YAML, relative to it and inside its folder; the CLI uploads them."""
 
     eval: str
     canary: str
     train: str | None = None
     general: str | None = None
 
+    @field_validator("eval", "canary", "train", "general")
+    @classmethod
+    def _inside(cls, v: str | None) -> str | None:
+        return None if v is None else _relative_path(v, "data path")
+
 
 class QualitySpec(Contract):
-    metric: Literal["accuracy"] = "accuracy"
+    metric: str = Field(default="accuracy", description="a metric the task knows (accuracy, macro_f1, …)")
     threshold: float = Field(ge=0.0, le=1.0)
     tunable_gap: float = Field(default=0.05, ge=0.0, le=1.0, description="largest gap LoRA tuning may try to close")
     max_general_drop: float = Field(default=0.02, ge=0.0, le=1.0, description="allowed loss on the general set")
@@ -62,7 +96,7 @@ class HardwareProfile(Contract):
 
 
 class DeploymentSpec(Contract):
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
+    name: str = Field(pattern=NAME_PATTERN)
     mode: Literal["self-hosted", "api"] = "self-hosted"
     hardware: HardwareProfile
     data_residency: str | None = None
@@ -76,17 +110,64 @@ class DeploymentSpec(Contract):
         return self
 
 
+def _candidate_shorthand(value: Any) -> Any:
+    return {"builtin": value} if isinstance(value, str) else value
+
+
+class CandidateRef(Contract):
+    """One candidate model: a built-in name, a model directory next to the YAML, or a local-cache id."""
+
+    builtin: str | None = Field(default=None, description="a model weightflow ships (e.g. minilm-l6)")
+    path: str | None = Field(default=None, description="a Hugging Face model directory, relative to the YAML")
+    hf: str | None = Field(default=None, description="org/name in the local Hugging Face cache (never downloaded)")
+    name: str | None = Field(default=None, pattern=NAME_PATTERN, description="display name (default: derived)")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> CandidateRef:
+        given = [k for k in ("builtin", "path", "hf") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError("a candidate is a built-in name, or exactly one of path: or hf:")
+        if self.path is not None:
+            _relative_path(self.path, "candidate path")
+        if self.hf is not None and (self.hf.count("/") != 1 or any(not p or p in (".", "..") for p in
+                                                                    self.hf.split("/"))):
+            raise ValueError(f"hf: {self.hf!r} is not an org/name model id")
+        return self
+
+    @property
+    def source(self) -> str:
+        return "builtin" if self.builtin else "path" if self.path else "hf"
+
+    @property
+    def key(self) -> str:
+        """How the candidate is named in events and reports."""
+        if self.name:
+            return self.name
+        if self.builtin:
+            return self.builtin
+        if self.path:
+            return PurePosixPath(self.path).name or self.path
+        assert self.hf is not None
+        return self.hf.replace("/", "--")
+
+
+Candidate = Annotated[CandidateRef, BeforeValidator(_candidate_shorthand)]
+
+
 class QuantizationSpec(Contract):
-    allowed: list[Literal["int8"]] = Field(default_factory=lambda: list[Literal["int8"]](["int8"]))
-    force: Literal["int8"] | None = Field(default=None, description="quantize even if fp32 fits")
+    allowed: list[str] = Field(default_factory=lambda: ["int8"], description="registered schemes to try")
+    force: str | None = Field(default=None, description="quantize with this scheme even if the unquantized fits")
 
 
 class MonitoringSpec(Contract):
     canary_interval_s: float = Field(default=300.0, gt=0)
     quality_drop: float = Field(default=0.05, ge=0,
-                                description="alert when canary score falls this far below registration")
+                                description="allowed fall of the canary score below its registration baseline")
     latency_increase_pct: float = Field(default=50.0, ge=0)
     cost_increase_pct: float = Field(default=50.0, ge=0)
+    confidence: float = Field(default=0.95, gt=0.5, lt=1.0, description="of the canary score's interval")
+    min_canary_rows: int = Field(default=100, ge=1, description="smaller canary sets get a warning at submit")
+    max_reroutes: int = Field(default=3, ge=0, description="automatic reroutes per requirements version")
 
 
 class Requirements(Contract):
@@ -97,9 +178,17 @@ class Requirements(Contract):
     latency: LatencySpec
     cost: CostSpec
     deployment: DeploymentSpec
-    candidates: list[str] | None = Field(default=None, description="model names; default: every known candidate")
+    candidates: list[Candidate] | None = Field(default=None, description="default: every built-in candidate")
     quantization: QuantizationSpec = Field(default_factory=QuantizationSpec)
     monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec)
+
+    @model_validator(mode="after")
+    def _unique_candidates(self) -> Requirements:
+        keys = [c.key for c in self.candidates or []]
+        dupes = sorted({k for k in keys if keys.count(k) > 1})
+        if dupes:
+            raise ValueError(f"candidates {dupes} appear twice; give one of them a distinct name:")
+        return self
 
 
 class DataRefs(Contract):
@@ -111,6 +200,30 @@ class DataRefs(Contract):
     general: str | None = None
 
 
+class ResolvedCandidate(Contract):
+    """A candidate as the workflow knows it: where its checkpoint is and how big it is."""
+
+    key: str
+    source: str
+    reference: str = Field(description="the name, path or id as written in the requirements")
+    tree_digest: str | None = Field(default=None, description="artifact-store tree; None: the source builds it")
+    params: int
+    size_class: str
+    architecture: str = ""
+
+
+class Exclusion(Contract):
+    """A combination that failed its canary under this requirements version: not selected again."""
+
+    manifest_id: str
+    candidate: str
+    variant: str
+    adapter_digest: str | None = None
+    kind: str = Field(description="what failed: quality, latency, cost or integrity")
+    reasons: list[str]
+    canary_gap: float = Field(default=0.0, description="threshold minus the canary score, when positive")
+
+
 class RunContext(Contract):
     """What every downstream stage needs to judge its work; carried forward from acceptance."""
 
@@ -118,14 +231,29 @@ class RunContext(Contract):
     version: int
     data: DataRefs
     requirements_digest: str
+    candidates: list[ResolvedCandidate] = Field(default_factory=list)
+    attempt: int = Field(default=0, description="0 for a submitted run, n for the n-th automatic reroute")
+    exclusions: list[Exclusion] = Field(default_factory=list)
+
+    def excluded(self, candidate: str, variant: str | None = None, adapter: bool | None = None) -> bool:
+        """Did this candidate (this variant, with or without an adapter) fail a canary?"""
+        for e in self.exclusions:
+            if e.candidate != candidate or (variant is not None and e.variant != variant):
+                continue
+            if adapter is None or (e.adapter_digest is not None) == adapter:
+                return True
+        return False
 
 
 @register
 class RequirementsSubmitted(Event):
     STAGE = "requirements"
     NAME = "submitted"
+    SCHEMA_VERSION = 2
     document: str = Field(description="the YAML text as written by the team")
     data: dict[str, str] = Field(default_factory=dict, description="split name -> artifact digest")
+    candidates: list[ResolvedCandidate] = Field(default_factory=list,
+                                                description="path:/hf: candidates the CLI stored")
     source: str = ""
 
 
@@ -133,9 +261,11 @@ class RequirementsSubmitted(Event):
 class RequirementsChanged(Event):
     STAGE = "requirements"
     NAME = "changed"
+    SCHEMA_VERSION = 2
     deployment: str
     document: str
     data: dict[str, str] = Field(default_factory=dict)
+    candidates: list[ResolvedCandidate] = Field(default_factory=list)
     source: str = ""
 
 
@@ -143,8 +273,11 @@ class RequirementsChanged(Event):
 class RequirementsAccepted(Event):
     STAGE = "requirements"
     NAME = "accepted"
+    SCHEMA_VERSION = 2
     context: RunContext
     markdown_digest: str
+    warnings: list[str] = Field(default_factory=list)
+    reroute_of: UUID | None = Field(default=None, description="the run this one re-enters stage 2 for")
 
 
 @register

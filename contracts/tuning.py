@@ -5,9 +5,11 @@ from __future__ import annotations
 from pydantic import Field
 
 from contracts.base import Contract, Event, register
-from contracts.benchmark import Measurement, ModelArtifact
+from contracts.benchmark import ModelArtifact
 from contracts.fitting import MemoryBudget
+from contracts.measurement import Measurement
 from contracts.requirements import RunContext
+from contracts.verdict import Verdict
 
 
 class AdapterArtifact(Contract):
@@ -33,6 +35,7 @@ class AdapterTrained(Event):
 class TuningGated(Event):
     STAGE = "tuning"
     NAME = "gated"
+    SCHEMA_VERSION = 2
     context: RunContext
     model: ModelArtifact
     adapter: AdapterArtifact
@@ -42,13 +45,18 @@ class TuningGated(Event):
     task_score: float
     general_score_before: float
     general_score: float
-    passed: bool
-    reasons: list[str] = Field(default_factory=list)
+    verdict: Verdict
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict.passed
 
 
 @register
 class TuningSkipped(Event):
+    """Tuning was asked for (FitCompleted.next_stage) but cannot run; the run ends here."""
+
     STAGE = "tuning"
     NAME = "skipped"
+    SCHEMA_VERSION = 2
     reason: str
-    terminal: bool = Field(description="true when the run ends here (gap too large to tune)")

@@ -1,4 +1,4 @@
-"""Cross-stage events: why work restarted, and messages a service could not handle."""
+"""Cross-stage events: why work restarted or stopped, operator requests, and undeliverable messages."""
 
 from __future__ import annotations
 
@@ -6,28 +6,96 @@ from uuid import UUID
 
 from pydantic import Field
 
-from contracts.base import Event, register
+from contracts.base import Contract, Event, register
+from contracts.requirements import Exclusion
 
 
 @register
 class WorkflowRerouted(Event):
     STAGE = "workflow"
     NAME = "rerouted"
+    SCHEMA_VERSION = 2
     deployment: str
     from_stage: str
     to_stage: str
     reason: str
     new_run_id: UUID
+    attempt: int = Field(default=0, description="the n-th automatic reroute under this requirements version")
+    max_reroutes: int = 0
+    failed: Exclusion | None = Field(default=None, description="what failed and is now excluded")
+
+
+class RunRecord(Contract):
+    """The run registry's entry for an accepted run (stream WF_RUNS, subject wfruns.<run_id>)."""
+
+    run_id: UUID
+    deployment: str
+    version: int
+    requirements_digest: str
+    attempt: int = 0
+
+
+class Attempt(Contract):
+    run_id: UUID
+    manifest_id: str | None = None
+    candidate: str | None = None
+    variant: str | None = None
+    adapter_digest: str | None = None
+    reason: str
+
+
+@register
+class WorkflowHalted(Event):
+    """Automatic rerouting stopped for a deployment; it waits for `weightflow change` or `resume`."""
+
+    STAGE = "workflow"
+    NAME = "halted"
+    deployment: str
+    requirements_version: int
+    live_manifest_id: str | None = None
+    attempts: list[Attempt]
+    reason: str
+    advice: list[str] = Field(description="which requirement to relax, or what data to check")
+
+
+@register
+class ResumeRequested(Event):
+    STAGE = "workflow"
+    NAME = "resume_requested"
+    deployment: str
+
+
+@register
+class WorkflowResumed(Event):
+    STAGE = "workflow"
+    NAME = "resumed"
+    deployment: str
+    requirements_version: int
+
+
+@register
+class RequestRefused(Event):
+    """An operator's request that cannot be carried out: an answer to the operator, not a dead letter."""
+
+    STAGE = "workflow"
+    NAME = "request_refused"
+    request: str = Field(description="the request's event type")
+    deployment: str
+    reason: str
 
 
 @register
 class DeadLettered(Event):
     STAGE = "workflow"
     NAME = "dead_lettered"
+    SCHEMA_VERSION = 2
     service: str
     original_subject: str
+    reason: str = Field(description="invalid, orphan, permanent, exhausted or vanished")
     error: str
     stream_sequence: int | None = None
     deliveries: int
     trace_id: str | None = None
-    payload_b64: str = Field(description="the original bytes, base64, for replay")
+    payload_digest: str | None = Field(default=None, description="sha256 of the payload in the dead-letter store")
+    payload_bytes: int = 0
+    payload_preview: str = Field(default="", description="the first bytes, for a human")

@@ -48,6 +48,15 @@ __all__ = [
 TREE_KIND = "weightflow.tree/v1"
 _DIGEST_RE = re.compile(r"[0-9a-f]{64}")
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+MAX_TREE_FILES = 512
+MAX_TREE_DEPTH = 4
+
+
+def _tree_name_ok(name: str) -> bool:
+    parts = name.split("/")
+    return 0 < len(parts) <= MAX_TREE_DEPTH and all(_NAME_RE.fullmatch(p) for p in parts)
+
+
 _SUFFIX_RE = re.compile(r"\.[A-Za-z0-9]{1,16}")
 _CHUNK = 1 << 20
 
@@ -104,7 +113,8 @@ class ArtifactStore:
         self.objects = self.root / "objects"
         self.tmp = self.root / "tmp"
         self.trees = self.root / "trees"
-        for d in (self.objects, self.tmp, self.trees):
+        self.quarantined = self.root / "quarantine"
+        for d in (self.objects, self.tmp, self.trees, self.quarantined):
             d.mkdir(parents=True, exist_ok=True)
             if d.is_symlink() or not d.is_dir():
                 raise UnsafeArtifactError(f"{d} must be a real directory, not a symlink or file")
@@ -214,34 +224,90 @@ class ArtifactStore:
         os.replace(tmp, target)  # replaces a corrupt file or a planted symlink itself
         _fsync_dir(shard)
 
+    # -- quarantine: bytes kept as evidence, never loaded as a model ---------------------------
+
+    def quarantine(self, data: bytes) -> str:
+        """Keep arbitrary bytes (a dead letter's payload) by digest, apart from the objects: nothing in the
+        quarantine is ever sniffed, materialized or loaded, so any content may go there."""
+        digest = hashlib.sha256(data).hexdigest()
+        target = self.quarantined / digest
+        if target.is_file() and not target.is_symlink():
+            return digest
+        fd, name = tempfile.mkstemp(dir=self.tmp, prefix="quarantine-")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            os.chmod(name, 0o444)
+            os.replace(name, target)
+        finally:
+            Path(name).unlink(missing_ok=True)
+        return digest
+
+    def read_quarantined(self, digest: str) -> bytes:
+        if not is_digest(digest):
+            raise ValueError(f"{digest!r} is not an artifact digest (64 lowercase hex characters)")
+        path = self.quarantined / digest
+        if path.is_symlink() or not path.is_file():
+            raise ArtifactNotFoundError(f"no quarantined payload {digest} in {self.quarantined}")
+        data = path.read_bytes()
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != digest:
+            raise _integrity_error(digest, actual)
+        return data
+
     # -- trees ------------------------------------------------------------------------------
 
-    def put_tree(self, directory: Path) -> str:
-        """Store the top-level files of a model directory plus a manifest; return the manifest digest."""
+    def put_tree(self, directory: Path, *, links_within: Path | None = None) -> str:
+        """Store a model directory (subfolders included) plus a manifest; return the manifest digest.
+
+        Hidden files and README.md are skipped. Symlinks are refused, except, with `links_within`, links
+        whose target resolves inside that folder (the Hugging Face cache links snapshot files to blobs).
+        """
         directory = Path(directory)
         if not stat.S_ISDIR(os.lstat(directory).st_mode):
             raise UnsafeArtifactError(f"{directory} is not a directory (symlinks are refused)")
-        for dirpath, dirnames, filenames in os.walk(directory):
-            for n in dirnames + filenames:
-                if os.path.islink(os.path.join(dirpath, n)):
-                    raise UnsafeArtifactError(
-                        f"{os.path.join(dirpath, n)} is a symlink; copy the model with links resolved "
-                        f"(cp -rL, or snapshot_download(local_dir=...)) and store that copy"
-                    )
+        allowed = links_within.resolve() if links_within is not None else None
         files: dict[str, str] = {}
-        for entry in sorted(os.scandir(directory), key=lambda e: e.name):
-            if entry.name.startswith(".") or entry.name == "README.md" or entry.is_dir(follow_symlinks=False):
-                continue
-            if not _NAME_RE.fullmatch(entry.name):
-                raise UnsafeArtifactError(
-                    f"file name {entry.name!r} in {directory} is not allowed; rename it to match "
-                    f"{_NAME_RE.pattern} (letters, digits, '.', '_', '-')"
-                )
-            files[entry.name] = self.put_file(directory / entry.name)
+        for name, path in self._tree_entries(directory, allowed):
+            if len(files) >= MAX_TREE_FILES:
+                raise UnsafeArtifactError(f"{directory} holds more than {MAX_TREE_FILES} files; is it a model?")
+            files[name] = self.put_file(path.resolve() if path.is_symlink() else path)
         if not files:
             raise UnsafeArtifactError(f"{directory} has no files to store")
         manifest = json.dumps({"kind": TREE_KIND, "files": files}, sort_keys=True, separators=(",", ":"))
         return self.put_bytes(manifest.encode(), suffix_hint=".json")
+
+    @staticmethod
+    def _tree_entries(directory: Path, allowed: Path | None) -> list[tuple[str, Path]]:
+        out: list[tuple[str, Path]] = []
+        stack: list[tuple[Path, tuple[str, ...]]] = [(directory, ())]
+        while stack:
+            folder, prefix = stack.pop()
+            for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+                if entry.name.startswith(".") or entry.name == "README.md":
+                    continue
+                path = Path(entry.path)
+                if entry.is_symlink():
+                    target = path.resolve()
+                    if allowed is None or not target.is_relative_to(allowed):
+                        raise UnsafeArtifactError(
+                            f"{path} is a symlink; copy the model with links resolved (cp -rL) and store that copy")
+                if not _NAME_RE.fullmatch(entry.name):
+                    raise UnsafeArtifactError(
+                        f"file name {entry.name!r} in {folder} is not allowed; rename it to match "
+                        f"{_NAME_RE.pattern} (letters, digits, '.', '_', '-')"
+                    )
+                if path.is_dir():
+                    if len(prefix) >= MAX_TREE_DEPTH - 1:
+                        raise UnsafeArtifactError(f"{path} is nested more than {MAX_TREE_DEPTH} folders deep")
+                    stack.append((path, (*prefix, entry.name)))
+                elif path.is_file():
+                    out.append(("/".join((*prefix, entry.name)), path))
+                else:
+                    raise UnsafeArtifactError(f"{path} is not a regular file")
+        return sorted(out)
 
     def tree_files(self, digest: str) -> dict[str, str]:
         """Read and schema-check a tree manifest; return ``{file name: digest}``."""
@@ -257,7 +323,7 @@ class ArtifactStore:
             or doc["kind"] != TREE_KIND
             or not isinstance(files, dict)
             or not files
-            or not all(isinstance(n, str) and _NAME_RE.fullmatch(n) for n in files)
+            or not all(isinstance(n, str) and _tree_name_ok(n) for n in files)
             or not all(isinstance(d, str) and is_digest(d) for d in files.values())
         ):
             raise UnsafeArtifactError(
@@ -276,6 +342,7 @@ class ArtifactStore:
         try:
             for name, file_digest in files.items():
                 src, dst = self.path_of(file_digest), build / name
+                dst.parent.mkdir(parents=True, exist_ok=True)
                 try:
                     os.link(src, dst)
                 except OSError:  # e.g. cross-device or no hard-link support
@@ -302,10 +369,14 @@ class ArtifactStore:
     def _tree_matches(directory: Path, files: dict[str, str]) -> bool:
         if directory.is_symlink() or not directory.is_dir():
             return False
-        entries = {e.name: e for e in os.scandir(directory)}
-        if set(entries) != set(files):
+        found: list[str] = []
+        for dirpath, dirnames, filenames in os.walk(directory):
+            rel = Path(dirpath).relative_to(directory)
+            if any(os.path.islink(os.path.join(dirpath, d)) for d in dirnames):
+                return False
+            found += [(rel / f).as_posix() for f in filenames]
+        if set(found) != set(files):
             return False
         return all(
-            entries[name].is_file(follow_symlinks=False) and sha256_file(directory / name) == d
-            for name, d in files.items()
+            not (directory / name).is_symlink() and sha256_file(directory / name) == d for name, d in files.items()
         )

@@ -1,4 +1,4 @@
-"""Database engine plus the tables every service shares the shape of: inbox, outbox, dead letters.
+"""Database engine plus the tables the bus keeps for every service: inbox, outbox, dead letters, audit.
 
 The inbox row (service, event_id) is written in the same transaction as a handler's side effects, so a
 redelivered event is recognised and changes nothing (the eventsourcing "tracking record" pattern).
@@ -9,17 +9,25 @@ between commit and publish never loses the announcement.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import event as sa_event
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
-from sqlmodel import Field, Session, SQLModel, create_engine
+from sqlmodel import Field, Session, SQLModel, create_engine, select
 
 from contracts.base import utcnow
+
+# Bumped whenever a table changes shape; an older database is refused with what to do (no migrations
+# before 1.0: the embedded default's data directory is cheap to recreate).
+SCHEMA_VERSION = 2
+
+
+class SchemaRecord(SQLModel, table=True):
+    __tablename__ = "wf_schema"
+    id: int = Field(default=1, primary_key=True)
+    version: int
 
 
 class InboxRecord(SQLModel, table=True):
@@ -40,6 +48,9 @@ class OutboxRecord(SQLModel, table=True):
     payload: bytes
     created_at: datetime = Field(default_factory=utcnow)
     published_at: datetime | None = Field(default=None, index=True)
+    attempts: int = 0
+    last_error: str | None = None
+    parked_at: datetime | None = Field(default=None, description="given up on: the relay skips it")
 
 
 class DeadLetterRecord(SQLModel, table=True):
@@ -47,13 +58,30 @@ class DeadLetterRecord(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     service: str = Field(index=True)
     subject: str
+    reason: str
     error: str
-    stream_sequence: int | None = None
+    run_id: str | None = Field(default=None, index=True)
+    event_id: str | None = None
+    stream_sequence: int | None = Field(default=None, index=True)
     deliveries: int = 0
     trace_id: str | None = None
-    payload: bytes
+    payload_digest: str | None = None
+    payload_bytes: int = 0
     created_at: datetime = Field(default_factory=utcnow)
-    replayed_at: datetime | None = None
+
+
+class AuditRecord(SQLModel, table=True):
+    """A stream message seen by a service's audit consumer, kept until its fate (handled or
+    dead-lettered) is known; one that JetStream dropped with neither becomes a `vanished` dead letter."""
+
+    __tablename__ = "wf_audit"
+    service: str = Field(primary_key=True)
+    stream_sequence: int = Field(primary_key=True)
+    durable: str
+    subject: str
+    event_id: str | None = None
+    run_id: str | None = None
+    seen_at: datetime = Field(default_factory=utcnow)
 
 
 def make_engine(url: str) -> Engine:
@@ -75,6 +103,10 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
+class SchemaMismatchError(RuntimeError):
+    pass
+
+
 def create_tables(engine: Engine, attempts: int = 5) -> None:
     """Create every table the imported models define (idempotent); run by each service at start.
 
@@ -84,14 +116,43 @@ def create_tables(engine: Engine, attempts: int = 5) -> None:
     for attempt in range(attempts):
         try:
             SQLModel.metadata.create_all(engine)
-            return
+            break
         except (OperationalError, ProgrammingError, IntegrityError) as exc:
             if ("already exists" not in str(exc) and "duplicate key" not in str(exc)) or attempt == attempts - 1:
                 raise
             time.sleep(0.1 * (attempt + 1))
+    _check_schema(engine)
 
 
-@contextmanager
-def session_scope(engine: Engine) -> Iterator[Session]:
-    with Session(engine, expire_on_commit=False) as session:
-        yield session
+def _check_schema(engine: Engine) -> None:
+    with Session(engine) as session:
+        row = session.get(SchemaRecord, 1)
+        if row is None:
+            session.add(SchemaRecord(id=1, version=SCHEMA_VERSION))
+            try:
+                session.commit()
+            except IntegrityError:
+                session.rollback()
+            row = session.get(SchemaRecord, 1)
+        assert row is not None
+        if row.version != SCHEMA_VERSION:
+            raise SchemaMismatchError(
+                f"the database {engine.url.render_as_string(hide_password=True)} was created by a weightflow with "
+                f"table schema {row.version}; this one needs {SCHEMA_VERSION}. Start with a fresh WEIGHTFLOW_HOME "
+                "(or WEIGHTFLOW_DATABASE_URL), or keep running the older release against it")
+    legacy = [t for t in ("wf_dead_letters",) if _has_column(engine, t, "payload")]
+    if legacy:
+        raise SchemaMismatchError(f"tables {legacy} predate schema {SCHEMA_VERSION}; use a fresh database")
+
+
+def _has_column(engine: Engine, table: str, column: str) -> bool:
+    from sqlalchemy import inspect
+
+    return any(c["name"] == column for c in inspect(engine).get_columns(table))
+
+
+def exists(session: Session, model: type[SQLModel], **where: Any) -> bool:
+    query = select(model)
+    for key, value in where.items():
+        query = query.where(getattr(model, key) == value)
+    return session.exec(query).first() is not None

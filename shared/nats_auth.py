@@ -1,25 +1,32 @@
 """NATS permissions for the scaled deployment: one user per service, each confined to its own subjects.
 
-Pure functions: from the service declarations (`Service.handles` gives the consumed events and thereby the
-durable consumers, `Service.publishes` the emitted ones) they build a nats-server configuration in which
+Pure functions: from the workflow's topology (contracts/topology.py: the consumed events give the durable
+consumers, the emitted ones the publish subjects) they build a nats-server configuration in which
 
 * each service user may publish only the stream subjects it emits (plus `DeadLettered`, which every
   service may send) and the JetStream API requests for *its own* durable consumers: look one up, create
-  it with exactly its own filter subject, fetch from it and ack what it fetched. No `$JS.>` or
+  it with exactly its own filter subject, fetch from it and ack what it fetched; and read the run
+  registry (direct gets on `WF_RUNS`), which only the requirements service may write. No `$JS.>` or
   `$JS.API.>` grant, no stream management; it may subscribe only to its own reply inbox
   (`Service.inbox_prefix()`), so it cannot read replies, or fetched messages, meant for another service;
 * `admin` (the operator's CLI: creates the stream, reads history, replays dead letters) may do anything;
-* `alerting` may only subscribe (core NATS) to the drift and canary outcome subjects, and publish nothing.
+* `alerting` may only subscribe (core NATS) to the alert subjects (drift, canary outcomes, halts,
+  rollbacks), and publish nothing.
 
 Because services may not create the stream, run them with `WEIGHTFLOW_DECLARE_STREAM=false` and let the
 admin create it first (any `weightflow` CLI command does, through `ensure_stream`).
+
+Each service user lives in an account of its own, which imports from the stream's account (`WF`,
+home of the streams, `admin` and `alerting`) exactly the subjects it may publish. A reply subject is
+then resolved in the publisher's own account: a service that sets the reply of its publish to another
+stage's subject gets JetStream's acknowledgement delivered back into its own account (where nobody
+listens), not written onto that subject. Within one account, NATS checks no reply subjects at all.
 
 The result is a JSON document, which nats-server reads as its configuration format.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
@@ -28,16 +35,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
+from contracts import topology
 from contracts.base import Event
-from contracts.monitoring import CanaryFailed, CanaryPassed, DriftDetected
-from contracts.workflow import DeadLettered
+from contracts.requirements import RequirementsAccepted
 from shared.bus import Service
+from shared.bus.streams import RUNS_PREFIX, runs_stream_name
 from shared.settings import Settings
 
 ADMIN_USER = "admin"
 ALERTING_USER = "alerting"
-ALERTING_EVENTS: tuple[type[Event], ...] = (DriftDetected, CanaryFailed, CanaryPassed)
-ALWAYS_PUBLISHED: tuple[type[Event], ...] = (DeadLettered,)
+ALERTING_EVENTS: tuple[type[Event], ...] = topology.ALERTS
 
 
 @dataclass(frozen=True)
@@ -51,18 +58,20 @@ class ServiceGrant:
 
     @classmethod
     def of(cls, service: Service, stream: str = "WF") -> ServiceGrant:
-        events = {e.subject(): e for e in (*service.publishes, *ALWAYS_PUBLISHED)}
+        subjects = {e.subject() for e in service.publishes}
+        if RequirementsAccepted in service.publishes:  # accepting a run registers it (shared.bus.streams)
+            subjects.add(f"{RUNS_PREFIX}.*")
         return cls(
             name=service.name,
             inbox_prefix=service.inbox_prefix(),
             consumes=tuple(sorted(service.consumers(Settings(stream=stream)))),
-            publishes=tuple(sorted(events)),
+            publishes=tuple(sorted(subjects)),
         )
 
 
 def load_services(names: Iterable[str]) -> list[Service]:
-    """The declared `Service` of each named service module (`services.<name>.app`)."""
-    return [importlib.import_module(f"services.{name}.app").service for name in names]
+    """Each named service as the topology declares it (no service code, and no torch, is loaded)."""
+    return [Service(name) for name in names]
 
 
 def consumer_api_subjects(stream: str, durable: str, filter_subject: str) -> list[str]:
@@ -85,6 +94,8 @@ def service_permissions(grant: ServiceGrant, stream: str) -> dict[str, Any]:
     publish = list(grant.publishes)
     for consumer_stream, durable, filter_subject in grant.consumes:
         publish += consumer_api_subjects(consumer_stream, durable, filter_subject)
+    runs = runs_stream_name(Settings(stream=stream))
+    publish.append(f"$JS.API.DIRECT.GET.{runs}.{RUNS_PREFIX}.*")  # read the run registry, one run at a time
     return {
         "publish": {"allow": publish},
         "subscribe": {"allow": [f"{grant.inbox_prefix}.>"]},
@@ -118,6 +129,17 @@ def generate_passwords(users: Iterable[str], existing: Mapping[str, str] | None 
     return {u: existing.get(u) or secrets.token_urlsafe(24) for u in users}
 
 
+STREAM_ACCOUNT = "WF"
+
+
+def account_name(service: str) -> str:
+    return service.upper()
+
+
+def _imports(subjects: Iterable[str]) -> list[dict[str, Any]]:
+    return [{"service": {"account": STREAM_ACCOUNT, "subject": subject}} for subject in subjects]
+
+
 def build_config(
     services: Sequence[Service],
     passwords: Mapping[str, str],
@@ -128,24 +150,47 @@ def build_config(
     store_dir: str | Path | None = "/js",
     http_port: int | None = None,
 ) -> dict[str, Any]:
-    """The nats-server configuration as a dict (see `render_config`): listen address, JetStream, users.
+    """The nats-server configuration as a dict (see `render_config`): listen address, JetStream, accounts.
 
     `store_dir=None` enables JetStream without naming a store (the server's `-sd` flag then names it).
     """
     user_names(services)  # refuses reserved or duplicate service names
-    users: list[dict[str, Any]] = []
+    accounts: dict[str, Any] = {}
+    exports: dict[str, list[str]] = {}
     for service in services:
-        users.append({"user": service.name, "password": passwords[service.name],
-                      "permissions": service_permissions(ServiceGrant.of(service, stream), stream)})
-    users.append({"user": ADMIN_USER, "password": passwords[ADMIN_USER], "permissions": admin_permissions()})
-    users.append({"user": ALERTING_USER, "password": passwords[ALERTING_USER],
-                  "permissions": alerting_permissions()})
+        permissions = service_permissions(ServiceGrant.of(service, stream), stream)
+        # `$JS.API.INFO` shadows the implicit JetStream import of an account without JetStream, which
+        # would otherwise answer every consumer request with "JetStream not enabled".
+        subjects = [*permissions["publish"]["allow"], "$JS.API.INFO"]
+        for subject in subjects:
+            exports.setdefault(subject, []).append(account_name(service.name))
+        accounts[account_name(service.name)] = {
+            "users": [{"user": service.name, "password": passwords[service.name], "permissions": permissions}],
+            "imports": _imports(subjects),
+        }
+    accounts[STREAM_ACCOUNT] = {
+        "jetstream": "enabled",
+        "users": [
+            {"user": ADMIN_USER, "password": passwords[ADMIN_USER], "permissions": admin_permissions()},
+            {"user": ALERTING_USER, "password": passwords[ALERTING_USER], "permissions": alerting_permissions()},
+        ],
+        "exports": [
+            {"service": subject, "accounts": sorted(set(names)),
+             **({"response_type": "stream"} if ".MSG.NEXT." in subject else {})}
+            for subject, names in sorted(exports.items())
+        ],
+    }
     config: dict[str, Any] = {"listen": f"{host}:{port}"}
     if http_port is not None:
         config["http_port"] = http_port
     config["jetstream"] = {"store_dir": str(store_dir)} if store_dir is not None else {}
-    config["authorization"] = {"users": users}
+    config["accounts"] = accounts
     return config
+
+
+def users_of(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """user name -> its entry, across the accounts."""
+    return {u["user"]: u for account in config["accounts"].values() for u in account.get("users", [])}
 
 
 def render_config(config: Mapping[str, Any]) -> str:

@@ -24,7 +24,11 @@ class Settings(BaseSettings):
     stream: str = "WF"
     duplicate_window_s: float = 120.0
     ack_wait_s: float = 30.0
-    max_deliver: int = 5
+    # Deliveries before a failing event is dead-lettered; with the backoff (2, 4, 8, … capped at
+    # retry_backoff_cap_s) the default rides out about five minutes of a locked database or a full disk.
+    max_deliver: int = 10
+    retry_backoff_cap_s: float = 60.0
+    sweep_interval_s: float = 30.0
     # False where NATS permissions let services use the stream but not create it (shared.nats_auth):
     # the operator (admin user) creates it, e.g. with any `weightflow` CLI command.
     declare_stream: bool = True
@@ -34,6 +38,9 @@ class Settings(BaseSettings):
     canary_interval_s: float | None = None
     scheduler_tick_s: float = 1.0
     otlp_endpoint: str | None = None
+    # Extra modules to import at start (comma-separated): model sources, tasks, quantizers, tuners
+    # registered by a team's own code (see shared.modeling.registry).
+    plugins: str = ""
     trace_file: bool = True
 
     def resolved_nats_url(self) -> str:

@@ -6,7 +6,9 @@ offline, and to an OTLP collector when WEIGHTFLOW_OTLP_ENDPOINT is set.
 
 from __future__ import annotations
 
-from typing import IO
+import functools
+from collections.abc import Callable
+from typing import IO, Any, TypeVar
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
@@ -37,3 +39,21 @@ def setup_tracing(service: str, settings: Settings) -> TracerProvider:
 def current_trace_id() -> str | None:
     ctx = trace.get_current_span().get_span_context()
     return format(ctx.trace_id, "032x") if ctx.is_valid else None
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def traced(name: str) -> Callable[[F], F]:
+    """Wrap a function in a span (model work: loading, evaluating, quantizing, training), so an operator
+    sees in the trace where a handler's time went, and the bench can split model time from the bus's."""
+
+    def decorate(fn: F) -> F:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with trace.get_tracer("weightflow.modeling").start_as_current_span(name):
+                return fn(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate

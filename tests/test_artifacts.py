@@ -242,7 +242,7 @@ def model_dir(tmp_path: Path, tensor_file: Path) -> Path:
     (d / "README.md").write_bytes(b"\x00 skipped even though binary")
     (d / ".gitattributes").write_text("skipped")
     (d / "sub").mkdir()
-    (d / "sub" / "ignored.txt").write_text("not descended")
+    (d / "sub" / "nested.txt").write_text("kept, with its folder")
     return d
 
 
@@ -250,10 +250,10 @@ def test_tree_round_trip_and_tamper_rebuild(store: ArtifactStore, model_dir: Pat
     digest = store.put_tree(model_dir)
     assert store.put_tree(model_dir) == digest  # deterministic manifest
     files = store.tree_files(digest)
-    assert set(files) == {"config.json", "model.safetensors", "vocab.txt"}
+    assert set(files) == {"config.json", "model.safetensors", "vocab.txt", "sub/nested.txt"}
     out = store.materialize_tree(digest)
     assert out == store.trees / digest
-    assert sorted(p.name for p in out.iterdir()) == sorted(files)
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == sorted(files)
     for name in files:
         assert (out / name).read_bytes() == (model_dir / name).read_bytes()
     assert store.materialize_tree(digest) == out

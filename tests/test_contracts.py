@@ -28,12 +28,12 @@ def test_round_trip_keeps_envelope_and_follow_links_cause() -> None:
     effect = RollbackRequested.follow(cause, deployment="d")
     assert effect.run_id == cause.run_id and effect.causation_id == cause.event_id
     decoded = parse_event(effect.to_bytes())
-    assert decoded == effect and decoded.schema_version == 1
+    assert decoded == effect and decoded.schema_version == RollbackRequested.SCHEMA_VERSION
 
 
 def test_newer_schema_version_is_refused_with_what_to_do() -> None:
     data = json.loads(CanaryRequested(run_id=uuid4(), deployment="d").to_bytes())
-    data["schema_version"] = 2
+    data["schema_version"] = CanaryRequested.SCHEMA_VERSION + 1
     with pytest.raises(SchemaVersionError, match="upgrade the consuming service"):
         parse_event(json.dumps(data))
 
@@ -49,3 +49,14 @@ def test_unknown_type_extra_fields_and_garbage_are_errors() -> None:
         parse_event(b"\xff\x00")
     with pytest.raises(ValueError):
         parse_event(json.dumps(data), RollbackRequested)
+
+
+@pytest.mark.parametrize("payload", [
+    b"[" * 200_000 + b"]" * 200_000,  # nested past any parser's recursion
+    b"[" * 100 + b"]" * 100,  # nested past the cap, small
+    b'{"a": "' + b"x" * (800 * 1024) + b'"}',  # over the event cap
+    b"\x00\x01garbage", b"", b"null", b'"string"', b"1e999999",
+])
+def test_any_payload_is_a_value_error_never_a_crash(payload: bytes) -> None:
+    with pytest.raises(ValueError):
+        parse_event(payload)

@@ -26,8 +26,8 @@ from contracts.benchmark import CandidateBenchmarked
 from contracts.fitting import FitCompleted
 from contracts.monitoring import CanaryPassed
 from shared.db import make_engine
+from contracts.topology import SERVICES
 from weightflow.client import RunTracker
-from weightflow.stack import SERVICES
 from weightflow.submission import prepare
 
 from .conftest import EXAMPLE_DIR, LiveStack, start_stack
@@ -38,10 +38,11 @@ CRASH_POINTS = ("mid_transaction", "after_commit")
 
 # The example's run, event by event (see test_e2e): exactly these, each exactly once.
 EXPECTED = Counter({
-    "requirements.submitted": 1, "requirements.accepted": 1, "benchmark.candidate_benchmarked": 3,
+    "requirements.submitted": 1, "requirements.accepted": 1, "benchmark.candidate_benchmarked": 2,
     "benchmark.selection_decided": 1, "fitting.memory_budget_computed": 2, "benchmark.requested": 1,
-    "fitting.completed": 1, "tuning.adapter_trained": 1, "tuning.gated": 1, "registry.model_registered": 1,
-    "registry.deployment_promoted": 1, "monitoring.canary_passed": 1,
+    "benchmark.variant_benchmarked": 1, "fitting.completed": 1, "tuning.adapter_trained": 1, "tuning.gated": 1,
+    "registry.model_registered": 1, "registry.deployment_promoted": 1, "monitoring.canary_requested": 1,
+    "monitoring.canary_passed": 1,
 })
 # Rows each stage writes for that run.
 EXPECTED_ROWS = {"requirements_versions": 1, "benchmark_results": 3, "fitting_attempts": 1, "tuning_runs": 1,
@@ -103,7 +104,7 @@ def test_every_service_killed_mid_handling_loses_and_repeats_nothing(tmp_path: P
                        WEIGHTFLOW_CANARY_INTERVAL_S=3600)
     try:
         with supervised(live):
-            event = prepare(EXAMPLE_DIR / "requirements.yaml", live.store)
+            event = prepare(EXAMPLE_DIR / "requirements.yaml", live.store).event
             tracker = live.run(event, timeout=900)
             assert tracker.outcome == "succeeded", live.logs()
             time.sleep(2.0)  # a late duplicate would land now
@@ -124,7 +125,7 @@ def test_nats_server_restart_and_sigterm_mid_training(tmp_path: Path) -> None:
     live = start_stack(tmp_path / "home", WEIGHTFLOW_ACK_WAIT_S=6, WEIGHTFLOW_CANARY_INTERVAL_S=3600,
                        WEIGHTFLOW_SHUTDOWN_GRACE_S=grace)
     try:
-        event = prepare(EXAMPLE_DIR / "requirements.yaml", live.store)
+        event = prepare(EXAMPLE_DIR / "requirements.yaml", live.store).event
         live.publish(event)
         wait_for_history(live, lambda es: any(isinstance(e, CandidateBenchmarked) and e.run_id == event.run_id
                                               for e in es), timeout=300)

@@ -12,7 +12,7 @@ from uuid import uuid4
 import pytest
 
 from contracts.base import Event
-from contracts.benchmark import CandidateBenchmarked, SelectionDecided
+from contracts.benchmark import CandidateBenchmarked, SelectionDecided, VariantBenchmarked
 from contracts.fitting import FitCompleted, MemoryBudgetComputed
 from contracts.monitoring import CanaryFailed, CanaryPassed, CanaryRequested, DriftDetected
 from contracts.registry import DeploymentPromoted, ModelRegistered, RollbackRequested, RolledBack
@@ -20,7 +20,7 @@ from contracts.requirements import RequirementsAccepted, RequirementsRejected, R
 from contracts.tuning import TuningGated, TuningSkipped
 from contracts.workflow import WorkflowRerouted
 from shared.artifacts import sha256_file
-from shared.serving import read_manifest
+from shared.modeling.stored import read_manifest
 from weightflow.submission import prepare
 
 from .conftest import EXAMPLE_DIR, LiveStack
@@ -38,7 +38,7 @@ def of(events: list[Event], cls: type[Event]) -> list[Event]:
 
 @pytest.fixture(scope="module")
 def first_run(live_stack: LiveStack) -> list[Event]:
-    event = prepare(EXAMPLE_DIR / "requirements.yaml", live_stack.store)
+    event = prepare(EXAMPLE_DIR / "requirements.yaml", live_stack.store).event
     tracker = live_stack.run(event)
     assert tracker.outcome == "succeeded", f"{types(tracker.events)}\n{live_stack.logs()}"
     return tracker.events
@@ -63,15 +63,17 @@ def test_example_reaches_a_monitored_deployment(first_run: list[Event], live_sta
     budgets = [e.budget for e in of(first_run, MemoryBudgetComputed)]
     assert not budgets[0].fits and budgets[0].variant == "fp32"
     assert budgets[-1].fits and budgets[-1].variant == "int8"
-    rebench = [e for e in benchmarked if e.model.variant == "int8"]
-    assert rebench and rebench[0].request_id, "the quantized variant was re-benchmarked before the fit completed"
+    rebench = of(first_run, VariantBenchmarked)
+    assert rebench and rebench[0].model.variant == "int8", "the quantized variant was re-benchmarked"
+    assert seq.index("benchmark.variant_benchmarked") < seq.index("fitting.completed")
     fit = of(first_run, FitCompleted)[0]
-    assert fit.model.variant == "int8"
+    assert fit.model.variant == "int8" and fit.next_stage == ("tuning" if fit.quality_gap > 0 else "registry")
     if fit.quality_gap > 0:
         gated = of(first_run, TuningGated)[0]
         assert gated.passed and gated.task_score >= gated.context.requirements.quality.threshold
-    else:
-        assert of(first_run, TuningSkipped)
+    assert not of(first_run, TuningSkipped)
+    registered = of(first_run, ModelRegistered)[0]
+    assert registered.canary_baseline.n == 120 and registered.canary_baseline.interval is not None
     # every event names its cause, except the submission that started it
     by_id = {e.event_id: e for e in live_stack.history()}
     for e in first_run:
@@ -86,7 +88,8 @@ def test_registered_checksums_match_the_files_on_disk(first_run: list[Event], li
         assert sha256_file(live_stack.store.path_of(digest)) == digest, role
     manifest = read_manifest(live_stack.store, registered.manifest_id)
     assert manifest.model.files["model.safetensors"] == registered.checksums["model/model.safetensors"]
-    assert manifest.quantization == "int8-weight-only" and manifest.base.tree_digest != manifest.model.tree_digest
+    assert manifest.quantization == "int8" and manifest.base.tree_digest != manifest.model.tree_digest
+    assert manifest.canary_baseline == registered.canary_baseline
     runbook = live_stack.store.read_bytes(registered.runbook_digest).decode()
     for section in ("## 1. Load", "## 2. Serve", "## 3. Roll back", registered.manifest_id):
         assert section in runbook
@@ -95,7 +98,7 @@ def test_registered_checksums_match_the_files_on_disk(first_run: list[Event], li
 
 
 def test_invalid_requirements_are_rejected_on_the_bus(first_run: list[Event], live_stack: LiveStack) -> None:
-    event = prepare(EXAMPLE_DIR / "requirements.yaml", live_stack.store)
+    event = prepare(EXAMPLE_DIR / "requirements.yaml", live_stack.store).event
     bad = event.model_copy(update={"document": event.document.replace("threshold: 0.", "threshold: 9."),
                                    "event_id": uuid4(), "run_id": uuid4()})
     tracker = live_stack.run(bad, timeout=60)
@@ -107,7 +110,7 @@ def test_changed_requirements_reroute_through_stage_one(first_run: list[Event], 
                                                         example_dir: Path) -> None:
     text = (example_dir / "requirements.yaml").read_text()
     (example_dir / "requirements.yaml").write_text(text.replace("per_1k_tasks_usd: 0.05", "per_1k_tasks_usd: 0.04"))
-    changed = prepare(example_dir / "requirements.yaml", live_stack.store, changed=True)
+    changed = prepare(example_dir / "requirements.yaml", live_stack.store, changed=True).event
     tracker = live_stack.run(changed)
     assert tracker.outcome == "succeeded", types(tracker.events)
     reroute = of(tracker.events, WorkflowRerouted)

@@ -20,39 +20,33 @@ import pytest
 import torch
 from torch import nn
 
-from shared.modeling import (
-    DatasetError,
-    Encoder,
-    Example,
+from contracts.requirements import CandidateRef, HardwareProfile, TaskSpec
+from shared.modeling.checkpoint import CheckpointError, inspect_checkpoint
+from shared.modeling.datasets import DatasetError, Example, Pair, dataset_digest, load_jsonl
+from shared.modeling.device import pick_device
+from shared.modeling.loading import weight_bytes
+from shared.modeling.protocols import LoadedModel, TrainResult
+from shared.modeling.quantizers.int8_modules import (
     Int8Embedding,
     Int8Linear,
-    LoraSettings,
-    LoraWrapped,
-    Pair,
-    TrainReport,
-    UnknownModelError,
-    attach_adapter,
-    classify,
-    dataset_digest,
-    evaluate_classification,
-    evaluate_similarity,
-    known_candidates,
-    load_encoder,
-    load_jsonl,
-    materialize_candidate,
-    pick_device,
-    quantization_error,
+    dequantize_int8,
+    load_int8,
     quantize_int8,
+    quantized_numel,
     save_quantized,
-    size_class,
-    train_lora,
 )
-from shared.modeling.quantization import dequantize_int8
+from shared.modeling.registry import sources, tasks, tuners
+from shared.modeling.sizes import size_class
+from shared.modeling.sources.builtin import UnknownModelError, materialize_candidate
+from shared.modeling.tuners.lora import LoraSettings
+from shared.modeling.tuners.lora_training import LoraWrapped, attach, train_lora
 
 EXAMPLE_DIR = Path(__file__).resolve().parents[1] / "examples" / "support-tickets"
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".ckpt"}
 DEMO_THRESHOLD = 0.80  # quality.threshold in examples/support-tickets/requirements.yaml
 DEMO_TUNABLE_GAP = 0.10  # quality.tunable_gap there
+HARDWARE = HardwareProfile(profile="test", memory_mb=1000, cost_per_hour_usd=0.1)
+ZERO_SHOT = tasks.get("zero-shot-classification")
 
 
 def _load_make_data() -> ModuleType:
@@ -65,6 +59,7 @@ def _load_make_data() -> ModuleType:
 
 make_data = _load_make_data()
 LABELS: dict[str, str] = make_data.LABELS
+SPEC = TaskSpec(type="zero-shot-classification", labels=LABELS)
 
 
 def _sha256(path: Path) -> str:
@@ -74,6 +69,11 @@ def _sha256(path: Path) -> str:
 def _no_pickles(directory: Path) -> None:
     pickled = [p.name for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES]
     assert not pickled, f"pickle-format files written: {pickled}"
+
+
+def _params(loaded: LoadedModel) -> int:
+    """Logical weight count: int8 weights count as parameters even though they live in buffers."""
+    return sum(p.numel() for p in loaded.model.parameters()) + quantized_numel(loaded.model)
 
 
 # --------------------------------------------------------------------------- device / catalog
@@ -111,14 +111,14 @@ def test_size_class_boundaries(params: int, expected: str) -> None:
     assert size_class(params) == expected
 
 
-def test_catalog_lists_two_real_size_classes() -> None:
-    specs = known_candidates()
-    assert set(specs) == {"minilm-l6", "minilm-l3"}
-    assert specs["minilm-l6"].params == 22_713_216  # all-MiniLM-L6-v2, counted from its safetensors header
-    assert specs["minilm-l3"].params < specs["minilm-l6"].params
-    assert (specs["minilm-l3"].size_class, specs["minilm-l6"].size_class) == ("xs", "s")
-    specs.clear()  # callers get a copy; the catalog itself must not change
-    assert len(known_candidates()) == 2
+def test_builtin_source_offers_two_real_size_classes() -> None:
+    builtin = sources.get("builtin")
+    assert builtin.known() == ["minilm-l3", "minilm-l6"]
+    l6 = builtin.resolve(CandidateRef(builtin="minilm-l6"), None, None)
+    l3 = builtin.resolve(CandidateRef(builtin="minilm-l3"), None, None)
+    assert l6.params == 22_713_216  # all-MiniLM-L6-v2, counted from its safetensors header
+    assert l3.params < l6.params and (l3.size_class, l6.size_class) == ("xs", "s")
+    assert l6.tree_digest is None, "without a store nothing is built"
 
 
 def test_unknown_candidate_lists_known_names(tmp_path: Path) -> None:
@@ -171,6 +171,26 @@ def test_load_jsonl_rejects_an_empty_file(tmp_path: Path) -> None:
     path.write_text("\n")
     with pytest.raises(DatasetError, match="no rows"):
         load_jsonl(path, Example)
+
+
+def test_load_jsonl_is_bounded_and_total(tmp_path: Path) -> None:
+    """An over-long line, a non-UTF-8 line, a deeply nested line and an over-long text: each reported by
+    line number, never read whole into memory, never a traceback."""
+    from contracts.limits import MAX_DATA_LINE_BYTES, MAX_TEXT_CHARS
+
+    path = tmp_path / "hostile.jsonl"
+    with path.open("wb") as fh:
+        fh.write(b'{"id": "1", "text": "fine", "label": "a"}\n')
+        fh.write(b'{"id": "2", "text": "' + b"x" * (MAX_DATA_LINE_BYTES * 3) + b'", "label": "a"}\n')
+        fh.write(b'{"id": "3", "text": "\xff\xfe", "label": "a"}\n')
+        fh.write(b"[" * 100_000 + b"]" * 100_000 + b"\n")
+        fh.write(b'{"id": "5", "text": "' + b"y" * (MAX_TEXT_CHARS + 1) + b'", "label": "a"}\n')
+        fh.write(b'{"id": "6", "text": "also fine", "label": "b"}\n')
+    with pytest.raises(DatasetError) as info:
+        load_jsonl(path, Example, label="data.eval")
+    where = [p.split(": ", 1)[0] for p in info.value.problems]
+    assert where == ["data.eval:2", "data.eval:3", "data.eval:4", "data.eval:5"], info.value.problems
+    assert "longer than" in info.value.problems[0] and "not UTF-8" in info.value.problems[1]
 
 
 # --------------------------------------------------------------------------- demo data
@@ -242,21 +262,18 @@ def test_quantize_int8_replaces_every_linear_and_embedding() -> None:
     assert Int8Linear not in [type(m) for m in model.modules()]
 
 
-def test_load_encoder_names_the_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        load_encoder(tmp_path / "nowhere")
-    (tmp_path / "config.json").write_text("{}")
-    with pytest.raises(FileNotFoundError, match=r"missing model\.safetensors"):
-        load_encoder(tmp_path)
-    (tmp_path / "model.safetensors").write_bytes(b"")
-    with pytest.raises(FileNotFoundError, match=r"missing tokenizer\.json"):
-        load_encoder(tmp_path)
+def test_loading_names_the_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        ZERO_SHOT.load(tmp_path / "nowhere", torch.device("cpu"))
+    (tmp_path / "config.json").write_text('{"model_type": "bert"}')
+    with pytest.raises(FileNotFoundError, match=r"model\.safetensors"):
+        ZERO_SHOT.load(tmp_path, torch.device("cpu"))
 
 
-def test_attach_adapter_needs_both_adapter_files(tmp_path: Path) -> None:
-    encoder = Encoder(model=nn.Linear(2, 2), tokenizer=None, device=torch.device("cpu"))
+def test_attach_needs_both_adapter_files(tmp_path: Path) -> None:
+    loaded = LoadedModel(nn.Linear(2, 2), None, torch.device("cpu"), "zero-shot-classification", tmp_path)
     with pytest.raises(FileNotFoundError, match=r"adapter_config\.json"):
-        attach_adapter(encoder, tmp_path)
+        attach(loaded, tmp_path)
 
 
 # --------------------------------------------------------------------------- real model (slow)
@@ -269,25 +286,30 @@ def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def l6(model_dirs: dict[str, Path]) -> Encoder:
-    return load_encoder(model_dirs["minilm-l6"], pick_device())
+def l6(model_dirs: dict[str, Path]) -> LoadedModel:
+    return ZERO_SHOT.load(model_dirs["minilm-l6"], pick_device())
 
 
 @pytest.fixture(scope="module")
 def int8_dir(model_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    encoder = load_encoder(model_dirs["minilm-l6"], pick_device())
-    quantize_int8(encoder.model)
-    yield save_quantized(encoder, tmp_path_factory.mktemp("int8") / "minilm-l6-int8")
+    loaded = ZERO_SHOT.load(model_dirs["minilm-l6"], pick_device())
+    quantize_int8(loaded.model)
+    yield save_quantized(loaded.model, loaded.tokenizer, tmp_path_factory.mktemp("int8") / "minilm-l6-int8")
 
 
 @pytest.fixture(scope="module")
-def int8(int8_dir: Path) -> Encoder:
-    return load_encoder(int8_dir, pick_device())
+def int8(int8_dir: Path) -> LoadedModel:
+    return ZERO_SHOT.load(int8_dir, pick_device())
 
 
 @pytest.fixture(scope="module")
 def eval_rows() -> list[Example]:
     return load_jsonl(EXAMPLE_DIR / "eval.jsonl", Example)
+
+
+def _embed(loaded: LoadedModel, texts: list[str]) -> torch.Tensor:
+    with torch.inference_mode():
+        return ZERO_SHOT.embed(loaded, texts).cpu()  # type: ignore[attr-defined]
 
 
 @pytest.mark.slow
@@ -300,15 +322,17 @@ def test_materialize_is_byte_identical_and_truncates(model_dirs: dict[str, Path]
             assert (directory / filename).is_file()
         assert json.loads((directory / "config.json").read_text())["num_hidden_layers"] == layers
         _no_pickles(directory)
+        assert inspect_checkpoint(directory).params == sources.get("builtin").resolve(
+            CandidateRef(builtin=name), None, None).params
 
 
 @pytest.mark.slow
-def test_catalog_params_match_the_loaded_models(model_dirs: dict[str, Path], l6: Encoder) -> None:
-    specs = known_candidates()
-    l3 = load_encoder(model_dirs["minilm-l3"], torch.device("cpu"))
-    assert l6.param_count() == specs["minilm-l6"].params
-    assert l3.param_count() == specs["minilm-l3"].params
-    assert l3.config.num_hidden_layers == 3
+def test_builtin_params_match_the_loaded_models(model_dirs: dict[str, Path], l6: LoadedModel) -> None:
+    builtin = sources.get("builtin")
+    l3 = ZERO_SHOT.load(model_dirs["minilm-l3"], torch.device("cpu"))
+    assert _params(l6) == builtin.resolve(CandidateRef(builtin="minilm-l6"), None, None).params
+    assert _params(l3) == builtin.resolve(CandidateRef(builtin="minilm-l3"), None, None).params
+    assert l3.model.config.num_hidden_layers == 3
     last_kept = "encoder.layer.2.output.dense.weight"  # the FIRST three layers are the ones kept
     assert torch.equal(l3.model.get_parameter(last_kept), l6.model.get_parameter(last_kept).cpu())
     with pytest.raises(AttributeError):
@@ -316,42 +340,42 @@ def test_catalog_params_match_the_loaded_models(model_dirs: dict[str, Path], l6:
 
 
 @pytest.mark.slow
-def test_embed_is_normalised_batched_and_meaningful(l6: Encoder) -> None:
+def test_embed_is_normalised_batched_and_meaningful(l6: LoadedModel) -> None:
     texts = ["I was charged twice, please refund me", "The app crashes on start", "Where is my parcel?"]
-    one_by_one = torch.cat([l6.embed([t]) for t in texts])
-    batched = l6.embed(texts, batch_size=2)
-    assert batched.shape == (3, 384) and batched.dtype == torch.float32 and batched.device.type == "cpu"
+    one_by_one = torch.cat([_embed(l6, [t]) for t in texts])
+    batched = _embed(l6, texts)
+    assert batched.shape == (3, 384) and batched.dtype == torch.float32
     assert torch.allclose(batched.norm(dim=1), torch.ones(3), atol=1e-5)
     assert torch.allclose(one_by_one, batched, atol=1e-5)
-    assert not batched.requires_grad
-    assert l6.embed([]).shape == (0, 384)
-    assert classify(l6, texts, LABELS) == ["billing", "technical", "shipping"]
+    assert ZERO_SHOT.predict(l6, SPEC, texts) == ["billing", "technical", "shipping"]
 
 
 @pytest.mark.slow
-def test_evaluate_classification_measures_quality_and_speed(l6: Encoder, eval_rows: list[Example]) -> None:
-    result = evaluate_classification(l6, eval_rows[:96], LABELS, latency_samples=8)
-    assert result.n == 96
-    assert 0.6 < result.accuracy < 0.97  # the demo set is calibrated to be hard but not hopeless
-    assert set(result.per_label_accuracy) == set(LABELS)
-    assert 0 < result.latency_ms_p50 <= result.latency_ms_p95
-    assert result.throughput_per_s > 0 and result.seconds > 0
+def test_evaluate_measures_quality_speed_and_the_score_interval(l6: LoadedModel, eval_rows: list[Example]) -> None:
+    m = ZERO_SHOT.evaluate(l6, SPEC, eval_rows[:96], "accuracy", HARDWARE)
+    assert m.n == 96 and m.metric == "accuracy" and m.binary
+    assert 0.6 < m.score < 0.97  # the demo set is calibrated to be hard but not hopeless
+    assert m.interval is not None and m.interval.method == "wilson"
+    assert m.interval.low < m.score < m.interval.high and m.interval.high - m.interval.low < 0.25
+    assert {f"recall/{label}" for label in LABELS} <= set(m.extra) and 0 < m.extra["macro_f1"] <= 1
+    assert 0 < m.latency_ms_p50 <= m.latency_ms_p95 and m.throughput_per_s > 0 and m.cost_per_1k_usd > 0
+    f1 = ZERO_SHOT.evaluate(l6, SPEC, eval_rows[:96], "macro_f1", HARDWARE)
+    assert f1.score == pytest.approx(m.extra["macro_f1"]) and not f1.binary
+    assert f1.interval is not None and f1.interval.method == "bootstrap" and f1.score_std and f1.score_std > 0
     stray = [*eval_rows[:3], Example(id="x", text="hello", label="sales")]
     with pytest.raises(ValueError, match="sales"):
-        evaluate_classification(l6, stray, LABELS)
+        ZERO_SHOT.evaluate(l6, SPEC, stray, "accuracy", HARDWARE)
 
 
 @pytest.mark.slow
-def test_evaluate_similarity_tracks_general_ability(l6: Encoder) -> None:
+def test_general_score_tracks_general_ability(l6: LoadedModel) -> None:
     pairs = load_jsonl(EXAMPLE_DIR / "general.jsonl", Pair)
-    result = evaluate_similarity(l6, pairs)
-    assert result.n == 200
-    assert result.spearman > 0.7
+    assert ZERO_SHOT.general_score(l6, SPEC, pairs) > 0.7
 
 
 @pytest.mark.slow
 def test_int8_reloads_identically_at_a_quarter_of_the_bytes(
-    model_dirs: dict[str, Path], l6: Encoder, int8_dir: Path, int8: Encoder, tmp_path: Path
+    model_dirs: dict[str, Path], l6: LoadedModel, int8_dir: Path, int8: LoadedModel, tmp_path: Path
 ) -> None:
     manifest = json.loads((int8_dir / "quantization.json").read_text())
     assert manifest["scheme"] == "int8-weight-only" and manifest["format_version"] == 1
@@ -359,31 +383,35 @@ def test_int8_reloads_identically_at_a_quarter_of_the_bytes(
     assert "encoder.layer.5.output.dense" in manifest["modules"]
     _no_pickles(int8_dir)
 
-    in_memory = load_encoder(model_dirs["minilm-l6"], l6.device)
+    in_memory = ZERO_SHOT.load(model_dirs["minilm-l6"], l6.device)
     quantize_int8(in_memory.model)
-    resaved = save_quantized(in_memory, tmp_path / "again")
+    resaved = save_quantized(in_memory.model, in_memory.tokenizer, tmp_path / "again")
     assert _sha256(resaved / "model.safetensors") == _sha256(int8_dir / "model.safetensors")
     texts = ["my refund has not arrived", "the login page is blank", "reset my password please"]
-    assert (int8.embed(texts) - in_memory.embed(texts)).abs().max() < 1e-5
-    assert int8.param_count() == l6.param_count()
-    assert 3.5 <= l6.weight_bytes() / int8.weight_bytes() <= 4.0
-    assert 0 < quantization_error(l6, int8, texts) < 0.01
+    assert (_embed(int8, texts) - _embed(in_memory, texts)).abs().max() < 1e-5
+    assert _params(int8) == _params(l6)
+    assert 3.5 <= weight_bytes(l6.model) / weight_bytes(int8.model) <= 4.0
+    error = (1 - (_embed(l6, texts) * _embed(int8, texts)).sum(dim=1)).mean()
+    assert 0 < float(error) < 0.01
 
-    unpacked = load_encoder(int8_dir, l6.device, dequantize=True)
-    assert not any(isinstance(m, Int8Linear | Int8Embedding) for m in unpacked.model.modules())
-    assert (unpacked.embed(texts) - int8.embed(texts)).abs().max() < 1e-5
+    from transformers import AutoModel
+
+    unpacked = load_int8(int8_dir, AutoModel, l6.device, dequantize=True)
+    assert not any(isinstance(m, Int8Linear | Int8Embedding) for m in unpacked.modules())
+    as_float = LoadedModel(unpacked, int8.tokenizer, int8.device, int8.task, int8_dir)
+    assert (_embed(as_float, texts) - _embed(int8, texts)).abs().max() < 1e-5
 
 
 @pytest.fixture(scope="module")
-def adapter(int8_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, TrainReport]:
+def adapter(int8: LoadedModel, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, TrainResult]:
     train = load_jsonl(EXAMPLE_DIR / "train.jsonl", Example)
     out = tmp_path_factory.mktemp("adapter") / "lora"
-    report = train_lora(int8_dir, train, LABELS, out, LoraSettings(epochs=1), device=pick_device())
+    report = train_lora(ZERO_SHOT, int8, SPEC, train, out, LoraSettings(epochs=1))
     return out, report
 
 
 @pytest.mark.slow
-def test_train_lora_trains_only_the_adapter_and_saves_safetensors(adapter: tuple[Path, TrainReport]) -> None:
+def test_train_lora_trains_only_the_adapter_and_saves_safetensors(adapter: tuple[Path, TrainResult]) -> None:
     out, report = adapter
     assert sorted(p.name for p in out.iterdir() if p.suffix != ".md") == [
         "adapter_config.json",
@@ -392,54 +420,56 @@ def test_train_lora_trains_only_the_adapter_and_saves_safetensors(adapter: tuple
     _no_pickles(out)
     assert report.steps == 19 and report.epochs == 1  # ceil(300 / 16)
     assert report.trainable_params == 6 * 2 * (8 * 384 + 384 * 8)  # r=8 on query and value in 6 layers
-    assert report.total_params == known_candidates()["minilm-l6"].params + report.trainable_params
+    assert report.total_params == 22_713_216 + report.trainable_params
     assert report.loss_last < report.loss_first
+    assert report.settings["target_modules"] == ["query", "value"]
 
 
 @pytest.mark.slow
-def test_attach_adapter_serves_what_peft_trained(
-    int8_dir: Path, int8: Encoder, adapter: tuple[Path, TrainReport], eval_rows: list[Example]
+def test_attach_serves_what_peft_trained(
+    int8_dir: Path, int8: LoadedModel, adapter: tuple[Path, TrainResult], eval_rows: list[Example]
 ) -> None:
     from peft import PeftModel
+    from transformers import AutoModel
 
     out, _ = adapter
-    base = load_encoder(int8_dir, int8.device, dequantize=True)
-    peft_encoder = Encoder(
-        PeftModel.from_pretrained(base.model, str(out)).eval(), base.tokenizer, base.device
-    )
-    fp32_base = load_encoder(int8_dir, int8.device, dequantize=True)
-    ours = attach_adapter(fp32_base, out)
+    base = load_int8(int8_dir, AutoModel, int8.device, dequantize=True)
+    with_peft = LoadedModel(PeftModel.from_pretrained(base, str(out)).eval(), int8.tokenizer, int8.device,
+                            int8.task, int8_dir)
+    fp32_base = LoadedModel(load_int8(int8_dir, AutoModel, int8.device, dequantize=True), int8.tokenizer,
+                            int8.device, int8.task, int8_dir)
+    ours = attach(fp32_base, out)
     texts = [row.text for row in eval_rows[:16]]
-    assert (ours.embed(texts) - peft_encoder.embed(texts)).abs().max() < 1e-4
+    assert (_embed(ours, texts) - _embed(with_peft, texts)).abs().max() < 1e-4
     assert sum(isinstance(m, LoraWrapped) for m in ours.model.modules()) == 12
     assert not any(isinstance(m, LoraWrapped) for m in fp32_base.model.modules())  # input left untouched
 
-    tuned = attach_adapter(int8, out)
-    assert (tuned.embed(texts) - ours.embed(texts)).abs().max() < 1e-5  # int8 base serves what was trained
+    tuned = tuners.get("lora").attach(int8, out)
+    assert (_embed(tuned, texts) - _embed(ours, texts)).abs().max() < 1e-5  # int8 base serves what was trained
 
 
 @pytest.mark.slow
 def test_demo_is_calibrated_around_its_threshold(
     model_dirs: dict[str, Path],
-    l6: Encoder,
-    int8: Encoder,
-    adapter: tuple[Path, TrainReport],
+    l6: LoadedModel,
+    int8: LoadedModel,
+    adapter: tuple[Path, TrainResult],
     eval_rows: list[Example],
 ) -> None:
     """The support-tickets story: l3 too far below the threshold to tune, l6 (fp32 and int8) a small
     gap below it, and even a one-epoch adapter clears it without costing general ability."""
-    l3 = load_encoder(model_dirs["minilm-l3"], l6.device)
-    tuned = attach_adapter(int8, adapter[0])
+    l3 = ZERO_SHOT.load(model_dirs["minilm-l3"], l6.device)
+    tuned = attach(int8, adapter[0])
     accuracy = {
-        name: evaluate_classification(encoder, eval_rows, LABELS, latency_samples=2).accuracy
-        for name, encoder in (("l3", l3), ("l6", l6), ("int8", int8), ("tuned", tuned))
+        name: ZERO_SHOT.evaluate(loaded, SPEC, eval_rows, "accuracy", HARDWARE).score
+        for name, loaded in (("l3", l3), ("l6", l6), ("int8", int8), ("tuned", tuned))
     }
     assert accuracy["l3"] < DEMO_THRESHOLD - DEMO_TUNABLE_GAP, accuracy  # too far below: size up
     assert DEMO_THRESHOLD - 0.05 < accuracy["l6"] < DEMO_THRESHOLD, accuracy  # a small, tunable gap
     assert abs(accuracy["int8"] - accuracy["l6"]) <= 0.01, accuracy
     assert accuracy["tuned"] >= DEMO_THRESHOLD, accuracy
     pairs = load_jsonl(EXAMPLE_DIR / "general.jsonl", Pair)
-    drop = evaluate_similarity(int8, pairs).spearman - evaluate_similarity(tuned, pairs).spearman
+    drop = ZERO_SHOT.general_score(int8, SPEC, pairs) - ZERO_SHOT.general_score(tuned, SPEC, pairs)
     assert drop < 0.02
 
 
@@ -449,13 +479,13 @@ def test_train_lora_is_deterministic(model_dirs: dict[str, Path], tmp_path: Path
 
     rows = load_jsonl(EXAMPLE_DIR / "train.jsonl", Example)[:24]
     settings = LoraSettings(epochs=1, batch_size=12, seed=7)
-    device = pick_device()
-    first = train_lora(model_dirs["minilm-l3"], rows, LABELS, tmp_path / "a", settings, device)
-    second = train_lora(model_dirs["minilm-l3"], rows, LABELS, tmp_path / "b", settings, device)
+    base = ZERO_SHOT.load(model_dirs["minilm-l3"], pick_device())
+    first = train_lora(ZERO_SHOT, base, SPEC, rows, tmp_path / "a", settings)
+    second = train_lora(ZERO_SHOT, base, SPEC, rows, tmp_path / "b", settings)
     a = load_file(str(tmp_path / "a" / "adapter_model.safetensors"))
     b = load_file(str(tmp_path / "b" / "adapter_model.safetensors"))
     assert a.keys() == b.keys() and len(a) == 3 * 2 * 2
-    tolerance = 0.0 if device.type == "cpu" else 1e-5
+    tolerance = 0.0 if base.device.type == "cpu" else 1e-5
     assert all((a[k] - b[k]).abs().max() <= tolerance for k in a)
     assert first.loss_first == pytest.approx(second.loss_first, abs=tolerance)
     assert any(bool(a[k].abs().max() > 0) for k in a if "lora_B" in k)  # B starts at zero; it moved
@@ -463,8 +493,8 @@ def test_train_lora_is_deterministic(model_dirs: dict[str, Path], tmp_path: Path
 
 @pytest.mark.slow
 def test_repository_code_in_a_checkpoint_is_never_run(model_dirs: dict[str, Path], tmp_path: Path) -> None:
-    """A checkpoint that asks for its own Python (auto_map) loads as the stock architecture or not at all;
-    the shipped module is never imported."""
+    """A checkpoint that asks for its own Python (auto_map) is refused before anything is stored, and even
+    loaded directly it loads as the stock architecture or not at all: the shipped module is never imported."""
     hostile = tmp_path / "hostile"
     shutil.copytree(model_dirs["minilm-l3"], hostile)
     sentinel = tmp_path / "pwned"
@@ -475,9 +505,11 @@ def test_repository_code_in_a_checkpoint_is_never_run(model_dirs: dict[str, Path
     config = json.loads((hostile / "config.json").read_text())
     config["auto_map"] = {"AutoConfig": "configuration_evil.EvilConfig", "AutoModel": "modeling_evil.EvilModel"}
     (hostile / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="auto_map"):
+        inspect_checkpoint(hostile)
     try:
-        encoder = load_encoder(hostile, pick_device())
-        assert type(encoder.model).__module__.startswith("transformers.")
+        loaded = ZERO_SHOT.load(hostile, pick_device())
+        assert type(loaded.model).__module__.startswith("transformers.")
     except ValueError as exc:  # transformers may refuse outright: just as good
         assert "trust_remote_code" in str(exc)
     assert not sentinel.exists()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import importlib
 import inspect
 import json
 import re
@@ -23,22 +24,22 @@ import nats
 import pytest
 from nats.js.api import ConsumerConfig
 
+from contracts import topology
 from contracts.base import EVENT_TYPES, Event, parse_event
-from contracts.monitoring import CanaryFailed, CanaryPassed, CanaryRequested, DriftDetected
+from contracts.monitoring import DriftDetected
 from contracts.registry import RollbackRequested
-from contracts.requirements import RequirementsChanged, RequirementsRejected, RequirementsSubmitted
+from contracts.requirements import RequirementsRejected, RequirementsSubmitted
 from contracts.workflow import DeadLettered
 from shared import nats_auth
 from shared.bus import Service
 from shared.natsd import EmbeddedNats, free_port
 from shared.settings import Settings
 from weightflow.client import Client
-from weightflow.stack import SERVICES
-
-SERVICE_DEFS = nats_auth.load_services(SERVICES)
-BY_NAME = {s.name: s for s in SERVICE_DEFS}
-# Events only people (the admin's CLI) originate; every other consumed event comes from a service.
-OPERATOR_EVENTS = {RequirementsSubmitted, RequirementsChanged, RollbackRequested, CanaryRequested}
+SERVICES = topology.SERVICES
+SERVICE_DEFS = nats_auth.load_services(SERVICES)  # as the topology declares them: no service code loaded
+# The services as they run, handlers and all (for the checks against their code and the real-work test).
+BY_NAME = {name: importlib.import_module(f"services.{name}.app").service for name in SERVICES}
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "support-tickets" / "requirements.yaml"
 DENIED_WAIT = 0.5  # seconds a refused JetStream API request waits for the reply that never comes
 
 
@@ -46,7 +47,8 @@ DENIED_WAIT = 0.5  # seconds a refused JetStream API request waits for the reply
 
 
 def _constructed_events(service: Service) -> set[type[Event]]:
-    """Event classes the service's module calls or `.follow`s: what its handlers and periodics return."""
+    """Event classes the service's module calls or `.follow`s: what its handlers and periodics return
+    (dead letters are the bus's, every service may send them)."""
     module = inspect.getmodule(service.handlers[0].fn)
     assert module is not None and module.__file__ is not None
     events = {cls.__name__: cls for cls in EVENT_TYPES.values()}
@@ -65,33 +67,40 @@ def _constructed_events(service: Service) -> set[type[Event]]:
 @pytest.mark.parametrize("name", SERVICES)
 def test_declared_publishes_match_what_handlers_emit(name: str) -> None:
     service = BY_NAME[name]
-    assert set(service.publishes) == _constructed_events(service)
+    assert set(service.stage.emits) == _constructed_events(service)
+    service.check_complete()  # and it handles exactly what the topology says it consumes
 
 
 def test_every_consumed_event_has_a_publisher() -> None:
     published = {e for s in SERVICE_DEFS for e in s.publishes}
-    consumed = {spec.event_type for s in SERVICE_DEFS for spec in s.handlers}
-    assert consumed - published == OPERATOR_EVENTS
+    consumed = {e for s in SERVICE_DEFS for e in s.stage.consumes}
+    assert consumed - published == set(topology.OPERATOR_EVENTS) - published
 
 
 def test_generated_permissions_are_narrow() -> None:
     users = nats_auth.user_names(SERVICE_DEFS)
     config = nats_auth.build_config(SERVICE_DEFS, nats_auth.generate_passwords(users), store_dir=None)
-    perms = {u["user"]: u["permissions"] for u in config["authorization"]["users"]}
+    perms = {name: user["permissions"] for name, user in nats_auth.users_of(config).items()}
     assert len(set(nats_auth.generate_passwords(users).values())) == len(users)
+    runs_read = "$JS.API.DIRECT.GET.WF_RUNS.wfruns.*"
     for service in SERVICE_DEFS:
         publish = perms[service.name]["publish"]["allow"]
-        assert not [s for s in publish if s in (">", "$JS.>", "$JS.API.>") or s.endswith("*")]
+        assert not [s for s in publish if s in (">", "$JS.>", "$JS.API.>")]
         stream_subjects = {s for s in publish if not s.startswith("$JS.")}
         emitted: list[type[Event]] = [*service.publishes, DeadLettered]
-        assert stream_subjects == {e.subject() for e in emitted}
+        registers_runs = {"wfruns.*"} if service.name == "requirements" else set()
+        assert stream_subjects == {e.subject() for e in emitted} | registers_runs, service.name
         own = {f".{stream}.{durable}" for stream, durable, _ in service.consumers(Settings())}
-        api = [s for s in publish if s.startswith("$JS.")]
-        assert api and all(any(o in s for o in own) for s in api), "only its own consumers (and advisories)"
+        api = [s for s in publish if s.startswith("$JS.") and s != runs_read]
+        assert api and all(any(o in s for o in own) for s in api), "only its own consumers"
+        assert runs_read in publish
         assert perms[service.name]["subscribe"] == {"allow": [f"_INBOX.{service.name}.>"]}
+        account = config["accounts"][nats_auth.account_name(service.name)]
+        assert "jetstream" not in account, "services reach JetStream only through their imports"
+        assert {i["service"]["subject"] for i in account["imports"]} == {*publish, "$JS.API.INFO"}
     assert perms["alerting"] == {
         "publish": {"deny": [">"]},
-        "subscribe": {"allow": sorted(e.subject() for e in (DriftDetected, CanaryFailed, CanaryPassed))},
+        "subscribe": {"allow": sorted(e.subject() for e in topology.ALERTS)},
     }
 
 
@@ -185,6 +194,7 @@ def test_service_runs_its_real_work_with_its_own_permissions(secured: SecuredNat
     dead-letters (a TERM ack plus a DeadLettered), all without one permission violation."""
     service = BY_NAME["requirements"]
     settings = secured.settings("requirements", declare_stream=False, ack_wait_s=5.0, max_deliver=2,
+                                sweep_interval_s=0.5,
                                 database_url=f"sqlite:///{secured.home.parent / 'requirements.db'}")
 
     async def scenario() -> None:
@@ -205,6 +215,14 @@ def test_service_runs_its_real_work_with_its_own_permissions(secured: SecuredNat
                 for spec in service.handlers:  # its consumers exist and hold nothing unacked
                     info = await admin.js.consumer_info("WF", service.durable_name(spec.event_type))
                     assert info.num_ack_pending == 0 and info.num_pending == 0
+                good = RequirementsSubmitted(run_id=uuid4(), document=EXAMPLE.read_text())
+                await admin.publish(good)  # rejected (its data was never uploaded), but read and answered
+
+                async def rejected() -> bool:
+                    return any(isinstance(e, RequirementsRejected) and e.run_id == good.run_id
+                               for e in await admin.history())
+
+                await _wait_for(rejected)
         finally:
             await app.stop()
 
@@ -313,7 +331,7 @@ def test_alerting_only_reads_drift_and_canary_outcomes(secured: SecuredNats) -> 
             async def on_msg(msg: Any) -> None:
                 received.append(parse_event(msg.data))
 
-            for cls in (DriftDetected, CanaryFailed, CanaryPassed):
+            for cls in topology.ALERTS:
                 await alerting.nc.subscribe(cls.subject(), cb=on_msg)
             await alerting.nc.flush()
             assert alerting.errors == []
@@ -340,5 +358,44 @@ def test_alerting_only_reads_drift_and_canary_outcomes(secured: SecuredNats) -> 
             await alerting.denied("publish", "$JS.API.STREAM.INFO.WF")
         finally:
             await alerting.close()
+
+    asyncio.run(scenario())
+
+
+def test_reply_subject_injection_is_contained(secured: SecuredNats) -> None:
+    """A service user sets the reply subject of its own (permitted) publishes and JetStream requests to
+    another stage's subject: JetStream's answer goes back into the user's own account, where nobody
+    listens; nothing is written onto that subject or stored in the stream."""
+
+    async def scenario() -> None:
+        admin = await Conn().connect(secured.url("admin"))
+        user = await Conn().connect(secured.url("fitting"), inbox_prefix="_INBOX.fitting")
+        try:
+            ajs, js = admin.nc.jetstream(), user.nc.jetstream()
+            seen: list[str] = []
+
+            async def watch(msg: Any) -> None:
+                seen.append(msg.subject)
+
+            await admin.nc.subscribe("wf.registry.>", cb=watch)
+            await admin.nc.flush()
+            before = (await ajs.stream_info("WF")).state.messages
+            target = "wf.registry.model_registered"
+            await user.nc.publish("wf.fitting.failed", b"{}", reply=target)  # allowed publish, forged reply
+            await user.nc.publish("$JS.API.INFO", b"", reply=target)
+            durable = "fitting__benchmark__selection_decided"
+            await user.nc.publish(f"$JS.API.CONSUMER.INFO.WF.{durable}", b"", reply=target)
+            await user.nc.flush()
+            await asyncio.sleep(1.0)
+            after = (await ajs.stream_info("WF")).state.messages
+            assert after == before + 1, "only the permitted publish itself is stored"
+            assert seen == [], f"JetStream answered onto {seen}"
+            with pytest.raises(nats.js.errors.NotFoundError):
+                await ajs.get_last_msg("WF", target)
+            ack = await js.publish("wf.fitting.failed", b"{}", timeout=5)  # its normal JetStream use still works
+            assert ack.stream == "WF"
+        finally:
+            await user.close()
+            await admin.close()
 
     asyncio.run(scenario())

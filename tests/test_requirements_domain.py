@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from services.requirements.domain import RequirementsError, check_data, parse_requirements, render_markdown
+from contracts.requirements_doc import RequirementsError, parse_requirements
+from services.requirements.domain import render_markdown
 from shared.artifacts import ArtifactStore
-from shared.modeling.datasets import DatasetError
+from shared.modeling.validation import check_requirements
 from weightflow.submission import prepare
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "support-tickets" / "requirements.yaml"
@@ -55,32 +56,32 @@ def test_data_checks_find_unknown_labels_and_broken_lines(tmp_path: Path) -> Non
     with pytest.raises(RequirementsError) as info:
         prepare(folder / "requirements.yaml", ArtifactStore(tmp_path / "store"))
     message = "\n".join(info.value.errors)
-    assert "data.eval" in message and ":642:" in message  # the broken line, by number
+    assert "data.eval:642:" in message  # the broken line, by number
     (folder / "eval.jsonl").write_text((EXAMPLE.parent / "eval.jsonl").read_text()
                                        + '{"id": "x1", "text": "hello", "label": "weather"}\n')
     with pytest.raises(RequirementsError, match=r"labels \['weather'\] are not in task.labels"):
         prepare(folder / "requirements.yaml", ArtifactStore(tmp_path / "store"))
     (folder / "canary.jsonl").unlink()
-    with pytest.raises(RequirementsError, match=r"data\.canary: .* does not exist"):
+    with pytest.raises(RequirementsError, match=r"data\.canary 'canary.jsonl' does not exist"):
         prepare(folder / "requirements.yaml", ArtifactStore(tmp_path / "store"))
 
 
 def test_tuning_needs_train_and_general() -> None:
     req = parse_requirements(EXAMPLE.read_text().replace("  train: train.jsonl", "").replace(
         "  general: general.jsonl", ""))
-
-    def loader(split: str) -> list[object]:
-        raise DatasetError(["unreachable"])
-
-    errors = check_data(req, loader, {"eval": "d", "canary": "d"})
+    _, errors = check_requirements(req)
     assert any("data.train and data.general are needed" in e for e in errors)
 
 
-def test_unknown_model_is_named_with_the_known_ones() -> None:
+def test_unknown_names_are_listed_with_the_known_ones() -> None:
     text = EXAMPLE.read_text().replace("candidates: [minilm-l3, minilm-l6]", "candidates: [minilm-l3, llama-70b]")
-    with pytest.raises(RequirementsError) as info:
-        parse_requirements(text)
-    assert info.value.errors == ["candidates.1: unknown model 'llama-70b'; known models: minilm-l3, minilm-l6"]
+    text = text.replace("type: zero-shot-classification", "type: telepathy").replace("allowed: [int8]",
+                                                                                     "allowed: [int8, int3]")
+    _, errors = check_requirements(parse_requirements(text))
+    assert "candidates.1: unknown model 'llama-70b'; known models: minilm-l3, minilm-l6" in errors
+    assert any(e.startswith("task.type: unknown task 'telepathy'; known:") and "text-classification" in e
+               for e in errors)
+    assert any(e.startswith("quantization.allowed.1: unknown scheme 'int3'") for e in errors)
 
 
 def test_impossible_hardware_is_refused_with_the_field() -> None:

@@ -21,10 +21,11 @@ from contracts.base import SUBJECT_PREFIX, Event, parse_event
 from contracts.benchmark import NoCandidatePassed
 from contracts.fitting import FitFailed
 from contracts.monitoring import CanaryPassed
+from contracts.registry import PromotionSkipped
 from contracts.requirements import RequirementsRejected
 from contracts.tuning import TuningGated, TuningSkipped
-from contracts.workflow import DeadLettered, WorkflowRerouted
-from shared.bus import ensure_stream
+from contracts.workflow import DeadLettered, RequestRefused, WorkflowHalted, WorkflowRerouted
+from shared.bus.streams import ensure_streams
 from shared.settings import Settings
 
 
@@ -33,6 +34,9 @@ class Client:
         self.settings = settings or Settings()
         self.nc: Any = None
         self.js: Any = None
+        # Stream messages that are not events weightflow can read (a rogue publisher, a newer release):
+        # (stream sequence, why) — skipped and reported, never a crash.
+        self.skipped: list[tuple[int, str]] = []
 
     async def __aenter__(self) -> Client:
         url = self.settings.resolved_nats_url()
@@ -41,7 +45,7 @@ class Client:
         except Exception as exc:
             raise ConnectionError(f"cannot reach NATS at {url}: {exc}; is `weightflow up` running?") from exc
         self.js = self.nc.jetstream()
-        await ensure_stream(self.js, self.settings)
+        await ensure_streams(self.js, self.settings)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -95,8 +99,8 @@ class Client:
                     continue
                 try:
                     event = parse_event(msg.data)
-                except ValueError:
-                    pass  # not ours to judge; dead letters record bad payloads
+                except ValueError as exc:
+                    self.skipped.append((msg.metadata.sequence.stream, str(exc)[:200]))
                 else:
                     yield event
                 if not follow and msg.metadata.sequence.stream >= last:
@@ -139,12 +143,18 @@ def failure_reason(event: Event) -> str | None:
         return "no candidate passed: " + event.recommendation.reason
     if isinstance(event, FitFailed):
         return "fit failed: " + event.reason
-    if isinstance(event, TuningSkipped) and event.terminal:
+    if isinstance(event, TuningSkipped):
         return "tuning impossible: " + event.reason
     if isinstance(event, TuningGated) and not event.passed:
-        return "tuned adapter refused: " + "; ".join(event.reasons)
+        return "tuned adapter refused: " + "; ".join(event.verdict.messages())
+    if isinstance(event, PromotionSkipped):
+        return "not promoted: " + event.reason
+    if isinstance(event, RequestRefused):
+        return "refused: " + event.reason
+    if isinstance(event, WorkflowHalted):
+        return f"halted: {event.reason}; " + "; ".join(event.advice)
     if isinstance(event, DeadLettered):
-        return f"dead-lettered by {event.service}: {event.error}"
+        return f"dead-lettered by {event.service} ({event.reason}): {event.error}"
     return None
 
 

@@ -3,31 +3,56 @@
 from __future__ import annotations
 
 from contracts.base import Event
-from contracts.benchmark import CandidateBenchmarked, NoCandidatePassed, SelectionDecided
+from contracts.benchmark import CandidateBenchmarked, NoCandidatePassed, SelectionDecided, VariantBenchmarked
 from contracts.fitting import FitCompleted, FitFailed, MemoryBudgetComputed
+from contracts.measurement import Measurement
 from contracts.monitoring import CanaryFailed, CanaryPassed, DriftDetected
-from contracts.registry import DeploymentPromoted, ModelRegistered, RolledBack
+from contracts.registry import DeploymentPromoted, ModelRegistered, PromotionSkipped, RolledBack
 from contracts.requirements import RequirementsAccepted, RequirementsRejected
 from contracts.tuning import AdapterTrained, TuningGated, TuningSkipped
-from contracts.workflow import DeadLettered, WorkflowRerouted
+from contracts.workflow import (
+    DeadLettered,
+    RequestRefused,
+    WorkflowHalted,
+    WorkflowRerouted,
+    WorkflowResumed,
+)
 
 MB = 1024 * 1024
+
+
+def score(m: Measurement) -> str:
+    """`accuracy 0.838 [0.761, 0.894]`: the score with its interval, when it has one."""
+    interval = f" [{m.interval.low:.3f}, {m.interval.high:.3f}]" if m.interval is not None else ""
+    return f"{m.metric} {m.score:.3f}{interval}"
+
+
+def _benchmarked(e: CandidateBenchmarked | VariantBenchmarked) -> str:
+    m = e.measurement
+    verdict = "PASS" if e.verdict.passed else "miss: " + "; ".join(e.verdict.messages())
+    return (f"{e.model.candidate} [{e.model.variant}, {e.model.size_class}, {e.model.params / 1e6:.1f}M] "
+            f"{score(m)} p95 {m.latency_ms_p95:.1f} ms ${m.cost_per_1k_usd:.4f}/1k — {verdict}")
 
 
 def summary(e: Event) -> str:
     if isinstance(e, RequirementsAccepted):
         r = e.context.requirements
-        return (f"accepted '{r.name}' v{e.context.version}: {r.quality.metric} ≥ {r.quality.threshold}, "
+        line = (f"accepted '{r.name}' v{e.context.version}: {r.quality.metric} ≥ {r.quality.threshold}, "
                 f"p95 ≤ {r.latency.p95_ms:g} ms, ≤ ${r.cost.per_1k_tasks_usd:g}/1k on {r.deployment.hardware.profile}")
+        if e.context.attempt:
+            line += (f" (reroute {e.context.attempt}, excluding "
+                     + ", ".join(f"{x.candidate}/{x.variant}{'+adapter' if x.adapter_digest else ''}"
+                                 for x in e.context.exclusions) + ")")
+        return line + "".join(f"\n  warning: {w}" for w in e.warnings)
     if isinstance(e, RequirementsRejected):
         return "rejected:\n  - " + "\n  - ".join(e.errors)
-    if isinstance(e, CandidateBenchmarked):
-        m = e.measurement
-        verdict = "PASS" if e.passed else "miss: " + "; ".join(e.failures)
-        return (f"{e.model.candidate} [{e.model.variant}, {e.model.size_class}, {e.model.params / 1e6:.1f}M] "
-                f"score {m.score:.3f} p95 {m.latency_ms_p95:.1f} ms ${m.cost_per_1k_usd:.4f}/1k — {verdict}")
+    if isinstance(e, CandidateBenchmarked | VariantBenchmarked):
+        return _benchmarked(e)
     if isinstance(e, SelectionDecided):
-        return f"selected {e.model.candidate} (gap {e.quality_gap:.3f}): " + " → ".join(
+        plan = ""
+        if e.plan.skip_variants or e.plan.tune:
+            plan = f" [plan: skip {e.plan.skip_variants or 'none'}{', tune' if e.plan.tune else ''}]"
+        return f"selected {e.model.candidate} (gap {e.quality_gap:.3f}){plan}: " + " → ".join(
             f"{d.action}: {d.reason}" for d in e.decisions)
     if isinstance(e, NoCandidatePassed):
         return f"no candidate passed; {e.recommendation.reason}"
@@ -36,33 +61,50 @@ def summary(e: Event) -> str:
         return (f"memory {b.variant}: {b.total_bytes / MB:.1f} MB needed / {b.budget_bytes / MB:.0f} MB "
                 f"({'fits' if b.fits else 'does not fit'})")
     if isinstance(e, FitCompleted):
-        return f"fit {e.model.variant}: score {e.measurement.score:.3f}, gap {e.quality_gap:.3f}"
+        return f"fit {e.model.variant}: {score(e.measurement)}, gap {e.quality_gap:.3f} → {e.next_stage}"
     if isinstance(e, FitFailed):
         return f"fit failed: {e.reason}"
     if isinstance(e, AdapterTrained):
         return (f"LoRA adapter trained: {e.steps} steps in {e.seconds:.1f} s, "
                 f"loss {e.loss_first:.3f} → {e.loss_last:.3f}")
     if isinstance(e, TuningGated):
-        verdict = "passed" if e.passed else "refused: " + "; ".join(e.reasons)
+        verdict = "passed" if e.passed else "refused: " + "; ".join(e.verdict.messages())
         return (f"gate {verdict} — task {e.task_score_before:.3f} → {e.task_score:.3f}, "
                 f"general {e.general_score_before:.3f} → {e.general_score:.3f}")
     if isinstance(e, TuningSkipped):
         return f"tuning skipped: {e.reason}"
     if isinstance(e, ModelRegistered):
-        return f"registered {e.deployment} manifest {e.manifest_id[:12]} ({len(e.checksums)} pinned files)"
+        return (f"registered {e.deployment} manifest {e.manifest_id[:12]} ({len(e.checksums)} pinned files; "
+                f"canary baseline {score(e.canary_baseline)})")
     if isinstance(e, DeploymentPromoted):
-        return f"promoted {e.deployment} → {e.manifest_id[:12]}"
+        return f"promoted {e.deployment} → {e.manifest_id[:12]} (requirements v{e.requirements_version})"
+    if isinstance(e, PromotionSkipped):
+        return f"not promoted: {e.manifest_id[:12]} on {e.deployment}: {e.reason}"
     if isinstance(e, RolledBack):
-        return f"rolled back {e.deployment}: {e.from_manifest_id[:12]} → {e.to_manifest_id[:12]}"
+        how = "automatically" if e.automatic else "on request"
+        older = (f"; it was registered under requirements v{e.to_requirements_version}, older than the newest "
+                 f"v{e.live_requirements_version}" if e.to_older_requirements else "")
+        return (f"rolled back {e.deployment} {how}: {e.from_manifest_id[:12]} → {e.to_manifest_id[:12]} "
+                f"({e.reason}){older}")
     if isinstance(e, CanaryPassed):
         m = e.measurement
-        return f"canary passed on {e.deployment}: score {m.score:.3f}, p95 {m.latency_ms_p95:.1f} ms"
+        return f"canary passed on {e.deployment}: {score(m)}, p95 {m.latency_ms_p95:.1f} ms"
     if isinstance(e, CanaryFailed):
-        return f"canary FAILED on {e.deployment}: " + "; ".join(e.reasons)
+        measured = f" ({score(e.measurement)})" if e.measurement is not None else ""
+        return f"canary FAILED on {e.deployment} [{e.kind}]{measured}: " + "; ".join(e.reasons)
     if isinstance(e, DriftDetected):
         return f"{e.kind} drift on {e.deployment}: {e.baseline:.4g} → {e.observed:.4g} (limit {e.limit:.4g})"
     if isinstance(e, WorkflowRerouted):
-        return f"rerouted {e.from_stage} → {e.to_stage} as run {e.new_run_id}: {e.reason}"
+        budget = f" (reroute {e.attempt} of at most {e.max_reroutes})" if e.max_reroutes else ""
+        return f"rerouted {e.from_stage} → {e.to_stage} as run {e.new_run_id}{budget}: {e.reason}"
+    if isinstance(e, WorkflowHalted):
+        tried = "; ".join(a.reason for a in e.attempts)
+        return (f"HALTED {e.deployment} (requirements v{e.requirements_version}): {e.reason}. Tried: {tried}. "
+                f"Advice: " + " | ".join(e.advice))
+    if isinstance(e, WorkflowResumed):
+        return f"resumed {e.deployment} (requirements v{e.requirements_version})"
+    if isinstance(e, RequestRefused):
+        return f"refused {e.request} for {e.deployment}: {e.reason}"
     if isinstance(e, DeadLettered):
-        return f"dead letter from {e.service} on {e.original_subject}: {e.error}"
+        return f"dead letter from {e.service} on {e.original_subject} ({e.reason}): {e.error}"
     return e.type_name()

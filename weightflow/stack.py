@@ -14,10 +14,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from contracts.topology import SERVICES
 from shared.natsd import EmbeddedNats
 from shared.settings import NATS_URL_FILE, Settings
-
-SERVICES = ("requirements", "benchmark", "fitting", "tuning", "registry", "monitoring")
 
 
 def service_command(name: str) -> list[str]:

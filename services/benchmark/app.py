@@ -1,78 +1,169 @@
-"""Benchmark service: measures candidates on the team's eval set and decides which one goes on."""
+"""Benchmark service: measures candidates on the team's eval set and decides which one goes on.
+
+Every measurement is kept under a key of what was measured on what (checkpoint tree, eval data, task,
+metric, hardware), so a reroute reuses what it already knows instead of measuring it again.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlmodel import Session, col, select
 
 from contracts.base import Event
 from contracts.benchmark import (
+    UNQUANTIZED,
     BenchmarkRequested,
     CandidateBenchmarked,
     Decision,
     ModelArtifact,
     NoCandidatePassed,
     SelectionDecided,
+    VariantBenchmarked,
 )
+from contracts.measurement import Measurement
 from contracts.requirements import RequirementsAccepted, RunContext
+from contracts.verdict import judge, quality_gap
 from services.benchmark import domain
 from services.benchmark.store import BenchmarkRecord
-from shared.bus import HandlerContext, PermanentError, Service
-from shared.measure import judge, measure
-from shared.modeling.catalog import UnknownModelError, known_candidates
-from shared.models import load_model, store_candidate
-from shared.splits import examples
+from shared.bus import HandlerContext, HandlerResult, PermanentError, Service
+from shared.modeling import budget
+from shared.modeling.registry import quantizers, sources
+from shared.modeling.stored import architecture, load_tree, rows, task_of
 
-service = Service("benchmark", publishes=(CandidateBenchmarked, SelectionDecided, NoCandidatePassed))
+service = Service("benchmark")
 
 
-def _benchmark(cause: Event, context: RunContext, model: ModelArtifact, ctx: HandlerContext,
-               request_id: str | None = None) -> CandidateBenchmarked:
+def measurement_key(context: RunContext, tree_digest: str) -> str:
     req = context.requirements
-    encoder = load_model(ctx.store, model.tree_digest, ctx.settings.device)
-    m = measure(encoder, examples(ctx.store, context.data.eval), req.task.labels, req.deployment.hardware)
-    passed, failures, gap = judge(m, req)
-    ctx.session.add(BenchmarkRecord(
-        run_id=str(cause.run_id), candidate=model.candidate, variant=model.variant,
-        tree_digest=model.tree_digest, request_id=request_id, passed=passed,
-        measurement_json=m.model_dump_json(), failures_json=json.dumps(failures)))
-    return CandidateBenchmarked.follow(cause, model=model, measurement=m, passed=passed, failures=failures,
-                                       quality_gap=gap, request_id=request_id)
+    what = {"tree": tree_digest, "eval": context.data.eval, "task": req.task.model_dump(mode="json"),
+            "metric": req.quality.metric, "hardware": req.deployment.hardware.model_dump(mode="json"),
+            "confidence": req.monitoring.confidence}
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
 
 
-@service.handles(RequirementsAccepted)
-def on_accepted(event: RequirementsAccepted, ctx: HandlerContext) -> Sequence[Event]:
-    """Benchmark size classes smallest first; stop at the first class that yields a selection."""
-    req = event.context.requirements
-    catalog = known_candidates()
-    names = req.candidates or sorted(catalog)
-    unknown = [n for n in names if n not in catalog]
-    if unknown:
-        raise PermanentError(str(UnknownModelError(f"unknown candidates {unknown}; known: {sorted(catalog)}")))
-    out: list[Event] = []
-    decisions: list[Decision] = []
-    tried: list[domain.Result] = []
-    for size_class in domain.class_order(catalog[n].size_class for n in names):
-        results = []
-        for name in (n for n in names if catalog[n].size_class == size_class):
-            benchmarked = _benchmark(event, event.context, store_candidate(ctx.store, name), ctx)
-            out.append(benchmarked)
-            results.append(domain.Result(name, size_class, benchmarked.model.params, benchmarked.measurement))
-        tried += results
-        chosen, decision = domain.decide_class(results, req, size_class)
-        decisions.append(decision)
-        if chosen is not None:
-            picked = next(e for e in out
-                          if isinstance(e, CandidateBenchmarked) and e.model.candidate == chosen.candidate)
-            out.append(SelectionDecided.follow(event, context=event.context, model=picked.model,
-                                               measurement=picked.measurement, quality_gap=picked.quality_gap,
-                                               decisions=decisions))
-            return out
-    out.append(NoCandidatePassed.follow(event, decisions=decisions, recommendation=domain.recommend(tried, req)))
+@dataclass(frozen=True)
+class Measured:
+    model: ModelArtifact
+    measurement: Measurement
+    key: str
+
+
+def _known(ctx: HandlerContext, keys: list[str]) -> dict[str, Measurement]:
+    def read(session: Session) -> dict[str, Measurement]:
+        found = session.exec(select(BenchmarkRecord).where(col(BenchmarkRecord.measurement_key).in_(keys))).all()
+        return {r.measurement_key: Measurement.model_validate_json(r.measurement_json) for r in found}
+
+    return ctx.read(read)
+
+
+def _measure(ctx: HandlerContext, context: RunContext, models: list[ModelArtifact]) -> list[Measured]:
+    """Measure each model on the eval set (or reuse an earlier measurement of the very same thing)."""
+    req = context.requirements
+    task = task_of(req.task)
+    keys = [measurement_key(context, m.tree_digest) for m in models]
+    known = _known(ctx, keys)
+    eval_rows = rows(ctx.store, context.data.eval, task, "eval") if len(known) < len(set(keys)) else []
+    out = []
+    for model, key in zip(models, keys, strict=True):
+        if key not in known:
+            loaded = load_tree(ctx.store, model.tree_digest, task, ctx.settings.device)
+            known[key] = task.evaluate(loaded, req.task, eval_rows, req.quality.metric, req.deployment.hardware,
+                                       req.monitoring.confidence)
+            del loaded
+        out.append(Measured(model, known[key], key))
     return out
 
 
+def _record(session: Session, cause: Event, measured: Measured, context: RunContext, request_id: str | None) -> None:
+    verdict = judge(measured.measurement, context.requirements)
+    session.add(BenchmarkRecord(
+        run_id=str(cause.run_id), candidate=measured.model.candidate, variant=measured.model.variant,
+        tree_digest=measured.model.tree_digest, request_id=request_id, passed=verdict.passed,
+        measurement_key=measured.key, measurement_json=measured.measurement.model_dump_json(),
+        verdict_json=verdict.model_dump_json()))
+
+
+def _fits(ctx: HandlerContext, context: RunContext, models: dict[str, ModelArtifact]) -> domain.Fits:
+    hw = context.requirements.deployment.hardware
+    budget_bytes = int(hw.memory_mb * budget.MB)
+
+    def fits(result: domain.Result, variant: str) -> bool:
+        model = models[result.candidate]
+        arch = architecture(ctx.store, model.tree_digest)
+        if variant == UNQUANTIZED:
+            return budget.memory_budget(variant, model.params, arch, budget_bytes).fits
+        quantizer = quantizers.get(variant)
+        if quantizer.unavailable(hw.device) is not None:
+            return False
+        return budget.memory_budget(variant, model.params, arch, budget_bytes,
+                                    bytes_per_param=quantizer.bytes_per_param).fits
+
+    return fits
+
+
+@service.handles(RequirementsAccepted)
+def on_accepted(event: RequirementsAccepted, ctx: HandlerContext) -> HandlerResult:
+    """Benchmark size classes smallest first; stop at the first class that yields a selection (on a
+    reroute, skipping what failed a canary under this version: see services.benchmark.domain)."""
+    context = event.context
+    if not context.candidates:
+        raise PermanentError("the run names no candidates")
+    out: list[Event] = []
+    measured_all: list[Measured] = []
+    decisions: list[Decision] = []
+    tried: list[domain.Result] = []
+    models: dict[str, ModelArtifact] = {}
+    for size_class in domain.class_order(c.size_class for c in context.candidates):
+        batch = []
+        for c in (c for c in context.candidates if c.size_class == size_class):
+            tree = sources.get(c.source).tree(c, ctx.store)
+            models[c.key] = ModelArtifact(candidate=c.key, source=c.source, tree_digest=tree, base_tree_digest=tree,
+                                          params=c.params, size_class=c.size_class)
+            batch.append(models[c.key])
+        measured = _measure(ctx, context, batch)
+        measured_all += measured
+        results = [domain.Result(m.model.candidate, size_class, m.model.params, m.measurement) for m in measured]
+        for m in measured:
+            out.append(CandidateBenchmarked.follow(event, model=m.model, measurement=m.measurement,
+                                                   verdict=judge(m.measurement, context.requirements),
+                                                   quality_gap=quality_gap(m.measurement, context.requirements)))
+        tried += results
+        choice = domain.decide_class(results, context, size_class, _fits(ctx, context, models))
+        decisions.append(choice.decision)
+        if choice.result is not None:
+            picked = next(m for m in measured if m.model.candidate == choice.result.candidate)
+            out.append(SelectionDecided.follow(
+                event, context=context, model=picked.model, measurement=picked.measurement,
+                quality_gap=quality_gap(picked.measurement, context.requirements), decisions=decisions,
+                plan=choice.plan))
+            break
+    else:
+        out.append(NoCandidatePassed.follow(event, decisions=decisions,
+                                            recommendation=domain.recommend(tried, context.requirements)))
+
+    def commit(session: Session) -> Sequence[Event]:
+        for m in measured_all:
+            _record(session, event, m, context, None)
+        return out
+
+    return commit
+
+
 @service.handles(BenchmarkRequested)
-def on_requested(event: BenchmarkRequested, ctx: HandlerContext) -> Sequence[Event]:
-    """Re-benchmark a variant (e.g. a quantized model from fitting) on the same eval set."""
-    return [_benchmark(event, event.context, event.model, ctx, request_id=event.request_id)]
+def on_requested(event: BenchmarkRequested, ctx: HandlerContext) -> HandlerResult:
+    """Re-benchmark a variant fitting made, on the same eval set; the answer goes to fitting alone."""
+    (measured,) = _measure(ctx, event.context, [event.model])
+    req = event.context.requirements
+    answer = VariantBenchmarked.follow(event, model=event.model, measurement=measured.measurement,
+                                       verdict=judge(measured.measurement, req),
+                                       quality_gap=quality_gap(measured.measurement, req), request_id=event.request_id)
+
+    def commit(session: Session) -> Sequence[Event]:
+        _record(session, event, measured, event.context, event.request_id)
+        return [answer]
+
+    return commit

@@ -1,4 +1,4 @@
-"""Tables owned by the benchmark service: every measurement taken, per run."""
+"""Tables owned by the benchmark service: every measurement taken, reusable across reroutes."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ class BenchmarkRecord(SQLModel, table=True):
     tree_digest: str
     request_id: str | None = None
     passed: bool
+    measurement_key: str = Field(index=True, description="what was measured on what: see app.measurement_key")
     measurement_json: str
-    failures_json: str
+    verdict_json: str
     measured_at: datetime = Field(default_factory=utcnow)

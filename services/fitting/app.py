@@ -1,7 +1,8 @@
 """Fitting service: fits the selected model to the target's memory, quantizing only when needed.
 
-Every change is re-benchmarked (a `BenchmarkRequested` for the new variant) before the fit completes,
-because quantization can cost quality or speed that the requirements do not allow.
+Every quantized variant is re-benchmarked (a `BenchmarkRequested`, answered by `VariantBenchmarked`)
+before the fit completes, because quantization can cost quality or speed the requirements do not
+allow; a variant that misses is followed by the next scheme, and every attempt is recorded.
 """
 
 from __future__ import annotations
@@ -12,92 +13,147 @@ from collections.abc import Sequence
 from pathlib import Path
 from uuid import uuid5
 
+from sqlmodel import Session
+
 from contracts.base import Event, utcnow
-from contracts.benchmark import BenchmarkRequested, CandidateBenchmarked, ModelArtifact, SelectionDecided
+from contracts.benchmark import UNQUANTIZED, BenchmarkRequested, ModelArtifact, SelectionDecided, VariantBenchmarked
 from contracts.fitting import FitCompleted, FitFailed, MemoryBudget, MemoryBudgetComputed
-from contracts.requirements import RunContext
+from contracts.measurement import Measurement
 from services.fitting import domain
 from services.fitting.store import FitAttempt
-from shared.bus import HandlerContext, Service
-from shared.measure import judge
-from shared.modeling.quantization import quantize_int8, save_quantized
-from shared.models import load_model
+from shared.bus import HandlerContext, HandlerResult, OrphanError, Service
+from shared.modeling import budget
+from shared.modeling.device import pick_device
+from shared.modeling.registry import quantizers
+from shared.modeling.stored import architecture, rows, task_of
 
-service = Service("fitting", publishes=(MemoryBudgetComputed, FitCompleted, FitFailed, BenchmarkRequested))
+service = Service("fitting")
 
 
-def _architecture(ctx: HandlerContext, tree_digest: str) -> domain.Architecture:
-    files = ctx.store.tree_files(tree_digest)
-    return domain.Architecture.from_config(ctx.store.read_json(files["config.json"]))
+def _stored_weight_bytes(ctx: HandlerContext, tree_digest: str) -> int:
+    return sum(ctx.store.size_of(d) for name, d in ctx.store.tree_files(tree_digest).items()
+               if name.endswith(".safetensors"))
+
+
+def _complete(cause: Event, selection: SelectionDecided, model: ModelArtifact, m: Measurement, b: MemoryBudget,
+              gap: float, steps: list[str]) -> Event:
+    context = selection.context
+    decision = domain.next_stage(gap, context, selection.plan,
+                                 lambda adapter: context.excluded(model.candidate, model.variant, adapter))
+    if isinstance(decision, domain.Fail):
+        return FitFailed.follow(cause, reason=f"{model.candidate} {model.variant}: {decision.reason}", steps=steps)
+    return FitCompleted.follow(cause, context=context, model=model, measurement=m, budget=b, quality_gap=gap,
+                               steps=[*steps, f"next: {decision.stage} ({decision.reason})"],
+                               next_stage=decision.stage,
+                               tune_reason=decision.reason if decision.stage == "tuning" else "")
+
+
+def _try_schemes(cause: Event, selection: SelectionDecided, schemes: list[str], steps: list[str],
+                 ctx: HandlerContext) -> tuple[list[Event], FitAttempt | None]:
+    """Quantize with the first scheme that runs here and fits; ask for its re-benchmark."""
+    req = selection.context.requirements
+    hw = req.deployment.hardware
+    budget_bytes = int(hw.memory_mb * budget.MB)
+    arch = architecture(ctx.store, selection.model.tree_digest)
+    task = task_of(req.task)
+    out: list[Event] = []
+    for i, scheme in enumerate(schemes):
+        quantizer = quantizers.get(scheme)
+        why_not = quantizer.unavailable(hw.device)
+        if why_not is not None:
+            steps.append(f"{scheme}: skipped, {why_not}")
+            continue
+        data = selection.context.data
+        calibration = rows(ctx.store, data.train or data.eval, task, "train" if data.train else "eval")
+        with tempfile.TemporaryDirectory(prefix="wf-fit-") as tmp:
+            quantizer.quantize(task, ctx.store.materialize_tree(selection.model.tree_digest), Path(tmp) / scheme,
+                               req.task, calibration, pick_device(ctx.settings.device))
+            tree = ctx.store.put_tree(Path(tmp) / scheme)
+        variant = selection.model.model_copy(update={"variant": scheme, "tree_digest": tree})
+        b = budget.memory_budget(scheme, selection.model.params, arch, budget_bytes,
+                                 weight_bytes=_stored_weight_bytes(ctx, tree))
+        out.append(MemoryBudgetComputed.follow(cause, budget=b))
+        steps.append(f"quantized to {scheme}: {budget.describe(b)}")
+        if not b.fits:
+            continue
+        request_id = str(uuid5(cause.event_id, scheme))
+        attempt = FitAttempt(request_id=request_id, run_id=str(cause.run_id),
+                             selection_json=selection.model_dump_json(), model_json=variant.model_dump_json(),
+                             budget_json=b.model_dump_json(), steps_json=json.dumps(steps), remaining_json=json.dumps(schemes[i + 1:]))
+        out.append(BenchmarkRequested.follow(cause, context=selection.context, model=variant, request_id=request_id))
+        return out, attempt
+    out.append(FitFailed.follow(cause, steps=steps, reason=(
+        f"no variant of {selection.model.candidate} fits {hw.memory_mb:g} MB and meets the requirements "
+        f"(tried: {', '.join(schemes) or 'nothing: no quantization scheme left to try'}); this release does not "
+        "shard or offload: choose hardware with more memory, allow more schemes or a smaller candidate")))
+    return out, None
 
 
 @service.handles(SelectionDecided)
-def on_selected(event: SelectionDecided, ctx: HandlerContext) -> Sequence[Event]:
-    """Budget the selected fp32 model; quantize when it does not fit (or when forced) and re-benchmark."""
+def on_selected(event: SelectionDecided, ctx: HandlerContext) -> HandlerResult:
+    """Budget the selected model; quantize when it does not fit (or when forced, or when its unquantized
+    form failed a canary) and re-benchmark the variant."""
     req = event.context.requirements
     hw = req.deployment.hardware
-    budget_bytes = int(hw.memory_mb * domain.MB)
-    arch = _architecture(ctx, event.model.tree_digest)
-    fp32 = domain.memory_budget("fp32", event.model.params, arch, budget_bytes)
+    arch = architecture(ctx.store, event.model.tree_digest)
+    fp32 = budget.memory_budget(UNQUANTIZED, event.model.params, arch, int(hw.memory_mb * budget.MB))
     out: list[Event] = [MemoryBudgetComputed.follow(event, budget=fp32)]
-    steps = [domain.describe(fp32)]
-    if fp32.fits and not req.quantization.force:
-        steps.append("no change needed: fp32 fits")
-        out.append(FitCompleted.follow(event, context=event.context, model=event.model,
-                                       measurement=event.measurement, budget=fp32,
-                                       quality_gap=event.quality_gap, steps=steps))
+    steps = [budget.describe(fp32)]
+    if domain.keep_unquantized(fp32.fits, event.context, event.plan):
+        steps.append("no change needed: the unquantized model fits")
+        out.append(_complete(event, event, event.model, event.measurement, fp32, event.quality_gap, steps))
         return out
-    scheme = req.quantization.force or domain.next_scheme(list(req.quantization.allowed), [])
-    if scheme is None:
-        out.append(FitFailed.follow(event, steps=steps, reason=(
-            f"fp32 needs {fp32.total_bytes / domain.MB:.0f} MB > {hw.memory_mb:g} MB and no quantization is "
-            "allowed: add int8 to quantization.allowed or choose hardware with more memory")))
-        return out
-    encoder = load_model(ctx.store, event.model.tree_digest, ctx.settings.device)
-    quantize_int8(encoder.model)
-    with tempfile.TemporaryDirectory(prefix="wf-fit-") as tmp:
-        tree = ctx.store.put_tree(save_quantized(encoder, Path(tmp) / "int8"))
-    variant = event.model.model_copy(update={"variant": scheme, "tree_digest": tree})
-    budget = domain.memory_budget(scheme, event.model.params, arch, budget_bytes,
-                                  weight_bytes=encoder.weight_bytes())
-    out.append(MemoryBudgetComputed.follow(event, budget=budget))
-    steps.append(f"quantized to {scheme}: {domain.describe(budget)}")
-    if not budget.fits:
-        out.append(FitFailed.follow(event, steps=steps, reason=(
-            f"even {scheme} needs {budget.total_bytes / domain.MB:.0f} MB > {hw.memory_mb:g} MB; this release "
-            "does not shard or offload: choose hardware with more memory or a smaller candidate")))
-        return out
-    request_id = str(uuid5(event.event_id, scheme))
-    ctx.session.add(FitAttempt(request_id=request_id, run_id=str(event.run_id),
-                               context_json=event.context.model_dump_json(), model_json=variant.model_dump_json(),
-                               budget_json=budget.model_dump_json(), steps_json=json.dumps(steps)))
-    out.append(BenchmarkRequested.follow(event, context=event.context, model=variant, request_id=request_id))
-    return out
+    infos = []
+    for scheme in domain.candidate_schemes(event.context, event.plan):
+        q = quantizers.get(scheme)
+        predicted = budget.memory_budget(scheme, event.model.params, arch, int(hw.memory_mb * budget.MB),
+                                         bytes_per_param=q.bytes_per_param)
+        infos.append(domain.SchemeInfo(scheme, q.bytes_per_param, q.expected_quality_loss, q.unavailable(hw.device),
+                                       predicted.fits))
+    more, attempt = _try_schemes(event, event, [i.scheme for i in domain.scheme_order(infos)], steps, ctx)
+
+    def commit(session: Session) -> Sequence[Event]:
+        if attempt is not None:
+            session.add(attempt)
+        return [*out, *more]
+
+    return commit
 
 
-@service.handles(CandidateBenchmarked)
-def on_benchmarked(event: CandidateBenchmarked, ctx: HandlerContext) -> Sequence[Event]:
-    """The re-benchmark of a variant this service asked for: complete the fit or fail it with numbers."""
-    if event.request_id is None:
+@service.handles(VariantBenchmarked)
+def on_benchmarked(event: VariantBenchmarked, ctx: HandlerContext) -> HandlerResult:
+    """The re-benchmark of a variant this service made: complete the fit, or try the next scheme."""
+    attempt = ctx.read(lambda session: session.get(FitAttempt, event.request_id))
+    if attempt is None:
+        raise OrphanError(f"no fit attempt {event.request_id} is waiting for this re-benchmark")
+    if attempt.status != "benchmarking":
         return []
-    attempt = ctx.session.get(FitAttempt, event.request_id)
-    if attempt is None or attempt.status != "benchmarking":
-        return []
-    context = RunContext.model_validate_json(attempt.context_json)
+    selection = SelectionDecided.model_validate_json(attempt.selection_json)
     model = ModelArtifact.model_validate_json(attempt.model_json)
-    budget = MemoryBudget.model_validate_json(attempt.budget_json)
+    b = MemoryBudget.model_validate_json(attempt.budget_json)
     steps: list[str] = json.loads(attempt.steps_json)
-    _, failures, gap = judge(event.measurement, context.requirements)
     m = event.measurement
     steps.append(f"re-benchmarked {model.variant}: score {m.score:.3f}, p95 {m.latency_ms_p95:.1f} ms, "
                  f"${m.cost_per_1k_usd:.4f}/1k")
-    attempt.finished_at = utcnow()
-    blocking = [f for f in failures if not f.startswith("quality")]
-    ctx.session.add(attempt)
+    blocking = [miss for miss in event.verdict.misses if miss.kind != "quality"]
+    more: list[Event] = []
+    follow_up: FitAttempt | None = None
     if blocking:
-        attempt.status = "failed"
-        return [FitFailed.follow(event, steps=steps,
-                                 reason=f"{model.variant} variant misses: {'; '.join(blocking)}")]
-    attempt.status = "completed"
-    return [FitCompleted.follow(event, context=context, model=model, measurement=m, budget=budget,
-                                quality_gap=gap, steps=steps)]
+        steps.append(f"{model.variant} misses: {'; '.join(x.message() for x in blocking)}")
+        more, follow_up = _try_schemes(event, selection, json.loads(attempt.remaining_json), steps, ctx)
+        status = "failed"
+    else:
+        more = [_complete(event, selection, model, m, b, event.quality_gap, steps)]
+        status = "completed" if isinstance(more[0], FitCompleted) else "failed"
+
+    def commit(session: Session) -> Sequence[Event]:
+        row = session.get(FitAttempt, event.request_id)
+        if row is None or row.status != "benchmarking":
+            return []
+        row.status, row.finished_at = status, utcnow()
+        session.add(row)
+        if follow_up is not None:
+            session.add(follow_up)
+        return more
+
+    return commit

@@ -1,79 +1,73 @@
-"""Memory budget: will this variant fit the target hardware, and what is the next step if not.
+"""Fitting decisions, pure: which schemes to try in which order, and where the fitted model goes next.
 
-budget = params x bytes/param x (1 + overhead) + activation memory (KV cache for decoders) at the
-serving batch. Overhead (allocator slack, runtime buffers, framework) is 20-40% in practice; 30% is
-the default. Quantization comes before sharding/offload because it keeps a single-device deployment.
+Schemes are tried in order of expected quality loss among those predicted to fit (nominal bytes per
+parameter), then the rest by how much memory they save; each one tried is re-benchmarked before the fit
+may complete. Where the fitted model goes next is decided here, once, and carried in `FitCompleted`:
+tuning when a quality gap remains that tuning may close (or a failed canary asked for it), else the
+registry.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from contracts.fitting import MemoryBudget
-
-BYTES_PER_PARAM = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "int8": 1.0, "int4": 0.5}
-DEFAULT_OVERHEAD = 0.30
-SERVING_BATCH = 8
-SERVING_SEQ = 128
-MB = 1024 * 1024
+from contracts.benchmark import UNQUANTIZED, FitPlan
+from contracts.requirements import RunContext
 
 
 @dataclass(frozen=True)
-class Architecture:
-    hidden: int
-    layers: int
-    heads: int
-    intermediate: int
-    is_decoder: bool
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> Architecture:
-        hidden = int(config.get("hidden_size") or config.get("d_model") or config["n_embd"])
-        return cls(
-            hidden=hidden,
-            layers=int(config.get("num_hidden_layers") or config.get("n_layer") or config["num_layers"]),
-            heads=int(config.get("num_attention_heads") or config.get("n_head") or 1),
-            intermediate=int(config.get("intermediate_size") or 4 * hidden),
-            is_decoder=bool(config.get("is_decoder")) or "CausalLM" in "".join(config.get("architectures") or []),
-        )
+class SchemeInfo:
+    scheme: str
+    bytes_per_param: float
+    expected_quality_loss: float
+    unavailable: str | None
+    predicted_fit: bool
 
 
-def activation_bytes(arch: Architecture, *, batch: int = SERVING_BATCH, seq: int = SERVING_SEQ,
-                     bytes_per_value: float = 4.0) -> int:
-    """Decoders keep a KV cache for every layer; encoders hold one layer's activations at a time."""
-    if arch.is_decoder:
-        return int(2 * arch.layers * arch.hidden * seq * batch * bytes_per_value)
-    per_token = 4 * arch.hidden + arch.intermediate
-    attention = arch.heads * seq * seq
-    return int(batch * (seq * per_token + attention) * bytes_per_value)
+def scheme_order(infos: Sequence[SchemeInfo]) -> list[SchemeInfo]:
+    fitting = sorted((i for i in infos if i.predicted_fit), key=lambda i: (i.expected_quality_loss, -i.bytes_per_param))
+    rest = sorted((i for i in infos if not i.predicted_fit), key=lambda i: i.bytes_per_param)
+    return [*fitting, *rest]
 
 
-def memory_budget(variant: str, params: int, arch: Architecture, budget_bytes: int, *,
-                  weight_bytes: int | None = None, overhead: float = DEFAULT_OVERHEAD,
-                  batch: int = SERVING_BATCH, seq: int = SERVING_SEQ) -> MemoryBudget:
-    """Predict peak serving memory; `weight_bytes` (measured) beats the nominal bytes/param when known."""
-    if params <= 0:
-        raise ValueError("params must be positive")
-    weights = weight_bytes if weight_bytes is not None else int(params * BYTES_PER_PARAM[variant])
-    act = activation_bytes(arch, batch=batch, seq=seq)
-    total = int(weights * (1 + overhead)) + act
-    return MemoryBudget(variant=variant, params=params, bytes_per_param=round(weights / params, 4),
-                        weight_bytes=weights, overhead_fraction=overhead, activation_bytes=act,
-                        total_bytes=total, budget_bytes=budget_bytes, fits=total <= budget_bytes)
+def candidate_schemes(context: RunContext, plan: FitPlan) -> list[str]:
+    q = context.requirements.quantization
+    allowed = [q.force] if q.force else list(q.allowed)
+    return [s for s in allowed if s not in plan.skip_variants and s != UNQUANTIZED]
 
 
-def describe(b: MemoryBudget) -> str:
-    verdict = "fits" if b.fits else "does not fit"
-    return (f"{b.variant}: {b.weight_bytes / MB:.1f} MB weights x {1 + b.overhead_fraction:.2f} + "
-            f"{b.activation_bytes / MB:.1f} MB activations = {b.total_bytes / MB:.1f} MB "
-            f"{verdict} in {b.budget_bytes / MB:.0f} MB")
+def keep_unquantized(fp32_fits: bool, context: RunContext, plan: FitPlan) -> bool:
+    return fp32_fits and not context.requirements.quantization.force and UNQUANTIZED not in plan.skip_variants
 
 
-def next_scheme(allowed: list[str], tried: list[str]) -> str | None:
-    """The next quantization scheme to try, smallest loss of precision first."""
-    for scheme in ("int8",):
-        if scheme in allowed and scheme not in tried:
-            return scheme
-    return None
+@dataclass(frozen=True)
+class Next:
+    stage: str  # "tuning" | "registry"
+    reason: str
+
+
+@dataclass(frozen=True)
+class Fail:
+    reason: str
+
+
+def next_stage(gap: float, context: RunContext, plan: FitPlan,
+               excluded: Callable[[bool], bool] = lambda adapter: False) -> Next | Fail:
+    """`excluded(adapter)`: did this (candidate, variant) fail a canary with/without an adapter?"""
+    req = context.requirements
+    has_data = context.data.train is not None and context.data.general is not None
+    if plan.tune:
+        if not has_data:
+            return Fail("a failed canary asked for tuning, but data.train/data.general are missing")
+        return Next("tuning", f"the canary missed by {plan.canary_gap:.3f}: train a LoRA adapter")
+    if gap <= 0:
+        if excluded(False):
+            return Fail("this variant already failed a canary under these requirements")
+        return Next("registry", "no quality gap: register as is")
+    if gap > req.quality.tunable_gap:
+        return Fail(f"quality gap {gap:.3f} exceeds the tunable gap {req.quality.tunable_gap:.3f}: choose a larger "
+                    "candidate or relax quality.threshold")
+    if not has_data:
+        return Fail(f"a quality gap of {gap:.3f} remains but data.train/data.general are missing to tune it")
+    return Next("tuning", f"quality gap {gap:.3f} ≤ {req.quality.tunable_gap:.3f}: train a LoRA adapter")

@@ -1,8 +1,10 @@
-"""Judge a canary: requirement breaches fail it; drift past the configured margins raises alerts.
+"""Judge a canary like a statistician: against the threshold and the registration baseline, with the
+confidence interval its slice size allows.
 
-Quality below the threshold, or fallen from the deployment's first canary by more than the allowed
-drop, fails the canary (and sends work back to selection). Latency and cost drift relative to the
-baseline raise `DriftDetected` for alerting; they fail the canary only past the hard ceilings.
+Quality fails only when the interval's upper bound is below the threshold, or when the score fell from
+the registration baseline by more than `monitoring.quality_drop` and a test says the fall is unlikely
+to be noise (Fisher's exact test for 0/1 scores, Welch's t otherwise). Latency and cost fail past the
+hard ceilings of the requirements; past the baseline's margins they raise drift alerts.
 """
 
 from __future__ import annotations
@@ -10,10 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from contracts.benchmark import Measurement
+from contracts.measurement import Measurement
 from contracts.requirements import Requirements
+from contracts.verdict import Miss, Verdict
+from shared.stats import drop_p_value
 
 DriftKind = Literal["quality", "latency", "cost", "integrity"]
+PRECEDENCE = ("integrity", "unreachable", "quality", "latency", "cost")
 
 
 @dataclass(frozen=True)
@@ -25,34 +30,54 @@ class Drift:
 
 
 @dataclass(frozen=True)
-class CanaryVerdict:
-    failures: list[str]
+class CanaryJudgement:
+    verdict: Verdict
     drifts: list[Drift]
 
     @property
     def passed(self) -> bool:
-        return not self.failures
+        return self.verdict.passed
+
+    @property
+    def kind(self) -> str:
+        kinds = self.verdict.kinds()
+        return next(k for k in PRECEDENCE if k in kinds)
 
 
-def judge_canary(m: Measurement, req: Requirements, baseline: Measurement | None) -> CanaryVerdict:
-    failures: list[str] = []
+def judge_canary(m: Measurement, req: Requirements, baseline: Measurement | None) -> CanaryJudgement:
+    misses: list[Miss] = []
     drifts: list[Drift] = []
     mon = req.monitoring
-    if m.score < req.quality.threshold:
-        failures.append(f"canary score {m.score:.3f} < threshold {req.quality.threshold:.3f}")
-    if m.latency_ms_p95 > req.latency.p95_ms:
-        failures.append(f"canary latency p95 {m.latency_ms_p95:.1f} ms > ceiling {req.latency.p95_ms:g} ms")
-    if m.cost_per_1k_usd > req.cost.per_1k_tasks_usd:
-        failures.append(f"canary cost ${m.cost_per_1k_usd:.4f}/1k > ceiling ${req.cost.per_1k_tasks_usd:g}/1k")
+    metric = req.quality.metric
+    upper = m.interval.high if m.interval is not None else m.score
+    if upper < req.quality.threshold:
+        misses.append(Miss(kind="quality", observed=upper, limit=req.quality.threshold,
+                           detail=f"canary {metric} upper bound (score {m.score:.3f}, "
+                                  f"{(m.interval.confidence if m.interval else mon.confidence):.0%} interval)"))
     if baseline is not None:
-        quality_limit = baseline.score - mon.quality_drop
-        if m.score < quality_limit:
-            drifts.append(Drift("quality", baseline.score, m.score, quality_limit))
-            failures.append(f"quality drifted {baseline.score:.3f} -> {m.score:.3f} (limit {quality_limit:.3f})")
+        allowed = baseline.score - mon.quality_drop
+        if m.score < allowed:
+            p = drop_p_value(baseline, m)
+            if p < 1 - mon.confidence:
+                drifts.append(Drift("quality", baseline.score, m.score, allowed))
+                misses.append(Miss(kind="quality", observed=m.score, limit=allowed,
+                                   detail=f"canary {metric}, fallen from its registration baseline "
+                                          f"{baseline.score:.3f} (p = {p:.2g})"))
         latency_limit = baseline.latency_ms_p95 * (1 + mon.latency_increase_pct / 100)
         if m.latency_ms_p95 > latency_limit:
             drifts.append(Drift("latency", baseline.latency_ms_p95, m.latency_ms_p95, latency_limit))
         cost_limit = baseline.cost_per_1k_usd * (1 + mon.cost_increase_pct / 100)
         if m.cost_per_1k_usd > cost_limit:
             drifts.append(Drift("cost", baseline.cost_per_1k_usd, m.cost_per_1k_usd, cost_limit))
-    return CanaryVerdict(failures, drifts)
+    if m.latency_ms_p95 > req.latency.p95_ms:
+        misses.append(Miss(kind="latency", observed=m.latency_ms_p95, limit=req.latency.p95_ms,
+                           detail="canary latency p95"))
+    if m.cost_per_1k_usd > req.cost.per_1k_tasks_usd:
+        misses.append(Miss(kind="cost", observed=m.cost_per_1k_usd, limit=req.cost.per_1k_tasks_usd,
+                           detail="canary cost"))
+    return CanaryJudgement(Verdict(misses=misses), drifts)
+
+
+def integrity_failure(error: str) -> CanaryJudgement:
+    miss = Miss(kind="integrity", observed=0.0, limit=1.0, detail=f"integrity: {error[:300]}")
+    return CanaryJudgement(Verdict(misses=[miss]), [Drift("integrity", 1.0, 0.0, 1.0)])

@@ -13,11 +13,11 @@ class Watch(SQLModel, table=True):
     __tablename__ = "monitoring_watches"
     deployment: str = Field(primary_key=True)
     manifest_id: str
-    run_id: str
+    run_id: str = Field(description="the run that promoted the live manifest: scheduled canaries belong to it")
+    manifest_run_id: str = Field(description="the run that registered the live manifest")
     promoted_event_id: str = Field(description="causation of scheduled canaries: the promotion being watched")
     interval_s: float
     next_due_at: datetime
-    baseline_json: str | None = None
     updated_at: datetime = Field(default_factory=utcnow)
 
 
@@ -27,6 +27,7 @@ class CanaryRecord(SQLModel, table=True):
     deployment: str = Field(index=True)
     manifest_id: str
     passed: bool
+    kind: str | None = None
     measurement_json: str | None
-    reasons_json: str
+    verdict_json: str
     ran_at: datetime = Field(default_factory=utcnow)

@@ -1,113 +1,237 @@
-"""Registry service: pins every artifact of a passing model in a manifest, promotes it, rolls back."""
+"""Registry service: pins every artifact of a passing model in a manifest, promotes it, rolls back.
+
+At registration the canary set is run once on the exact model being pinned; that baseline goes into
+the manifest, and every later canary is judged against it.
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
 
+from sqlmodel import Session
+
 from contracts.base import Event, utcnow
-from contracts.benchmark import Measurement, ModelArtifact
+from contracts.benchmark import UNQUANTIZED, ModelArtifact
 from contracts.fitting import FitCompleted, MemoryBudget
+from contracts.measurement import Measurement
+from contracts.monitoring import CanaryFailed, CanaryPassed
 from contracts.registry import (
     DeploymentPromoted,
     Manifest,
     ManifestEntry,
     ModelRegistered,
+    PromotionSkipped,
     RollbackRequested,
     RolledBack,
 )
-from contracts.requirements import RunContext
+from contracts.requirements import RequirementsAccepted, RunContext
 from contracts.tuning import AdapterArtifact, TuningGated
+from contracts.workflow import RequestRefused
 from services.registry import domain
 from services.registry.store import DeploymentRecord, ManifestRecord
-from shared.bus import HandlerContext, PermanentError, Service
+from shared.artifacts import IntegrityError
+from shared.bus import HandlerContext, HandlerResult, OrphanError, Service
+from shared.modeling.stored import load_tree, rows, task_of, with_adapter
 
-service = Service("registry", publishes=(ModelRegistered, DeploymentPromoted, RolledBack))
+service = Service("registry")
 
 
 def _entry(ctx: HandlerContext, tree: str) -> ManifestEntry:
     return ManifestEntry(tree_digest=tree, files=ctx.store.tree_files(tree))
 
 
-def _promote(cause: Event, ctx: HandlerContext, deployment: str, manifest_id: str) -> DeploymentPromoted:
-    record = ctx.session.get(DeploymentRecord, deployment)
-    previous = record.live_manifest_id if record else None
-    if record is None:
-        record = DeploymentRecord(name=deployment, live_manifest_id=manifest_id)
-    else:
-        history = json.loads(record.history_json)
-        record.history_json = json.dumps([*history, record.live_manifest_id])
-        record.live_manifest_id = manifest_id
-        record.updated_at = utcnow()
-    ctx.session.add(record)
+def _verified(ctx: HandlerContext, trees: list[str]) -> None:
+    for tree in trees:
+        if not ctx.store.exists(tree):
+            raise OrphanError(f"artifact tree {tree} is not in the store: the event refers to work that was never "
+                              "stored here")
+        for digest in ctx.store.tree_files(tree).values():
+            ctx.store.verify(digest)
+
+
+def _canary_baseline(ctx: HandlerContext, context: RunContext, model: ModelArtifact,
+                     adapter: AdapterArtifact | None) -> Measurement:
+    req = context.requirements
+    task = task_of(req.task)
+    loaded = load_tree(ctx.store, model.tree_digest, task, ctx.settings.device)
+    if adapter is not None:
+        loaded = with_adapter(ctx.store, loaded, adapter.tree_digest, adapter.method)
+    return task.evaluate(loaded, req.task, rows(ctx.store, context.data.canary, task, "canary"), req.quality.metric,
+                         req.deployment.hardware, req.monitoring.confidence)
+
+
+def _promote(cause: Event, session: Session, deployment: str, manifest_id: str, version: int) -> Event:
+    record = session.get(DeploymentRecord, deployment) or DeploymentRecord(name=deployment)
+    live = record.live
+    live_version = None
+    if live is not None:
+        live_row = session.get(ManifestRecord, live)
+        live_version = live_row.requirements_version if live_row else None
+    refusal = domain.promotable(version, live_version, record.latest_version)
+    if refusal is not None:
+        session.add(record)
+        return PromotionSkipped.follow(cause, deployment=deployment, manifest_id=manifest_id, reason=refusal)
+    releases = [*record.releases, manifest_id]
+    record.releases_json, record.position, record.updated_at = json.dumps(releases), len(releases) - 1, utcnow()
+    record.latest_version = max(record.latest_version, version)
+    session.add(record)
     return DeploymentPromoted.follow(cause, deployment=deployment, manifest_id=manifest_id,
-                                     previous_manifest_id=previous)
+                                     requirements_version=version, previous_manifest_id=live)
 
 
 def _register(cause: Event, ctx: HandlerContext, context: RunContext, model: ModelArtifact,
-              measurement: Measurement, budget: MemoryBudget, adapter: AdapterArtifact | None) -> list[Event]:
-    trees = [model.tree_digest, model.base_tree_digest, adapter.tree_digest if adapter else None]
-    for artifact in (t for t in trees if t):
-        for digest in ctx.store.tree_files(artifact).values():
-            ctx.store.verify(digest)
+              measurement: Measurement, budget: MemoryBudget, adapter: AdapterArtifact | None) -> HandlerResult:
+    _verified(ctx, [t for t in (model.tree_digest, model.base_tree_digest, adapter.tree_digest if adapter else None)
+                    if t])
+    baseline = _canary_baseline(ctx, context, model, adapter)
     deployment = context.requirements.deployment.name
-    live = ctx.session.get(DeploymentRecord, deployment)
+    live = ctx.read(lambda s: (s.get(DeploymentRecord, deployment) or DeploymentRecord(name=deployment)).live)
     manifest = Manifest(
         deployment=deployment, run_id=str(cause.run_id), created_at=cause.occurred_at.isoformat(),
         requirements_digest=context.requirements_digest, requirements_version=context.version,
-        requirements=context.requirements, data=context.data, candidate=model.candidate, params=model.params,
-        base=_entry(ctx, model.base_tree_digest), variant=model.variant,
-        quantization=None if model.variant == "fp32" else f"{model.variant}-weight-only",
-        model=_entry(ctx, model.tree_digest),
+        requirements=context.requirements, data=context.data, candidate=model.candidate, source=model.source,
+        params=model.params, base=_entry(ctx, model.base_tree_digest), variant=model.variant,
+        quantization=None if model.variant == UNQUANTIZED else model.variant, model=_entry(ctx, model.tree_digest),
         adapter=_entry(ctx, adapter.tree_digest) if adapter else None,
         adapter_train_data_digest=adapter.train_data_digest if adapter else None,
         adapter_settings=adapter.settings if adapter else None,
-        measurement=measurement, budget=budget,
-        previous_manifest_id=live.live_manifest_id if live else None,
-    )
-    manifest_id = ctx.store.put_bytes(manifest.model_dump_json(indent=2).encode())
+        measurement=measurement, canary_baseline=baseline, budget=budget, previous_manifest_id=live)
+    manifest_id = ctx.store.put_bytes(manifest.model_dump_json(indent=2).encode(), suffix_hint=".json")
     runbook_digest = ctx.store.put_bytes(domain.render_runbook(manifest, manifest_id).encode())
-    if ctx.session.get(ManifestRecord, manifest_id) is None:
-        ctx.session.add(ManifestRecord(manifest_id=manifest_id, deployment=deployment, run_id=str(cause.run_id),
-                                       runbook_digest=runbook_digest))
     registered = ModelRegistered.follow(cause, manifest_id=manifest_id, deployment=deployment,
-                                        checksums=manifest.checksums(), runbook_digest=runbook_digest)
-    return [registered, _promote(cause, ctx, deployment, manifest_id)]
+                                        requirements_version=context.version, checksums=manifest.checksums(),
+                                        runbook_digest=runbook_digest, canary_baseline=baseline)
+
+    def commit(session: Session) -> Sequence[Event]:
+        if session.get(ManifestRecord, manifest_id) is None:
+            session.add(ManifestRecord(manifest_id=manifest_id, deployment=deployment, run_id=str(cause.run_id),
+                                       runbook_digest=runbook_digest, requirements_version=context.version))
+        return [registered, _promote(cause, session, deployment, manifest_id, context.version)]
+
+    return commit
 
 
 @service.handles(FitCompleted)
-def on_fit_completed(event: FitCompleted, ctx: HandlerContext) -> Sequence[Event]:
-    """A fitted model with no quality gap is registered as is (a gap goes through tuning first)."""
-    if event.quality_gap > 0:
+def on_fit_completed(event: FitCompleted, ctx: HandlerContext) -> HandlerResult:
+    """A fitted model that fitting routed here (no quality gap) is registered as is."""
+    if event.next_stage != "registry":
         return []
     return _register(event, ctx, event.context, event.model, event.measurement, event.budget, None)
 
 
 @service.handles(TuningGated)
-def on_tuning_gated(event: TuningGated, ctx: HandlerContext) -> Sequence[Event]:
+def on_tuning_gated(event: TuningGated, ctx: HandlerContext) -> HandlerResult:
     """A tuned model that passed its gate is registered with its adapter and training-data hash."""
     if not event.passed:
         return []
     return _register(event, ctx, event.context, event.model, event.measurement, event.budget, event.adapter)
 
 
-@service.handles(RollbackRequested)
-def on_rollback(event: RollbackRequested, ctx: HandlerContext) -> Sequence[Event]:
-    """Promote the previously live manifest (or the one named) again."""
-    record = ctx.session.get(DeploymentRecord, event.deployment)
-    if record is None:
-        raise PermanentError(f"deployment {event.deployment!r} has never been registered")
-    history: list[str] = json.loads(record.history_json)
-    target = event.to_manifest_id or (history[-1] if history else None)
-    if target is None:
-        raise PermanentError(f"deployment {event.deployment!r} has no earlier manifest to roll back to")
-    if ctx.session.get(ManifestRecord, target) is None:
-        raise PermanentError(f"manifest {target} is not registered for {event.deployment!r}")
-    current = record.live_manifest_id
-    record.live_manifest_id = target
-    record.history_json = json.dumps([m for m in history if m != target] + [current])
-    record.updated_at = utcnow()
-    ctx.session.add(record)
-    return [RolledBack.follow(event, deployment=event.deployment, from_manifest_id=current, to_manifest_id=target),
-            DeploymentPromoted.follow(event, deployment=event.deployment, manifest_id=target,
-                                      previous_manifest_id=current)]
+@service.handles(RequirementsAccepted)
+def on_requirements_accepted(event: RequirementsAccepted, ctx: HandlerContext) -> HandlerResult:
+    """Remember the newest requirements version, so a late run of an older one is not promoted."""
+    name = event.context.requirements.deployment.name
+
+    def commit(session: Session) -> Sequence[Event]:
+        record = session.get(DeploymentRecord, name) or DeploymentRecord(name=name)
+        record.latest_version = max(record.latest_version, event.context.version)
+        session.add(record)
+        return []
+
+    return commit
+
+
+def _moved(cause: Event, session: Session, record: DeploymentRecord, target: domain.Target, *, automatic: bool,
+           reason: str) -> list[Event]:
+    current = record.live
+    assert current is not None
+    to_row = session.get(ManifestRecord, target.manifest_id)
+    to_version = to_row.requirements_version if to_row else 0
+    record.position, record.updated_at = target.position, utcnow()
+    session.add(record)
+    rolled = RolledBack.follow(cause, deployment=record.name, from_manifest_id=current,
+                               to_manifest_id=target.manifest_id, automatic=automatic, reason=reason,
+                               to_requirements_version=to_version, live_requirements_version=record.latest_version)
+    return [rolled, DeploymentPromoted.follow(cause, deployment=record.name, manifest_id=target.manifest_id,
+                                              requirements_version=to_version, previous_manifest_id=current)]
+
+
+@service.handles(RollbackRequested, requires_run=False)
+def on_rollback(event: RollbackRequested, ctx: HandlerContext) -> HandlerResult:
+    """An operator's rollback: to the release before the live one, or to a named release."""
+
+    def refuse(reason: str) -> list[Event]:
+        return [RequestRefused.follow(event, request=event.type_name(), deployment=event.deployment, reason=reason)]
+
+    def commit(session: Session) -> Sequence[Event]:
+        record = session.get(DeploymentRecord, event.deployment)
+        if record is None or record.live is None:
+            return refuse(f"deployment {event.deployment!r} has never been promoted; see `weightflow registry ls`")
+
+        def owner(manifest_id: str) -> str | None:
+            row = session.get(ManifestRecord, manifest_id)
+            return row.deployment if row else None
+
+        target = domain.rollback_target(event.deployment, record.releases, record.position, event.to_manifest_id,
+                                        owner)
+        if isinstance(target, domain.Refused):
+            return refuse(target.reason)
+        return _moved(event, session, record, target, automatic=False, reason="requested by an operator")
+
+    return commit
+
+
+@service.handles(CanaryPassed, requires_run=False)
+def on_canary_passed(event: CanaryPassed, ctx: HandlerContext) -> HandlerResult:
+    """A release that passed its canary is a safe place to roll back to."""
+
+    def commit(session: Session) -> Sequence[Event]:
+        row = session.get(ManifestRecord, event.manifest_id)
+        if row is None or row.deployment != event.deployment:
+            raise OrphanError(f"canary result for manifest {event.manifest_id[:12]}, which is not a registered "
+                              f"release of {event.deployment!r}")
+        if not row.canary_passed:
+            row.canary_passed = True
+            session.add(row)
+        return []
+
+    return commit
+
+
+@service.handles(CanaryFailed, requires_run=False)
+def on_canary_failed(event: CanaryFailed, ctx: HandlerContext) -> HandlerResult:
+    """Keep serving a good model: the live release failed its canary, so go back to the newest earlier one
+    that passed its canary under the current requirements (an integrity failure also checks its files)."""
+
+    def intact(manifest_id: str) -> bool:
+        try:
+            for digest in Manifest.model_validate(ctx.store.read_json(manifest_id)).checksums().values():
+                ctx.store.verify(digest)
+        except (IntegrityError, OSError, ValueError):
+            return False
+        return True
+
+    # Files are hashed before the transaction opens (hashing is slow next to a row update).
+    releases = ctx.read(lambda s: (s.get(DeploymentRecord, event.deployment) or DeploymentRecord(name="")).releases)
+    verified = {m: intact(m) for m in set(releases)} if event.kind == "integrity" else {}
+
+    def good(manifest_id: str, session: Session, version: int) -> bool:
+        row = session.get(ManifestRecord, manifest_id)
+        if row is None or not row.canary_passed or row.requirements_version != version:
+            return False
+        return verified.get(manifest_id, False) if event.kind == "integrity" else True
+
+    def commit(session: Session) -> Sequence[Event]:
+        record = session.get(DeploymentRecord, event.deployment)
+        if record is None or record.live != event.manifest_id:
+            return []  # not live any more: already rolled back or replaced
+        failing = session.get(ManifestRecord, event.manifest_id)
+        version = failing.requirements_version if failing else record.latest_version
+        target = domain.last_good(record.releases, record.position, lambda m: good(m, session, version))
+        if target is None:
+            return []
+        return _moved(event, session, record, target, automatic=True,
+                      reason=f"canary failed ({event.kind}): " + "; ".join(event.reasons))
+
+    return commit

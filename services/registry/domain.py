@@ -1,27 +1,91 @@
-"""Build the manifest that pins a deployment, and the runbook anyone can follow to stand it up again."""
+"""Registry decisions, pure: may a manifest go live, where does a rollback go, and the runbook text.
+
+* A new manifest is promoted unless its requirements version is older than the live one's or than the
+  newest accepted version (a late run must not undo a change).
+* A rollback goes to the release before the live one in the promotion history (not a toggle), or to a
+  named manifest of the same deployment; rolling back to older requirements is allowed but said.
+* After a failed canary the deployment goes back automatically to the newest earlier release that
+  passed its canary under the current requirements version, while the reroute looks for a better one.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 from contracts.registry import Manifest
+
+
+@dataclass(frozen=True)
+class Refused:
+    reason: str
+
+
+@dataclass(frozen=True)
+class Target:
+    manifest_id: str
+    position: int
+
+
+def promotable(version: int, live_version: int | None, latest_accepted: int) -> str | None:
+    """None when a manifest of requirements `version` may go live, else why not."""
+    newest = max(live_version or 0, latest_accepted)
+    if version < newest:
+        return (f"it was registered under requirements v{version}, but v{newest} is newer; "
+                "`weightflow rollback --to` promotes it deliberately")
+    return None
+
+
+def rollback_target(deployment: str, releases: list[str], position: int, to: str | None,
+                    owner: Callable[[str], str | None]) -> Target | Refused:
+    """`owner(manifest)` is the deployment a manifest was registered for (None: not registered)."""
+    if position < 0:
+        return Refused(f"deployment {deployment!r} has never been promoted")
+    if to is None:
+        if position == 0:
+            return Refused(f"{deployment!r} is on its first release ({releases[0][:12]}); there is nothing before it")
+        return Target(releases[position - 1], position - 1)
+    belongs = owner(to)
+    if belongs is None:
+        return Refused(f"manifest {to[:12]} is not registered; see `weightflow registry ls`")
+    if belongs != deployment:
+        return Refused(f"manifest {to[:12]} belongs to deployment {belongs!r}, not {deployment!r}")
+    if to == releases[position]:
+        return Refused(f"manifest {to[:12]} is already live on {deployment!r}")
+    if to in releases:
+        return Target(to, len(releases) - 1 - releases[::-1].index(to))
+    return Refused(f"manifest {to[:12]} was registered for {deployment!r} but never promoted; it has no place in "
+                   "the release history to go back to")
+
+
+def last_good(releases: list[str], position: int, good: Callable[[str], bool]) -> Target | None:
+    """The newest release before the live one that `good` accepts."""
+    for i in range(position - 1, -1, -1):
+        if releases[i] != releases[position] and good(releases[i]):
+            return Target(releases[i], i)
+    return None
 
 
 def render_runbook(manifest: Manifest, manifest_id: str) -> str:
     req = manifest.requirements
     hw = req.deployment.hardware
     m = manifest.measurement
+    c = manifest.canary_baseline
     rows = "\n".join(f"| `{role}` | `{digest}` |" for role, digest in sorted(manifest.checksums().items()))
     adapter = (f"LoRA adapter `{manifest.adapter.tree_digest[:12]}` "
                f"trained on data `{(manifest.adapter_train_data_digest or '')[:12]}`"
                if manifest.adapter else "no adapter")
     previous = f"`{manifest.previous_manifest_id}`" if manifest.previous_manifest_id else "none (first release)"
+    interval = f" [{c.interval.low:.3f}, {c.interval.high:.3f}]" if c.interval else ""
     return f"""# Runbook: {manifest.deployment}
 
-Manifest `{manifest_id}` — {manifest.candidate} ({manifest.params:,} params), variant **{manifest.variant}**
-({manifest.quantization or "unquantized"}), {adapter}, {manifest.sharding}.
-Registered {manifest.created_at} by run `{manifest.run_id}` against requirements v{manifest.requirements_version}
-(`{manifest.requirements_digest[:12]}`).
+Manifest `{manifest_id}` — {manifest.candidate} ({manifest.source}, {manifest.params:,} params), variant
+**{manifest.variant}** ({manifest.quantization or "unquantized"}), {adapter}, {manifest.sharding}.
+Task `{req.task.type}`. Registered {manifest.created_at} by run `{manifest.run_id}` against requirements
+v{manifest.requirements_version} (`{manifest.requirements_digest[:12]}`).
 
-Measured at registration: score {m.score:.3f} (threshold {req.quality.threshold:.3f}), latency p50/p95
+Measured at registration: {req.quality.metric} {m.score:.3f} on the eval set (threshold {req.quality.threshold:.3f}),
+{c.score:.3f}{interval} on the canary set (the canary's baseline); latency p50/p95
 {m.latency_ms_p50:.1f}/{m.latency_ms_p95:.1f} ms (ceiling {req.latency.p95_ms:g}), ${m.cost_per_1k_usd:.4f} per 1k
 tasks (ceiling ${req.cost.per_1k_tasks_usd:g}). Memory budget {manifest.budget.total_bytes / 2**20:.1f} MB of
 {hw.memory_mb:g} MB on `{hw.profile}` ({hw.device}).
@@ -35,24 +99,26 @@ weightflow registry verify {manifest_id}
 
 ```python
 from shared.artifacts import ArtifactStore
-from shared.serving import load_deployment, read_manifest
+from shared.modeling.stored import load_deployment, read_manifest
 store = ArtifactStore(".weightflow/artifacts")
-encoder = load_deployment(store, read_manifest(store, "{manifest_id}"))
+model = load_deployment(store, read_manifest(store, "{manifest_id}"))
 ```
 
 ## 2. Serve
 ```bash
-weightflow predict {manifest.deployment} "my parcel never arrived"
+weightflow predict {manifest.deployment} "an example input"
 ```
-Labels: {", ".join(f"`{k}`" for k in req.task.labels)}. The live deployment is watched by a canary every
-{req.monitoring.canary_interval_s:g} s (`weightflow canary {manifest.deployment}` runs one now).
+The live deployment is watched by a canary every {req.monitoring.canary_interval_s:g} s
+(`weightflow canary {manifest.deployment}` runs one now).
 
 ## 3. Roll back
 Previous manifest: {previous}.
 ```bash
-weightflow rollback {manifest.deployment}
+weightflow rollback {manifest.deployment}              # the release before the live one
+weightflow rollback {manifest.deployment} --to MANIFEST  # a named release of this deployment
 ```
-This promotes the previously live manifest; the canary then watches it.
+A failed canary rolls back by itself to the newest earlier release that passed its canary under the same
+requirements version.
 
 ## Pinned files
 | role | sha256 |

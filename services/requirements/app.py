@@ -1,8 +1,9 @@
-"""Requirements service: accepts versioned requirements, and routes loop-backs into a new run.
+"""Requirements service: accepts versioned requirements, and routes loop-backs into new runs.
 
 Routing lives here because this stage owns what a deployment requires: a failed canary re-enters
-stage 2 with the deployment's current requirements; changed requirements re-enter stage 1 then 2.
-Either way a `WorkflowRerouted` event says why work restarted.
+stage 2 under the deployment's current requirements, with what failed excluded (services.requirements
+.routing); changed requirements re-enter stage 1 then 2. Every route taken is an event
+(`WorkflowRerouted`, `WorkflowHalted`, `WorkflowResumed`), so an operator sees why work restarted.
 """
 
 from __future__ import annotations
@@ -10,82 +11,239 @@ from __future__ import annotations
 from collections.abc import Sequence
 from uuid import UUID, uuid5
 
-from contracts.base import Event
-from contracts.monitoring import CanaryFailed
+from pydantic import TypeAdapter
+from sqlmodel import Session
+
+from contracts.base import Event, utcnow
+from contracts.benchmark import NoCandidatePassed
+from contracts.fitting import FitFailed
+from contracts.monitoring import CanaryFailed, CanaryPassed
+from contracts.registry import PromotionSkipped
 from contracts.requirements import (
-    DataRefs,
+    Exclusion,
     RequirementsAccepted,
     RequirementsChanged,
     RequirementsRejected,
     RequirementsSubmitted,
-    RunContext,
 )
-from contracts.workflow import WorkflowRerouted
-from services.requirements import domain, store
-from shared.bus import HandlerContext, Service
-from shared.splits import load_split
+from contracts.tuning import TuningGated, TuningSkipped
+from contracts.workflow import (
+    Attempt,
+    DeadLettered,
+    RequestRefused,
+    ResumeRequested,
+    WorkflowHalted,
+    WorkflowRerouted,
+    WorkflowResumed,
+)
+from services.requirements import domain, routing, store
+from shared.bus import Commit, HandlerContext, HandlerResult, OrphanError, Service
 
-service = Service("requirements", publishes=(RequirementsAccepted, RequirementsRejected, WorkflowRerouted))
-
-
-def _accept(event: RequirementsSubmitted | RequirementsChanged, ctx: HandlerContext,
-            run_id: UUID) -> list[Event]:
-    try:
-        req = domain.parse_requirements(event.document)
-    except domain.RequirementsError as exc:
-        return [RequirementsRejected.follow(event, run_id=run_id, errors=exc.errors)]
-    errors = domain.check_data(req, lambda split: list(load_split(ctx.store, split, event.data[split])),
-                               event.data)
-    if errors:
-        return [RequirementsRejected.follow(event, run_id=run_id, errors=errors)]
-    digest = domain.requirements_digest(event.document)
-    version = store.next_version(ctx.session, req.deployment.name)
-    context = RunContext(requirements=req, version=version, requirements_digest=digest,
-                         data=DataRefs(**{k: v for k, v in event.data.items() if getattr(req.data, k, None)}))
-    markdown = domain.render_markdown(req, version, digest)
-    ctx.session.add(store.RequirementsVersion(
-        deployment=req.deployment.name, version=version, run_id=str(run_id), digest=digest,
-        document=event.document, context_json=context.model_dump_json()))
-    ctx.store.put_bytes(event.document.encode())
-    markdown_digest = ctx.store.put_bytes(markdown.encode())
-    return [RequirementsAccepted.follow(event, run_id=run_id, context=context, markdown_digest=markdown_digest)]
+service = Service("requirements")
+EXCLUSIONS = TypeAdapter(list[Exclusion])
+ATTEMPTS = TypeAdapter(list[Attempt])
 
 
-@service.handles(RequirementsSubmitted)
-def on_submitted(event: RequirementsSubmitted, ctx: HandlerContext) -> Sequence[Event]:
+def _accept(event: RequirementsSubmitted | RequirementsChanged, ctx: HandlerContext) -> HandlerResult:
+    """Validate (outside any transaction), then take the next version in publish order, or reject."""
+    outcome = domain.validate(event, ctx.store)
+    if isinstance(outcome, domain.Invalid):
+        return [RequirementsRejected.follow(event, errors=outcome.errors)]
+    sequence = ctx.delivery.stream_sequence or 0
+
+    def commit(session: Session) -> Sequence[Event]:
+        latest = store.latest_version(session, outcome.requirements.deployment.name)
+        if latest is not None and latest.sequence > sequence:
+            return [RequirementsRejected.follow(event, errors=[
+                f"superseded: requirements v{latest.version} of {latest.deployment!r} were published after these "
+                f"(stream sequence {latest.sequence} > {sequence}); submit again to make these current"])]
+        version = 1 if latest is None else latest.version + 1
+        context = domain.context(outcome, version)
+        session.add(store.RequirementsVersion(
+            deployment=context.requirements.deployment.name, version=version, sequence=sequence,
+            run_id=str(event.run_id), digest=context.requirements_digest, document=event.document,
+            context_json=context.model_dump_json()))
+        session.add(store.RunRow(run_id=str(event.run_id), deployment=context.requirements.deployment.name,
+                                 version=version))
+        markdown = domain.render_markdown(context.requirements, version, context.requirements_digest)
+        accepted = RequirementsAccepted.follow(event, context=context, warnings=outcome.warnings,
+                                               markdown_digest=ctx.store.put_bytes(markdown.encode()))
+        if latest is None or not isinstance(event, RequirementsChanged):
+            return [accepted]
+        reroute = WorkflowRerouted.follow(
+            event, run_id=UUID(latest.run_id), deployment=latest.deployment, from_stage="requirements.changed",
+            to_stage="requirements", reason=f"requirements changed (v{latest.version} -> v{version})",
+            new_run_id=event.run_id)
+        return [reroute, accepted]
+
+    return commit
+
+
+@service.handles(RequirementsSubmitted, requires_run=False)
+def on_submitted(event: RequirementsSubmitted, ctx: HandlerContext) -> HandlerResult:
     """Validate the document and its data; accept it as the next version, or reject with every error."""
-    return _accept(event, ctx, event.run_id)
+    return _accept(event, ctx)
 
 
-@service.handles(RequirementsChanged)
-def on_changed(event: RequirementsChanged, ctx: HandlerContext) -> Sequence[Event]:
-    """New requirements for a live deployment: reroute its workflow through stage 1 into a new run."""
-    previous = store.latest_for(ctx.session, event.deployment)
-    outcome = _accept(event, ctx, event.run_id)
-    if previous is None or not isinstance(outcome[0], RequirementsAccepted):
-        return outcome
-    reroute = WorkflowRerouted.follow(
-        event, run_id=UUID(previous.run_id), deployment=event.deployment, from_stage="requirements.changed",
-        to_stage="requirements", reason=f"requirements changed (v{previous.version} -> v{previous.version + 1})",
-        new_run_id=event.run_id)
-    return [reroute, *outcome]
+@service.handles(RequirementsChanged, requires_run=False)
+def on_changed(event: RequirementsChanged, ctx: HandlerContext) -> HandlerResult:
+    """New requirements for a deployment: a new version (which clears the loop-back's exclusions and
+    halt), rerouting its workflow through stage 1 into a new run."""
+    return _accept(event, ctx)
 
 
-@service.handles(CanaryFailed)
-def on_canary_failed(event: CanaryFailed, ctx: HandlerContext) -> Sequence[Event]:
-    """A failed canary sends the deployment back to selection (stage 2) under its current requirements."""
-    current = store.latest_for(ctx.session, event.deployment)
-    if current is None:
+def _halt(cause: Event, state: store.LoopState, current: store.RequirementsVersion, reason: str) -> WorkflowHalted:
+    state.halted = True
+    state.in_flight_run_id = None
+    exclusions = EXCLUSIONS.validate_json(state.exclusions_json)
+    attempts = ATTEMPTS.validate_json(state.attempts_json)
+    return WorkflowHalted.follow(cause, deployment=state.deployment, requirements_version=state.version,
+                                 attempts=attempts, reason=reason,
+                                 advice=routing.advice(current.context().requirements, exclusions, attempts))
+
+
+@service.handles(CanaryFailed, requires_run=False)
+def on_canary_failed(event: CanaryFailed, ctx: HandlerContext) -> HandlerResult:
+    """A failed canary re-enters stage 2 with what failed excluded, within the reroute budget."""
+
+    def commit(session: Session) -> Sequence[Event]:
+        current = store.latest_version(session, event.deployment)
+        if current is None:
+            raise OrphanError(f"canary of {event.deployment!r}, a deployment with no accepted requirements")
+        state = store.loop_state(session, event.deployment, current.version)
+        context = current.context()
+        exclusions = EXCLUSIONS.validate_json(state.exclusions_json)
+        attempts = [*ATTEMPTS.validate_json(state.attempts_json), routing.attempt_of(event)]
+        decision = routing.on_canary_failure(
+            event, live_version=current.version, reroutes=state.reroutes,
+            max_reroutes=context.requirements.monitoring.max_reroutes, halted=state.halted,
+            in_flight=state.in_flight_run_id, exclusions=exclusions)
+        if isinstance(decision, routing.Ignore):
+            return []
+        state.attempts_json = ATTEMPTS.dump_json(attempts).decode()
+        state.updated_at = utcnow()
+        if isinstance(decision, routing.Halt):
+            state.exclusions_json = EXCLUSIONS.dump_json(routing.with_failure(exclusions, event)).decode()
+            halted = _halt(event, state, current, decision.reason)
+            session.add(state)
+            return [halted]
+        new_run = uuid5(event.event_id, "reroute")
+        state.reroutes = decision.attempt
+        state.in_flight_run_id = str(new_run)
+        state.exclusions_json = EXCLUSIONS.dump_json(decision.exclusions).decode()
+        session.add(state)
+        session.add(store.RunRow(run_id=str(new_run), deployment=event.deployment, version=current.version,
+                                 attempt=decision.attempt))
+        rerouted_context = context.model_copy(update={"attempt": decision.attempt, "exclusions": decision.exclusions})
+        markdown = domain.render_markdown(context.requirements, context.version, context.requirements_digest)
+        max_reroutes = context.requirements.monitoring.max_reroutes
+        return [
+            WorkflowRerouted.follow(event, deployment=event.deployment, from_stage="monitoring.canary_failed",
+                                    to_stage="benchmark", reason="; ".join(event.reasons), new_run_id=new_run,
+                                    attempt=decision.attempt, max_reroutes=max_reroutes,
+                                    failed=routing.exclusion(event)),
+            RequirementsAccepted.follow(event, run_id=new_run, context=rerouted_context, reroute_of=event.run_id,
+                                        markdown_digest=ctx.store.put_bytes(markdown.encode())),
+        ]
+
+    return commit
+
+
+@service.handles(CanaryPassed, requires_run=False)
+def on_canary_passed(event: CanaryPassed, ctx: HandlerContext) -> HandlerResult:
+    """The manifest a reroute produced passed its canary: the loop-back converged."""
+
+    def commit(session: Session) -> Sequence[Event]:
+        _close(session, str(event.manifest_run_id), "canary passed")
         return []
-    new_run = uuid5(event.event_id, "reroute")
-    context = store.context_of(current)
-    ctx.session.add(store.RequirementsVersion(
-        deployment=current.deployment, version=current.version, run_id=str(new_run), digest=current.digest,
-        document=current.document, context_json=current.context_json))
-    markdown = domain.render_markdown(context.requirements, context.version, context.requirements_digest)
-    return [
-        WorkflowRerouted.follow(event, deployment=event.deployment, from_stage="monitoring.canary_failed",
-                                to_stage="benchmark", reason="; ".join(event.reasons), new_run_id=new_run),
-        RequirementsAccepted.follow(event, run_id=new_run, context=context,
-                                    markdown_digest=ctx.store.put_bytes(markdown.encode())),
-    ]
+
+    return commit
+
+
+def _close(session: Session, run_id: str, outcome: str) -> store.LoopState | None:
+    row = session.get(store.RunRow, run_id)
+    if row is not None and row.open:
+        row.open, row.outcome = False, outcome
+        session.add(row)
+    state = store.open_reroute(session, run_id)
+    if state is not None:
+        state.in_flight_run_id = None
+        state.updated_at = utcnow()
+        session.add(state)
+    return state
+
+
+def _run_failed(event: Event, reason: str) -> Commit:
+    """A run ended without a model: a reroute that does so halts the loop (nothing better was found)."""
+
+    def commit(session: Session) -> Sequence[Event]:
+        state = _close(session, str(event.run_id), reason)
+        if state is None:
+            return []  # a submitted run (or one already closed): its own events tell the operator
+        current = store.latest_version(session, state.deployment)
+        if current is None or current.version != state.version:
+            return []
+        attempts = [*ATTEMPTS.validate_json(state.attempts_json), Attempt(run_id=event.run_id, reason=reason)]
+        state.attempts_json = ATTEMPTS.dump_json(attempts).decode()
+        halted = _halt(event, state, current, f"reroute attempt {state.reroutes} found no model: {reason}")
+        session.add(state)
+        return [halted]
+
+    return commit
+
+
+@service.handles(NoCandidatePassed, requires_run=False)
+def on_no_candidate(event: NoCandidatePassed, ctx: HandlerContext) -> HandlerResult:
+    """Closes a reroute that found no candidate."""
+    return _run_failed(event, "no candidate passed: " + event.recommendation.reason)
+
+
+@service.handles(FitFailed, requires_run=False)
+def on_fit_failed(event: FitFailed, ctx: HandlerContext) -> HandlerResult:
+    """Closes a reroute whose model could not be fitted."""
+    return _run_failed(event, "fit failed: " + event.reason)
+
+
+@service.handles(TuningSkipped, requires_run=False)
+def on_tuning_skipped(event: TuningSkipped, ctx: HandlerContext) -> HandlerResult:
+    """Closes a reroute that needed tuning it could not do."""
+    return _run_failed(event, "tuning impossible: " + event.reason)
+
+
+@service.handles(TuningGated, requires_run=False)
+def on_tuning_gated(event: TuningGated, ctx: HandlerContext) -> HandlerResult:
+    """Closes a reroute whose adapter failed its gate (a passed gate goes on to registration)."""
+    return [] if event.passed else _run_failed(event, "adapter refused: " + "; ".join(event.verdict.messages()))
+
+
+@service.handles(PromotionSkipped, requires_run=False)
+def on_promotion_skipped(event: PromotionSkipped, ctx: HandlerContext) -> HandlerResult:
+    """Closes a run whose manifest must not go live."""
+    return _run_failed(event, "not promoted: " + event.reason)
+
+
+@service.handles(DeadLettered, requires_run=False)
+def on_dead_lettered(event: DeadLettered, ctx: HandlerContext) -> HandlerResult:
+    """Closes a reroute whose work was dead-lettered (the letter names the run when it could be read)."""
+    return _run_failed(event, f"dead-lettered by {event.service} ({event.reason}): {event.error[:200]}")
+
+
+@service.handles(ResumeRequested, requires_run=False)
+def on_resume(event: ResumeRequested, ctx: HandlerContext) -> HandlerResult:
+    """An operator resumes a halted deployment: a fresh reroute budget (exclusions stay: they are facts)."""
+
+    def commit(session: Session) -> Sequence[Event]:
+        current = store.latest_version(session, event.deployment)
+        if current is None:
+            return [RequestRefused.follow(event, request=event.type_name(), deployment=event.deployment,
+                                          reason=f"deployment {event.deployment!r} has no accepted requirements")]
+        state = store.loop_state(session, event.deployment, current.version)
+        if not state.halted:
+            return [RequestRefused.follow(event, request=event.type_name(), deployment=event.deployment,
+                                          reason=f"{event.deployment!r} is not halted (v{current.version}, "
+                                                 f"{state.reroutes} reroute(s) used)")]
+        state.halted, state.reroutes, state.updated_at = False, 0, utcnow()
+        session.add(state)
+        return [WorkflowResumed.follow(event, deployment=event.deployment, requirements_version=current.version)]
+
+    return commit

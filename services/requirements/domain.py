@@ -1,126 +1,107 @@
-"""Validate a requirements document, check its data, and render it as the one-page doc.
+"""Check a submitted requirements document and its data, and render it as the one-page doc.
 
-Every error is collected (not just the first) and phrased as what to fix, because the person reading
-it is editing a YAML file, not debugging a service.
+Runs the same checks as the CLI (contracts.requirements_doc, shared.modeling.validation) against the
+artifact store instead of the user's files, because a service cannot trust that the CLI ran them.
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Callable, Mapping
-from pathlib import Path
+from dataclasses import dataclass, field
 
-import yaml
-from pydantic import ValidationError
-
-from contracts.requirements import DATA_SPLITS, Requirements
-from shared.modeling.catalog import known_candidates
-
-LABELLED_SPLITS = ("eval", "canary", "train")
-
-
-class RequirementsError(ValueError):
-    def __init__(self, errors: list[str]) -> None:
-        super().__init__("; ".join(errors))
-        self.errors = errors
+from contracts.requirements import (
+    DataRefs,
+    Requirements,
+    RequirementsChanged,
+    RequirementsSubmitted,
+    ResolvedCandidate,
+    RunContext,
+)
+from contracts.requirements_doc import RequirementsError, parse_requirements, requirements_digest
+from shared.artifacts import ArtifactStore
+from shared.modeling.registry import sources
+from shared.modeling.stored import rows
+from shared.modeling.validation import check_data, check_requirements
 
 
-def _location(loc: tuple[int | str, ...]) -> str:
-    return ".".join(str(part) for part in loc) or "(document)"
+@dataclass(frozen=True)
+class Valid:
+    requirements: Requirements
+    digest: str
+    data: DataRefs
+    candidates: list[ResolvedCandidate]
+    warnings: list[str] = field(default_factory=list)
 
 
-def parse_requirements(text: str) -> Requirements:
-    """YAML text -> Requirements, or RequirementsError listing every problem with its field path."""
+@dataclass(frozen=True)
+class Invalid:
+    errors: list[str]
+
+
+def _candidates(req: Requirements, uploaded: list[ResolvedCandidate], store: ArtifactStore,
+                errors: list[str]) -> list[ResolvedCandidate]:
+    by_key = {c.key: c for c in uploaded}
+    out: list[ResolvedCandidate] = []
+    refs = req.candidates or []
+    if not refs:  # default: every built-in
+        from contracts.requirements import CandidateRef
+
+        refs = [CandidateRef(builtin=name) for name in sources.get("builtin").known()]
+    for i, ref in enumerate(refs):
+        source = sources.get(ref.source)
+        if source.resolved_by == "service":
+            try:
+                out.append(source.resolve(ref, None, None))
+            except ValueError as exc:
+                errors.append(f"candidates.{i}: {exc}")
+            continue
+        found = by_key.get(ref.key)
+        if found is None or found.tree_digest is None or not store.exists(found.tree_digest):
+            errors.append(f"candidates.{i} ({ref.key}): its checkpoint was not uploaded; submit the file with "
+                          "the weightflow CLI, which stores path: and hf: candidates")
+            continue
+        out.append(found)
+    return out
+
+
+def validate(event: RequirementsSubmitted | RequirementsChanged, store: ArtifactStore) -> Valid | Invalid:
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise RequirementsError([f"not valid YAML{where}: {getattr(exc, 'problem', exc)}"]) from exc
-    if not isinstance(data, dict):
-        raise RequirementsError(["the document must be a YAML mapping (name:, task:, data:, quality:, …)"])
-    errors = _unknown_candidates(data.get("candidates"))
-    try:
-        req = Requirements.model_validate(data)
-    except ValidationError as exc:
-        for err in exc.errors():
-            message = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                message = "unknown field (check the spelling; see examples/support-tickets/requirements.yaml)"
-            errors.append(f"{_location(err['loc'])}: {message}")
-        raise RequirementsError(errors) from exc
+        req = parse_requirements(event.document)
+    except RequirementsError as exc:
+        return Invalid(exc.errors)
+    task, errors = check_requirements(req)
+    if task is None or errors:
+        return Invalid(errors)
+    if isinstance(event, RequirementsChanged) and event.deployment != req.deployment.name:
+        return Invalid([f"deployment.name {req.deployment.name!r} is not the deployment being changed "
+                        f"({event.deployment!r})"])
+    present = {split for split, digest in event.data.items() if store.exists(digest)}
+    data_errors, warnings = check_data(req, task, lambda split: rows(store, event.data[split], task, split), present)
+    candidates = _candidates(req, event.candidates, store, errors)
+    errors += data_errors
     if errors:
-        raise RequirementsError(errors)
-    return req
+        return Invalid(errors)
+    data = DataRefs(**{k: v for k, v in event.data.items() if getattr(req.data, k, None)})
+    return Valid(req, requirements_digest(event.document), data, candidates, warnings)
 
 
-def _unknown_candidates(names: object) -> list[str]:
-    if not isinstance(names, list):
-        return []
-    known = known_candidates()
-    return [f"candidates.{i}: unknown model {name!r}; known models: {', '.join(sorted(known))}"
-            for i, name in enumerate(names) if isinstance(name, str) and name not in known]
-
-
-def requirements_digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def data_paths(req: Requirements, base_dir: Path) -> dict[str, Path]:
-    """The data files named by the document, resolved against the document's folder."""
-    paths: dict[str, Path] = {}
-    for split in DATA_SPLITS:
-        rel = getattr(req.data, split)
-        if rel is not None:
-            paths[split] = (base_dir / rel).resolve()
-    return paths
-
-
-def check_data(
-    req: Requirements,
-    load_split: Callable[[str], list[object]],
-    digests: Mapping[str, str],
-) -> list[str]:
-    """Errors in the data the document points at: missing files, broken rows, labels the task lacks.
-
-    `load_split(split)` returns the rows of one split or raises with a message naming the bad lines.
-    """
-    errors: list[str] = []
-    if req.quality.tunable_gap > 0 and (req.data.train is None or req.data.general is None):
-        errors.append("data.train and data.general are needed when quality.tunable_gap > 0 "
-                      "(tuning trains on train and guards the general set); set tunable_gap: 0 to disable tuning")
-    for split in DATA_SPLITS:
-        if getattr(req.data, split) is None:
-            continue
-        if split not in digests:
-            errors.append(f"data.{split}: file was not uploaded")
-            continue
-        try:
-            rows = load_split(split)
-        except Exception as exc:
-            errors.append(f"data.{split}: {exc}")
-            continue
-        if not rows:
-            errors.append(f"data.{split}: the file has no rows")
-        if split in LABELLED_SPLITS:
-            unknown = sorted({str(getattr(r, "label", "")) for r in rows} - set(req.task.labels))
-            if unknown:
-                errors.append(f"data.{split}: labels {unknown} are not in task.labels {sorted(req.task.labels)}")
-    return errors
+def context(valid: Valid, version: int) -> RunContext:
+    return RunContext(requirements=valid.requirements, version=version, data=valid.data,
+                      requirements_digest=valid.digest, candidates=valid.candidates)
 
 
 def render_markdown(req: Requirements, version: int, digest: str) -> str:
     """The one-page requirements doc a reviewer signs off."""
     hw = req.deployment.hardware
     forced = f" (forced: {req.quantization.force})" if req.quantization.force else ""
-    labels = "\n".join(f"| `{name}` | {desc} |" for name, desc in req.task.labels.items())
-    candidates = ", ".join(req.candidates) if req.candidates else "every known candidate"
+    labels = "\n".join(f"| `{name}` | {desc} |" for name, desc in (req.task.labels or {}).items())
+    candidates = ", ".join(c.key for c in req.candidates) if req.candidates else "every built-in candidate"
+    mon = req.monitoring
     return f"""# Requirements: {req.name} (v{version})
 
 Document sha256 `{digest}`.
 
 ## Task
-{req.task.type} over {len(req.task.labels)} labels.
+{req.task.type} over {len(req.task.labels or {})} labels.
 
 | label | description |
 |---|---|
@@ -142,7 +123,9 @@ Document sha256 `{digest}`.
 - candidates: {candidates}
 
 ## Monitoring
-Canary every {req.monitoring.canary_interval_s:g} s on the held-out canary set; alert when quality drops by
-{req.monitoring.quality_drop:g}, latency rises by {req.monitoring.latency_increase_pct:g}% or cost by
-{req.monitoring.cost_increase_pct:g}%.
+Canary every {mon.canary_interval_s:g} s on the held-out canary set, judged with a {mon.confidence:.0%} interval:
+it fails on quality when the interval lies below the threshold or the score fell significantly, by more than
+{mon.quality_drop:g}, from its registration baseline; latency and cost alert past +{mon.latency_increase_pct:g}% and
++{mon.cost_increase_pct:g}%. At most {mon.max_reroutes} automatic reroute(s) per requirements version, then the
+workflow halts for an operator.
 """

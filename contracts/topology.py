@@ -1,0 +1,118 @@
+"""The workflow's topology, declared once: which service consumes and emits which event.
+
+Everything that needs to know the shape of the workflow derives from this table: the services'
+handler registration (a handler for an event not listed here is an error), their NATS permissions,
+the embedded stack's process list, compose.yaml's check, the README's table and the in-process runner.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from contracts.base import Event
+from contracts.benchmark import (
+    BenchmarkRequested,
+    CandidateBenchmarked,
+    NoCandidatePassed,
+    SelectionDecided,
+    VariantBenchmarked,
+)
+from contracts.fitting import FitCompleted, FitFailed, MemoryBudgetComputed
+from contracts.monitoring import CanaryFailed, CanaryPassed, CanaryRequested, DriftDetected
+from contracts.registry import (
+    DeploymentPromoted,
+    ModelRegistered,
+    PromotionSkipped,
+    RollbackRequested,
+    RolledBack,
+)
+from contracts.requirements import (
+    RequirementsAccepted,
+    RequirementsChanged,
+    RequirementsRejected,
+    RequirementsSubmitted,
+)
+from contracts.tuning import AdapterTrained, TuningGated, TuningSkipped
+from contracts.workflow import (
+    DeadLettered,
+    RequestRefused,
+    ResumeRequested,
+    WorkflowHalted,
+    WorkflowRerouted,
+    WorkflowResumed,
+)
+
+
+@dataclass(frozen=True)
+class Stage:
+    number: int
+    service: str
+    role: str
+    consumes: tuple[type[Event], ...]
+    emits: tuple[type[Event], ...]
+
+
+# Events that end an attempt unsuccessfully: the router closes a reroute on them.
+RUN_FAILURES: tuple[type[Event], ...] = (
+    NoCandidatePassed, FitFailed, TuningSkipped, TuningGated, PromotionSkipped, DeadLettered,
+)
+
+STAGES: tuple[Stage, ...] = (
+    Stage(1, "requirements", "validate, version, and route loop-backs",
+          consumes=(RequirementsSubmitted, RequirementsChanged, ResumeRequested, CanaryFailed, CanaryPassed,
+                    *RUN_FAILURES),
+          emits=(RequirementsAccepted, RequirementsRejected, WorkflowRerouted, WorkflowHalted, WorkflowResumed,
+                 RequestRefused)),
+    Stage(2, "benchmark", "measure candidates smallest first, select",
+          consumes=(RequirementsAccepted, BenchmarkRequested),
+          emits=(CandidateBenchmarked, SelectionDecided, NoCandidatePassed, VariantBenchmarked)),
+    Stage(3, "fitting", "memory budget, quantize, re-benchmark; decide tune or register",
+          consumes=(SelectionDecided, VariantBenchmarked),
+          emits=(MemoryBudgetComputed, BenchmarkRequested, FitCompleted, FitFailed)),
+    Stage(4, "tuning", "LoRA on the fitted base, dual gate",
+          consumes=(FitCompleted,),
+          emits=(AdapterTrained, TuningGated, TuningSkipped)),
+    Stage(5, "registry", "pin, promote, roll back",
+          consumes=(FitCompleted, TuningGated, RollbackRequested, RequirementsAccepted, CanaryPassed, CanaryFailed),
+          emits=(ModelRegistered, DeploymentPromoted, PromotionSkipped, RolledBack, RequestRefused)),
+    Stage(6, "monitoring", "canaries and drift alerts",
+          consumes=(DeploymentPromoted, CanaryRequested, WorkflowResumed),
+          emits=(CanaryRequested, CanaryPassed, CanaryFailed, DriftDetected, RequestRefused)),
+)
+
+SERVICES: tuple[str, ...] = tuple(s.service for s in STAGES)
+# Published by people and tools (the CLI's admin user), not by a service.
+OPERATOR_EVENTS: tuple[type[Event], ...] = (
+    RequirementsSubmitted, RequirementsChanged, RollbackRequested, CanaryRequested, ResumeRequested,
+)
+# Every service may dead-letter what it cannot handle.
+ALWAYS_EMITTED: tuple[type[Event], ...] = (DeadLettered,)
+# What an alerting system may subscribe to.
+ALERTS: tuple[type[Event], ...] = (DriftDetected, CanaryFailed, CanaryPassed, WorkflowHalted, RolledBack)
+
+
+def stage(service: str) -> Stage:
+    for s in STAGES:
+        if s.service == service:
+            return s
+    raise KeyError(f"unknown service {service!r}; the workflow's services are {', '.join(SERVICES)}")
+
+
+def consumers_of(event: type[Event]) -> list[str]:
+    return [s.service for s in STAGES if event in s.consumes]
+
+
+def emitters_of(event: type[Event]) -> list[str]:
+    return [s.service for s in STAGES if event in s.emits or event in ALWAYS_EMITTED]
+
+
+def _names(events: tuple[type[Event], ...]) -> str:
+    return ", ".join(f"`{e.__name__}`" for e in events)
+
+
+def markdown_table() -> str:
+    """The README's table of stages, generated from the declaration above."""
+    rows = ["| stage | service | consumes | emits |", "|---|---|---|---|"]
+    for s in STAGES:
+        rows.append(f"| {s.number} {s.role} | `services/{s.service}` | {_names(s.consumes)} | {_names(s.emits)} |")
+    return "\n".join(rows)

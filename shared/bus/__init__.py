@@ -1,0 +1,20 @@
+"""The event bus every service runs on: typed handlers over JetStream with inbox/outbox and dead letters.
+
+`service` declares handlers against the topology; `runtime` binds them to NATS; `processing` is the one
+transaction per event; `dead_letters`, `outbox`, `sweeper`, `lifecycle` are the promises around it;
+`inprocess` runs the same handlers without NATS for fast tests.
+"""
+
+from shared.bus.errors import OrphanError, PermanentError, UndecodableMessage
+from shared.bus.service import Commit, Delivery, HandlerContext, HandlerResult, Service
+
+__all__ = [
+    "Commit",
+    "Delivery",
+    "HandlerContext",
+    "HandlerResult",
+    "OrphanError",
+    "PermanentError",
+    "Service",
+    "UndecodableMessage",
+]

@@ -1,0 +1,70 @@
+"""Compute, then commit: the one short transaction that makes a handler's work count exactly once.
+
+The handler has already run (outside any transaction). Here the inbox row, the handler's own writes
+(its `Commit`) and its outgoing events (the outbox) are written together; a redelivered event finds
+its inbox row and changes nothing. Shared by the NATS runtime and the in-process runner.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session
+
+from contracts.base import Event
+from contracts.limits import MAX_EVENT_BYTES
+from contracts.requirements import RequirementsAccepted
+from contracts.workflow import RunRecord
+from shared.bus.errors import PermanentError
+from shared.bus.service import HandlerResult
+from shared.bus.streams import run_subject
+from shared.db import InboxRecord, OutboxRecord
+
+
+def already_processed(engine: Engine, service: str, event_id: str) -> bool:
+    with Session(engine) as session:
+        return session.get(InboxRecord, (service, event_id)) is not None
+
+
+def run_record(accepted: RequirementsAccepted) -> RunRecord:
+    """Accepting a run registers it, so later stages can tell a real run from a forged one."""
+    c = accepted.context
+    return RunRecord(run_id=accepted.run_id, deployment=c.requirements.deployment.name, version=c.version,
+                     requirements_digest=c.requirements_digest, attempt=c.attempt)
+
+
+def stage_outbox(session: Session, service: str, events: Sequence[Event]) -> None:
+    for out in events:
+        payload = out.to_bytes()
+        if len(payload) > MAX_EVENT_BYTES:
+            raise PermanentError(f"{out.type_name()} would be {len(payload)} bytes, over the {MAX_EVENT_BYTES}-byte "
+                                 "event cap; the input that produced it is too large")
+        if isinstance(out, RequirementsAccepted):
+            session.add(OutboxRecord(event_id=f"run-{out.run_id}", service=service, subject=run_subject(out.run_id),
+                                     payload=run_record(out).model_dump_json().encode()))
+        session.add(OutboxRecord(event_id=str(out.event_id), service=service, subject=out.subject(), payload=payload))
+
+
+def commit(engine: Engine, service: str, event: Event, result: HandlerResult,
+           crash_point: Callable[[str], None] = lambda _: None) -> bool:
+    """Write inbox row, effects and outbox as one unit. False when another attempt (a replica, or this
+    event's earlier delivery) committed first: its effects stand and ours are rolled back."""
+    key = (service, str(event.event_id))
+    try:
+        with Session(engine, expire_on_commit=False) as session:
+            if session.get(InboxRecord, key) is not None:
+                return False
+            outgoing = result(session) if callable(result) else result
+            session.add(InboxRecord(service=service, event_id=key[1], event_type=event.type_name(),
+                                    run_id=str(event.run_id)))
+            stage_outbox(session, service, outgoing)
+            session.flush()
+            crash_point("mid_transaction")
+            session.commit()
+    except IntegrityError:
+        if already_processed(engine, service, key[1]):
+            return False
+        raise  # a constraint of the handler's own tables: retried like any error
+    return True

@@ -1,0 +1,62 @@
+"""The run registry: is this run one the requirements service accepted? (see shared.bus.streams)"""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from nats.js.errors import NotFoundError
+
+from contracts.base import Event
+from contracts.requirements import RunContext
+from contracts.workflow import RunRecord
+from shared.bus.errors import OrphanError
+from shared.bus.streams import run_subject, runs_stream_name
+from shared.settings import Settings
+
+
+class MemoryRuns:
+    """The registry kept in a dict: the in-process runner's."""
+
+    def __init__(self) -> None:
+        self.records: dict[UUID, RunRecord] = {}
+
+    def get(self, run_id: UUID) -> RunRecord | None:
+        return self.records.get(run_id)
+
+
+class NatsRuns:
+    """Reads the registry stream with direct gets (last message of `wfruns.<run_id>`)."""
+
+    def __init__(self, js: Any, settings: Settings) -> None:
+        self.js = js
+        self.stream = runs_stream_name(settings)
+
+    async def fetch(self, run_id: UUID) -> RunRecord | None:
+        try:
+            msg = await self.js.get_last_msg(self.stream, run_subject(run_id), direct=True)
+        except NotFoundError:
+            return None
+        return RunRecord.model_validate_json(msg.data)
+
+
+def check_run(event: Event, record: RunRecord | None) -> None:
+    """Raise OrphanError unless the event's run is registered and its context matches the registry."""
+    if record is None:
+        raise OrphanError(f"run {event.run_id} is not a run the requirements service accepted: "
+                          f"{event.type_name()} {event.event_id} has no history behind it")
+    context = getattr(event, "context", None)
+    if isinstance(context, RunContext) and (context.requirements_digest != record.requirements_digest
+                                            or context.version != record.version):
+        raise OrphanError(f"{event.type_name()} {event.event_id} carries requirements v{context.version} "
+                          f"({context.requirements_digest[:12]}), but run {event.run_id} was accepted with "
+                          f"v{record.version} ({record.requirements_digest[:12]})")
+
+
+RunLookup = MemoryRuns | NatsRuns
+
+
+async def lookup(runs: RunLookup, run_id: UUID) -> RunRecord | None:
+    if isinstance(runs, NatsRuns):
+        return await runs.fetch(run_id)
+    return runs.get(run_id)

@@ -1,0 +1,241 @@
+"""One service bound to NATS: a thin faststream app around the handlers, and the promises of the design.
+
+At-least-once delivery with effects applied exactly once (inbox + outbox, shared.bus.processing); the
+bus counts deliveries itself (consumers never give up) and dead-letters on its own budget, with backoff
+long enough for a real outage; in-progress heartbeats during long work; SIGTERM grace; a dead-letter
+write that fails NAKs rather than losing the message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from faststream import AckPolicy, FastStream
+from faststream.middlewares import BaseMiddleware
+from faststream.nats import ConsumerConfig, JStream, NatsBroker, PullSub
+from faststream.nats.annotations import NatsMessage
+from faststream.nats.opentelemetry import NatsTelemetryMiddleware
+from faststream.specification import AsyncAPI
+
+from contracts.base import SUBJECT_PREFIX, Event
+from shared.artifacts import ArtifactStore
+from shared.bus import lifecycle, outbox
+from shared.bus.dead_letters import write_dead_letter
+from shared.bus.decoding import bounded_decoder
+from shared.bus.errors import PermanentError, UndecodableMessage
+from shared.bus.processing import already_processed, commit, stage_outbox
+from shared.bus.runs import NatsRuns, check_run, lookup
+from shared.bus.service import Delivery, HandlerContext, HandlerSpec, Service
+from shared.bus.streams import stream_for
+from shared.bus.sweeper import Sweeper
+from shared.db import create_tables, make_engine
+from shared.settings import Settings
+from shared.telemetry import current_trace_id, setup_tracing
+
+log = logging.getLogger("weightflow.bus")
+
+
+def backoff_s(deliveries: int, cap: float) -> float:
+    return float(min(2.0**deliveries, cap))
+
+
+class ServiceRuntime(lifecycle.Lifecycle):
+    def __init__(self, service: Service, settings: Settings, *, exit_process_on_stop: bool = False) -> None:
+        super().__init__(service.name, settings, exit_process_on_stop=exit_process_on_stop)
+        self.service = service
+        self.broker: NatsBroker | None = None
+        self.runs: NatsRuns | None = None
+        self._relay_lock = asyncio.Lock()
+
+    # -- wiring ------------------------------------------------------------------------------
+    def build(self, url: str | None = None) -> FastStream:
+        service, settings = self.service, self.settings
+        service.check_complete()
+        provider = setup_tracing(service.name, settings)
+        broker = NatsBroker(
+            url or settings.resolved_nats_url(), name=f"weightflow-{service.name}", max_reconnect_attempts=-1,
+            reconnect_time_wait=1, graceful_timeout=1.0, inbox_prefix=service.inbox_prefix(),
+            middlewares=[NatsTelemetryMiddleware(tracer_provider=provider), self._dead_letter_middleware()])
+        self.broker = broker
+        stream = JStream(name=settings.stream, subjects=[f"{SUBJECT_PREFIX}.>"],
+                         duplicate_window=settings.duplicate_window_s, declare=settings.declare_stream)
+        for spec in service.handlers:
+            subscriber = broker.subscriber(
+                spec.event_type.subject(), stream=stream, durable=service.durable_name(spec.event_type),
+                pull_sub=PullSub(batch_size=1, timeout=1.0),
+                # JetStream never gives up (max_deliver -1): the bus counts deliveries and dead-letters itself.
+                config=ConsumerConfig(ack_wait=settings.ack_wait_s, max_deliver=-1),
+                ack_policy=AckPolicy.MANUAL, decoder=bounded_decoder(spec.event_type),
+                inbox_prefix=f"{service.inbox_prefix()}.".encode(),
+                title=f"{service.name}:{spec.event_type.type_name()}", description=(spec.fn.__doc__ or "").strip())
+            subscriber(self._callback(spec))
+        for event_type in service.publishes:
+            broker.publisher(event_type.subject(), schema=event_type, title=f"{service.name}>{event_type.type_name()}",
+                             description=(event_type.__doc__ or "").strip().split("\n")[0])
+        return FastStream(broker, on_startup=[self._on_startup], after_startup=[self._after_startup],
+                          on_shutdown=[self.on_shutdown], after_shutdown=[self.after_shutdown],
+                          specification=AsyncAPI(title=f"weightflow {service.name}", version="2"))
+
+    def run(self) -> None:
+        asyncio.run(self.build().run())
+
+    def _callback(self, spec: HandlerSpec[Any]) -> Callable[..., Any]:
+        async def on_message(event: Event, msg: NatsMessage) -> None:
+            await self.handle(spec, event, msg)
+
+        # Built in a factory under `from __future__ import annotations`: name the types for faststream.
+        on_message.__annotations__ = {"event": spec.event_type, "msg": NatsMessage, "return": None}
+        on_message.__name__ = f"{self.service.name}_{spec.event_type.STAGE}_{spec.event_type.NAME}"
+        on_message.__doc__ = spec.fn.__doc__
+        return on_message
+
+    def _dead_letter_middleware(self) -> type[BaseMiddleware]:
+        runtime = self
+
+        class DeadLetterUndecodable(BaseMiddleware):
+            """A payload the bounded decoder refused is dead-lettered on its first delivery."""
+
+            async def consume_scope(self, call_next: Any, msg: Any) -> Any:
+                try:
+                    return await call_next(msg)
+                except UndecodableMessage as exc:
+                    await runtime.dead_letter(msg, exc.reason, str(exc))
+                    return None
+
+        return DeadLetterUndecodable
+
+    async def _on_startup(self) -> None:
+        self.engine = make_engine(self.settings.resolved_database_url())
+        await asyncio.to_thread(create_tables, self.engine)
+        self.store = ArtifactStore(self.settings.resolved_artifacts_dir())
+
+    async def _after_startup(self) -> None:
+        assert self.broker is not None and self.engine is not None
+        js = self.broker.connection.jetstream()
+        self.runs = NatsRuns(js, self.settings)
+        self.start_task(self._relay_loop())
+        for interval, fn in self.service.periodics:
+            self.start_task(self._periodic_loop(interval, fn))
+        sweeper = Sweeper(self.service, self.settings, self.engine, js, self.dead_letter_raw)
+        self.start_task(sweeper.loop())
+        log.info("service %s consuming %s", self.service.name, [s.event_type.subject() for s in self.service.handlers])
+
+    # -- one message -------------------------------------------------------------------------
+    async def handle(self, spec: HandlerSpec[Any], event: Event, msg: NatsMessage) -> None:
+        meta = msg.raw_message.metadata
+        delivery = Delivery(msg.raw_message.subject, meta.sequence.stream if meta.sequence else None,
+                            meta.num_delivered or 1)
+        budget = self.settings.max_deliver
+        if self.stopping:  # shutting down: leave it to a replica or to our own restart
+            await msg.nack(delay=1.0)
+            return
+        if delivery.deliveries > budget:
+            await self.dead_letter(msg, "exhausted", (
+                f"delivered {delivery.deliveries - 1} times without an ack: the {self.service.name} handler crashed, "
+                f"hung or was killed every time (see its log)"))
+            return
+        with self.in_flight(msg):
+            try:
+                if spec.requires_run:
+                    assert self.runs is not None
+                    check_run(event, await lookup(self.runs, event.run_id))
+                await asyncio.to_thread(self._process, spec, event, delivery)
+            except PermanentError as exc:
+                await self.dead_letter(msg, exc.reason, f"{type(exc).__name__}: {exc}")
+                return
+            except Exception as exc:
+                log.exception("%s failed on %s (delivery %d of %d)", self.service.name, event.type_name(),
+                              delivery.deliveries, budget)
+                if delivery.deliveries >= budget:
+                    await self.dead_letter(msg, "exhausted",
+                                           f"{type(exc).__name__}: {exc} (after {delivery.deliveries} deliveries)")
+                else:
+                    await msg.nack(delay=backoff_s(delivery.deliveries, self.settings.retry_backoff_cap_s))
+                return
+        if self.released(msg):  # NAKed at shutdown; its redelivery will find the inbox row
+            return
+        self.crash_point("after_commit")
+        await self.publish_outbox()
+        await msg.ack()
+
+    def _process(self, spec: HandlerSpec[Any], event: Event, delivery: Delivery) -> None:
+        assert self.engine is not None and self.store is not None
+        if already_processed(self.engine, self.service.name, str(event.event_id)):
+            log.info("%s: %s %s already processed", self.service.name, event.type_name(), event.event_id)
+            return
+        ctx = HandlerContext(self.service.name, self.store, self.settings, self.engine, delivery)
+        result = spec.fn(event, ctx)  # the model work: no transaction is open
+        if not commit(self.engine, self.service.name, event, result, self.crash_point):
+            log.info("%s: %s %s was committed concurrently elsewhere", self.service.name, event.type_name(),
+                     event.event_id)
+
+    # -- dead letters ------------------------------------------------------------------------
+    async def dead_letter(self, msg: NatsMessage, reason: str, error: str) -> None:
+        meta = msg.raw_message.metadata
+        written = await self.dead_letter_raw(msg.raw_message.subject, msg.body, reason, error,
+                                             meta.sequence.stream if meta.sequence else None,
+                                             meta.num_delivered or 1)
+        if written:
+            await msg.reject()  # TERM: recorded, never redelivered
+        else:  # could not record it (a full disk, a locked database): keep the message and try again later
+            await msg.nack(delay=self.settings.retry_backoff_cap_s)
+
+    async def dead_letter_raw(self, subject: str, raw: bytes, reason: str, error: str, sequence: int | None,
+                              deliveries: int, *, event_id: str | None = None, run_id: str | None = None) -> bool:
+        assert self.engine is not None and self.store is not None
+        try:
+            await asyncio.to_thread(write_dead_letter, self.engine, self.store, self.service.name, subject=subject,
+                                    raw=raw, reason=reason, error=error, stream_sequence=sequence,
+                                    deliveries=deliveries, trace_id=current_trace_id(), event_id=event_id,
+                                    run_id=run_id)
+        except Exception:
+            log.exception("%s: could not record the dead letter of %s (%s); NAKed to try again", self.service.name,
+                          subject, reason)
+            return False
+        log.error("%s dead-lettered %s (%s): %s", self.service.name, subject, reason, error[:300])
+        await self.publish_outbox()
+        return True
+
+    # -- outbox and periodic jobs ------------------------------------------------------------
+    async def publish_outbox(self) -> None:
+        assert self.engine is not None and self.broker is not None
+        broker = self.broker
+
+        async def publish(subject: str, payload: bytes, headers: dict[str, str]) -> None:
+            await broker.publish(payload, subject, headers=headers, stream=stream_for(subject, self.settings),
+                                 timeout=2.0)
+
+        async with self._relay_lock:
+            await outbox.relay(self.engine, self.service.name, publish, asyncio.to_thread)
+
+    async def _relay_loop(self) -> None:
+        """Publishes what a crash between commit and publish left behind (and anything deferred)."""
+        while True:
+            try:
+                await self.publish_outbox()
+            except Exception:
+                log.exception("%s: outbox relay error", self.service.name)
+            await asyncio.sleep(1.0)
+
+    async def _periodic_loop(self, interval: Callable[[Settings], float], fn: Any) -> None:
+        while True:
+            await asyncio.sleep(interval(self.settings))
+            try:
+                await asyncio.to_thread(self._run_periodic, fn)
+                await self.publish_outbox()
+            except Exception:
+                log.exception("%s: periodic job %s failed", self.service.name, fn.__name__)
+
+    def _run_periodic(self, fn: Any) -> None:
+        from sqlmodel import Session
+
+        assert self.engine is not None and self.store is not None
+        result = fn(HandlerContext(self.service.name, self.store, self.settings, self.engine))
+        if result is None:
+            return
+        with Session(self.engine, expire_on_commit=False) as session:
+            stage_outbox(session, self.service.name, result(session))
+            session.commit()

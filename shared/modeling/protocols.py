@@ -1,0 +1,188 @@
+"""The model layer's seams. Services call only these; each implementation is one registered module.
+
+* `CandidateSource` turns a candidate reference into a verified checkpoint tree and its size;
+* `Task` knows its rows, how to load a checkpoint for itself, run it, score it (with its metric),
+  measure general capability, and the loss an adapter trains on;
+* `Quantizer` is one scheme: whether it can run here, how to write a quantized checkpoint, how to load
+  one when transformers cannot;
+* `Tuner` trains an adapter on a frozen base for a task and serves it.
+
+Importing this module imports no torch: validation (the CLI) uses the torch-free methods only.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel
+
+from contracts.measurement import Measurement
+from shared.telemetry import traced
+from contracts.requirements import CandidateRef, HardwareProfile, ResolvedCandidate, TaskSpec
+
+if TYPE_CHECKING:
+    from shared.artifacts import ArtifactStore
+    from shared.modeling.checkpoint import CheckpointInfo
+
+
+@dataclass
+class LoadedModel:
+    """A checkpoint loaded for a task: the module, its tokenizer, where it runs, what it was loaded from."""
+
+    model: Any  # torch.nn.Module (typed loosely so this module stays torch-free)
+    tokenizer: Any
+    device: Any
+    task: str
+    model_dir: Path
+    cache: dict[Any, Any] = field(default_factory=dict)  # per-model values a task computes once
+
+
+def _trace(cls: type, kind: str, methods: tuple[str, ...]) -> None:
+    """Every implementation's model work gets a span `<kind>.<method>` (see shared.telemetry.traced)."""
+    for method in methods:
+        if method in vars(cls):
+            setattr(cls, method, traced(f"{kind}.{method}")(vars(cls)[method]))
+
+
+class CandidateSource(ABC):
+    name: ClassVar[str]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _trace(cls, "source", ("tree",))
+
+    # "client": the CLI resolves it (it reads the user's files) and uploads the tree; "service": the
+    # benchmark service builds it (a packaged model).
+    resolved_by: ClassVar[str] = "client"
+
+    @abstractmethod
+    def local_dir(self, ref: CandidateRef, base_dir: Path | None) -> Path:
+        """The checkpoint folder on this machine, for checks before anything is stored; ValueError when the
+        reference does not lead to one."""
+
+    @abstractmethod
+    def resolve(self, ref: CandidateRef, base_dir: Path | None, store: ArtifactStore | None) -> ResolvedCandidate:
+        """Check the reference and describe the checkpoint (size from headers, no weights loaded); with a
+        store, also put its tree there. Raise ValueError with what to fix."""
+
+    def tree(self, candidate: ResolvedCandidate, store: ArtifactStore) -> str:
+        """The stored tree of a resolved candidate (service side)."""
+        if candidate.tree_digest is None:
+            raise ValueError(f"candidate {candidate.key} was not uploaded; submit it with the weightflow CLI")
+        return candidate.tree_digest
+
+    def known(self) -> list[str]:
+        """Names this source offers without a path (built-ins); empty for most."""
+        return []
+
+
+class Task(ABC):
+    name: ClassVar[str]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _trace(cls, "task", ("load", "evaluate", "general_score", "predict"))
+
+    metrics: ClassVar[tuple[str, ...]]  # the first is the default
+    row: ClassVar[type[BaseModel]]  # eval, canary and train rows
+    general_row: ClassVar[type[BaseModel]]
+    general_metric: ClassVar[str]  # higher is better
+
+    # -- torch-free checks ------------------------------------------------------------------
+    def check_spec(self, spec: TaskSpec, metric: str) -> list[str]:
+        if metric not in self.metrics:
+            return [f"quality.metric: {metric!r} is not a metric of task {self.name}; use one of {list(self.metrics)}"]
+        return []
+
+    def check_rows(self, spec: TaskSpec, split: str, rows: Sequence[BaseModel]) -> list[str]:
+        return []
+
+    def check_checkpoint(self, spec: TaskSpec, info: CheckpointInfo) -> list[str]:
+        return []
+
+    # -- model work -------------------------------------------------------------------------
+    @abstractmethod
+    def load(self, model_dir: Path, device: Any) -> LoadedModel: ...
+
+    @abstractmethod
+    def evaluate(self, loaded: LoadedModel, spec: TaskSpec, rows: Sequence[Any], metric: str,
+                 hardware: HardwareProfile, confidence: float = 0.95) -> Measurement:
+        """The score on `rows` (with its interval at `confidence`), latency and cost on `hardware`."""
+
+    @abstractmethod
+    def general_score(self, loaded: LoadedModel, spec: TaskSpec, rows: Sequence[Any]) -> float: ...
+
+    @abstractmethod
+    def predict(self, loaded: LoadedModel, spec: TaskSpec, inputs: Sequence[str]) -> list[str]: ...
+
+    @abstractmethod
+    def training_loss(self, loaded: LoadedModel, spec: TaskSpec, rows: Sequence[Any]) -> Any:
+        """A differentiable loss on a batch of train rows (the tuner's objective)."""
+
+    def lora_targets(self, loaded: LoadedModel) -> tuple[list[str], list[str]]:
+        """(target_modules, modules_to_save) for LoRA on this task's model."""
+        from shared.modeling.loading import attention_projections
+
+        return attention_projections(loaded.model), []
+
+
+class Quantizer(ABC):
+    scheme: ClassVar[str]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _trace(cls, "quantizer", ("quantize", "load"))
+
+    bytes_per_param: ClassVar[float]  # nominal, for predicting the budget before quantizing
+    expected_quality_loss: ClassVar[float]  # a prior, to order schemes by memory saved vs quality lost
+
+    def unavailable(self, device: str) -> str | None:
+        """Why this scheme cannot run on `device` (then fitting records the reason and skips it)."""
+        return None
+
+    @abstractmethod
+    def quantize(self, task: Task, model_dir: Path, out_dir: Path, spec: TaskSpec, calibration: Sequence[Any],
+                 device: Any) -> Path: ...
+
+    def detects(self, model_dir: Path) -> bool:
+        """True when `model_dir` holds this scheme's own format (not one transformers loads by itself)."""
+        return False
+
+    def load(self, model_dir: Path, auto_class: Any, device: Any) -> Any:
+        raise NotImplementedError(f"{self.scheme} checkpoints load through transformers")
+
+    def make_trainable(self, model: Any) -> Any:
+        """Turn this scheme's modules into ones gradients flow through, holding the same values (so an
+        adapter learns to correct exactly the weights it will run on). Default: nothing to do."""
+        return model
+
+
+class Tuner(ABC):
+    method: ClassVar[str]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _trace(cls, "tuner", ("train", "attach"))
+
+
+    @abstractmethod
+    def train(self, task: Task, loaded: LoadedModel, spec: TaskSpec, rows: Sequence[Any], out_dir: Path,
+              seed: int = 0) -> TrainResult: ...
+
+    @abstractmethod
+    def attach(self, loaded: LoadedModel, adapter_dir: Path) -> LoadedModel: ...
+
+
+class TrainResult(BaseModel):
+    steps: int
+    epochs: int
+    seconds: float
+    loss_first: float
+    loss_last: float
+    trainable_params: int
+    total_params: int
+    settings: dict[str, float | int | str | list[str]]

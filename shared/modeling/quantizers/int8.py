@@ -1,0 +1,50 @@
+"""The `int8` scheme: weight-only INT8 that runs anywhere torch runs and serialises with safetensors.
+
+Weights are stored as int8 with one fp32 scale per output channel (per row for embeddings) and are
+dequantized on the fly, so memory for weights drops ~4x while activations stay in float. Written here
+rather than taken from torchao because torchao's int8 weight-only leaves embeddings in fp32, and for a
+small encoder the embedding table is half the parameters. The torch code lives in `int8_modules`, so
+registering the scheme (and validating requirements) imports no torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+from contracts.requirements import TaskSpec
+from shared.modeling.protocols import Quantizer, Task
+from shared.modeling.registry import quantizers
+
+MANIFEST = "quantization.json"
+
+
+class Int8WeightOnly(Quantizer):
+    scheme: ClassVar[str] = "int8"
+    bytes_per_param: ClassVar[float] = 1.0
+    expected_quality_loss: ClassVar[float] = 0.005
+
+    def quantize(self, task: Task, model_dir: Path, out_dir: Path, spec: TaskSpec, calibration: Sequence[Any],
+                 device: Any) -> Path:
+        from shared.modeling.quantizers.int8_modules import quantize_int8, save_quantized
+
+        loaded = task.load(model_dir, device)
+        quantize_int8(loaded.model)
+        return save_quantized(loaded.model, loaded.tokenizer, out_dir)
+
+    def detects(self, model_dir: Path) -> bool:
+        return (Path(model_dir) / MANIFEST).is_file()
+
+    def load(self, model_dir: Path, auto_class: Any, device: Any) -> Any:
+        from shared.modeling.quantizers.int8_modules import load_int8
+
+        return load_int8(model_dir, auto_class, device)
+
+    def make_trainable(self, model: Any) -> Any:
+        from shared.modeling.quantizers.int8_modules import dequantize_int8
+
+        return dequantize_int8(model)
+
+
+quantizers.register(Int8WeightOnly.scheme, Int8WeightOnly())

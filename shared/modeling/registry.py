@@ -1,0 +1,85 @@
+"""Registries of the model layer's seams: candidate sources, tasks, quantizers, tuners.
+
+Each implementation is one module that calls `register` on import; services look implementations up
+by name and never branch on one. The built-in modules are imported on first lookup; a team's own
+modules are named in WEIGHTFLOW_PLUGINS (or the `weightflow.plugins` entry-point group) and imported
+at start, so a service picks them up without being edited. Importing this module imports no torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterable
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+if TYPE_CHECKING:
+    from shared.modeling.protocols import CandidateSource, Quantizer, Task, Tuner
+
+T = TypeVar("T")
+
+BUILTIN_MODULES = (
+    "shared.modeling.sources.builtin",
+    "shared.modeling.sources.path",
+    "shared.modeling.sources.hf_cache",
+    "shared.modeling.tasks.zero_shot",
+    "shared.modeling.tasks.text_classification",
+    "shared.modeling.quantizers.int8",
+    "shared.modeling.tuners.lora",
+)
+_loaded: set[str] = set()
+
+
+class UnknownNameError(LookupError):
+    """A name no registered implementation has; the message lists the ones that exist."""
+
+
+class Registry(Generic[T]):
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._items: dict[str, T] = {}
+
+    def register(self, name: str, item: T) -> T:
+        if name in self._items and self._items[name] is not item:
+            raise RuntimeError(f"{self.kind} {name!r} is registered twice")
+        self._items[name] = item
+        return item
+
+    def get(self, name: str) -> T:
+        load_builtins()
+        if name not in self._items:
+            raise UnknownNameError(f"unknown {self.kind} {name!r}; known: {', '.join(sorted(self._items))}")
+        return self._items[name]
+
+    def names(self) -> list[str]:
+        load_builtins()
+        return sorted(self._items)
+
+
+sources: Registry[CandidateSource] = Registry("candidate source")
+tasks: Registry[Task] = Registry("task")
+quantizers: Registry[Quantizer] = Registry("quantization scheme")
+tuners: Registry[Tuner] = Registry("tuning method")
+
+
+def load_modules(names: Iterable[str]) -> None:
+    for name in names:
+        name = name.strip()
+        if name and name not in _loaded:
+            _loaded.add(name)  # first, so a module that looks something up while it registers does not recurse
+            try:
+                importlib.import_module(name)
+            except BaseException:
+                _loaded.discard(name)
+                raise
+
+
+def load_builtins() -> None:
+    load_modules(BUILTIN_MODULES)
+
+
+def load_plugins(spec: str = "") -> None:
+    """Import the team's own implementations: a comma-separated module list and installed entry points."""
+    load_builtins()
+    load_modules(spec.split(","))
+    load_modules(ep.value for ep in entry_points(group="weightflow.plugins"))

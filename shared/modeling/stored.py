@@ -1,0 +1,61 @@
+"""The model layer over the artifact store: verified rows and models by digest, deployments by manifest.
+
+Every file is checksum-verified before it is read or loaded; a tampered file raises IntegrityError.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from contracts.registry import Manifest
+from contracts.requirements import TaskSpec
+from shared.artifacts import ArtifactStore
+from shared.modeling.budget import Architecture
+from shared.modeling.checkpoint import tree_config
+from shared.modeling.datasets import load_jsonl
+from shared.modeling.device import pick_device
+from shared.modeling.protocols import LoadedModel, Task
+from shared.modeling.registry import tasks, tuners
+
+
+def task_of(spec: TaskSpec) -> Task:
+    return tasks.get(spec.type)
+
+
+def rows(store: ArtifactStore, digest: str, task: Task, split: str) -> list[Any]:
+    """A data split's rows, typed by the task (the general split has its own row type)."""
+    model = task.general_row if split == "general" else task.row
+    return load_jsonl(store.open_verified(digest), model, label=f"data.{split}")
+
+
+def load_tree(store: ArtifactStore, tree_digest: str, task: Task, device: str = "auto") -> LoadedModel:
+    return task.load(store.materialize_tree(tree_digest), pick_device(device))
+
+
+def with_adapter(store: ArtifactStore, loaded: LoadedModel, adapter_tree: str, method: str = "lora") -> LoadedModel:
+    return tuners.get(method).attach(loaded, store.materialize_tree(adapter_tree))
+
+
+def read_manifest(store: ArtifactStore, manifest_id: str) -> Manifest:
+    return Manifest.model_validate(store.read_json(manifest_id))
+
+
+def load_deployment(store: ArtifactStore, manifest: Manifest, device: str = "auto") -> LoadedModel:
+    """The deployment exactly as its manifest pins it: every pinned file verified first."""
+    for digest in manifest.checksums().values():
+        store.verify(digest)
+    task = task_of(manifest.requirements.task)
+    loaded = load_tree(store, manifest.model.tree_digest, task, device)
+    if manifest.adapter is not None:
+        loaded = with_adapter(store, loaded, manifest.adapter.tree_digest)
+    return loaded
+
+
+def tree_dir(store: ArtifactStore, tree_digest: str) -> Path:
+    return store.materialize_tree(tree_digest)
+
+
+def architecture(store: ArtifactStore, tree_digest: str) -> Architecture:
+    """The shape the memory budget needs, from a stored checkpoint's config.json (no weights read)."""
+    return Architecture.from_config(tree_config(store.tree_files(tree_digest), store.read_json))

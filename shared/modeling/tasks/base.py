@@ -1,0 +1,71 @@
+"""What every task measures the same way: batched throughput, per-request latency, cost, intervals.
+
+Quality and speed are measured together, on the same device and data, because selection trades one
+against the other; latency is per single request (what a client waits for), throughput batched (what
+the hardware bill pays for). Heavy libraries are imported where used: registering a task (and so
+validating a requirements file) imports no torch.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from contracts.measurement import Interval, Measurement
+from contracts.requirements import HardwareProfile
+
+T = TypeVar("T")
+R = TypeVar("R")
+LATENCY_SAMPLES = 32
+
+
+def cost_per_1k(throughput_per_s: float, hardware: HardwareProfile) -> float:
+    """What the target hardware costs while serving 1000 tasks at the measured batched throughput."""
+    if throughput_per_s <= 0:
+        return float("inf")
+    return 1000.0 / throughput_per_s * hardware.cost_per_hour_usd / 3600.0
+
+
+def sync(device: Any) -> None:
+    if getattr(device, "type", "cpu") == "cuda":
+        import torch
+
+        torch.cuda.synchronize(device)
+
+
+def timed(run: Callable[[Sequence[T]], list[R]], inputs: Sequence[T], device: Any) -> tuple[list[R], float]:
+    """Outputs of one batched pass over `inputs`, and its wall time in seconds."""
+    sync(device)
+    start = time.perf_counter()
+    outputs = run(inputs)
+    sync(device)
+    return outputs, time.perf_counter() - start
+
+
+def request_latencies_ms(run: Callable[[Sequence[T]], list[R]], inputs: Sequence[T], device: Any,
+                         samples: int = LATENCY_SAMPLES) -> list[float]:
+    """Single-request latencies over the first `samples` inputs, after a two-request warm-up."""
+    chosen = list(inputs[: max(1, samples)])
+    for item in chosen[:2]:  # first calls pay for allocator growth and kernel selection
+        run([item])
+    latencies = []
+    for item in chosen:
+        sync(device)
+        start = time.perf_counter()
+        run([item])
+        sync(device)
+        latencies.append((time.perf_counter() - start) * 1000.0)
+    return latencies
+
+
+def measurement(*, score: float, metric: str, n: int, interval: Interval, score_std: float, binary: bool,
+                latencies_ms: Sequence[float], seconds: float, hardware: HardwareProfile,
+                extra: dict[str, float] | None = None) -> Measurement:
+    import numpy as np
+
+    throughput = n / seconds if seconds > 0 else float("inf")
+    return Measurement(
+        score=score, metric=metric, n=n, interval=interval, score_std=score_std, binary=binary,
+        latency_ms_p50=float(np.percentile(latencies_ms, 50)), latency_ms_p95=float(np.percentile(latencies_ms, 95)),
+        throughput_per_s=throughput, cost_per_1k_usd=cost_per_1k(throughput, hardware), extra=extra or {})

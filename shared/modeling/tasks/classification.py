@@ -1,0 +1,148 @@
+"""What the classification tasks share: labelled rows, metrics (scikit-learn), intervals, general ability.
+
+Subclasses say how a model scores labels for texts and how it embeds text; everything measured about
+them (accuracy, macro-F1, per-label precision/recall, latency, cost, the score's interval, Spearman on
+sentence pairs for general ability) is computed here, once.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import abstractmethod
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel
+
+from contracts.measurement import Measurement
+from contracts.requirements import HardwareProfile, TaskSpec
+from shared.modeling.datasets import Example, Pair
+from shared.modeling.protocols import LoadedModel, Task
+from shared.modeling.tasks.base import measurement, request_latencies_ms, timed
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+LABELLED_SPLITS = ("eval", "canary", "train")
+
+
+def label_names(spec: TaskSpec) -> list[str]:
+    if not spec.labels:
+        raise ValueError("a classification task needs task.labels")
+    return list(spec.labels)
+
+
+class ClassificationTask(Task):
+    metrics: ClassVar[tuple[str, ...]] = ("accuracy", "macro_f1")
+    row: ClassVar[type[BaseModel]] = Example
+    general_row: ClassVar[type[BaseModel]] = Pair
+    general_metric: ClassVar[str] = "spearman"
+    batch_size: ClassVar[int] = 32
+    max_length: ClassVar[int] = 128
+
+    # -- torch-free checks ------------------------------------------------------------------
+    def check_spec(self, spec: TaskSpec, metric: str) -> list[str]:
+        errors = super().check_spec(spec, metric)
+        if not spec.labels:
+            errors.append(f"task.labels: task {self.name} needs its labels, each with a description")
+        return errors
+
+    def check_rows(self, spec: TaskSpec, split: str, rows: Sequence[BaseModel]) -> list[str]:
+        if split not in LABELLED_SPLITS or not spec.labels:
+            return []
+        unknown = sorted({str(getattr(r, "label", "")) for r in rows} - set(spec.labels))
+        if unknown:
+            return [f"data.{split}: labels {unknown} are not in task.labels {sorted(spec.labels)}"]
+        return []
+
+    # -- what subclasses provide ------------------------------------------------------------
+    @abstractmethod
+    def label_scores(self, loaded: LoadedModel, spec: TaskSpec, texts: Sequence[str]) -> torch.Tensor:
+        """[len(texts), len(spec.labels)] scores in task-label order; no gradients needed."""
+
+    @abstractmethod
+    def embed(self, loaded: LoadedModel, texts: Sequence[str]) -> torch.Tensor:
+        """[len(texts), d] L2-normalised sentence embeddings (for the general-ability set)."""
+
+    def inputs(self, loaded: LoadedModel, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        batch = loaded.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
+                                 return_tensors="pt")
+        return {key: value.to(loaded.device) for key, value in batch.items()}
+
+    # -- shared behaviour -------------------------------------------------------------------
+    def predict(self, loaded: LoadedModel, spec: TaskSpec, inputs: Sequence[str]) -> list[str]:
+        import torch
+
+        names = label_names(spec)
+        out: list[str] = []
+        with torch.inference_mode():
+            for i in range(0, len(inputs), self.batch_size):
+                best = self.label_scores(loaded, spec, inputs[i: i + self.batch_size]).argmax(dim=1)
+                out += [names[int(j)] for j in best]
+        return out
+
+    def evaluate(self, loaded: LoadedModel, spec: TaskSpec, rows: Sequence[Any], metric: str,
+                 hardware: HardwareProfile, confidence: float = 0.95) -> Measurement:
+        import numpy as np
+        from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
+
+        from shared.stats import bootstrap, mean_interval
+
+        if not rows:
+            raise ValueError("evaluation needs at least one row")
+        names = label_names(spec)
+        unknown = sorted({r.label for r in rows} - set(names))
+        if unknown:
+            raise ValueError(f"rows use labels the task does not have: {unknown}; known: {names}")
+        texts = [r.text for r in rows]
+
+        def run(batch: Sequence[str]) -> list[str]:
+            return self.predict(loaded, spec, batch)
+
+        predicted, seconds = timed(run, texts, loaded.device)
+        latencies = request_latencies_ms(run, texts, loaded.device)
+        truth = np.array([names.index(r.label) for r in rows])
+        guess = np.array([names.index(p) for p in predicted])
+        ids = list(range(len(names)))
+
+        def macro(t: np.ndarray, p: np.ndarray) -> float:
+            return float(f1_score(t, p, labels=ids, average="macro", zero_division=0))
+
+        precision, recall, _, _ = precision_recall_fscore_support(truth, guess, labels=ids, zero_division=0)
+        extra = {"accuracy": float(accuracy_score(truth, guess)), "macro_f1": macro(truth, guess)}
+        for i, name in enumerate(names):
+            extra[f"precision/{name}"] = float(precision[i])
+            extra[f"recall/{name}"] = float(recall[i])
+        if metric == "accuracy":
+            interval, std = mean_interval((truth == guess).astype(float), confidence)
+            binary = True
+        else:
+            interval, standard_error = bootstrap((truth, guess), macro, confidence, resamples=500)
+            std, binary = standard_error * math.sqrt(len(rows)), False
+        return measurement(score=extra[metric], metric=metric, n=len(rows), interval=interval, score_std=std,
+                           binary=binary, latencies_ms=latencies, seconds=seconds, hardware=hardware, extra=extra)
+
+    def general_score(self, loaded: LoadedModel, spec: TaskSpec, rows: Sequence[Any]) -> float:
+        """Spearman between embedding cosine and gold similarity on sentence pairs."""
+        import numpy as np
+        import torch
+        from scipy.stats import spearmanr
+
+        if len(rows) < 2:
+            raise ValueError("the general-ability set needs at least two pairs")
+        with torch.inference_mode():
+            a = torch.cat([self.embed(loaded, [p.a for p in rows[i: i + self.batch_size]])
+                           for i in range(0, len(rows), self.batch_size)]).cpu()
+            b = torch.cat([self.embed(loaded, [p.b for p in rows[i: i + self.batch_size]])
+                           for i in range(0, len(rows), self.batch_size)]).cpu()
+        cosine = (a * b).sum(dim=1).numpy()
+        return float(spearmanr(cosine, np.array([p.score for p in rows])).statistic)
+
+
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    import torch
+
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
+    return torch.nn.functional.normalize(pooled.float(), p=2, dim=-1)

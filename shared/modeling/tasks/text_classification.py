@@ -1,0 +1,104 @@
+"""`text-classification`: a checkpoint with its own sequence-classification head.
+
+The head's labels (`id2label`) must map onto the task's labels, by name or through `task.label_map`
+(checkpoint label -> task label); a mismatch is listed before anything runs. LoRA tunes the encoder's
+attention and trains the head itself (`modules_to_save`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from contracts.requirements import TaskSpec
+from shared.modeling.checkpoint import CheckpointInfo
+from shared.modeling.protocols import LoadedModel
+from shared.modeling.registry import tasks
+from shared.modeling.tasks.classification import ClassificationTask, label_names, mean_pool
+
+if TYPE_CHECKING:
+    import torch
+
+HEAD_NAMES = ("classifier", "score", "classification_head")
+
+
+def head_columns(id2label: dict[int, str], spec: TaskSpec) -> tuple[list[int], list[str]]:
+    """For each task label (in order) the checkpoint's logit column; and every mismatch, as messages."""
+    mapping = spec.label_map or {}
+    to_task = {i: mapping.get(name, name) for i, name in id2label.items()}
+    problems: list[str] = []
+    unmapped = sorted(name for i, name in id2label.items() if to_task[i] not in (spec.labels or {}))
+    missing = sorted(set(spec.labels or {}) - set(to_task.values()))
+    if unmapped:
+        problems.append(f"the checkpoint's labels {unmapped} are not task labels; map them with task.label_map "
+                        "(checkpoint label: task label)")
+    if missing:
+        problems.append(f"task labels {missing} have no output in the checkpoint's head "
+                        f"(its labels: {[id2label[i] for i in sorted(id2label)]})")
+    twice = sorted({t for t in to_task.values() if list(to_task.values()).count(t) > 1})
+    if twice:
+        problems.append(f"several checkpoint labels map to {twice}; each task label needs exactly one")
+    if problems:
+        return [], problems
+    inverse = {t: i for i, t in to_task.items()}
+    return [inverse[name] for name in label_names(spec)], []
+
+
+class TextClassification(ClassificationTask):
+    name: ClassVar[str] = "text-classification"
+
+    def check_checkpoint(self, spec: TaskSpec, info: CheckpointInfo) -> list[str]:
+        where = info.directory.name
+        if not info.has_sequence_classification_head:
+            return [f"{where}: {info.architectures or 'its config'} has no sequence-classification head; "
+                    "use task type zero-shot-classification for a plain encoder"]
+        if not info.id2label:
+            return [f"{where}: config.json has no id2label"]
+        return [f"{where}: {p}" for p in head_columns(info.id2label, spec)[1]]
+
+    def load(self, model_dir: Path, device: Any) -> LoadedModel:
+        from shared.modeling.loading import load_checkpoint, load_tokenizer
+
+        model = load_checkpoint(model_dir, "AutoModelForSequenceClassification", device)
+        return LoadedModel(model, load_tokenizer(model_dir), device, self.name, Path(model_dir))
+
+    def _columns(self, loaded: LoadedModel, spec: TaskSpec) -> list[int]:
+        id2label = {int(k): str(v) for k, v in loaded.model.config.id2label.items()}
+        columns, problems = head_columns(id2label, spec)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return columns
+
+    def logits(self, loaded: LoadedModel, spec: TaskSpec, texts: Sequence[str]) -> torch.Tensor:
+        columns = self._columns(loaded, spec)
+        out: torch.Tensor = loaded.model(**self.inputs(loaded, texts)).logits
+        return out[:, columns]
+
+    def label_scores(self, loaded: LoadedModel, spec: TaskSpec, texts: Sequence[str]) -> torch.Tensor:
+        return self.logits(loaded, spec, texts)
+
+    def embed(self, loaded: LoadedModel, texts: Sequence[str]) -> torch.Tensor:
+        inputs = self.inputs(loaded, texts)
+        hidden = loaded.model(**inputs, output_hidden_states=True).hidden_states[-1]
+        return mean_pool(hidden, inputs["attention_mask"])
+
+    def training_loss(self, loaded: LoadedModel, spec: TaskSpec, rows: Sequence[Any]) -> torch.Tensor:
+        import torch
+        import torch.nn.functional as F
+
+        names = label_names(spec)
+        logits = self.logits(loaded, spec, [r.text for r in rows])
+        targets = torch.tensor([names.index(r.label) for r in rows], device=logits.device)
+        return F.cross_entropy(logits, targets)
+
+    def lora_targets(self, loaded: LoadedModel) -> tuple[list[str], list[str]]:
+        from torch import nn
+
+        from shared.modeling.loading import attention_projections
+
+        heads = [n for n in HEAD_NAMES if isinstance(getattr(loaded.model, n, None), nn.Module)]
+        return attention_projections(loaded.model), heads[:1]
+
+
+tasks.register(TextClassification.name, TextClassification())

@@ -1,0 +1,117 @@
+"""A scripted task, registered as a plugin: the whole workflow on tiny real checkpoints in seconds.
+
+The checkpoints are real (a tiny BERT made by `make_checkpoint`, loaded, quantized and LoRA-tuned by
+the real model layer), but the *scores* come from a JSON script the test writes and may rewrite while
+the workflow runs (to make a canary drift). Keys are `name/variant/adapter/split` (adapter 0 or 1,
+split eval or canary, variant fp32 or int8), with `*` as a wildcard in any position, e.g.
+`{"a/*/*/eval": 0.9, "a/*/*/canary": 0.4}`. The script's path is WEIGHTFLOW_TEST_SCRIPT.
+
+Services load it with WEIGHTFLOW_PLUGINS=tests.plugins.scripted: no service code knows it exists.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+from contracts.measurement import Measurement
+from contracts.requirements import HardwareProfile, TaskSpec
+from shared.modeling.protocols import LoadedModel
+from shared.modeling.registry import tasks
+from shared.modeling.tasks.base import measurement
+from shared.modeling.tasks.zero_shot import ZeroShotClassification
+from shared.stats import wilson
+
+NAME = "scripted-classification"
+SCRIPT_ENV = "WEIGHTFLOW_TEST_SCRIPT"
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"abcdefghijklmnopqrstuvwxyz", "the", "a", "is"]
+
+
+def make_checkpoint(directory: Path, name: str, *, padding_params: int = 0) -> Path:
+    """A tiny BERT encoder checkpoint (safetensors, tokenizer) that says which scripted candidate it is.
+    `padding_params` adds an unused uint8 tensor, so a candidate can be of a larger size class."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(sum(map(ord, name)))
+    config = BertConfig(vocab_size=len(VOCAB), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=64)
+    config.scripted_name = name  # type: ignore[attr-defined]
+    model = BertModel(config)
+    model.save_pretrained(str(directory), safe_serialization=True)
+    if padding_params:
+        tensors = {"scripted.padding": torch.zeros(padding_params, dtype=torch.uint8)}
+        save_file(tensors, str(directory / "padding.safetensors"), metadata={"format": "pt"})
+        index = {"metadata": {}, "weight_map": {"scripted.padding": "padding.safetensors"}}
+        from safetensors import safe_open
+
+        with safe_open(str(directory / "model.safetensors"), framework="pt") as f:
+            index["weight_map"].update({k: "model.safetensors" for k in f.keys()})  # noqa: SIM118
+        (directory / "model.safetensors.index.json").write_text(json.dumps(index))
+    (directory / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
+    BertTokenizerFast(vocab_file=str(directory / "vocab.txt")).save_pretrained(str(directory))
+    return directory
+
+
+def write_script(path: Path, scores: dict[str, float]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(scores))
+    tmp.replace(path)
+
+
+def _lookup(key: tuple[str, ...]) -> float:
+    script: dict[str, float] = json.loads(Path(os.environ[SCRIPT_ENV]).read_text())
+    best: tuple[int, float] | None = None
+    for pattern, score in script.items():
+        parts = pattern.split("/")
+        if len(parts) == len(key) and all(p in ("*", k) for p, k in zip(parts, key, strict=True)):
+            exact = sum(p != "*" for p in parts)
+            if best is None or exact > best[0]:
+                best = (exact, score)
+    if best is None:
+        raise KeyError(f"the test script has no score for {'/'.join(key)}")
+    return best[1]
+
+
+def describe(loaded: LoadedModel) -> tuple[str, str, str]:
+    """(candidate, variant, adapter 0/1) of a loaded scripted checkpoint."""
+    name = str(getattr(loaded.model.config, "scripted_name", "?"))
+    variant = "int8" if (loaded.model_dir / "quantization.json").is_file() else "fp32"
+    adapter = any(type(m).__name__ == "LoraWrapped" for m in loaded.model.modules())
+    return name, variant, "1" if adapter else "0"
+
+
+class ScriptedClassification(ZeroShotClassification):
+    name: ClassVar[str] = NAME
+
+    def evaluate(self, loaded: LoadedModel, spec: TaskSpec, rows: Sequence[Any], metric: str,
+                 hardware: HardwareProfile, confidence: float = 0.95) -> Measurement:
+        split = str(rows[0].id).split("-")[0]
+        score = _lookup((*describe(loaded), split))
+        correct = round(score * len(rows))
+        try:
+            latency = _lookup((*describe(loaded), "latency"))
+        except KeyError:
+            latency = 5.0
+        return measurement(score=correct / len(rows), metric=metric, n=len(rows),
+                           interval=wilson(correct, len(rows), confidence), score_std=0.0, binary=True,
+                           latencies_ms=[latency] * 4, seconds=len(rows) / 1000, hardware=hardware)
+
+    def general_score(self, loaded: LoadedModel, spec: TaskSpec, rows: Sequence[Any]) -> float:
+        name, variant, adapter = describe(loaded)
+        try:
+            return _lookup((name, variant, adapter, "general"))
+        except KeyError:
+            return 0.8
+
+    def training_loss(self, loaded: LoadedModel, spec: TaskSpec, rows: Sequence[Any]) -> Any:
+        inputs = self.inputs(loaded, [r.text for r in rows])
+        return loaded.model(**inputs).last_hidden_state.pow(2).mean()
+
+
+tasks.register(NAME, ScriptedClassification())

@@ -1,0 +1,28 @@
+"""The `weightflow` command: run the stack or one service, submit work, look at what happened, operate it.
+
+One module per concern: `workflow` (up, service, demo, submit, change, resume), `inspect` (status,
+runs, events), `deployments` (registry, runbook, rollback, canary, predict), `dlq`, `ops` (doctor,
+nats-config).
+"""
+
+from __future__ import annotations
+
+import os
+
+import typer
+
+from weightflow.cli import deployments, dlq, inspect, ops, workflow
+
+app = typer.Typer(help="weightflow: select, fit, tune, register and watch a model as an event-driven workflow.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+for module in (workflow, inspect, deployments, ops):
+    module.register(app)
+app.add_typer(deployments.registry_app, name="registry")
+app.add_typer(dlq.app, name="dlq")
+
+
+def main() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    app()

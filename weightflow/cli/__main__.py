@@ -1,0 +1,3 @@
+from weightflow.cli import main
+
+main()

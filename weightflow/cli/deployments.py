@@ -1,0 +1,137 @@
+"""Deployments: the registry, runbooks, rollback, canaries and predictions of the live model."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from uuid import uuid4
+
+import typer
+
+from contracts.monitoring import CanaryFailed, CanaryPassed, CanaryRequested
+from contracts.registry import DeploymentPromoted, ModelRegistered, RollbackRequested, RolledBack
+from contracts.workflow import RequestRefused
+from shared.artifacts import IntegrityError
+from shared.settings import Settings
+from weightflow.cli.common import console, err, history, request, store
+from weightflow.render import summary
+
+registry_app = typer.Typer(help="Registered manifests.", no_args_is_help=True)
+
+
+def _registered(settings: Settings) -> list[ModelRegistered]:
+    return [e for e in history(settings) if isinstance(e, ModelRegistered)]
+
+
+def live_manifest(settings: Settings, deployment: str) -> str:
+    promoted = [e for e in history(settings) if isinstance(e, DeploymentPromoted) and e.deployment == deployment]
+    if not promoted:
+        err.print(f"[red]error:[/] deployment {deployment!r} has no promoted manifest; see `weightflow registry ls`")
+        raise typer.Exit(2)
+    return promoted[-1].manifest_id
+
+
+@registry_app.command("ls")
+def registry_ls(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Registered manifests, oldest first."""
+    rows: list[dict[str, Any]] = [{"manifest_id": e.manifest_id, "deployment": e.deployment, "run_id": str(e.run_id),
+             "requirements_version": e.requirements_version, "registered": e.occurred_at.isoformat()}
+            for e in _registered(Settings())]
+    if as_json:
+        console.print_json(json.dumps(rows))
+        return
+    for r in rows:
+        console.print(f"{r['manifest_id']}  {r['deployment']:<20} v{r['requirements_version']:<3} "
+                      f"{r['registered'][:19]}  run {r['run_id'][:8]}")
+
+
+@registry_app.command("show")
+def registry_show(manifest_id: str) -> None:
+    """The manifest JSON: every pinned checksum, the quantization, the adapter and its data."""
+    try:
+        console.print_json(store(Settings()).read_bytes(manifest_id).decode())
+    except (ValueError, FileNotFoundError, IntegrityError) as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from exc
+
+
+@registry_app.command("verify")
+def registry_verify(manifest_id: str) -> None:
+    """Recompute the sha256 of every file the manifest pins; exit 1 on any mismatch."""
+    from contracts.registry import Manifest
+
+    artifacts = store(Settings())
+    try:
+        manifest = Manifest.model_validate(artifacts.read_json(manifest_id))
+    except (ValueError, FileNotFoundError, IntegrityError) as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from exc
+    bad = 0
+    for role, digest in sorted(manifest.checksums().items()):
+        try:
+            artifacts.verify(digest)
+            console.print(f"[green]ok[/]   {role:<40} {digest}")
+        except (IntegrityError, FileNotFoundError) as exc:
+            bad += 1
+            console.print(f"[red]FAIL[/] {role:<40} {exc}")
+    if bad:
+        raise typer.Exit(1)
+
+
+def runbook(deployment: str) -> None:
+    """The live deployment's runbook: load, serve, roll back."""
+    settings = Settings()
+    manifest_id = live_manifest(settings, deployment)
+    registered = [e for e in _registered(settings) if e.manifest_id == manifest_id]
+    console.print(store(settings).read_bytes(registered[-1].runbook_digest).decode(), markup=False)
+
+
+def rollback(deployment: str, to: str = typer.Option("", help="manifest id; default: the release before the live one"),
+             timeout: float = typer.Option(60, help="seconds to wait for the answer")) -> None:
+    """Promote the release before the live one (walking back one step each time), or a named one."""
+    event = RollbackRequested(run_id=uuid4(), deployment=deployment, to_manifest_id=to or None)
+    tracker = request(Settings(), event, lambda e: isinstance(e, RolledBack | RequestRefused), timeout)
+    answer = next((e for e in tracker.events if isinstance(e, RolledBack | RequestRefused)), None)
+    if isinstance(answer, RolledBack):
+        console.print(summary(answer), markup=False)
+        if answer.to_older_requirements:
+            err.print(f"[yellow]note:[/] {answer.to_manifest_id[:12]} was registered under requirements "
+                      f"v{answer.to_requirements_version}; v{answer.live_requirements_version} is the newest")
+        return
+    err.print(f"[red]rollback refused:[/] {answer.reason if answer else f'no answer within {timeout:g} s'}",
+              highlight=False)
+    raise typer.Exit(1)
+
+
+def canary(deployment: str, timeout: float = typer.Option(300, help="seconds to wait for the result")) -> None:
+    """Run the deployment's evaluation canary now; exit 1 when it fails."""
+    event = CanaryRequested(run_id=uuid4(), deployment=deployment)
+    tracker = request(Settings(), event, lambda e: isinstance(e, CanaryPassed | CanaryFailed | RequestRefused), timeout)
+    answer = next((e for e in tracker.events if isinstance(e, CanaryPassed | CanaryFailed | RequestRefused)), None)
+    if answer is None:
+        err.print(f"[red]no canary result within {timeout:g} s[/] (is the monitoring service running?)")
+        raise typer.Exit(1)
+    if isinstance(answer, RequestRefused):
+        err.print(f"[red]canary refused:[/] {answer.reason}", highlight=False)
+        raise typer.Exit(1)
+    console.print(summary(answer), markup=False)
+    if isinstance(answer, CanaryFailed):
+        raise typer.Exit(1)
+
+
+def predict(deployment: str, texts: list[str] = typer.Argument(..., help="inputs for the deployed model")) -> None:
+    """Run the live deployment on inputs, loaded from its verified manifest."""
+    from shared.modeling.stored import load_deployment, read_manifest, task_of
+
+    settings = Settings()
+    artifacts = store(settings)
+    manifest = read_manifest(artifacts, live_manifest(settings, deployment))
+    loaded = load_deployment(artifacts, manifest, settings.device)
+    outputs = task_of(manifest.requirements.task).predict(loaded, manifest.requirements.task, texts)
+    for text, output in zip(texts, outputs, strict=True):
+        console.print(f"{output}\t{text}", markup=False)
+
+
+def register(app: typer.Typer) -> None:
+    for command in (runbook, rollback, canary, predict):
+        app.command()(command)

@@ -1,0 +1,136 @@
+"""Operating weightflow: `doctor` (is anything stuck, full or halted?) and `nats-config` (permissions)."""
+
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import typer
+
+from contracts.base import Event
+from contracts.requirements import RequirementsAccepted
+from contracts.topology import SERVICES
+from contracts.workflow import DeadLettered, WorkflowHalted, WorkflowResumed
+from shared.settings import Settings
+from weightflow.cli.common import console, err, run
+from weightflow.client import Client
+
+STALE_OUTBOX_S = 60.0
+LOW_DISK_BYTES = 1 << 30
+
+
+def doctor() -> None:
+    """Check the stack: NATS and its storage, stuck outboxes, parked events, dead letters, halted
+    deployments, disk space. Exit 1 when something needs an operator."""
+    from nats.js.errors import NotFoundError
+
+    from shared.bus.outbox import oldest_unpublished_age_s, parked
+    from shared.bus.streams import stream_configs
+    from shared.db import make_engine
+
+    settings = Settings()
+    problems: list[str] = []
+
+    async def stream_state() -> tuple[list[str], list[Event], int]:
+        notes: list[str] = []
+        async with Client(settings) as client:
+            info = await client.js.account_info()
+            limit = info.limits.max_storage
+            used = info.storage
+            notes.append(f"JetStream storage {used / 2**20:.1f} MiB used" +
+                         (f" of {limit / 2**20:.0f} MiB" if limit and limit > 0 else ""))
+            if limit and limit > 0 and used > 0.9 * limit:
+                problems.append(f"JetStream storage is {used / limit:.0%} full: raise the account limit or purge")
+            for config in stream_configs(settings):
+                try:
+                    s = await client.js.stream_info(config.name)
+                    notes.append(f"stream {config.name}: {s.state.messages} messages, {s.state.bytes / 2**20:.1f} MiB")
+                except NotFoundError:
+                    problems.append(f"stream {config.name} is missing (any weightflow CLI command creates it)")
+            events = await client.history()
+        return notes, events, len(client.skipped)
+
+    notes, events, skipped = run(stream_state())
+    for note in notes:
+        console.print(f"[green]ok[/]   {note}")
+    if skipped:
+        problems.append(f"{skipped} message(s) on the stream are not readable events (see `weightflow events`)")
+    letters = Counter((e.service, e.reason) for e in events if isinstance(e, DeadLettered))
+    for (service, reason), count in sorted(letters.items()):
+        problems.append(f"{count} dead letter(s) from {service} ({reason}); see `weightflow dlq ls`")
+    halted: dict[str, str] = {}
+    for e in events:
+        if isinstance(e, WorkflowHalted):
+            halted[e.deployment] = e.reason
+        elif isinstance(e, WorkflowResumed) or (isinstance(e, RequirementsAccepted) and e.context.attempt == 0):
+            halted.pop(e.deployment if isinstance(e, WorkflowResumed) else e.context.requirements.deployment.name, None)
+    for deployment, reason in halted.items():
+        problems.append(f"{deployment} is halted: {reason} (`weightflow change` or `weightflow resume {deployment}`)")
+    try:
+        engine = make_engine(settings.resolved_database_url())
+        for name in SERVICES:
+            age = oldest_unpublished_age_s(engine, name)
+            if age > STALE_OUTBOX_S:
+                problems.append(f"{name}: its oldest unpublished event waits for {age:.0f} s (is the service running "
+                                "and NATS writable?)")
+        for row in parked(engine):
+            problems.append(f"{row.service}: event {row.event_id} parked, never to be published: {row.last_error}")
+        console.print(f"[green]ok[/]   database {engine.url.render_as_string(hide_password=True)}")
+    except Exception as exc:  # an unreachable or foreign database is a finding, not a crash
+        problems.append(f"database: {type(exc).__name__}: {str(exc)[:200]}")
+    free = shutil.disk_usage(settings.home if settings.home.exists() else Path(".")).free
+    if free < LOW_DISK_BYTES:
+        problems.append(f"only {free / 2**20:.0f} MiB free under {settings.home}: artifacts and JetStream will fail")
+    for problem in problems:
+        err.print(f"[red]FIND[/] {problem}", highlight=False)
+    if problems:
+        raise typer.Exit(1)
+    console.print("[green]all good[/]")
+
+
+def nats_config(
+    out: Path = typer.Option(Path("nats/nats-server.conf"), "--out", help="nats-server config file to write"),
+    env_dir: Path | None = typer.Option(None, help="where the per-user <user>.env files go; default: next to --out"),
+    url_host: str = typer.Option("nats", help="host the services and CLI reach NATS at (the compose service name)"),
+    port: int = typer.Option(4222, help="client port"),
+    listen_host: str = typer.Option("0.0.0.0", help="address nats-server listens on"),
+    store_dir: str = typer.Option("/js", help="JetStream store directory inside the NATS container"),
+    monitor_port: int = typer.Option(8222, help="HTTP monitoring port (0: none)"),
+    rotate: bool = typer.Option(False, help="new passwords for all (default: keep those in existing .env files)"),
+) -> None:
+    """Write a nats-server config where each service may touch only its own subjects and consumers.
+
+    Also writes one `<user>.env` per user (WEIGHTFLOW_NATS_URL with its password; services also get
+    WEIGHTFLOW_DECLARE_STREAM=false) for compose `env_file:` or a Kubernetes secret. The `admin` user
+    (CLI) creates the streams and reads history; `alerting` may only subscribe to alert events.
+    """
+    from shared import nats_auth
+
+    env_dir = env_dir or out.parent
+    services = nats_auth.load_services(SERVICES)
+    users = nats_auth.user_names(services)
+    existing = {} if rotate else {u: p for u in users if (p := nats_auth.read_password(env_dir / f"{u}.env"))}
+    passwords = nats_auth.generate_passwords(users, existing)
+    config = nats_auth.build_config(services, passwords, stream=Settings().stream, host=listen_host, port=port,
+                                    store_dir=store_dir, http_port=monitor_port or None)
+
+    def write_private(path: Path, text: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600, exist_ok=True)
+        path.chmod(0o600)
+        path.write_text(text)
+
+    write_private(out, nats_auth.render_config(config))
+    service_names = {s.name for s in services}
+    for user in users:
+        write_private(env_dir / f"{user}.env", nats_auth.credentials_env(
+            user, passwords[user], url_host, port, service=user in service_names))
+    kept = sorted(existing)
+    console.print(f"wrote {out} and {len(users)} credential files in {env_dir} ({', '.join(users)}); "
+                  f"{'kept passwords of ' + ', '.join(kept) if kept else 'new passwords'}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(doctor)
+    app.command("nats-config")(nats_config)

@@ -1,0 +1,174 @@
+"""Run the workflow: the embedded stack or one service, submit or change requirements, resume a halt."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+from uuid import uuid4
+
+import typer
+
+from contracts.base import Event
+from contracts.registry import DeploymentPromoted
+from contracts.requirements_doc import RequirementsError
+from contracts.topology import SERVICES
+from contracts.workflow import RequestRefused, ResumeRequested, WorkflowResumed
+from shared.settings import Settings
+from weightflow.cli.common import console, err, print_event, request, run, store
+from weightflow.client import Client, RunTracker, failure_reason, track
+from weightflow.stack import Stack
+from weightflow.submission import Prepared, prepare
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "support-tickets" / "requirements.yaml"
+
+
+def service(name: str = typer.Argument(..., help=f"one of {', '.join(SERVICES)}")) -> None:
+    """Run one service in the foreground (scale by starting more; they share the work)."""
+    if name not in SERVICES:
+        err.print(f"[red]error:[/] unknown service {name!r}; choose one of {', '.join(SERVICES)}")
+        raise typer.Exit(2)
+    logging.basicConfig(level=os.environ.get("WEIGHTFLOW_LOG_LEVEL", "INFO"),
+                        format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s")
+    settings = Settings()
+    from shared.modeling.registry import load_plugins
+
+    load_plugins(settings.plugins)
+    importlib.import_module(f"services.{name}.app").service.run_process(settings)
+
+
+def _start_stack(settings: Settings, replicas: int = 1) -> Stack:
+    stack = Stack(settings, replicas=replicas).start()
+    console.print(f"[bold]weightflow[/] NATS {stack.settings.resolved_nats_url()} · data {stack.home} · "
+                  f"{len(stack.procs)} service processes (logs in {stack.home / 'logs'})")
+    return stack
+
+
+def up(replicas: int = typer.Option(1, help="processes per service (they share each durable consumer)")) -> None:
+    """Start the embedded stack: a private nats-server and every service, until Ctrl-C."""
+    stack = _start_stack(Settings(), replicas)
+    stopping = False
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        while not stopping:
+            for key in stack.supervise_once():
+                err.print(f"[yellow]restarted {key}[/] (see {stack.home / 'logs' / (key + '.log')})")
+            time.sleep(0.5)
+    finally:
+        console.print("stopping…")
+        stack.stop()
+
+
+async def _follow(settings: Settings, event: Event, timeout: float, as_json: bool) -> RunTracker:
+    async with Client(settings) as client:
+        if not as_json:
+            console.print(f"submitting run [bold]{event.run_id}[/]; following (Ctrl-C stops following, not the run)")
+        return await track(client, event, timeout=timeout, on_event=lambda e: print_event(e, as_json))
+
+
+def _prepared(path: Path, settings: Settings, changed: bool = False) -> Prepared:
+    try:
+        prepared = prepare(path, store(settings), changed=changed)
+    except RequirementsError as exc:
+        err.print(f"[red]{path}: the requirements are not valid:[/]")
+        for line in exc.errors:
+            err.print(f"  - {line}", markup=False)
+        raise typer.Exit(2) from exc
+    for warning in prepared.warnings:
+        err.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    return prepared
+
+
+def _finish(tracker: RunTracker, as_json: bool) -> None:
+    if tracker.outcome != "succeeded":
+        reasons = [r for r in map(failure_reason, tracker.events) if r]
+        if not as_json:
+            err.print(f"[red]run {tracker.outcome}[/]: {reasons[-1] if reasons else 'no end event seen'}",
+                      highlight=False)
+        raise typer.Exit(1)
+    promoted = [e for e in tracker.events if isinstance(e, DeploymentPromoted)]
+    if promoted and not as_json:
+        console.print(f"[green]done[/]: {promoted[-1].deployment} is live on manifest {promoted[-1].manifest_id}; "
+                      f"see `weightflow runbook {promoted[-1].deployment}`")
+
+
+def submit(
+    file: Path = typer.Argument(..., help="requirements YAML"),
+    follow: bool = typer.Option(True, help="follow the run to its end"),
+    timeout: float = typer.Option(900, help="seconds to follow"),
+    as_json: bool = typer.Option(False, "--json", help="one JSON event per line"),
+) -> None:
+    """Validate a requirements file, publish it, and follow the run until the model is monitored."""
+    settings = Settings()
+    event = _prepared(file, settings).event
+    if not follow:
+        async def publish_only() -> None:
+            async with Client(settings) as client:
+                await client.publish(event)
+
+        run(publish_only())
+        console.print(str(event.run_id))
+        return
+    _finish(run(_follow(settings, event, timeout, as_json)), as_json)
+
+
+def change(
+    file: Path = typer.Argument(..., help="the deployment's new requirements YAML"),
+    timeout: float = typer.Option(900, help="seconds to follow"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Change a deployment's requirements: a new version (clearing a halt and its exclusions), rerouted
+    through stage 1 again; waits for the outcome."""
+    settings = Settings()
+    event = _prepared(file, settings, changed=True).event
+    _finish(run(_follow(settings, event, timeout, as_json)), as_json)
+
+
+def resume(deployment: str, timeout: float = typer.Option(60, help="seconds to wait for the answer")) -> None:
+    """Resume a deployment whose loop-back halted: a fresh reroute budget, and a canary now."""
+    tracker = request(Settings(), ResumeRequested(run_id=uuid4(), deployment=deployment),
+                      lambda e: isinstance(e, WorkflowResumed | RequestRefused), timeout)
+    answer = next((e for e in tracker.events if isinstance(e, WorkflowResumed | RequestRefused)), None)
+    if isinstance(answer, WorkflowResumed):
+        console.print(f"resumed {deployment} (requirements v{answer.requirements_version}); a canary runs now")
+        return
+    err.print(f"[red]not resumed:[/] {answer.reason if answer else f'no answer within {timeout:g} s'}",
+              highlight=False)
+    raise typer.Exit(1)
+
+
+def demo(
+    keep: bool = typer.Option(False, help="keep the stack running after the first canary"),
+    timeout: float = typer.Option(900, help="seconds before giving up"),
+    requirements: Path = typer.Option(EXAMPLE, help="requirements file to run"),
+) -> None:
+    """Start the embedded stack, run the shipped example to a monitored deployment, then stop."""
+    settings = Settings()
+    event = _prepared(requirements, settings).event
+    stack = _start_stack(settings)
+    try:
+        tracker = run(_follow(stack.settings, event, timeout, False))
+        _finish(tracker, False)
+        if keep:
+            console.print("stack keeps running; Ctrl-C stops it")
+            while True:
+                stack.supervise_once()
+                time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stack.stop()
+
+
+def register(app: typer.Typer) -> None:
+    for command in (up, service, demo, submit, change, resume):
+        app.command()(command)
