@@ -10,6 +10,7 @@ database transaction open.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
@@ -92,10 +93,8 @@ class Collector:
 
     async def attach(self, client: Client) -> None:
         async def collect(msg: Any) -> None:
-            try:
+            with contextlib.suppress(ValueError):
                 self.events.append(parse_event(msg.data))
-            except ValueError:
-                pass
 
         await client.nc.subscribe("wf.>", cb=collect)
 

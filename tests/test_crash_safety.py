@@ -25,8 +25,8 @@ from contracts.base import Event
 from contracts.benchmark import CandidateBenchmarked
 from contracts.fitting import FitCompleted
 from contracts.monitoring import CanaryPassed
-from shared.db import make_engine
 from contracts.topology import SERVICES
+from shared.db import make_engine
 from weightflow.client import RunTracker
 from weightflow.submission import prepare
 

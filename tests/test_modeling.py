@@ -263,7 +263,7 @@ def test_quantize_int8_replaces_every_linear_and_embedding() -> None:
 
 
 def test_loading_names_the_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="config.json"):
+    with pytest.raises(FileNotFoundError, match=r"config\.json"):
         ZERO_SHOT.load(tmp_path / "nowhere", torch.device("cpu"))
     (tmp_path / "config.json").write_text('{"model_type": "bert"}')
     with pytest.raises(FileNotFoundError, match=r"model\.safetensors"):

@@ -35,6 +35,7 @@ from shared.bus import Service
 from shared.natsd import EmbeddedNats, free_port
 from shared.settings import Settings
 from weightflow.client import Client
+
 SERVICES = topology.SERVICES
 SERVICE_DEFS = nats_auth.load_services(SERVICES)  # as the topology declares them: no service code loaded
 # The services as they run, handlers and all (for the checks against their code and the real-work test).

@@ -226,7 +226,8 @@ def test_canary_drift_and_ceilings() -> None:
 
 def failed(manifest_run: str | None = None, version: int = 1, kind: str = "quality") -> CanaryFailed:
     measurement = m(T - 0.1)
-    return CanaryFailed(run_id=uuid4(), deployment="d", manifest_id=uuid4().hex, manifest_run_id=manifest_run or uuid4(),
+    return CanaryFailed(run_id=uuid4(), deployment="d", manifest_id=uuid4().hex,
+                        manifest_run_id=manifest_run or uuid4(),
                         model=DeployedModel(candidate="a", variant="int8", requirements_version=version),
                         kind=kind, verdict=Verdict(misses=[Miss(kind="quality", observed=T - 0.05, limit=T)]),
                         measurement=measurement)

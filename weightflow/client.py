@@ -118,6 +118,8 @@ class RunTracker:
     done_when: Callable[[Event], bool] = field(default=lambda e: isinstance(e, CanaryPassed))
     events: list[Event] = field(default_factory=list)
     outcome: str | None = None
+    # Runs the loop-back opened: one that fails is not the end, the router answers it (a halt, or more).
+    reroutes: set[UUID] = field(default_factory=set)
 
     def feed(self, event: Event) -> bool:
         """Take one event; True when the run has ended (outcome set)."""
@@ -128,9 +130,11 @@ class RunTracker:
         self.events.append(event)
         if isinstance(event, WorkflowRerouted):
             self.run_ids.add(event.new_run_id)
+            if event.from_stage != "requirements.changed":
+                self.reroutes.add(event.new_run_id)
         if self.done_when(event):
             self.outcome = "succeeded"
-        elif failure_reason(event):
+        elif failure_reason(event) and (event.run_id not in self.reroutes or isinstance(event, WorkflowHalted)):
             self.outcome = "failed"
         return self.outcome is not None
 

@@ -79,7 +79,8 @@ def _try_schemes(cause: Event, selection: SelectionDecided, schemes: list[str], 
         request_id = str(uuid5(cause.event_id, scheme))
         attempt = FitAttempt(request_id=request_id, run_id=str(cause.run_id),
                              selection_json=selection.model_dump_json(), model_json=variant.model_dump_json(),
-                             budget_json=b.model_dump_json(), steps_json=json.dumps(steps), remaining_json=json.dumps(schemes[i + 1:]))
+                             budget_json=b.model_dump_json(), steps_json=json.dumps(steps),
+                             remaining_json=json.dumps(schemes[i + 1:]))
         out.append(BenchmarkRequested.follow(cause, context=selection.context, model=variant, request_id=request_id))
         return out, attempt
     out.append(FitFailed.follow(cause, steps=steps, reason=(

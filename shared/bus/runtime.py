@@ -70,11 +70,12 @@ class ServiceRuntime(lifecycle.Lifecycle):
                 config=ConsumerConfig(ack_wait=settings.ack_wait_s, max_deliver=-1),
                 ack_policy=AckPolicy.MANUAL, decoder=bounded_decoder(spec.event_type),
                 inbox_prefix=f"{service.inbox_prefix()}.".encode(),
-                title=f"{service.name}:{spec.event_type.type_name()}", description=(spec.fn.__doc__ or "").strip())
+                title=f"{service.name}:{spec.event_type.type_name()}",
+                description=" ".join((spec.fn.__doc__ or "").split()))
             subscriber(self._callback(spec))
         for event_type in service.publishes:
             broker.publisher(event_type.subject(), schema=event_type, title=f"{service.name}>{event_type.type_name()}",
-                             description=(event_type.__doc__ or "").strip().split("\n")[0])
+                             description=" ".join((event_type.__doc__ or "").split()))
         return FastStream(broker, on_startup=[self._on_startup], after_startup=[self._after_startup],
                           on_shutdown=[self.on_shutdown], after_shutdown=[self.after_shutdown],
                           specification=AsyncAPI(title=f"weightflow {service.name}", version="2"))

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import BaseModel
 
 from contracts.measurement import Measurement
-from shared.telemetry import traced
 from contracts.requirements import CandidateRef, HardwareProfile, ResolvedCandidate, TaskSpec
+from shared.telemetry import traced
 
 if TYPE_CHECKING:
     from shared.artifacts import ArtifactStore

@@ -1,0 +1,97 @@
+"""What is derived from the code must match it: the AsyncAPI document, the README's stage table,
+compose.yaml's services, the declared dependencies; and commands that run no model load no torch."""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+import time
+from importlib.metadata import packages_distributions
+from pathlib import Path
+
+import yaml
+
+from contracts.topology import SERVICES, markdown_table
+
+from .conftest import ROOT
+
+FAST_CLI_SECONDS = 10.0  # cold start on a busy 2-core machine; typically ~1 s
+CODE = ("contracts", "shared", "services", "weightflow")
+
+
+def test_asyncapi_document_is_generated_from_the_code() -> None:
+    from weightflow.asyncapi import document
+
+    committed = (ROOT / "docs" / "asyncapi.yaml").read_text()
+    assert document() == committed, "docs/asyncapi.yaml is stale: python -m weightflow.asyncapi > docs/asyncapi.yaml"
+    for name in SERVICES:
+        assert f"{name}:" in committed
+    assert "RequirementsAccepted:" in committed and "wf.benchmark.variant_benchmarked" in committed
+
+
+def test_readme_stage_table_is_the_topology() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert markdown_table() in readme, "README's table: print(contracts.topology.markdown_table())"
+
+
+def test_compose_runs_every_service_of_the_topology() -> None:
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    services = {name: spec for name, spec in compose["services"].items() if "profiles" not in spec}
+    assert set(services) - {"nats", "postgres", "nats-setup"} == set(SERVICES)
+    for name in SERVICES:
+        assert services[name]["command"] == ["service", name]
+
+
+def test_commands_that_run_no_model_load_no_torch() -> None:
+    env = dict(os.environ, PYTHONPROFILEIMPORTTIME="1")
+    for command in (["status", "--help"], ["submit", "--help"], ["rollback", "--help"]):
+        start = time.monotonic()
+        proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "weightflow.cli", *command], cwd=ROOT,
+                              env=env, capture_output=True, text=True, timeout=60, check=False)
+        elapsed = time.monotonic() - start
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        imported = {line.split("|")[-1].strip().split(".")[0] for line in proc.stderr.splitlines() if "|" in line}
+        assert not imported & {"torch", "transformers", "peft", "accelerate", "sklearn"}, command
+        assert elapsed < FAST_CLI_SECONDS, (command, elapsed)
+
+
+def _third_party_imports() -> set[str]:
+    names: set[str] = set()
+    for folder in CODE:
+        for path in (ROOT / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Import):
+                    names |= {alias.name.split(".")[0] for alias in node.names}
+                elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                    names.add(node.module.split(".")[0])
+    local = {*CODE, "bench", "tests"}
+    return {n for n in names - local if n not in sys.stdlib_module_names}
+
+
+def test_every_imported_package_is_declared() -> None:
+    declared = {d.split("[")[0].split("=")[0].split(">")[0].split("<")[0].strip().lower().replace("_", "-")
+                for d in _project_dependencies()}
+    distributions = packages_distributions()
+    missing = []
+    for module in sorted(_third_party_imports()):
+        dists = {d.lower().replace("_", "-") for d in distributions.get(module, [module])}
+        if not dists & declared:
+            missing.append(f"{module} (from {sorted(dists)})")
+    assert not missing, f"imported but not declared in pyproject.toml: {missing}"
+
+
+def _project_dependencies() -> list[str]:
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return list(project["dependencies"])
+
+
+def test_docs_name_files_that_exist() -> None:
+    for doc in (ROOT / "README.md", ROOT / "docs" / "reliability.md"):
+        for token in doc.read_text().split("`"):
+            if token.startswith(("tests/", "docs/", "examples/")) and "::" not in token and " " not in token:
+                assert (ROOT / token.rstrip("/")).exists() or "*" in token, f"{doc.name} names {token}"
+    assert Path(ROOT / "docs" / "asyncapi.yaml").exists()
