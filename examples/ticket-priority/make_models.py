@@ -4,7 +4,8 @@ Run `python examples/ticket-priority/make_models.py` once (a few minutes on 2 CP
 `models/priority-l3` and `models/priority-l6` next to this script: ordinary Hugging Face
 `BertForSequenceClassification` directories (safetensors, tokenizer, id2label P1/P2/P3) fine-tuned on
 train.jsonl from the first 3 or all 6 layers of all-MiniLM-L6-v2. They are what a team brings: its own
-fine-tuned classifiers, named in requirements.yaml with `path:`. Fixed seeds make the bytes the same on every run on the same platform.
+fine-tuned classifiers, named in requirements.yaml with `path:`. Fixed seeds make the bytes the same on
+every run on the same platform.
 """
 
 from __future__ import annotations
