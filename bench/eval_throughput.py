@@ -1,11 +1,12 @@
 """1. Candidate evaluation throughput: weightflow's benchmark path vs a hand-written transformers loop.
 
-weightflow side: exactly what `services/benchmark/app.py::_benchmark` runs — `shared.models.load_model`
-(tree materialized and every file sha256-verified, then `load_encoder`), `shared.splits.examples`
-(data file verified, rows validated) and `shared.measure.measure` (batched accuracy pass, then 2 + 32
-single-request latencies). Baseline: the same model files, tokenizer settings, batch size (32) and
-examples through plain `AutoTokenizer`/`AutoModel`, mean pooling and cosine to label embeddings written
-here, no framework. lm-evaluation-harness is tried as a second baseline (see `lm_eval_row`).
+weightflow side: exactly what `services/benchmark/app.py::_measure` runs — `shared.modeling.stored.load_tree`
+(tree materialized and every file sha256-verified, then the task's `load`), `shared.modeling.stored.rows`
+(data file verified, rows validated) and the zero-shot task's `evaluate` (batched accuracy pass, then 2 + 32
+single-request latencies, metrics and the score's interval). Baseline: the same model files, tokenizer
+settings, batch size (32) and examples through plain `AutoTokenizer`/`AutoModel`, mean pooling and cosine to
+label embeddings written here, no framework. lm-evaluation-harness is tried as a second baseline (see
+`lm_eval_row`).
 """
 
 from __future__ import annotations
@@ -27,19 +28,22 @@ import torch.nn.functional as F
 from transformers import AutoModel, AutoTokenizer
 
 from bench.harness import EXAMPLE_DIR, Config, Report, Row, Stat, bench_env, interleave, percentile
-from services.requirements.domain import parse_requirements
+from contracts.measurement import Measurement
+from contracts.requirements import Requirements
+from contracts.requirements_doc import parse_requirements
 from shared.artifacts import ArtifactStore
-from shared.measure import measure
-from shared.modeling.catalog import materialize_candidate
+from shared.modeling import stored
 from shared.modeling.datasets import Example, load_jsonl
 from shared.modeling.device import pick_device
-from shared.models import load_model, store_candidate
-from shared.splits import examples as load_examples
+from shared.modeling.protocols import LoadedModel
+from shared.modeling.sources.builtin import materialize_candidate
+from shared.modeling.stored import load_tree, task_of
+from shared.modeling.tasks.base import LATENCY_SAMPLES
+from shared.modeling.tasks.classification import ClassificationTask
 
 NAME = "eval_throughput"
-BATCH_SIZE = 32  # evaluate_classification's default, which the benchmark service uses
-LATENCY_SAMPLES = 32  # likewise
-MAX_LENGTH = 128  # Encoder.max_length
+BATCH_SIZE = ClassificationTask.batch_size  # 32, what the benchmark service evaluates with
+MAX_LENGTH = ClassificationTask.max_length  # 128
 
 
 def _sync(device: torch.device) -> None:
@@ -75,7 +79,7 @@ class PlainLoop:
         return torch.cat(chunks)
 
     def evaluate(self, texts: Sequence[str], gold: Sequence[str], labels: Mapping[str, str]) -> dict[str, Any]:
-        """Accuracy and batched throughput, then single-request latencies — the same work as `measure`."""
+        """Accuracy and batched throughput, then single-request latencies — the same work as `Task.evaluate`."""
         names = list(labels)
         prototypes = self.embed([labels[n] for n in names])
         _sync(self.device)
@@ -105,16 +109,28 @@ def eval_rows(smoke: bool) -> list[Example]:
     return rows[:96] if smoke else rows
 
 
+def task_labels(req: Requirements) -> dict[str, str]:
+    if not req.task.labels:
+        raise ValueError("the example's requirements name no task.labels")
+    return dict(req.task.labels)
+
+
 def run(cfg: Config) -> Report:
     report = Report(NAME, "1. Candidate evaluation throughput (benchmark stage vs plain transformers loop)")
     device = pick_device(cfg.device)
     req = parse_requirements((EXAMPLE_DIR / "requirements.yaml").read_text())
-    labels, hardware = req.task.labels, req.deployment.hardware
+    task = task_of(req.task)
+    labels, hardware = task_labels(req), req.deployment.hardware
+    metric, confidence = req.quality.metric, req.monitoring.confidence
     rows = eval_rows(cfg.smoke)
     reps = max(1, cfg.reps)
     models = ["minilm-l3"] if cfg.smoke else ["minilm-l3", "minilm-l6"]
     report.config = {"examples": len(rows), "batch_size": BATCH_SIZE, "latency_samples": LATENCY_SAMPLES,
-                     "models": models, "device": str(device)}
+                     "models": models, "device": str(device), "task": task.name, "metric": metric}
+
+    def evaluate(loaded: LoadedModel, data: list[Example]) -> Measurement:
+        return task.evaluate(loaded, req.task, data, metric, hardware, confidence)
+
     with tempfile.TemporaryDirectory(prefix="wf-bench-eval-") as tmp_name:
         tmp = Path(tmp_name)
         store = ArtifactStore(tmp / "artifacts")
@@ -123,22 +139,22 @@ def run(cfg: Config) -> Report:
         eval_digest = store.put_file(eval_file)
         texts, gold = [r.text for r in rows], [r.label for r in rows]
         for name in models:
-            tree = store_candidate(store, name).tree_digest
+            tree = store.put_tree(materialize_candidate(name, tmp / "stored" / name))
             plain_dir = materialize_candidate(name, tmp / "plain" / name)  # the same bytes, outside the store
-            encoder = load_model(store, tree, cfg.device)
+            loaded = load_tree(store, tree, task, cfg.device)
             plain = PlainLoop.load(plain_dir, device)
-            wf_measured: list[Any] = []
+            wf_measured: list[Measurement] = []
             base_measured: list[dict[str, Any]] = []
 
-            def wf_measure(encoder: Any = encoder, out: list[Any] = wf_measured) -> None:
-                out.append(measure(encoder, rows, labels, hardware))
+            def wf_measure(loaded: LoadedModel = loaded, out: list[Measurement] = wf_measured) -> None:
+                out.append(evaluate(loaded, rows))
 
             def base_measure(plain: PlainLoop = plain, out: list[dict[str, Any]] = base_measured) -> None:
                 out.append(plain.evaluate(texts, gold, labels))
 
             def wf_handler(tree: str = tree) -> None:
-                encoder = load_model(store, tree, cfg.device)
-                measure(encoder, load_examples(store, eval_digest), labels, hardware)
+                fresh = load_tree(store, tree, task, cfg.device)
+                evaluate(fresh, stored.rows(store, eval_digest, task, "eval"))
 
             def base_handler(plain_dir: Path = plain_dir) -> None:
                 loop = PlainLoop.load(plain_dir, device)
@@ -164,13 +180,14 @@ def run(cfg: Config) -> Report:
                            Stat.of([m.latency_ms_p50 for m in wf_measured]),
                            Stat.of([b["latency_ms_p50"] for b in base_measured]), "plain transformers loop", "lower",
                            note=f"{LATENCY_SAMPLES} requests of batch 1 per repetition"))
-            report.add(Row(f"{name}: measure() call, whole", "s", Stat.of(wf_wall), Stat.of(base_wall),
+            report.add(Row(f"{name}: Task.evaluate() call, whole", "s", Stat.of(wf_wall), Stat.of(base_wall),
                            "plain transformers loop", "lower",
-                           note="label prototypes + batched pass + 34 single requests"))
+                           note="batched pass + 34 single requests (+ metrics and interval on the wf side); label "
+                                "prototypes: plain every call, wf once per loaded model (LoadedModel.cache)"))
             report.add(Row(f"{name}: benchmark handler path", "s", Stat.of(wf_path), Stat.of(base_path),
                            "plain from_pretrained + same loop", "lower",
-                           note="verified tree materialize + load + verified data load + measure"))
-            del encoder, plain
+                           note="verified tree materialize + load + verified data load + evaluate"))
+            del loaded, plain
             wf_end_to_end = Stat.of([len(rows) / s for s in wf_path])
         report.add(lm_eval_row(cfg, tmp, eval_file, labels, models[-1], wf_end_to_end))
     report.notes.append("ratio < 1 is better for s/ms rows, > 1 for examples/s rows; sides alternate each "

@@ -1,12 +1,15 @@
 """4. Memory budget accuracy: fitting's predicted serving memory vs measured peak, per model and variant.
 
-Predicted: `services.fitting.domain.memory_budget`, called exactly as the fitting service calls it
-(fp32 from the catalog's parameter count at 4 bytes/param; int8 with the quantized encoder's measured
-`weight_bytes()`), i.e. weights × 1.3 + activations at the serving batch (8 × 128 tokens).
+Predicted: `shared.modeling.budget.memory_budget`, called exactly as the fitting service calls it: both
+checkpoints are put in an artifact store, the architecture comes from the stored tree's config.json
+(`shared.modeling.stored.architecture`), fp32 from the builtin source's parameter count at 4 bytes/param,
+int8 with `weight_bytes` = the stored int8 tree's *.safetensors file sizes (what fitting passes since the
+model-layer refactor; before it, the quantized encoder's in-memory `weight_bytes()`), i.e. weights × 1.3 +
+activations at the serving batch (8 × 128 tokens).
 
 Measured, each time in a fresh child process (so nothing else is resident): on CPU, resident memory
-growth from just before `load_encoder` (torch/transformers already imported) — the peak while loading
-(`VmHWM`, reset through /proc/self/clear_refs), the resident size after loading, and the peak while
+growth from just before the zero-shot task's `load` (torch/transformers already imported) — the peak while
+loading (`VmHWM`, reset through /proc/self/clear_refs), the resident size after loading, and the peak while
 embedding one serving batch of 8 texts truncated to 128 tokens; on CUDA, `torch.cuda.max_memory_allocated`.
 """
 
@@ -22,8 +25,12 @@ from typing import Any
 
 from bench.harness import EXAMPLE_DIR, Config, Report, Row, Stat, bench_env
 from bench.procmem import reset_peak, status_kib
+from contracts.requirements_doc import parse_requirements
+from shared.artifacts import ArtifactStore
+from shared.modeling.datasets import Example, load_jsonl
 
 NAME = "memory_budget"
+TASK = "zero-shot-classification"  # the example's task: a plain encoder, mean pooling
 MiB = 1024 * 1024
 
 
@@ -57,41 +64,63 @@ def serving_texts(batch: int) -> list[str]:
 def _child_main(model_dir: str, device_name: str) -> None:
     import torch
 
-    from services.fitting.domain import SERVING_BATCH
+    from shared.modeling.budget import SERVING_BATCH
     from shared.modeling.device import pick_device
-    from shared.modeling.encoder import load_encoder
+    from shared.modeling.loading import weight_bytes
+    from shared.modeling.quantizers.int8_modules import quantized_numel
+    from shared.modeling.registry import tasks
+    from shared.modeling.tasks.classification import ClassificationTask
 
+    task = tasks.get(TASK)
+    if not isinstance(task, ClassificationTask):
+        raise TypeError(f"{TASK} is not a classification task")
+    # Import the loading code before the baseline is read, so the growth is the model's, not the libraries':
+    # the task imports transformers lazily on its first `load`, and transformers imports modeling_utils (with
+    # scipy, sympy, accelerate) and the architecture's module only when it resolves the model class.
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+    from shared.modeling import loading
+
+    config = AutoConfig.from_pretrained(model_dir, local_files_only=True, trust_remote_code=False)
+    model_class = MODEL_MAPPING[type(config)]
+    preloaded = [loading.__name__, getattr(model_class, "__name__", str(model_class))]
+    del config
     device = pick_device(device_name)
     texts = serving_texts(SERVING_BATCH)
-    out: dict[str, Any] = {"device": str(device)}
+    out: dict[str, Any] = {"device": str(device), "preloaded": preloaded}
+
+    def serve_batch(loaded: Any) -> None:
+        with torch.inference_mode():
+            task.embed(loaded, texts)
+
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         gpu_base = torch.cuda.memory_allocated(device)
-        encoder = load_encoder(Path(model_dir), device)
+        loaded = task.load(Path(model_dir), device)
         out["load_peak_mib"] = (torch.cuda.max_memory_allocated(device) - gpu_base) / MiB
         out["after_load_mib"] = (torch.cuda.memory_allocated(device) - gpu_base) / MiB
         torch.cuda.reset_peak_memory_stats(device)
-        encoder.embed(texts, batch_size=SERVING_BATCH)
+        serve_batch(loaded)
         torch.cuda.synchronize(device)
         out["batch_peak_mib"] = (torch.cuda.max_memory_allocated(device) - gpu_base) / MiB
         out["method"] = "torch.cuda.max_memory_allocated"
     else:
         _reset_peak()
         base = _status_kib("VmRSS")
-        encoder = load_encoder(Path(model_dir), device)
+        loaded = task.load(Path(model_dir), device)
         out["load_peak_mib"] = (_status_kib("VmHWM") - base) / 1024.0
         out["after_load_mib"] = (_status_kib("VmRSS") - base) / 1024.0
         _reset_peak()
-        encoder.embed(texts, batch_size=SERVING_BATCH)
+        serve_batch(loaded)
         out["batch_peak_mib"] = (_status_kib("VmHWM") - base) / 1024.0
         out["after_batch_mib"] = (_status_kib("VmRSS") - base) / 1024.0
         out["after_trim_mib"] = _trimmed_rss_mib() - base / 1024.0
         out["method"] = "VmRSS/VmHWM growth (clear_refs reset)"
         out["base_rss_mib"] = base / 1024.0
-    tokens = encoder._inputs(texts)["input_ids"].shape
-    out["batch_shape"] = list(tokens)
-    out["weight_bytes"] = encoder.weight_bytes()
-    out["param_count"] = encoder.param_count()
+    out["batch_shape"] = list(task.inputs(loaded, texts)["input_ids"].shape)
+    out["weight_bytes"] = weight_bytes(loaded.model)
+    out["param_count"] = sum(p.numel() for p in loaded.model.parameters()) + quantized_numel(loaded.model)
     print(json.dumps(out))
 
 
@@ -104,36 +133,52 @@ def _child(model_dir: Path, device: str) -> dict[str, Any]:
     return result
 
 
+def _stored_weight_bytes(store: ArtifactStore, tree_digest: str) -> int:
+    """What fitting passes as an int8 variant's `weight_bytes`: the stored tree's *.safetensors sizes
+    (services/fitting/app.py `_stored_weight_bytes`, private there, so written out again here)."""
+    return sum(store.size_of(d) for name, d in store.tree_files(tree_digest).items() if name.endswith(".safetensors"))
+
+
 def run(cfg: Config) -> Report:
-    from services.fitting import domain
-    from shared.modeling.catalog import candidate_spec, materialize_candidate
-    from shared.modeling.encoder import load_encoder
-    from shared.modeling.quantization import quantize_int8, save_quantized
+    from contracts.benchmark import UNQUANTIZED
+    from contracts.requirements import CandidateRef
+    from shared.modeling import budget
+    from shared.modeling.device import pick_device
+    from shared.modeling.registry import quantizers, sources, tasks
+    from shared.modeling.sources.builtin import materialize_candidate
+    from shared.modeling.stored import architecture
 
     report = Report(NAME, "4. Memory budget accuracy (fitting's prediction vs measured peak)")
     reps = 1 if cfg.smoke else max(1, min(cfg.reps, 3))
     models = ["minilm-l3"] if cfg.smoke else ["minilm-l3", "minilm-l6"]
-    report.config = {"models": models, "serving_batch": domain.SERVING_BATCH, "serving_seq": domain.SERVING_SEQ,
-                     "overhead": domain.DEFAULT_OVERHEAD, "fresh_processes_per_variant": reps}
+    report.config = {"models": models, "serving_batch": budget.SERVING_BATCH, "serving_seq": budget.SERVING_SEQ,
+                     "overhead": budget.DEFAULT_OVERHEAD, "fresh_processes_per_variant": reps,
+                     "int8_weight_bytes": "stored *.safetensors sizes (as fitting passes them)"}
+    task = tasks.get(TASK)
+    quantizer = quantizers.get("int8")
+    spec = parse_requirements((EXAMPLE_DIR / "requirements.yaml").read_text()).task
+    calibration = load_jsonl(EXAMPLE_DIR / "eval.jsonl", Example)
     with tempfile.TemporaryDirectory(prefix="wf-bench-mem-") as tmp_name:
         tmp = Path(tmp_name)
+        store = ArtifactStore(tmp / "artifacts")
         for name in models:
-            spec = candidate_spec(name)
+            resolved = sources.get("builtin").resolve(CandidateRef(builtin=name), None, None)
             fp32_dir = materialize_candidate(name, tmp / name / "fp32")
-            encoder = load_encoder(fp32_dir)
-            quantize_int8(encoder.model)
-            int8_dir = save_quantized(encoder, tmp / name / "int8")
-            int8_weight_bytes = encoder.weight_bytes()
-            del encoder
-            arch = domain.Architecture.from_config(json.loads((fp32_dir / "config.json").read_text()))
-            for variant, model_dir, weight_bytes in (("fp32", fp32_dir, None), ("int8", int8_dir, int8_weight_bytes)):
-                budget = domain.memory_budget(variant, spec.params, arch, 0, weight_bytes=weight_bytes)
-                predicted = budget.total_bytes / MiB
+            fp32_tree = store.put_tree(fp32_dir)
+            int8_dir = quantizer.quantize(task, store.materialize_tree(fp32_tree), tmp / name / "int8", spec,
+                                          calibration, pick_device(cfg.device))
+            int8_tree = store.put_tree(int8_dir)
+            arch = architecture(store, fp32_tree)
+            variants: tuple[tuple[str, Path, int | None], ...] = (
+                (UNQUANTIZED, fp32_dir, None), ("int8", int8_dir, _stored_weight_bytes(store, int8_tree)))
+            for variant, model_dir, weight_bytes in variants:
+                predicted_budget = budget.memory_budget(variant, resolved.params, arch, 0, weight_bytes=weight_bytes)
+                predicted = predicted_budget.total_bytes / MiB
                 runs = [_child(model_dir, cfg.device) for _ in range(reps)]
                 load_peak = [r["load_peak_mib"] for r in runs]
                 serving = [max(r["after_load_mib"], r["batch_peak_mib"]) for r in runs]
                 whole = [max(a, b) for a, b in zip(load_peak, serving, strict=True)]
-                detail = {"predicted": budget.model_dump(), "runs": runs}
+                detail = {"predicted": predicted_budget.model_dump(), "runs": runs}
                 for label, measured, what in (
                     ("peak incl. loading", whole, "max RSS growth from before load through one serving batch"),
                     ("serving batch peak", serving,
@@ -148,11 +193,11 @@ def run(cfg: Config) -> Report:
                                    Stat.of([predicted]), stat, "measured", "none",
                                    note=f"relative error {error:+.1%} ({what}); {runs[0]['method']}",
                                    extra={"relative_error": error, **(detail if label.startswith("peak") else {})}))
-            int4 = domain.memory_budget("int4", spec.params, arch, 0)
+            int4 = budget.memory_budget("int4", resolved.params, arch, 0, bytes_per_param=0.5)
             report.add(Row(f"{name} int4: predicted, not measurable", "MiB", Stat.of([int4.total_bytes / MiB]), None,
-                           note="not supported: weightflow quantizes only int8 (weight-only, per-channel); "
-                                "QuantizationSpec allows only 'int8' and fitting.domain.next_scheme tries only int8, "
-                                "so there is no int4 model to measure (the formula's 0.5 byte/param is nominal)"))
+                           note="not supported: weightflow's only quantizer is int8 (weight-only, per-channel; "
+                                f"registered schemes: {', '.join(quantizers.names())}), so there is no int4 model to "
+                                "measure (the prediction uses a nominal 0.5 byte/param)"))
     report.notes.append("ratio = predicted / measured (1.0 = exact; > 1 over-predicts, i.e. safe). Relative error = "
                         "(predicted − measured) / measured.")
     report.notes.append("CPU RSS growth includes the tokenizer, allocator slack and the temporary fp32 copies that "

@@ -1,27 +1,30 @@
 """2. Orchestration overhead: what a six-stage run costs beyond its model work, and event latency.
 
 Part A runs the shipped example (smoke: a trivial minilm-l3 run) through the embedded stack — a
-private nats-server and the six services as separate processes — with the timing probe
-(`bench/_probe/sitecustomize.py`) loaded into every service. The probe records each model-layer call
-(load, evaluate, quantize, LoRA, checkpoint materialization) and each handler / periodic job with
-wall-clock start and end. For each run, over [submit, terminal event]:
+private nats-server and the six services as separate processes — and reads back the OpenTelemetry
+spans every service process writes to `<home>/traces.jsonl` (bench.spans): the model layer's own spans
+around its work (load, evaluate, general score, predict, quantize, LoRA train/attach, building a
+built-in candidate's tree) and faststream's telemetry span per handled message (arrival → run lookup,
+handler, commit, outbox publish, ack). For each run, over [submit, terminal event]:
 
-* model work = the union of all model-call intervals, across processes;
+* model work = the union of all model spans, across processes;
 * orchestration overhead = wall − model work (bus hops, DB transactions, artifact hashing and
   verification, (de)serialization, scheduler waits), reported as a fraction of the wall time;
-* in-run hop latency = consumer handler start − producer handler end, for every event one handler
-  emitted and another consumed (commit → outbox publish → JetStream → pull → handler thread).
+* in-run hop latency = consumer handler span start − the producer's publish of that event (the
+  `create` span the producer's handler opened as it began publishing from its outbox): JetStream
+  publish with ack → pull → decode → handler span; the producer's commit and outbox read are inside its
+  own handler span now.
 
 Part B measures publish → handler start on the same nats-server with a minimal `shared.bus.Service`
-whose handler does nothing, against raw nats-py on that server: core publish → subscriber callback,
-JetStream publish → pull-consumer fetch (the mechanism the bus uses, without faststream, the inbox/
-outbox transaction and the worker thread), and request/reply round trip / 2.
+whose handler does nothing (its run registered, as every workflow run is, so the bus's run check passes),
+against raw nats-py on that server: core publish → subscriber callback, JetStream publish → pull-consumer
+fetch (the mechanism the bus uses, without faststream, the run lookup, the inbox check and the worker
+thread), and request/reply round trip / 2.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import tempfile
 import time
@@ -32,10 +35,14 @@ from uuid import uuid4
 
 import nats
 
+from bench import spans
 from bench.harness import Config, Report, Row, Stat, percentile, union_length
 from bench.stackrun import RunResult, example_copy, running_stack, submit_many, trivial_requirements
 from contracts.base import Event, register
-from shared.bus import HandlerContext, Service
+from contracts.topology import Stage
+from contracts.workflow import RunRecord
+from shared.bus import HandlerContext, HandlerResult, Service
+from shared.bus.streams import run_subject
 from shared.settings import Settings
 from weightflow.client import Client
 
@@ -51,69 +58,28 @@ class BenchPing(Event):
     n: int
 
 
-# -- probe records -------------------------------------------------------------------------------------
+# -- spans of one run ----------------------------------------------------------------------------------
 
 
-def read_probe(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            continue
-    return records
-
-
-def producers() -> dict[str, set[str]]:
-    """event type name -> the services that emit it, from each service's declared `publishes`."""
-    import importlib
-
-    out: dict[str, set[str]] = {}
-    for name in ("requirements", "benchmark", "fitting", "tuning", "registry", "monitoring"):
-        service = importlib.import_module(f"services.{name}.app").service
-        for event_type in service.publishes:
-            out.setdefault(event_type.type_name(), set()).add(service.name)
-    return out
-
-
-def hop_latencies(records: Sequence[dict[str, Any]], lo: float, hi: float) -> list[float]:
-    """Seconds from the end of the handler that emitted an event to the start of a handler consuming it."""
-    handlers = [r for r in records if r["kind"] == "handler" and lo <= r["start"] <= hi]
-    by_event: dict[str, list[dict[str, Any]]] = {}
-    for r in handlers:
-        by_event.setdefault(r["event_id"], []).append(r)
-    emitters = producers()
-    out = []
-    for consumer in handlers:
-        cause = consumer.get("causation_id")
-        allowed = emitters.get(consumer["event_type"], set())
-        candidates = [p for p in by_event.get(cause or "", []) if p["service"] in allowed
-                      and p["end"] <= consumer["start"] + 0.001]
-        if candidates:
-            producer = max(candidates, key=lambda p: p["end"])
-            out.append(max(0.0, consumer["start"] - producer["end"]))
-    return out
-
-
-def breakdown(records: Sequence[dict[str, Any]], run: RunResult) -> dict[str, Any]:
+def breakdown(all_spans: Sequence[spans.Span], run: RunResult) -> dict[str, Any]:
     assert run.finished is not None
     lo, hi = run.submitted, run.finished
-    model = [(r["start"], r["end"]) for r in records if r["kind"] == "model"]
-    handling = [(r["start"], r["end"]) for r in records if r["kind"] in ("handler", "periodic")]
+    inside = spans.within(all_spans, lo, hi)
+    model = spans.intervals(inside, "model")
+    handling = spans.intervals(inside, "handler")
     wall = hi - lo
     model_s = union_length(model, lo, hi)
     busy_s = union_length([*model, *handling], lo, hi)
-    service_of_pid = {r["pid"]: r["service"] for r in records if r["kind"] in ("handler", "periodic")}
-    spans: dict[str, dict[str, list[tuple[float, float]]]] = {}
-    for r in records:
-        if not (lo <= r["start"] <= hi):
-            continue
-        stage = r.get("service") or service_of_pid.get(r["pid"], f"pid {r['pid']}")
-        key = "model_s" if r["kind"] == "model" else "handler_s"
-        spans.setdefault(stage, {"handler_s": [], "model_s": []})[key].append((r["start"], r["end"]))
-    per_stage = {stage: {key: union_length(v, lo, hi) for key, v in kinds.items()} for stage, kinds in spans.items()}
+    per_stage: dict[str, dict[str, float]] = {}
+    for stage in sorted({s.service for s in inside}):
+        mine = [s for s in inside if s.service == stage]
+        per_stage[stage] = {"handler_s": union_length(spans.intervals(mine, "handler"), lo, hi),
+                            "model_s": union_length(spans.intervals(mine, "model"), lo, hi)}
+    model_by_name: dict[str, float] = {}
+    for s in inside:
+        if s.kind == "model":
+            model_by_name[s.name] = model_by_name.get(s.name, 0.0) + min(s.end, hi) - max(s.start, lo)
+    hops = spans.hops(all_spans, lo, hi)
     return {
         "wall_s": wall,
         "model_s": model_s,
@@ -121,8 +87,11 @@ def breakdown(records: Sequence[dict[str, Any]], run: RunResult) -> dict[str, An
         "overhead_fraction": (wall - model_s) / wall,
         "in_handler_non_model_s": busy_s - model_s,
         "outside_handlers_s": wall - busy_s,
-        "hops_s": hop_latencies(records, lo, hi),
+        "hops_s": [h.seconds for h in hops],
+        "hops": [{"event": h.event_subject, "from": h.producer, "to": h.consumer, "s": h.seconds} for h in hops],
         "per_stage_sum_s": per_stage,
+        "model_spans_sum_s": model_by_name,
+        "spans_in_run": len(inside),
         "events": [e.type_name() for e in run.events],
     }
 
@@ -132,13 +101,13 @@ def breakdown(records: Sequence[dict[str, Any]], run: RunResult) -> dict[str, An
 
 def full_runs(cfg: Config, tmp: Path, report: Report) -> str:
     """Run warm-up + timed runs on one stack, add the overhead rows, return the NATS URL used."""
-    probe = tmp / "probe.jsonl"
     max_timed = 1 if cfg.smoke else max(1, min(cfg.reps, 3))
     budget_s = 0.0 if cfg.smoke else 240.0  # stop adding full runs past this much timed wall (at least 2)
     results: list[RunResult] = []
     breakdowns: list[dict[str, Any]] = []
-    with running_stack(tmp / "home", probe=probe, device=cfg.device) as stack:
+    with running_stack(tmp / "home", device=cfg.device) as stack:
         settings = stack.settings
+        traces = stack.home / "traces.jsonl"
         # Run 0 warms the stack (every service imports, connects and handles one event) and is not recorded:
         # a trivial run, because the example's own first minute would teach nothing the timed runs do not.
         for i in range(max_timed + 1):
@@ -153,10 +122,15 @@ def full_runs(cfg: Config, tmp: Path, report: Report) -> str:
             if result.outcome != "succeeded":
                 raise RuntimeError(f"orchestration run {i} ended {result.outcome}: "
                                    f"{[e.type_name() for e in result.events]}; logs in {stack.home / 'logs'}")
-            time.sleep(0.5)  # let the last probe lines land
             if i > 0:
+                assert result.finished is not None
+                spans.wait_exported(traces, result.finished)  # the services export spans in batches
+                found = spans.read(traces)
+                if not any(s.kind == "model" for s in spans.within(found, result.submitted, result.finished)):
+                    raise RuntimeError(f"no model spans in {traces} for run {i}: is tracing off "
+                                       "(WEIGHTFLOW_TRACE_FILE=false)?")
                 results.append(result)
-                breakdowns.append(breakdown(read_probe(probe), result))
+                breakdowns.append(breakdown(found, result))
         url = settings.resolved_nats_url()
         # Part B needs the same server: run it while this stack (and its nats-server) is still up.
         latency_rows(cfg, tmp, url, report, breakdowns)
@@ -165,18 +139,18 @@ def full_runs(cfg: Config, tmp: Path, report: Report) -> str:
     report.add(Row("full six-stage run wall time", "s", Stat.of(wall), note=workload))
     report.add(Row("model work inside the run (union over processes)", "s",
                    Stat.of([b["model_s"] for b in breakdowns]),
-                   note="load + evaluate + quantize + LoRA + checkpoint materialization"))
+                   note="model-layer spans: load + evaluate + general score + quantize + LoRA + candidate tree"))
     report.add(Row("orchestration overhead (wall − model work)", "s", Stat.of([b["overhead_s"] for b in breakdowns])))
     report.add(Row("orchestration overhead fraction of the run", "fraction",
                    Stat.of([b["overhead_fraction"] for b in breakdowns]), better="lower",
                    extra={"breakdowns": breakdowns}))
-    report.add(Row("  of which: in handlers, not model (DB, hashing, serialization)", "s",
+    report.add(Row("  of which: in handlers, not model (DB, hashing, serialization, outbox publish)", "s",
                    Stat.of([b["in_handler_non_model_s"] for b in breakdowns])))
     report.add(Row("  of which: outside any handler (bus hops, scheduler tick, waits)", "s",
                    Stat.of([b["outside_handlers_s"] for b in breakdowns])))
     report.config["timed_runs"] = len(breakdowns)
     stages = breakdowns[0]["per_stage_sum_s"]
-    report.notes.append("Per stage in timed run 1 (sum of handler/periodic time; of which model calls): " + "; ".join(
+    report.notes.append("Per stage in timed run 1 (handler spans; of which model spans): " + "; ".join(
         f"{name} {v['handler_s']:.2f} s ({v['model_s']:.2f} s model)" for name, v in stages.items()) + ". Events: "
         + " → ".join(breakdowns[0]["events"]))
     report.config["workload"] = workload
@@ -219,10 +193,10 @@ async def _microbench(url: str, home: Path, rounds: int, count: int, pause: floa
     loop = asyncio.get_running_loop()
     signal = _Signal(loop)
     settings = Settings(home=home, nats_url=url)
-    svc = Service("benchlat")
+    svc = Service("benchlat", declared=Stage(0, "benchlat", "bench latency probe", consumes=(BenchPing,), emits=()))
 
-    @svc.handles(BenchPing)
-    def on_ping(event: BenchPing, ctx: HandlerContext) -> Sequence[Event]:
+    @svc.handles(BenchPing)  # requires_run (the default): the bus looks the run up first, as for stage events
+    def on_ping(event: BenchPing, ctx: HandlerContext) -> HandlerResult:
         signal.fire(time.perf_counter())
         return []
 
@@ -261,8 +235,13 @@ async def _microbench(url: str, home: Path, rounds: int, count: int, pause: floa
         puller = asyncio.create_task(pull_loop())
         js_pub = pub_nc.jetstream()
         async with Client(settings) as client:
+            # One registered run for every ping, written as the requirements service registers an accepted run.
+            record = RunRecord(run_id=uuid4(), deployment="bench-latency", version=1, requirements_digest="0" * 64)
+            await client.publish_raw(run_subject(record.run_id), record.model_dump_json().encode(),
+                                     f"run-{record.run_id}")
+
             async def wf_publish(i: int) -> None:
-                await client.publish(BenchPing(run_id=uuid4(), n=i))
+                await client.publish(BenchPing(run_id=record.run_id, n=i))
 
             async def core_publish(i: int) -> None:
                 await pub_nc.publish("bench.raw.core", b"x")
@@ -290,7 +269,19 @@ async def _microbench(url: str, home: Path, rounds: int, count: int, pause: floa
         await sub_nc.close()
         await pub_nc.close()
         await app.stop()
+        _stop_tracing()
     return samples
+
+
+def _stop_tracing() -> None:
+    """Building the service set this process's tracer provider (exporting to the micro home, which is about
+    to be deleted); shut it down so later comparisons in this process export nothing."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+
+    provider = trace.get_tracer_provider()
+    if isinstance(provider, TracerProvider):
+        provider.shutdown()
 
 
 def latency_rows(cfg: Config, tmp: Path, url: str, report: Report, breakdowns: list[dict[str, Any]]) -> None:
@@ -311,12 +302,12 @@ def latency_rows(cfg: Config, tmp: Path, url: str, report: Report, breakdowns: l
     hops = [h * 1000.0 for b in breakdowns for h in b["hops_s"]]
     if hops:
         for q in (50, 99):
-            report.add(Row(f"in-run stage hop p{q} (producer handler end → consumer handler start)", "ms",
+            report.add(Row(f"in-run stage hop p{q} (producer's outbox publish → consumer handler start)", "ms",
                            Stat.of([percentile(hops, q)]),
                            Stat.of([percentile(r, q) for r in ms["jetstream"]]),
                            "raw nats-py JetStream publish → pull fetch", "lower",
-                           note=f"{len(hops)} hops from the timed runs (commit + outbox publish + fetch + thread); "
-                                "services under model load at the time",
+                           note=f"{len(hops)} hops from the timed runs (publish with ack + fetch + decode + handler "
+                                "span; from trace context); services under model load at the time",
                            extra={"hops_ms": hops}))
     report.config.update({"latency_rounds": rounds, "latency_events_per_round": count,
                           "latency_pause_s": pause})
@@ -326,10 +317,12 @@ def run(cfg: Config) -> Report:
     report = Report(NAME, "2. Orchestration overhead (six-stage run) and event latency (vs raw nats-py)")
     with tempfile.TemporaryDirectory(prefix="wf-bench-orch-") as tmp_name:
         full_runs(cfg, Path(tmp_name), report)
-    report.notes.append("Model work and handler spans come from a timing probe loaded into each service process "
-                        "(bench/_probe/sitecustomize.py via PYTHONPATH); no project code is changed. The canary "
-                        "is started by monitoring's 1 s scheduler tick, so up to ~1 s of each run is that wait.")
+    report.notes.append("Model work and handler time come from the services' own OpenTelemetry spans "
+                        "(<home>/traces.jsonl: model-layer spans, and faststream's telemetry span per handled "
+                        "message); nothing is injected into the services. A canary is requested by monitoring's "
+                        "1 s scheduler tick (not traced: counted outside handlers), so up to ~1 s of each run is "
+                        "that wait; registering runs the canary set once more (its baseline).")
     report.notes.append("Latency sides run in the bench process against the stack's own nats-server; the "
-                        "weightflow side is a minimal shared.bus.Service (faststream pull consumer, SQLite inbox, "
-                        "handler in a worker thread) whose handler does nothing.")
+                        "weightflow side is a minimal shared.bus.Service (faststream pull consumer with telemetry, "
+                        "run-registry lookup, SQLite inbox, handler in a worker thread) whose handler does nothing.")
     return report

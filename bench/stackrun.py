@@ -2,14 +2,15 @@
 
 Used by the orchestration and scale comparisons. Runs are submitted exactly as `weightflow submit`
 does (`weightflow.submission.prepare`: validate, put data files in the store, build the event) and
-followed on the event stream with `weightflow.client.RunTracker`.
+followed on the event stream with `weightflow.client.RunTracker`. Every service process of a stack
+appends its OpenTelemetry spans to `<home>/traces.jsonl` (shared.telemetry), which the orchestration
+comparison reads (bench.spans); nothing is injected into the services.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -27,8 +28,6 @@ from shared.settings import Settings
 from weightflow.client import Client, RunTracker
 from weightflow.stack import Stack
 from weightflow.submission import prepare
-
-PROBE_DIR = Path(__file__).resolve().parent / "_probe"
 
 
 def example_copy(dest: Path, deployment: str) -> Path:
@@ -77,12 +76,10 @@ def trivial_requirements(dest: Path, deployment: str, *, eval_rows: int = 64, ca
 
 
 @contextlib.contextmanager
-def running_stack(home: Path, *, replicas: int = 1, probe: Path | None = None,
-                  device: str = "auto") -> Iterator[Stack]:
+def running_stack(home: Path, *, replicas: int = 1, device: str = "auto") -> Iterator[Stack]:
+    """The embedded stack (nats-server + one process per service and replica) as `weightflow up` runs it;
+    the canary interval is an hour, so only each run's first canary (due at promotion) runs."""
     env = {"WEIGHTFLOW_CANARY_INTERVAL_S": "3600", "WEIGHTFLOW_DEVICE": device}
-    if probe is not None:
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROBE_DIR), os.environ.get("PYTHONPATH", "")) if p)
-        env["WEIGHTFLOW_BENCH_PROBE"] = str(probe)
     stack = Stack(Settings(home=home), replicas=replicas, env=env)
     stack.start()
     try:
@@ -111,7 +108,7 @@ def submit_many(settings: Settings, paths: list[Path], *, timeout: float) -> lis
     machine's clock), so a follower lagging behind under load does not stretch the latency.
     """
     store = ArtifactStore(settings.resolved_artifacts_dir())
-    events: list[Event] = [prepare(path, store) for path in paths]
+    events: list[Event] = [prepare(path, store).event for path in paths]
     return asyncio.run(_submit_many(settings, events, timeout))
 
 
