@@ -92,5 +92,6 @@ class SelectionDecided(Event):
 class NoCandidatePassed(Event):
     STAGE = "benchmark"
     NAME = "no_candidate_passed"
+    SCHEMA_VERSION = 2
     decisions: list[Decision]
     recommendation: Decision

@@ -23,7 +23,7 @@ from shared.artifacts import sha256_file
 from shared.modeling.stored import read_manifest
 from weightflow.submission import prepare
 
-from .conftest import EXAMPLE_DIR, LiveStack
+from .conftest import EXAMPLE_DIR, ROOT, LiveStack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -149,3 +149,43 @@ def test_rollback_promotes_the_previous_manifest(first_run: list[Event], live_st
     assert tracker.outcome == "succeeded"
     rolled = of(tracker.events, RolledBack)[0]
     assert rolled.from_manifest_id == live.manifest_id and rolled.to_manifest_id == live.previous_manifest_id
+
+
+@pytest.fixture(scope="module")
+def priority_example(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The second example as a team would have it: its two classifier checkpoints made by its script."""
+    import importlib.util
+    import shutil
+
+    source = ROOT / "examples" / "ticket-priority"
+    folder = tmp_path_factory.mktemp("priority") / "ticket-priority"
+    shutil.copytree(source, folder, ignore=shutil.ignore_patterns("models", "__pycache__"))
+    spec = importlib.util.spec_from_file_location("make_models", source / "make_models.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(folder / "models")
+    return folder
+
+
+def test_user_classifier_checkpoints_run_through_all_six_stages(live_stack: LiveStack, priority_example: Path) -> None:
+    """path: candidates with their own heads (text-classification, label_map, macro-F1): stored as trees,
+    benchmarked smallest first, the larger one selected, registered with its checksum, watched."""
+    prepared = prepare(priority_example / "requirements.yaml", live_stack.store)
+    uploaded = {c.key: c for c in prepared.event.candidates}
+    assert set(uploaded) == {"priority-l3", "priority-l6"} and {c.source for c in uploaded.values()} == {"path"}
+    tracker = live_stack.run(prepared.event)
+    assert tracker.outcome == "succeeded", f"{types(tracker.events)}\n{live_stack.logs()}"
+    benchmarked = of(tracker.events, CandidateBenchmarked)
+    assert [e.model.candidate for e in benchmarked] == ["priority-l3", "priority-l6"], "xs first, then s"
+    for e in benchmarked:
+        assert e.measurement.metric == "macro_f1" and {"accuracy", "recall/urgent", "precision/low"} <= set(
+            e.measurement.extra)
+    selection = of(tracker.events, SelectionDecided)[0]
+    assert selection.model.candidate == "priority-l6" and [d.action for d in selection.decisions] == [
+        "size_up", "select"]
+    registered = of(tracker.events, ModelRegistered)[0]
+    manifest = read_manifest(live_stack.store, registered.manifest_id)
+    assert manifest.source == "path" and manifest.base.tree_digest == uploaded["priority-l6"].tree_digest
+    assert manifest.requirements.task.type == "text-classification" and manifest.quantization is None
+    assert of(tracker.events, CanaryPassed)

@@ -132,6 +132,8 @@ def test_memory_budget_formula() -> None:
     q = memory_budget("int8", 22_713_216, arch, 96 * MB, weight_bytes=23_500_000)
     assert q.fits and q.bytes_per_param == pytest.approx(23_500_000 / 22_713_216, abs=1e-4)
     assert memory_budget("int8", 22_713_216, arch, 96 * MB, bytes_per_param=1.0).weight_bytes == 22_713_216
+    with pytest.raises(ValueError, match="bytes per parameter"):  # an unknown scheme is never taken for fp32
+        memory_budget("int4", 22_713_216, arch, 96 * MB)
 
 
 def test_decoder_budget_counts_the_kv_cache() -> None:

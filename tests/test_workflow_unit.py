@@ -100,6 +100,11 @@ class Workflow:
 
 @pytest.fixture
 def workflow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Workflow]:
+    yield build_workflow(tmp_path, monkeypatch)
+
+
+def build_workflow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Workflow:
+    """Two tiny candidates (a, b) in the xs class, a 3 MB target (int8 needed), the support-tickets data."""
     importlib.import_module("tests.plugins.scripted")
     script = tmp_path / "script.json"
     monkeypatch.setenv(SCRIPT_ENV, str(script))
@@ -117,7 +122,7 @@ def workflow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Workfl
     (folder / "requirements.yaml").write_text(yaml.safe_dump(doc))
     services = [importlib.import_module(f"services.{name}.app").service for name in SERVICES]
     settings = Settings(home=tmp_path / "home", trace_file=False, device="cpu")
-    yield Workflow(InProcessRunner(services, settings), folder, script)
+    return Workflow(InProcessRunner(services, settings), folder, script)
 
 
 def test_the_selected_candidate_is_quantized_registered_and_watched(workflow: Workflow) -> None:

@@ -58,8 +58,12 @@ def memory_budget(variant: str, params: int, arch: Architecture, budget_bytes: i
     `bytes_per_param` (the scheme's, or fp32's) when known."""
     if params <= 0:
         raise ValueError("params must be positive")
-    nominal = bytes_per_param if bytes_per_param is not None else UNQUANTIZED_BYTES.get(variant, 4.0)
-    weights = weight_bytes if weight_bytes is not None else int(params * nominal)
+    if weight_bytes is not None:
+        weights = weight_bytes
+    elif bytes_per_param is not None or variant in UNQUANTIZED_BYTES:
+        weights = int(params * (bytes_per_param if bytes_per_param is not None else UNQUANTIZED_BYTES[variant]))
+    else:
+        raise ValueError(f"variant {variant!r} needs its bytes per parameter (the quantizer's) or measured weight_bytes")
     act = activation_bytes(arch, batch=batch, seq=seq)
     total = int(weights * (1 + overhead)) + act
     return MemoryBudget(variant=variant, params=params, bytes_per_param=round(weights / params, 4),

@@ -19,8 +19,8 @@ from typing import Any, ClassVar
 
 from contracts.measurement import Measurement
 from contracts.requirements import HardwareProfile, TaskSpec
-from shared.modeling.protocols import LoadedModel
-from shared.modeling.registry import tasks
+from shared.modeling.protocols import LoadedModel, Quantizer, Task
+from shared.modeling.registry import quantizers, tasks
 from shared.modeling.tasks.base import measurement
 from shared.modeling.tasks.zero_shot import ZeroShotClassification
 from shared.stats import wilson
@@ -115,3 +115,20 @@ class ScriptedClassification(ZeroShotClassification):
 
 
 tasks.register(NAME, ScriptedClassification())
+
+
+class ScriptedInt8(Quantizer):
+    """A scheme of the test's own: weightflow's int8 plus a marker file; tried first (no expected loss)."""
+
+    scheme: ClassVar[str] = "scripted-int8"
+    bytes_per_param: ClassVar[float] = 1.0
+    expected_quality_loss: ClassVar[float] = 0.0
+
+    def quantize(self, task: Task, model_dir: Path, out_dir: Path, spec: TaskSpec, calibration: Sequence[Any],
+                 device: Any) -> Path:
+        out = quantizers.get("int8").quantize(task, model_dir, out_dir, spec, calibration, device)
+        (out / "scripted.json").write_text(json.dumps({"scheme": self.scheme, "calibration_rows": len(calibration)}))
+        return out
+
+
+quantizers.register(ScriptedInt8.scheme, ScriptedInt8())
