@@ -12,8 +12,8 @@ Why it looks like this (MLflow's CVE history is mostly path traversal and unpick
 * Every read re-hashes, so a tampered or bit-rotted object raises :class:`IntegrityError`;
   putting the good file again replaces the corrupt copy.
 
-A model directory is stored as a *tree*: each file is an object, plus a JSON manifest
-``{"kind": "weightflow.tree/v1", "files": {name: digest}}``. ``materialize_tree`` rebuilds a
+A model directory is stored as a *tree*: each file is an object, plus a JSON index
+``{"kind": "weightflow.tree/v1", "files": {name: digest}}`` whose digest names the tree. ``materialize_tree`` rebuilds a
 plain directory from it (hard links when possible) for libraries that want a path. Objects are
 made read-only, but a hard-linked materialized file shares its inode with the object: writing
 into it in place corrupts the object too, which the next verification detects.
@@ -260,7 +260,7 @@ class ArtifactStore:
     # -- trees ------------------------------------------------------------------------------
 
     def put_tree(self, directory: Path, *, links_within: Path | None = None) -> str:
-        """Store a model directory (subfolders included) plus a manifest; return the manifest digest.
+        """Store a model directory (subfolders included) plus its index; return the index's digest.
 
         Hidden files and README.md are skipped. Symlinks are refused, except, with `links_within`, links
         whose target resolves inside that folder (the Hugging Face cache links snapshot files to blobs).
@@ -276,8 +276,8 @@ class ArtifactStore:
             files[name] = self.put_file(path.resolve() if path.is_symlink() else path)
         if not files:
             raise UnsafeArtifactError(f"{directory} has no files to store")
-        manifest = json.dumps({"kind": TREE_KIND, "files": files}, sort_keys=True, separators=(",", ":"))
-        return self.put_bytes(manifest.encode(), suffix_hint=".json")
+        index = json.dumps({"kind": TREE_KIND, "files": files}, sort_keys=True, separators=(",", ":"))
+        return self.put_bytes(index.encode(), suffix_hint=".json")
 
     @staticmethod
     def _tree_entries(directory: Path, allowed: Path | None) -> list[tuple[str, Path]]:
@@ -310,12 +310,12 @@ class ArtifactStore:
         return sorted(out)
 
     def tree_files(self, digest: str) -> dict[str, str]:
-        """Read and schema-check a tree manifest; return ``{file name: digest}``."""
+        """Read and schema-check a tree's index; return ``{file name: digest}``."""
         data = self.read_bytes(digest)
         try:
             doc = strict_json_loads(data)
         except (ValueError, RecursionError) as exc:
-            raise UnsafeArtifactError(f"artifact {digest} is not a JSON tree manifest: {exc}") from None
+            raise UnsafeArtifactError(f"artifact {digest} is not a JSON tree index: {exc}") from None
         files = doc.get("files") if isinstance(doc, dict) else None
         if (
             not isinstance(doc, dict)
@@ -327,7 +327,7 @@ class ArtifactStore:
             or not all(isinstance(d, str) and is_digest(d) for d in files.values())
         ):
             raise UnsafeArtifactError(
-                f"artifact {digest} is not a valid {TREE_KIND} manifest; store the directory with put_tree"
+                f"artifact {digest} is not a valid {TREE_KIND} index; store the directory with put_tree"
             )
         return dict(files)
 

@@ -74,7 +74,7 @@ def test_a_sharded_checkpoint_is_inspected_stored_and_loaded(tmp_path: Path) -> 
     m = TEXT_CLASSIFICATION.evaluate(loaded, SPEC, ROWS, "macro_f1", HARDWARE)
     assert m.n == len(ROWS) and 0 <= m.score <= 1 and "recall/urgent" in m.extra
     (model_dir / shards[1]).unlink()
-    with pytest.raises(CheckpointError, match="shards named in model.safetensors.index.json are missing"):
+    with pytest.raises(CheckpointError, match=r"shards named in model\.safetensors\.index\.json are missing"):
         inspect_checkpoint(model_dir)
 
 

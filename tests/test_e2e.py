@@ -1,7 +1,7 @@
 """The whole workflow through six service processes on a real nats-server, SQLite and real weights.
 
-Ordered: the first test takes the shipped example to a monitored deployment; the loop-back tests then
-change its requirements and corrupt its live artifact, and watch the workflow reroute and recover.
+The shipped example's first run is a module fixture that the tests reading it share; a test that changes
+a deployment's state (a change, a rollback) works on a deployment of its own, so any test runs alone.
 """
 
 from __future__ import annotations
@@ -141,14 +141,22 @@ def test_corrupt_live_artifact_fails_the_canary_and_reroutes(first_run: list[Eve
     assert sha256_file(weights) == manifest.model.files["model.safetensors"], "the store healed the object"
 
 
-def test_rollback_promotes_the_previous_manifest(first_run: list[Event], live_stack: LiveStack) -> None:
-    history = live_stack.history()
-    live = [e for e in history if isinstance(e, DeploymentPromoted)][-1]
-    tracker = live_stack.run(RollbackRequested(run_id=uuid4(), deployment=live.deployment),
+def test_rollback_promotes_the_previous_release(live_stack: LiveStack, example_dir: Path) -> None:
+    """Its own deployment and history: two releases, then a rollback to the first."""
+    doc = example_dir / "requirements.yaml"
+    doc.write_text(doc.read_text().replace("name: ticket-router", "name: tr-rollback"))
+    releases = []
+    for cost in ("0.05", "0.04"):
+        doc.write_text(doc.read_text().replace("per_1k_tasks_usd: 0.05", f"per_1k_tasks_usd: {cost}"))
+        tracker = live_stack.run(prepare(doc, live_stack.store, changed=bool(releases)).event)
+        assert tracker.outcome == "succeeded", types(tracker.events)
+        releases.append(of(tracker.events, DeploymentPromoted)[-1].manifest_id)
+    tracker = live_stack.run(RollbackRequested(run_id=uuid4(), deployment="tr-rollback"),
                              done=lambda e: isinstance(e, RolledBack))
     assert tracker.outcome == "succeeded"
     rolled = of(tracker.events, RolledBack)[0]
-    assert rolled.from_manifest_id == live.manifest_id and rolled.to_manifest_id == live.previous_manifest_id
+    assert (rolled.from_manifest_id, rolled.to_manifest_id) == (releases[1], releases[0])
+    assert rolled.to_older_requirements and not rolled.automatic
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +176,8 @@ def priority_example(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def test_user_classifier_checkpoints_run_through_all_six_stages(live_stack: LiveStack, priority_example: Path) -> None:
+def test_user_classifier_checkpoints_run_through_all_six_stages(live_stack: LiveStack,
+                                                                 priority_example: Path) -> None:
     """path: candidates with their own heads (text-classification, label_map, macro-F1): stored as trees,
     benchmarked smallest first, the larger one selected, registered with its checksum, watched."""
     prepared = prepare(priority_example / "requirements.yaml", live_stack.store)
@@ -189,3 +198,16 @@ def test_user_classifier_checkpoints_run_through_all_six_stages(live_stack: Live
     assert manifest.source == "path" and manifest.base.tree_digest == uploaded["priority-l6"].tree_digest
     assert manifest.requirements.task.type == "text-classification" and manifest.quantization is None
     assert of(tracker.events, CanaryPassed)
+
+    from typer.testing import CliRunner
+
+    from weightflow.cli import app as cli
+
+    out = priority_example / "report.md"
+    env = {"WEIGHTFLOW_HOME": str(live_stack.settings.home), "WEIGHTFLOW_NATS_URL": str(live_stack.settings.nats_url)}
+    result = CliRunner().invoke(cli, ["report", str(prepared.event.run_id), "--out", str(out)], env=env)
+    assert result.exit_code == 0, result.output
+    report = out.read_text()
+    for part in ("Outcome: **succeeded**", "| priority-l3 | fp32 | xs |", "urgent P / R", "**size_up**",
+                 "## Memory budget", "## Registry", "## Canaries"):
+        assert part in report, part

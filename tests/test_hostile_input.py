@@ -4,6 +4,7 @@ code 2, never a traceback, and no file outside the requirements file's folder is
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -116,6 +117,25 @@ def missing_hf(folder: Path, tmp_path: Path) -> None:
     replace(folder, "candidates: [minilm-l3, minilm-l6]", "candidates: [minilm-l3, {hf: nobody/nothing}]")
 
 
+def remote_code(folder: Path, tmp_path: Path) -> None:
+    from tests.plugins.scripted import make_checkpoint
+
+    model = make_checkpoint(folder / "models" / "evil", "evil")
+    config = json.loads((model / "config.json").read_text())
+    config["auto_map"] = {"AutoModel": "modeling_evil.EvilModel"}
+    (model / "config.json").write_text(json.dumps(config))
+    (model / "modeling_evil.py").write_text("raise SystemExit('ran')\n")
+    replace(folder, "candidates: [minilm-l3, minilm-l6]", "candidates: [{path: models/evil}]")
+
+
+def mismatched_labels(folder: Path, tmp_path: Path) -> None:
+    from tests.test_byo_models import tiny_classifier
+
+    tiny_classifier(folder / "models" / "head", labels=("positive", "negative"))
+    replace(folder, "type: zero-shot-classification", "type: text-classification")
+    replace(folder, "candidates: [minilm-l3, minilm-l6]", "candidates: [{path: models/head}]")
+
+
 def candidate_escape(folder: Path, tmp_path: Path) -> None:
     replace(folder, "candidates: [minilm-l3, minilm-l6]", "candidates: [{path: ../../..}]")
 
@@ -136,6 +156,8 @@ CASES: dict[str, tuple[Callable[[Path, Path], None], str]] = {
     "binary eval": (binary_eval, "data.eval"),
     "pickle checkpoint": (pickle_candidate, "pickle weights"),
     "missing hf id": (missing_hf, "not in the local Hugging Face cache (looked for"),
+    "remote code": (remote_code, "names its own model code (auto_map"),
+    "mismatched labels": (mismatched_labels, "the checkpoint's labels ['negative', 'positive'] are not task labels"),
     "candidate escape": (candidate_escape, "leaves the requirements file's folder"),
 }
 

@@ -135,6 +135,11 @@ def test_the_selected_candidate_is_quantized_registered_and_watched(workflow: Wo
     registered = of(events, ModelRegistered)[0]
     assert registered.canary_baseline.score == pytest.approx(0.95, abs=0.01)
     assert of(events, CanaryPassed) and not of(events, WorkflowRerouted)
+    from weightflow.report import render
+
+    report = render(events[0].run_id, events, "succeeded")
+    for part in ("| a | fp32 | xs |", "| a | int8 | xs |", "**select**", "| int8 |", "## Canaries"):
+        assert part in report, (part, report)
 
 
 def test_a_canary_that_disagrees_reroutes_to_the_next_candidate_and_converges(workflow: Workflow) -> None:

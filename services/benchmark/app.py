@@ -28,7 +28,7 @@ from contracts.measurement import Measurement
 from contracts.requirements import RequirementsAccepted, RunContext
 from contracts.verdict import judge, quality_gap
 from services.benchmark import domain
-from services.benchmark.store import BenchmarkRecord
+from services.benchmark.tables import BenchmarkRecord
 from shared.bus import HandlerContext, HandlerResult, PermanentError, Service
 from shared.modeling import budget
 from shared.modeling.registry import quantizers, sources

@@ -20,7 +20,7 @@ from contracts.benchmark import UNQUANTIZED, BenchmarkRequested, ModelArtifact, 
 from contracts.fitting import FitCompleted, FitFailed, MemoryBudget, MemoryBudgetComputed
 from contracts.measurement import Measurement
 from services.fitting import domain
-from services.fitting.store import FitAttempt
+from services.fitting.tables import FitAttempt
 from shared.bus import HandlerContext, HandlerResult, OrphanError, Service
 from shared.modeling import budget
 from shared.modeling.device import pick_device

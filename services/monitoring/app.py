@@ -20,7 +20,7 @@ from contracts.monitoring import CanaryFailed, CanaryPassed, CanaryRequested, De
 from contracts.registry import DeploymentPromoted, Manifest
 from contracts.workflow import RequestRefused, WorkflowResumed
 from services.monitoring import domain
-from services.monitoring.store import CanaryRecord, Watch
+from services.monitoring.tables import CanaryRecord, Watch
 from shared.artifacts import IntegrityError
 from shared.bus import Commit, HandlerContext, HandlerResult, OrphanError, Service
 from shared.modeling.stored import load_deployment, read_manifest, rows, task_of

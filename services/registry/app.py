@@ -29,7 +29,7 @@ from contracts.requirements import RequirementsAccepted, RunContext
 from contracts.tuning import AdapterArtifact, TuningGated
 from contracts.workflow import RequestRefused
 from services.registry import domain
-from services.registry.store import DeploymentRecord, ManifestRecord
+from services.registry.tables import DeploymentRecord, ManifestRecord
 from shared.artifacts import IntegrityError
 from shared.bus import HandlerContext, HandlerResult, OrphanError, Service
 from shared.modeling.stored import load_tree, rows, task_of, with_adapter

@@ -36,7 +36,7 @@ from contracts.workflow import (
     WorkflowRerouted,
     WorkflowResumed,
 )
-from services.requirements import domain, routing, store
+from services.requirements import domain, routing, tables
 from shared.bus import Commit, HandlerContext, HandlerResult, OrphanError, Service
 
 service = Service("requirements")
@@ -52,18 +52,18 @@ def _accept(event: RequirementsSubmitted | RequirementsChanged, ctx: HandlerCont
     sequence = ctx.delivery.stream_sequence or 0
 
     def commit(session: Session) -> Sequence[Event]:
-        latest = store.latest_version(session, outcome.requirements.deployment.name)
+        latest = tables.latest_version(session, outcome.requirements.deployment.name)
         if latest is not None and latest.sequence > sequence:
             return [RequirementsRejected.follow(event, errors=[
                 f"superseded: requirements v{latest.version} of {latest.deployment!r} were published after these "
                 f"(stream sequence {latest.sequence} > {sequence}); submit again to make these current"])]
         version = 1 if latest is None else latest.version + 1
         context = domain.context(outcome, version)
-        session.add(store.RequirementsVersion(
+        session.add(tables.RequirementsVersion(
             deployment=context.requirements.deployment.name, version=version, sequence=sequence,
             run_id=str(event.run_id), digest=context.requirements_digest, document=event.document,
             context_json=context.model_dump_json()))
-        session.add(store.RunRow(run_id=str(event.run_id), deployment=context.requirements.deployment.name,
+        session.add(tables.RunRow(run_id=str(event.run_id), deployment=context.requirements.deployment.name,
                                  version=version))
         markdown = domain.render_markdown(context.requirements, version, context.requirements_digest)
         accepted = RequirementsAccepted.follow(event, context=context, warnings=outcome.warnings,
@@ -92,7 +92,7 @@ def on_changed(event: RequirementsChanged, ctx: HandlerContext) -> HandlerResult
     return _accept(event, ctx)
 
 
-def _halt(cause: Event, state: store.LoopState, current: store.RequirementsVersion, reason: str) -> WorkflowHalted:
+def _halt(cause: Event, state: tables.LoopState, current: tables.RequirementsVersion, reason: str) -> WorkflowHalted:
     state.halted = True
     state.in_flight_run_id = None
     exclusions = EXCLUSIONS.validate_json(state.exclusions_json)
@@ -107,10 +107,10 @@ def on_canary_failed(event: CanaryFailed, ctx: HandlerContext) -> HandlerResult:
     """A failed canary re-enters stage 2 with what failed excluded, within the reroute budget."""
 
     def commit(session: Session) -> Sequence[Event]:
-        current = store.latest_version(session, event.deployment)
+        current = tables.latest_version(session, event.deployment)
         if current is None:
             raise OrphanError(f"canary of {event.deployment!r}, a deployment with no accepted requirements")
-        state = store.loop_state(session, event.deployment, current.version)
+        state = tables.loop_state(session, event.deployment, current.version)
         context = current.context()
         exclusions = EXCLUSIONS.validate_json(state.exclusions_json)
         attempts = [*ATTEMPTS.validate_json(state.attempts_json), routing.attempt_of(event)]
@@ -132,7 +132,7 @@ def on_canary_failed(event: CanaryFailed, ctx: HandlerContext) -> HandlerResult:
         state.in_flight_run_id = str(new_run)
         state.exclusions_json = EXCLUSIONS.dump_json(decision.exclusions).decode()
         session.add(state)
-        session.add(store.RunRow(run_id=str(new_run), deployment=event.deployment, version=current.version,
+        session.add(tables.RunRow(run_id=str(new_run), deployment=event.deployment, version=current.version,
                                  attempt=decision.attempt))
         rerouted_context = context.model_copy(update={"attempt": decision.attempt, "exclusions": decision.exclusions})
         markdown = domain.render_markdown(context.requirements, context.version, context.requirements_digest)
@@ -160,12 +160,12 @@ def on_canary_passed(event: CanaryPassed, ctx: HandlerContext) -> HandlerResult:
     return commit
 
 
-def _close(session: Session, run_id: str, outcome: str) -> store.LoopState | None:
-    row = session.get(store.RunRow, run_id)
+def _close(session: Session, run_id: str, outcome: str) -> tables.LoopState | None:
+    row = session.get(tables.RunRow, run_id)
     if row is not None and row.open:
         row.open, row.outcome = False, outcome
         session.add(row)
-    state = store.open_reroute(session, run_id)
+    state = tables.open_reroute(session, run_id)
     if state is not None:
         state.in_flight_run_id = None
         state.updated_at = utcnow()
@@ -180,7 +180,7 @@ def _run_failed(event: Event, reason: str) -> Commit:
         state = _close(session, str(event.run_id), reason)
         if state is None:
             return []  # a submitted run (or one already closed): its own events tell the operator
-        current = store.latest_version(session, state.deployment)
+        current = tables.latest_version(session, state.deployment)
         if current is None or current.version != state.version:
             return []
         attempts = [*ATTEMPTS.validate_json(state.attempts_json), Attempt(run_id=event.run_id, reason=reason)]
@@ -233,11 +233,11 @@ def on_resume(event: ResumeRequested, ctx: HandlerContext) -> HandlerResult:
     """An operator resumes a halted deployment: a fresh reroute budget (exclusions stay: they are facts)."""
 
     def commit(session: Session) -> Sequence[Event]:
-        current = store.latest_version(session, event.deployment)
+        current = tables.latest_version(session, event.deployment)
         if current is None:
             return [RequestRefused.follow(event, request=event.type_name(), deployment=event.deployment,
                                           reason=f"deployment {event.deployment!r} has no accepted requirements")]
-        state = store.loop_state(session, event.deployment, current.version)
+        state = tables.loop_state(session, event.deployment, current.version)
         if not state.halted:
             return [RequestRefused.follow(event, request=event.type_name(), deployment=event.deployment,
                                           reason=f"{event.deployment!r} is not halted (v{current.version}, "

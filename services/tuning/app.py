@@ -12,7 +12,7 @@ from contracts.base import Event
 from contracts.fitting import FitCompleted
 from contracts.tuning import AdapterArtifact, AdapterTrained, TuningGated, TuningSkipped
 from services.tuning import domain
-from services.tuning.store import TuningRun
+from services.tuning.tables import TuningRun
 from shared.bus import HandlerContext, HandlerResult, Service
 from shared.modeling.registry import tuners
 from shared.modeling.stored import load_tree, rows, task_of

@@ -22,14 +22,14 @@ from faststream.specification import AsyncAPI
 
 from contracts.base import SUBJECT_PREFIX, Event
 from shared.artifacts import ArtifactStore
-from shared.bus import lifecycle, outbox
+from shared.bus import lifecycle
+from shared.bus.background import Background
 from shared.bus.dead_letters import write_dead_letter
 from shared.bus.decoding import bounded_decoder
 from shared.bus.errors import PermanentError, UndecodableMessage
-from shared.bus.processing import already_processed, commit, stage_outbox
+from shared.bus.processing import already_processed, commit
 from shared.bus.runs import NatsRuns, check_run, lookup
 from shared.bus.service import Delivery, HandlerContext, HandlerSpec, Service
-from shared.bus.streams import stream_for
 from shared.bus.sweeper import Sweeper
 from shared.db import create_tables, make_engine
 from shared.settings import Settings
@@ -42,13 +42,12 @@ def backoff_s(deliveries: int, cap: float) -> float:
     return float(min(2.0**deliveries, cap))
 
 
-class ServiceRuntime(lifecycle.Lifecycle):
+class ServiceRuntime(lifecycle.Lifecycle, Background):
     def __init__(self, service: Service, settings: Settings, *, exit_process_on_stop: bool = False) -> None:
         super().__init__(service.name, settings, exit_process_on_stop=exit_process_on_stop)
         self.service = service
         self.broker: NatsBroker | None = None
         self.runs: NatsRuns | None = None
-        self._relay_lock = asyncio.Lock()
 
     # -- wiring ------------------------------------------------------------------------------
     def build(self, url: str | None = None) -> FastStream:
@@ -117,9 +116,9 @@ class ServiceRuntime(lifecycle.Lifecycle):
         assert self.broker is not None and self.engine is not None
         js = self.broker.connection.jetstream()
         self.runs = NatsRuns(js, self.settings)
-        self.start_task(self._relay_loop())
+        self.start_task(self.relay_loop())
         for interval, fn in self.service.periodics:
-            self.start_task(self._periodic_loop(interval, fn))
+            self.start_task(self.periodic_loop(interval, fn))
         sweeper = Sweeper(self.service, self.settings, self.engine, js, self.dead_letter_raw)
         self.start_task(sweeper.loop())
         log.info("service %s consuming %s", self.service.name, [s.event_type.subject() for s in self.service.handlers])
@@ -199,44 +198,3 @@ class ServiceRuntime(lifecycle.Lifecycle):
         log.error("%s dead-lettered %s (%s): %s", self.service.name, subject, reason, error[:300])
         await self.publish_outbox()
         return True
-
-    # -- outbox and periodic jobs ------------------------------------------------------------
-    async def publish_outbox(self) -> None:
-        assert self.engine is not None and self.broker is not None
-        broker = self.broker
-
-        async def publish(subject: str, payload: bytes, headers: dict[str, str]) -> None:
-            await broker.publish(payload, subject, headers=headers, stream=stream_for(subject, self.settings),
-                                 timeout=2.0)
-
-        async with self._relay_lock:
-            await outbox.relay(self.engine, self.service.name, publish, asyncio.to_thread)
-
-    async def _relay_loop(self) -> None:
-        """Publishes what a crash between commit and publish left behind (and anything deferred)."""
-        while True:
-            try:
-                await self.publish_outbox()
-            except Exception:
-                log.exception("%s: outbox relay error", self.service.name)
-            await asyncio.sleep(1.0)
-
-    async def _periodic_loop(self, interval: Callable[[Settings], float], fn: Any) -> None:
-        while True:
-            await asyncio.sleep(interval(self.settings))
-            try:
-                await asyncio.to_thread(self._run_periodic, fn)
-                await self.publish_outbox()
-            except Exception:
-                log.exception("%s: periodic job %s failed", self.service.name, fn.__name__)
-
-    def _run_periodic(self, fn: Any) -> None:
-        from sqlmodel import Session
-
-        assert self.engine is not None and self.store is not None
-        result = fn(HandlerContext(self.service.name, self.store, self.settings, self.engine))
-        if result is None:
-            return
-        with Session(self.engine, expire_on_commit=False) as session:
-            stage_outbox(session, self.service.name, result(session))
-            session.commit()

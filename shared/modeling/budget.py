@@ -63,7 +63,8 @@ def memory_budget(variant: str, params: int, arch: Architecture, budget_bytes: i
     elif bytes_per_param is not None or variant in UNQUANTIZED_BYTES:
         weights = int(params * (bytes_per_param if bytes_per_param is not None else UNQUANTIZED_BYTES[variant]))
     else:
-        raise ValueError(f"variant {variant!r} needs its bytes per parameter (the quantizer's) or measured weight_bytes")
+        raise ValueError(f"variant {variant!r} needs its bytes per parameter (the quantizer's) or its measured "
+                         "weight_bytes")
     act = activation_bytes(arch, batch=batch, seq=seq)
     total = int(weights * (1 + overhead)) + act
     return MemoryBudget(variant=variant, params=params, bytes_per_param=round(weights / params, 4),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -68,6 +69,29 @@ def events(follow: bool = typer.Option(False, "--follow", "-f"), as_json: bool =
         run(go())
 
 
+def report(run_id: str = typer.Argument("", metavar="RUN", help="run id (or a prefix); default: the latest run"),
+           out: Path | None = typer.Option(None, "--out", help="write the Markdown here, not to the terminal")
+           ) -> None:
+    """A Markdown report of one run: candidates with their scores and intervals, decisions, memory,
+    tuning, registration, canaries and the loop-back."""
+    from weightflow.report import render
+
+    events_seen = history(Settings())
+    if not events_seen:
+        console.print("no runs yet")
+        return
+    chosen = match_run(events_seen, run_id) if run_id else events_seen[-1].run_id
+    tracker = RunTracker({chosen})
+    for e in events_seen:
+        tracker.feed(e)
+    text = render(chosen, tracker.events, tracker.outcome or "in progress")
+    if out is None:
+        console.print(text, markup=False, highlight=False)
+        return
+    out.write_text(text)
+    console.print(f"wrote {out}")
+
+
 def register(app: typer.Typer) -> None:
-    for command in (status, runs, events):
+    for command in (status, runs, events, report):
         app.command()(command)

@@ -17,7 +17,7 @@ from contracts.requirements import TaskSpec
 from shared.modeling.protocols import Quantizer, Task
 from shared.modeling.registry import quantizers
 
-MANIFEST = "quantization.json"
+LAYOUT_FILE = "quantization.json"
 
 
 class Int8WeightOnly(Quantizer):
@@ -34,7 +34,7 @@ class Int8WeightOnly(Quantizer):
         return save_quantized(loaded.model, loaded.tokenizer, out_dir)
 
     def detects(self, model_dir: Path) -> bool:
-        return (Path(model_dir) / MANIFEST).is_file()
+        return (Path(model_dir) / LAYOUT_FILE).is_file()
 
     def load(self, model_dir: Path, auto_class: Any, device: Any) -> Any:
         from shared.modeling.quantizers.int8_modules import load_int8

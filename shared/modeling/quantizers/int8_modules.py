@@ -24,11 +24,12 @@ from torch import nn
 
 SCHEME: Literal["int8-weight-only"] = "int8-weight-only"
 FORMAT_VERSION: Literal[1] = 1
-MANIFEST = "quantization.json"
+LAYOUT_FILE = "quantization.json"
 
 
-class QuantizationManifest(BaseModel):
-    """quantization.json: tells the loader which modules to rebuild as int8 before loading weights."""
+class Int8Layout(BaseModel):
+    """quantization.json: which modules to rebuild as int8 before loading weights (the layout of the
+    quantized checkpoint; not to be confused with a registry manifest or an artifact tree's index)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -188,7 +189,7 @@ def install_int8_modules(model: nn.Module, names: Sequence[str]) -> None:
             module = model.get_submodule(name)
         except AttributeError as exc:
             raise ValueError(
-                f"{MANIFEST} lists module {name!r}, which this model config does not have"
+                f"{LAYOUT_FILE} lists module {name!r}, which this model config does not have"
             ) from exc
         device = next(module.parameters()).device
         if isinstance(module, nn.Linear):
@@ -203,7 +204,7 @@ def install_int8_modules(model: nn.Module, names: Sequence[str]) -> None:
             )
             _replace(model, name, replacement)
         else:
-            raise ValueError(f"{MANIFEST} lists {name!r}, a {type(module).__name__}, which has no int8 form")
+            raise ValueError(f"{LAYOUT_FILE} lists {name!r}, a {type(module).__name__}, which has no int8 form")
 
 
 def dequantize_int8(model: nn.Module) -> nn.Module:
@@ -215,11 +216,11 @@ def dequantize_int8(model: nn.Module) -> nn.Module:
     return model
 
 
-def read_manifest(model_dir: Path) -> QuantizationManifest | None:
-    path = Path(model_dir) / MANIFEST
+def read_layout(model_dir: Path) -> Int8Layout | None:
+    path = Path(model_dir) / LAYOUT_FILE
     if not path.exists():
         return None
-    return QuantizationManifest.model_validate(json.loads(path.read_text()))
+    return Int8Layout.model_validate(json.loads(path.read_text()))
 
 
 def save_quantized(model: nn.Module, tokenizer: Any, dest: Path) -> Path:
@@ -231,10 +232,10 @@ def save_quantized(model: nn.Module, tokenizer: Any, dest: Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     model.config.save_pretrained(str(dest))  # type: ignore[union-attr,operator]
     tokenizer.save_pretrained(str(dest))
-    # The manifest goes first: a directory cut short then fails to load, instead of being taken for
+    # The layout goes first: a directory cut short then fails to load, instead of being taken for
     # an fp32 checkpoint whose missing tensors transformers would fill with random values.
-    manifest = QuantizationManifest(modules=names)
-    (dest / MANIFEST).write_text(json.dumps(manifest.model_dump(), indent=2) + "\n")
+    layout = Int8Layout(modules=names)
+    (dest / LAYOUT_FILE).write_text(json.dumps(layout.model_dump(), indent=2) + "\n")
     state = {k: v.detach().contiguous().cpu() for k, v in sorted(model.state_dict().items())}
     # A single metadata key: safetensors orders metadata like a hash map, so more keys would make
     # the bytes (and the artifact digest) differ between identical saves.
@@ -245,15 +246,15 @@ def save_quantized(model: nn.Module, tokenizer: Any, dest: Path) -> Path:
 def load_int8(model_dir: Path, auto_class: Any, device: torch.device, *, dequantize: bool = False) -> nn.Module:
     """Rebuild the architecture on the meta device, swap int8 modules in where the manifest says, load
     strictly. Building the fp32 model first would cost its full size: exactly what int8 promised not to."""
-    manifest = read_manifest(model_dir)
-    if manifest is None:
-        raise ValueError(f"{model_dir} has no {MANIFEST}")
+    layout = read_layout(model_dir)
+    if layout is None:
+        raise ValueError(f"{model_dir} has no {LAYOUT_FILE}")
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(str(model_dir), local_files_only=True, trust_remote_code=False)
     with init_empty_weights(include_buffers=False):
         model: nn.Module = auto_class.from_config(config, dtype=torch.float32)
-    install_int8_modules(model, manifest.modules)
+    install_int8_modules(model, layout.modules)
     model.load_state_dict(load_file(str(model_dir / "model.safetensors")), strict=True, assign=True)
     left = [name for name, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
     if left:

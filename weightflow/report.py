@@ -1,0 +1,144 @@
+"""The run report: what an operator would rather look at than read the event stream (Markdown tables).
+
+Built from the events alone, like `status`: the requirements, every candidate measured (score with its
+interval, the other metrics, per-label precision and recall, latency, cost, verdict), the selection's
+decision trail, memory budgets and fitting steps, the tuning gate, registration, canaries and the
+loop-back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from uuid import UUID
+
+from contracts.base import Event
+from contracts.benchmark import CandidateBenchmarked, NoCandidatePassed, SelectionDecided, VariantBenchmarked
+from contracts.fitting import FitCompleted, FitFailed, MemoryBudgetComputed
+from contracts.measurement import Measurement
+from contracts.monitoring import CanaryFailed, CanaryPassed, DriftDetected
+from contracts.registry import DeploymentPromoted, ModelRegistered, RolledBack
+from contracts.requirements import RequirementsAccepted
+from contracts.tuning import AdapterTrained, TuningGated
+from contracts.workflow import WorkflowHalted, WorkflowRerouted
+from weightflow.render import score
+
+MB = 1024 * 1024
+
+
+def _of(events: Sequence[Event], *types: type[Event]) -> list[Event]:
+    return [e for e in events if isinstance(e, types)]
+
+
+def _candidates(events: Sequence[Event]) -> list[str]:
+    rows = ["| candidate | variant | size | params | score | accuracy | macro-F1 | p50 / p95 ms | $ / 1k | verdict |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    for e in _of(events, CandidateBenchmarked, VariantBenchmarked):
+        assert isinstance(e, CandidateBenchmarked | VariantBenchmarked)
+        m = e.measurement
+        verdict = "pass" if e.verdict.passed else "; ".join(e.verdict.messages())
+        rows.append(f"| {e.model.candidate} | {e.model.variant} | {e.model.size_class} | {e.model.params / 1e6:.1f}M "
+                    f"| {score(m)} | {m.extra.get('accuracy', float('nan')):.3f} "
+                    f"| {m.extra.get('macro_f1', float('nan')):.3f} | {m.latency_ms_p50:.1f} / {m.latency_ms_p95:.1f} "
+                    f"| {m.cost_per_1k_usd:.4f} | {verdict} |")
+    return rows
+
+
+def _per_label(events: Sequence[Event]) -> list[str]:
+    measured = [(f"{e.model.candidate} {e.model.variant}", e.measurement)
+                for e in _of(events, CandidateBenchmarked, VariantBenchmarked)
+                if isinstance(e, CandidateBenchmarked | VariantBenchmarked)]
+    labels = sorted({k.split("/", 1)[1] for _, m in measured for k in m.extra if k.startswith("recall/")})
+    if not labels:
+        return []
+    rows = ["| model | " + " | ".join(f"{label} P / R" for label in labels) + " |",
+            "|---|" + "---|" * len(labels)]
+    for name, m in measured:
+        cells = [f"{m.extra.get(f'precision/{label}', 0):.2f} / {m.extra.get(f'recall/{label}', 0):.2f}"
+                 for label in labels]
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def _canaries(events: Sequence[Event]) -> list[str]:
+    rows = ["| when | manifest | candidate | result | score | p95 ms | reasons |", "|---|---|---|---|---|---|---|"]
+    for e in _of(events, CanaryPassed, CanaryFailed):
+        measured: Measurement | None = e.measurement if isinstance(e, CanaryPassed | CanaryFailed) else None
+        result = "passed" if isinstance(e, CanaryPassed) else f"FAILED ({e.kind})" if isinstance(
+            e, CanaryFailed) else ""
+        reasons = "; ".join(e.reasons) if isinstance(e, CanaryFailed) else ""
+        assert isinstance(e, CanaryPassed | CanaryFailed)
+        rows.append(f"| {e.occurred_at:%H:%M:%S} | {e.manifest_id[:12]} | {e.model.candidate} {e.model.variant}"
+                    f"{' +adapter' if e.model.adapter_digest else ''} | {result} "
+                    f"| {score(measured) if measured else '—'} "
+                    f"| {f'{measured.latency_ms_p95:.1f}' if measured else '—'} | {reasons} |")
+    return rows
+
+
+def render(run_id: UUID, events: Sequence[Event], outcome: str) -> str:
+    out = [f"# Run {run_id}", "", f"Outcome: **{outcome}**.", ""]
+    accepted = _of(events, RequirementsAccepted)
+    if accepted and isinstance(accepted[0], RequirementsAccepted):
+        c = accepted[0].context
+        r = c.requirements
+        out += ["## Requirements", "",
+                f"`{r.name}` v{c.version} for deployment `{r.deployment.name}`: task {r.task.type}, "
+                f"{r.quality.metric} ≥ {r.quality.threshold:.3f} on the eval set, p95 ≤ {r.latency.p95_ms:g} ms, "
+                f"≤ ${r.cost.per_1k_tasks_usd:g} per 1k tasks on `{r.deployment.hardware.profile}` "
+                f"({r.deployment.hardware.memory_mb:g} MB).", ""]
+    out += ["## Candidates, smallest size class first", "", *_candidates(events), ""]
+    per_label = _per_label(events)
+    if per_label:
+        out += ["### Per label (precision / recall)", "", *per_label, ""]
+    for e in _of(events, SelectionDecided, NoCandidatePassed):
+        decisions = e.decisions if isinstance(e, SelectionDecided | NoCandidatePassed) else []
+        out += ["## Selection" if isinstance(e, SelectionDecided) else "## No candidate passed", ""]
+        out += [f"1. **{d.action}**: {d.reason}" for d in decisions]
+        if isinstance(e, NoCandidatePassed):
+            out.append(f"1. **{e.recommendation.action}**: {e.recommendation.reason}")
+        out.append("")
+    budgets = [e.budget for e in _of(events, MemoryBudgetComputed) if isinstance(e, MemoryBudgetComputed)]
+    if budgets:
+        out += ["## Memory budget", "", "| variant | weights MB | × overhead | activations MB | total MB | budget MB "
+                "| fits |", "|---|---|---|---|---|---|---|"]
+        out += [f"| {b.variant} | {b.weight_bytes / MB:.1f} | {1 + b.overhead_fraction:.2f} | "
+                f"{b.activation_bytes / MB:.1f} | {b.total_bytes / MB:.1f} | {b.budget_bytes / MB:.0f} | "
+                f"{'yes' if b.fits else 'no'} |" for b in budgets]
+        out.append("")
+    for e in _of(events, FitCompleted, FitFailed):
+        steps = e.steps if isinstance(e, FitCompleted | FitFailed) else []
+        out += ["## Fitting", "", *[f"- {s}" for s in steps]]
+        if isinstance(e, FitFailed):
+            out.append(f"- **failed**: {e.reason}")
+        out.append("")
+    for e in _of(events, AdapterTrained, TuningGated):
+        if isinstance(e, AdapterTrained):
+            out += ["## Tuning", "", f"LoRA adapter `{e.adapter.tree_digest[:12]}`: {e.steps} steps in "
+                    f"{e.seconds:.1f} s, loss {e.loss_first:.3f} → {e.loss_last:.3f}."]
+        elif isinstance(e, TuningGated):
+            verdict = "passed" if e.passed else "refused: " + "; ".join(e.verdict.messages())
+            out += [f"Gate {verdict}: task {e.task_score_before:.3f} → {e.task_score:.3f}, general "
+                    f"{e.general_score_before:.3f} → {e.general_score:.3f}.", ""]
+    for e in _of(events, ModelRegistered, DeploymentPromoted, RolledBack):
+        if isinstance(e, ModelRegistered):
+            out += ["## Registry", "", f"- registered manifest `{e.manifest_id}` (canary baseline "
+                    f"{score(e.canary_baseline)}); `weightflow runbook {e.deployment}`"]
+        elif isinstance(e, DeploymentPromoted):
+            out.append(f"- promoted `{e.manifest_id[:12]}` on {e.deployment}")
+        elif isinstance(e, RolledBack):
+            out.append(f"- rolled back {'automatically' if e.automatic else 'on request'} to "
+                       f"`{e.to_manifest_id[:12]}`: {e.reason}")
+    canaries = _canaries(events)
+    if len(canaries) > 2:
+        out += ["", "## Canaries", "", *canaries]
+    drifts = [e for e in _of(events, DriftDetected) if isinstance(e, DriftDetected)]
+    out += [f"- {d.kind} drift: {d.baseline:.4g} → {d.observed:.4g} (limit {d.limit:.4g})" for d in drifts]
+    loop = _of(events, WorkflowRerouted, WorkflowHalted)
+    if loop:
+        out += ["", "## Loop-back", ""]
+        for e in loop:
+            if isinstance(e, WorkflowRerouted):
+                out.append(f"- rerouted ({e.from_stage} → {e.to_stage}), attempt {e.attempt}: {e.reason}")
+            elif isinstance(e, WorkflowHalted):
+                out.append(f"- **halted**: {e.reason}")
+                out += [f"  - advice: {a}" for a in e.advice]
+    return "\n".join(out).rstrip() + "\n"
