@@ -21,7 +21,7 @@ from services.monitoring.domain import judge_canary
 from services.registry.domain import Refused, Target, last_good, promotable, rollback_target
 from services.requirements import routing
 from services.tuning.domain import gate
-from shared.modeling.budget import MB, Architecture, activation_bytes, memory_budget
+from shared.modeling.budget import MB, Architecture, activation_bytes, kv_cache_bytes, memory_budget
 from shared.stats import drop_p_value, wilson
 
 REQ = parse_requirements((Path(__file__).resolve().parents[1] / "examples/support-tickets/requirements.yaml")
@@ -139,8 +139,14 @@ def test_memory_budget_formula() -> None:
 def test_decoder_budget_counts_the_kv_cache() -> None:
     arch = Architecture.from_config({"hidden_size": 2048, "num_hidden_layers": 16, "num_attention_heads": 16,
                                      "architectures": ["LlamaForCausalLM"]})
-    assert arch.is_decoder
-    assert activation_bytes(arch, batch=1, seq=4096, bytes_per_value=2) == 2 * 16 * 2048 * 4096 * 2
+    assert arch.is_decoder and arch.kv_heads == 16 and arch.head_dim == 128
+    assert kv_cache_bytes(arch, batch=1, seq=4096, bytes_per_value=2) == 2 * 16 * 2048 * 4096 * 2
+    gqa = Architecture.from_config({"hidden_size": 576, "num_hidden_layers": 30, "num_attention_heads": 9,
+                                    "num_key_value_heads": 3, "vocab_size": 49152,
+                                    "architectures": ["LlamaForCausalLM"]})  # SmolLM2-135M's shape
+    kv = kv_cache_bytes(gqa, batch=8, seq=288)
+    assert kv == 2 * 30 * 3 * 64 * 288 * 8 * 4
+    assert activation_bytes(gqa, batch=8, seq=288) > kv + 8 * 49152 * 4, "plus working set and logits"
 
 
 def test_schemes_are_tried_by_expected_loss_among_those_that_fit() -> None:

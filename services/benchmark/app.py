@@ -30,9 +30,8 @@ from contracts.verdict import judge, quality_gap
 from services.benchmark import domain
 from services.benchmark.tables import BenchmarkRecord
 from shared.bus import HandlerContext, HandlerResult, PermanentError, Service
-from shared.modeling import budget
 from shared.modeling.registry import quantizers, sources
-from shared.modeling.stored import architecture, load_tree, rows, task_of
+from shared.modeling.stored import budget_for, load_tree, rows, task_of
 
 service = Service("benchmark")
 
@@ -88,19 +87,17 @@ def _record(session: Session, cause: Event, measured: Measured, context: RunCont
 
 
 def _fits(ctx: HandlerContext, context: RunContext, models: dict[str, ModelArtifact]) -> domain.Fits:
-    hw = context.requirements.deployment.hardware
-    budget_bytes = int(hw.memory_mb * budget.MB)
+    req = context.requirements
 
     def fits(result: domain.Result, variant: str) -> bool:
         model = models[result.candidate]
-        arch = architecture(ctx.store, model.tree_digest)
         if variant == UNQUANTIZED:
-            return budget.memory_budget(variant, model.params, arch, budget_bytes).fits
+            return budget_for(ctx.store, model.tree_digest, model.params, variant, req).fits
         quantizer = quantizers.get(variant)
-        if quantizer.unavailable(hw.device) is not None:
+        if quantizer.unavailable(req.deployment.hardware.device) is not None:
             return False
-        return budget.memory_budget(variant, model.params, arch, budget_bytes,
-                                    bytes_per_param=quantizer.bytes_per_param).fits
+        return budget_for(ctx.store, model.tree_digest, model.params, variant, req,
+                          bytes_per_param=quantizer.bytes_per_param).fits
 
     return fits
 

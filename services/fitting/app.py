@@ -25,7 +25,7 @@ from shared.bus import HandlerContext, HandlerResult, OrphanError, Service
 from shared.modeling import budget
 from shared.modeling.device import pick_device
 from shared.modeling.registry import quantizers
-from shared.modeling.stored import architecture, rows, task_of
+from shared.modeling.stored import budget_for, rows, task_of
 
 service = Service("fitting")
 
@@ -53,8 +53,6 @@ def _try_schemes(cause: Event, selection: SelectionDecided, schemes: list[str], 
     """Quantize with the first scheme that runs here and fits; ask for its re-benchmark."""
     req = selection.context.requirements
     hw = req.deployment.hardware
-    budget_bytes = int(hw.memory_mb * budget.MB)
-    arch = architecture(ctx.store, selection.model.tree_digest)
     task = task_of(req.task)
     out: list[Event] = []
     for i, scheme in enumerate(schemes):
@@ -70,8 +68,8 @@ def _try_schemes(cause: Event, selection: SelectionDecided, schemes: list[str], 
                                req.task, calibration, pick_device(ctx.settings.device))
             tree = ctx.store.put_tree(Path(tmp) / scheme)
         variant = selection.model.model_copy(update={"variant": scheme, "tree_digest": tree})
-        b = budget.memory_budget(scheme, selection.model.params, arch, budget_bytes,
-                                 weight_bytes=_stored_weight_bytes(ctx, tree))
+        b = budget_for(ctx.store, selection.model.tree_digest, selection.model.params, scheme, req,
+                       weight_bytes=_stored_weight_bytes(ctx, tree))
         out.append(MemoryBudgetComputed.follow(cause, budget=b))
         steps.append(f"quantized to {scheme}: {budget.describe(b)}")
         if not b.fits:
@@ -96,8 +94,7 @@ def on_selected(event: SelectionDecided, ctx: HandlerContext) -> HandlerResult:
     form failed a canary) and re-benchmark the variant."""
     req = event.context.requirements
     hw = req.deployment.hardware
-    arch = architecture(ctx.store, event.model.tree_digest)
-    fp32 = budget.memory_budget(UNQUANTIZED, event.model.params, arch, int(hw.memory_mb * budget.MB))
+    fp32 = budget_for(ctx.store, event.model.tree_digest, event.model.params, UNQUANTIZED, req)
     out: list[Event] = [MemoryBudgetComputed.follow(event, budget=fp32)]
     steps = [budget.describe(fp32)]
     if domain.keep_unquantized(fp32.fits, event.context, event.plan):
@@ -107,8 +104,8 @@ def on_selected(event: SelectionDecided, ctx: HandlerContext) -> HandlerResult:
     infos = []
     for scheme in domain.candidate_schemes(event.context, event.plan):
         q = quantizers.get(scheme)
-        predicted = budget.memory_budget(scheme, event.model.params, arch, int(hw.memory_mb * budget.MB),
-                                         bytes_per_param=q.bytes_per_param)
+        predicted = budget_for(ctx.store, event.model.tree_digest, event.model.params, scheme, req,
+                               bytes_per_param=q.bytes_per_param)
         infos.append(domain.SchemeInfo(scheme, q.bytes_per_param, q.expected_quality_loss, q.unavailable(hw.device),
                                        predicted.fits))
     more, attempt = _try_schemes(event, event, [i.scheme for i in domain.scheme_order(infos)], steps, ctx)

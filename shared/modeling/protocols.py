@@ -98,7 +98,7 @@ class Task(ABC):
             return [f"quality.metric: {metric!r} is not a metric of task {self.name}; use one of {list(self.metrics)}"]
         return []
 
-    def check_rows(self, spec: TaskSpec, split: str, rows: Sequence[BaseModel]) -> list[str]:
+    def check_rows(self, spec: TaskSpec, metric: str, split: str, rows: Sequence[BaseModel]) -> list[str]:
         return []
 
     def check_checkpoint(self, spec: TaskSpec, info: CheckpointInfo) -> list[str]:
@@ -122,6 +122,10 @@ class Task(ABC):
     @abstractmethod
     def training_loss(self, loaded: LoadedModel, spec: TaskSpec, rows: Sequence[Any]) -> Any:
         """A differentiable loss on a batch of train rows (the tuner's objective)."""
+
+    def serving_context(self, spec: TaskSpec) -> int:
+        """Tokens per request at serving time: the sequence length the memory budget plans for."""
+        return 128
 
     def lora_targets(self, loaded: LoadedModel) -> tuple[list[str], list[str]]:
         """(target_modules, modules_to_save) for LoRA on this task's model."""

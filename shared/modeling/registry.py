@@ -24,6 +24,8 @@ BUILTIN_MODULES = (
     "shared.modeling.sources.hf_cache",
     "shared.modeling.tasks.zero_shot",
     "shared.modeling.tasks.text_classification",
+    "shared.modeling.tasks.generation",
+    "shared.modeling.tasks.multiple_choice",
     "shared.modeling.quantizers.int8",
     "shared.modeling.tuners.lora",
 )

@@ -8,10 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from contracts.fitting import MemoryBudget
 from contracts.registry import Manifest
-from contracts.requirements import TaskSpec
+from contracts.requirements import Requirements, TaskSpec
 from shared.artifacts import ArtifactStore
-from shared.modeling.budget import Architecture
+from shared.modeling.budget import MB, Architecture, memory_budget
 from shared.modeling.checkpoint import tree_config
 from shared.modeling.datasets import load_jsonl
 from shared.modeling.device import pick_device
@@ -59,3 +60,12 @@ def tree_dir(store: ArtifactStore, tree_digest: str) -> Path:
 def architecture(store: ArtifactStore, tree_digest: str) -> Architecture:
     """The shape the memory budget needs, from a stored checkpoint's config.json (no weights read)."""
     return Architecture.from_config(tree_config(store.tree_files(tree_digest), store.read_json))
+
+
+def budget_for(store: ArtifactStore, tree_digest: str, params: int, variant: str, req: Requirements, *,
+               bytes_per_param: float | None = None, weight_bytes: int | None = None) -> MemoryBudget:
+    """The memory budget of a stored checkpoint's variant on the requirements' hardware, at the serving
+    context its task plans for (one rule for fitting, and for selection's "would it fit?")."""
+    return memory_budget(variant, params, architecture(store, tree_digest),
+                         int(req.deployment.hardware.memory_mb * MB), bytes_per_param=bytes_per_param,
+                         weight_bytes=weight_bytes, seq=task_of(req.task).serving_context(req.task))

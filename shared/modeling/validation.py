@@ -63,7 +63,7 @@ def check_data(req: Requirements, task: Task, load_rows: Callable[[str], list[An
         except (OSError, ValueError) as exc:
             errors.append(f"data.{split}: {exc}")
             continue
-        errors += task.check_rows(req.task, split, rows)
+        errors += task.check_rows(req.task, req.quality.metric, split, rows)
         if split == "canary" and len(rows) < req.monitoring.min_canary_rows:
             width = half_width_at(req.quality.threshold, len(rows), req.monitoring.confidence)
             warnings.append(

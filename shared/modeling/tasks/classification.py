@@ -48,7 +48,7 @@ class ClassificationTask(Task):
             errors.append(f"task.labels: task {self.name} needs its labels, each with a description")
         return errors
 
-    def check_rows(self, spec: TaskSpec, split: str, rows: Sequence[BaseModel]) -> list[str]:
+    def check_rows(self, spec: TaskSpec, metric: str, split: str, rows: Sequence[BaseModel]) -> list[str]:
         if split not in LABELLED_SPLITS or not spec.labels:
             return []
         unknown = sorted({str(getattr(r, "label", "")) for r in rows} - set(spec.labels))

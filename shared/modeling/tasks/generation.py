@@ -1,0 +1,132 @@
+"""`generation`: a causal LM answers each input; the answer is scored against its target(s).
+
+Rows are `{"id", "input", "target"}` (or `"targets": [...]`). The prompt is `task.prompt` with `{input}`
+(optionally wrapped in the tokenizer's chat template); decoding is greedy, batched with left padding,
+at most `task.max_new_tokens`; the answer is the generated text up to its first line break. Metrics:
+`exact_match`, `contains`, `regex`, `chrf` (shared.modeling.tasks.text_metrics). Besides latency per
+request it measures time to first token and tokens per second.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, Field, model_validator
+
+from contracts.limits import MAX_TEXT_CHARS
+from contracts.measurement import Measurement
+from contracts.requirements import HardwareProfile, TaskSpec
+from shared.modeling.protocols import LoadedModel
+from shared.modeling.registry import tasks
+from shared.modeling.tasks import text_metrics
+from shared.modeling.tasks.base import measurement, request_latencies_ms, timed
+from shared.modeling.tasks.language import LanguageTask, _Row
+
+if TYPE_CHECKING:
+    import torch
+
+LATENCY_SAMPLES = 8
+
+
+class GenerationRow(_Row):
+    id: str = Field(min_length=1, max_length=200)
+    input: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
+    target: str | None = Field(default=None, max_length=MAX_TEXT_CHARS)
+    targets: list[str] | None = Field(default=None, min_length=1, max_length=20)
+
+    @model_validator(mode="after")
+    def _has_target(self) -> GenerationRow:
+        if self.target is None and not self.targets:
+            raise ValueError("a generation row needs target (or targets)")
+        return self
+
+    @property
+    def all_targets(self) -> list[str]:
+        return [*([self.target] if self.target is not None else []), *(self.targets or [])]
+
+
+class Generation(LanguageTask):
+    name: ClassVar[str] = "generation"
+    metrics: ClassVar[tuple[str, ...]] = ("exact_match", "contains", "regex", "chrf")
+    row: ClassVar[type[BaseModel]] = GenerationRow
+
+    def check_rows(self, spec: TaskSpec, metric: str, split: str, rows: Sequence[BaseModel]) -> list[str]:
+        if metric != "regex":
+            return []
+        for row in rows:
+            problem = text_metrics.check_patterns(getattr(row, "all_targets", []))
+            if problem is not None:
+                return [f"data.{split} ({getattr(row, 'id', '?')}): {problem}"]
+        return []
+
+    def generate(self, loaded: LoadedModel, spec: TaskSpec, inputs: Sequence[str], max_new_tokens: int | None = None
+                 ) -> tuple[list[str], int]:
+        """(answers, tokens generated) for a batch, greedy."""
+        import torch
+
+        prompts = [self.prompt(loaded, spec, text) for text in inputs]
+        batch = self.encode(loaded, prompts, side="left", add_special=not spec.chat_template)
+        tokenizer = loaded.tokenizer
+        with torch.inference_mode():
+            out: torch.Tensor = loaded.model.generate(
+                **batch, max_new_tokens=max_new_tokens or spec.max_new_tokens, do_sample=False,
+                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        new = out[:, batch["input_ids"].shape[1]:]
+        produced = int((new != tokenizer.pad_token_id).sum())
+        texts = tokenizer.batch_decode(new, skip_special_tokens=True)
+        return [t.strip().split("\n")[0].strip() for t in texts], produced
+
+    def predict(self, loaded: LoadedModel, spec: TaskSpec, inputs: Sequence[str]) -> list[str]:
+        out: list[str] = []
+        for i in range(0, len(inputs), self.batch_size):
+            out += self.generate(loaded, spec, inputs[i: i + self.batch_size])[0]
+        return out
+
+    def evaluate(self, loaded: LoadedModel, spec: TaskSpec, rows: Sequence[Any], metric: str,
+                 hardware: HardwareProfile, confidence: float = 0.95) -> Measurement:
+        import numpy as np
+
+        from shared.stats import bootstrap, mean_interval
+
+        if not rows:
+            raise ValueError("evaluation needs at least one row")
+        produced = [0]
+
+        def run(batch: Sequence[GenerationRow]) -> list[str]:
+            answers: list[str] = []
+            for i in range(0, len(batch), self.batch_size):
+                chunk, count = self.generate(loaded, spec, [r.input for r in batch[i: i + self.batch_size]])
+                answers += chunk
+                produced[0] += count
+            return answers
+
+        answers, seconds = timed(run, list(rows), loaded.device)
+        tokens = produced[0]
+        latencies = request_latencies_ms(run, list(rows), loaded.device, LATENCY_SAMPLES)
+
+        def first_token(batch: Sequence[GenerationRow]) -> list[str]:
+            return self.generate(loaded, spec, [r.input for r in batch], max_new_tokens=1)[0]
+
+        ttft = request_latencies_ms(first_token, list(rows), loaded.device, LATENCY_SAMPLES)
+        per_row = [text_metrics.METRICS[metric](a, r.all_targets) for a, r in zip(answers, rows, strict=True)]
+        extra = {name: float(np.mean([fn(a, r.all_targets) for a, r in zip(answers, rows, strict=True)]))
+                 for name, fn in text_metrics.METRICS.items() if name != "regex"}
+        extra |= {"ttft_ms_p50": float(np.percentile(ttft, 50)), "tokens_per_s": tokens / seconds if seconds else 0.0,
+                  "tokens_per_task": tokens / len(rows)}
+        if metric in text_metrics.BINARY:
+            interval, std = mean_interval(per_row, confidence)
+        else:
+            interval, _ = bootstrap((np.asarray(per_row),), np.mean, confidence, resamples=500)
+            std = float(np.std(per_row, ddof=1)) if len(per_row) > 1 else 0.0
+        return measurement(score=float(np.mean(per_row)), metric=metric, n=len(rows), interval=interval,
+                           score_std=std, binary=metric in text_metrics.BINARY, latencies_ms=latencies,
+                           seconds=seconds, hardware=hardware, extra=extra)
+
+    def training_loss(self, loaded: LoadedModel, spec: TaskSpec, rows: Sequence[Any]) -> torch.Tensor:
+        prompts = [self.prompt(loaded, spec, r.input) for r in rows]
+        return self.target_loss(loaded, prompts, [f" {r.all_targets[0]}" if not spec.chat_template else
+                                                  r.all_targets[0] for r in rows])
+
+
+tasks.register(Generation.name, Generation())

@@ -1,0 +1,145 @@
+"""What the causal-LM tasks share: loading with the right padding, prompts, log-likelihoods, the loss on
+target tokens only, and general ability (perplexity on plain text, or accuracy on multiple choice).
+
+General score for language models is −ln(perplexity) on the general text (or accuracy on a general
+multiple-choice set): higher is better, so `quality.max_general_drop` bounds how much the adapter may
+raise log-perplexity (0.05 ≈ perplexity ×1.05).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from contracts.limits import MAX_TEXT_CHARS
+from contracts.requirements import TaskSpec
+from shared.modeling.checkpoint import CheckpointInfo
+from shared.modeling.protocols import LoadedModel, Task
+
+if TYPE_CHECKING:
+    import torch
+
+MAX_PROMPT_TOKENS = 256
+
+
+class _Row(BaseModel):
+    model_config = ConfigDict(strict=True, frozen=True, extra="ignore")
+
+
+class GeneralRow(_Row):
+    """A line of general text (perplexity), or a multiple-choice question (accuracy)."""
+
+    id: str = Field(min_length=1, max_length=200)
+    text: str | None = Field(default=None, min_length=1, max_length=MAX_TEXT_CHARS)
+    input: str | None = Field(default=None, min_length=1, max_length=MAX_TEXT_CHARS)
+    choices: list[str] | None = Field(default=None, min_length=2, max_length=10)
+    label: int | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> GeneralRow:
+        if self.text is None and (self.input is None or self.choices is None or self.label is None):
+            raise ValueError("a general row is {id, text} (perplexity) or {id, input, choices, label} (accuracy)")
+        if self.choices is not None and self.label is not None and not 0 <= self.label < len(self.choices):
+            raise ValueError(f"label {self.label} is not an index of the {len(self.choices)} choices")
+        return self
+
+
+class LanguageTask(Task):
+    general_row: ClassVar[type[BaseModel]] = GeneralRow
+    general_metric: ClassVar[str] = "-ln(perplexity) or accuracy"
+    batch_size: ClassVar[int] = 8
+
+    def check_spec(self, spec: TaskSpec, metric: str) -> list[str]:
+        errors = super().check_spec(spec, metric)
+        if spec.prompt is not None and "{input}" not in spec.prompt:
+            errors.append("task.prompt: the template must contain {input}, where each row's input goes")
+        return errors
+
+    def check_checkpoint(self, spec: TaskSpec, info: CheckpointInfo) -> list[str]:
+        if not any(a.endswith("ForCausalLM") for a in info.architectures):
+            return [f"{info.directory.name}: {info.architectures or 'its config'} is not a causal language model "
+                    f"(…ForCausalLM), which task {self.name} generates with"]
+        return []
+
+    def serving_context(self, spec: TaskSpec) -> int:
+        return MAX_PROMPT_TOKENS + spec.max_new_tokens
+
+    def load(self, model_dir: Path, device: Any) -> LoadedModel:
+        from shared.modeling.loading import load_checkpoint, load_tokenizer
+
+        tokenizer = load_tokenizer(model_dir)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        return LoadedModel(load_checkpoint(model_dir, "AutoModelForCausalLM", device), tokenizer, device, self.name,
+                           Path(model_dir))
+
+    def prompt(self, loaded: LoadedModel, spec: TaskSpec, text: str) -> str:
+        body = (spec.prompt or "{input}").replace("{input}", text)
+        if spec.chat_template and getattr(loaded.tokenizer, "chat_template", None):
+            rendered: str = loaded.tokenizer.apply_chat_template(
+                [{"role": "user", "content": body}], add_generation_prompt=True, tokenize=False)
+            return rendered
+        return body
+
+    def encode(self, loaded: LoadedModel, texts: Sequence[str], *, side: str, add_special: bool = True
+               ) -> dict[str, torch.Tensor]:
+        loaded.tokenizer.padding_side = side
+        batch = loaded.tokenizer(list(texts), padding=True, truncation=True, max_length=MAX_PROMPT_TOKENS * 2,
+                                 return_tensors="pt", add_special_tokens=add_special)
+        return {k: v.to(loaded.device) for k, v in batch.items()}
+
+    def continuation_logprobs(self, loaded: LoadedModel, prompts: Sequence[str], continuations: Sequence[str],
+                              *, grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sum of log p(continuation token | everything before), number of continuation tokens) per pair."""
+        import torch
+
+        prompt_ids = [loaded.tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
+        cont_ids = [loaded.tokenizer(c, add_special_tokens=False)["input_ids"] for c in continuations]
+        sequences = [(p + c)[-MAX_PROMPT_TOKENS * 2:] for p, c in zip(prompt_ids, cont_ids, strict=True)]
+        width = max(len(s) for s in sequences)
+        pad = loaded.tokenizer.pad_token_id
+        ids = torch.full((len(sequences), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(sequences), width), dtype=torch.long)
+        target = torch.zeros((len(sequences), width), dtype=torch.bool)
+        for i, (seq, cont) in enumerate(zip(sequences, cont_ids, strict=True)):
+            ids[i, : len(seq)] = torch.tensor(seq)
+            mask[i, : len(seq)] = 1
+            target[i, len(seq) - min(len(cont), len(seq) - 1): len(seq)] = True
+        ids, mask, target = ids.to(loaded.device), mask.to(loaded.device), target.to(loaded.device)
+        with torch.set_grad_enabled(grad):
+            logits = loaded.model(input_ids=ids, attention_mask=mask).logits.float()
+        logprobs = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+        chosen = target[:, 1:]
+        return (logprobs * chosen).sum(dim=1), chosen.sum(dim=1)
+
+    def general_score(self, loaded: LoadedModel, spec: TaskSpec, rows: Sequence[Any]) -> float:
+        import math
+
+        texts = [r for r in rows if r.text is not None]
+        questions = [r for r in rows if r.text is None]
+        if questions and not texts:
+            hits = [float(self._choose(loaded, spec, r.input, r.choices) == r.label) for r in questions]
+            return float(sum(hits) / len(hits))
+        total, count = 0.0, 0
+        for i in range(0, len(texts), self.batch_size):
+            chunk = texts[i: i + self.batch_size]
+            bos = loaded.tokenizer.bos_token or ""
+            sums, counts = self.continuation_logprobs(loaded, [bos] * len(chunk), [r.text for r in chunk])
+            total += float(sums.sum())
+            count += int(counts.sum())
+        return total / count if count else -math.inf  # mean log-likelihood per token = -ln(perplexity)
+
+    def _choose(self, loaded: LoadedModel, spec: TaskSpec, text: str, choices: Sequence[str]) -> int:
+        prompt = self.prompt(loaded, spec, text)
+        sums, counts = self.continuation_logprobs(loaded, [prompt] * len(choices), [f" {c}" for c in choices])
+        scores = sums / counts.clamp(min=1) if spec.length_normalise else sums
+        return int(scores.argmax())
+
+    def target_loss(self, loaded: LoadedModel, prompts: Sequence[str], targets: Sequence[str]) -> torch.Tensor:
+        """Mean negative log-likelihood of the target tokens only: the prompt is context, not a lesson."""
+        eos = loaded.tokenizer.eos_token or ""
+        sums, counts = self.continuation_logprobs(loaded, prompts, [f"{t}{eos}" for t in targets], grad=True)
+        return -(sums.sum() / counts.sum().clamp(min=1))

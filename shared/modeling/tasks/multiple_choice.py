@@ -1,0 +1,79 @@
+"""`multiple-choice`: a causal LM picks the choice it finds most likely after the prompt.
+
+Rows are `{"id", "input", "choices": [...], "label": i}`. Each choice is scored by the log-likelihood of
+its tokens after the prompt; with `task.length_normalise` (the default) by the mean per token, so long
+choices are not penalised for their length. Metric: accuracy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, Field, model_validator
+
+from contracts.limits import MAX_TEXT_CHARS
+from contracts.measurement import Measurement
+from contracts.requirements import HardwareProfile, TaskSpec
+from shared.modeling.protocols import LoadedModel
+from shared.modeling.registry import tasks
+from shared.modeling.tasks.base import measurement, request_latencies_ms, timed
+from shared.modeling.tasks.language import LanguageTask, _Row
+
+if TYPE_CHECKING:
+    import torch
+
+LATENCY_SAMPLES = 16
+
+
+class ChoiceRow(_Row):
+    id: str = Field(min_length=1, max_length=200)
+    input: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
+    choices: list[str] = Field(min_length=2, max_length=10)
+    label: int
+
+    @model_validator(mode="after")
+    def _label_in_range(self) -> ChoiceRow:
+        if not 0 <= self.label < len(self.choices):
+            raise ValueError(f"label {self.label} is not an index of the {len(self.choices)} choices")
+        return self
+
+
+class MultipleChoice(LanguageTask):
+    name: ClassVar[str] = "multiple-choice"
+    metrics: ClassVar[tuple[str, ...]] = ("accuracy",)
+    row: ClassVar[type[BaseModel]] = ChoiceRow
+
+    def serving_context(self, spec: TaskSpec) -> int:
+        return 2 * 256  # prompt and the longest choice, scored in one forward pass
+
+    def choose(self, loaded: LoadedModel, spec: TaskSpec, rows: Sequence[ChoiceRow]) -> list[int]:
+        return [self._choose(loaded, spec, r.input, r.choices) for r in rows]
+
+    def predict(self, loaded: LoadedModel, spec: TaskSpec, inputs: Sequence[str]) -> list[str]:
+        raise ValueError("a multiple-choice model answers rows with choices; use evaluate, or a generation task")
+
+    def evaluate(self, loaded: LoadedModel, spec: TaskSpec, rows: Sequence[Any], metric: str,
+                 hardware: HardwareProfile, confidence: float = 0.95) -> Measurement:
+        from shared.stats import mean_interval
+
+        if not rows:
+            raise ValueError("evaluation needs at least one row")
+
+        def run(batch: Sequence[ChoiceRow]) -> list[int]:
+            return self.choose(loaded, spec, batch)
+
+        picked, seconds = timed(run, list(rows), loaded.device)
+        latencies = request_latencies_ms(run, list(rows), loaded.device, LATENCY_SAMPLES)
+        correct = [float(p == r.label) for p, r in zip(picked, rows, strict=True)]
+        interval, std = mean_interval(correct, confidence)
+        return measurement(score=sum(correct) / len(rows), metric=metric, n=len(rows), interval=interval,
+                           score_std=std, binary=True, latencies_ms=latencies, seconds=seconds, hardware=hardware,
+                           extra={"accuracy": sum(correct) / len(rows)})
+
+    def training_loss(self, loaded: LoadedModel, spec: TaskSpec, rows: Sequence[Any]) -> torch.Tensor:
+        prompts = [self.prompt(loaded, spec, r.input) for r in rows]
+        return self.target_loss(loaded, prompts, [f" {r.choices[r.label]}" for r in rows])
+
+
+tasks.register(MultipleChoice.name, MultipleChoice())
