@@ -56,7 +56,7 @@ class ServiceRuntime(lifecycle.Lifecycle, Background):
         provider = setup_tracing(service.name, settings)
         broker = NatsBroker(
             url or settings.resolved_nats_url(), name=f"weightflow-{service.name}", max_reconnect_attempts=-1,
-            reconnect_time_wait=1, graceful_timeout=1.0, inbox_prefix=service.inbox_prefix(),
+            reconnect_time_wait=1, graceful_timeout=1.0, drain_timeout=5, inbox_prefix=service.inbox_prefix(),
             middlewares=[NatsTelemetryMiddleware(tracer_provider=provider), self._dead_letter_middleware()])
         self.broker = broker
         stream = JStream(name=settings.stream, subjects=[f"{SUBJECT_PREFIX}.>"],

@@ -10,6 +10,7 @@ hand, dropped by a misconfigured consumer) becomes a `vanished` dead letter, so 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -71,12 +72,19 @@ class Sweeper:
         self.subscriptions: dict[str, Any] = {}
 
     async def loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.sweep_interval_s)
-            try:
-                await self.sweep_once()
-            except Exception:
-                log.exception("%s: sweep failed; next try in %.0f s", self.service.name, self.settings.sweep_interval_s)
+        try:
+            while True:
+                await asyncio.sleep(self.settings.sweep_interval_s)
+                try:
+                    await self.sweep_once()
+                except Exception:
+                    log.exception("%s: sweep failed; next try in %.0f s", self.service.name,
+                                  self.settings.sweep_interval_s)
+        finally:  # stopping: leave nothing for the connection's drain to wait on
+            for sub in self.subscriptions.values():
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+            self.subscriptions.clear()
 
     async def _subscription(self, subject: str, audit: str) -> Any:
         if audit not in self.subscriptions:
