@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     # Extra modules to import at start (comma-separated): model sources, tasks, quantizers, tuners
     # registered by a team's own code (see shared.modeling.registry).
     plugins: str = ""
+    # The quantization environment's python (llmcompressor; see shared.modeling.quantizers.quant_env);
+    # default: the one `weightflow setup-quantization` built.
+    quant_python: Path | None = None
     trace_file: bool = True
 
     def resolved_nats_url(self) -> str:

@@ -269,3 +269,18 @@ def test_an_event_with_no_history_is_an_orphan(workflow: Workflow) -> None:
     assert {letter.reason for letter in letters} == {"orphan"} and {letter.service for letter in letters} == {
         "tuning", "registry"}
     assert not of(out, ModelRegistered)
+
+
+def test_a_variant_that_loses_too_much_quality_is_followed_by_the_next_scheme(workflow: Workflow) -> None:
+    """Every attempt is re-benchmarked and recorded; one that misses quality by more than tuning may close
+    is followed by the next allowed scheme (here the plugin's scheme first, by its expected loss)."""
+    import json as _json
+
+    table = {"a/*/*/eval": 0.95, "a/scripted-int8/*/eval": 0.5, "*/*/*/canary": 0.95, "b/*/*/eval": 0.9}
+    workflow.script.write_text(_json.dumps(table))
+    events = workflow.submit(workflow.requirements(quantization__allowed=["int8", "scripted-int8"]))
+    fit = of(events, FitCompleted)[0]
+    assert fit.model.variant == "int8" and fit.next_stage == "registry"
+    assert any("scripted-int8 misses" in step for step in fit.steps), fit.steps
+    assert [e.model.variant for e in events if e.type_name() == "benchmark.variant_benchmarked"] == [
+        "scripted-int8", "int8"]

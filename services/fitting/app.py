@@ -133,16 +133,20 @@ def on_benchmarked(event: VariantBenchmarked, ctx: HandlerContext) -> HandlerRes
     m = event.measurement
     steps.append(f"re-benchmarked {model.variant}: score {m.score:.3f}, p95 {m.latency_ms_p95:.1f} ms, "
                  f"${m.cost_per_1k_usd:.4f}/1k")
+    # A variant is given up when it misses anything but quality, or quality by more than tuning may close;
+    # then the next scheme is tried. Otherwise the fit completes (or fails for a reason no scheme changes).
     blocking = [miss for miss in event.verdict.misses if miss.kind != "quality"]
-    more: list[Event] = []
+    remaining: list[str] = json.loads(attempt.remaining_json)
+    completion = _complete(event, selection, model, m, b, event.quality_gap, steps)
     follow_up: FitAttempt | None = None
-    if blocking:
-        steps.append(f"{model.variant} misses: {'; '.join(x.message() for x in blocking)}")
-        more, follow_up = _try_schemes(event, selection, json.loads(attempt.remaining_json), steps, ctx)
+    if blocking or (isinstance(completion, FitFailed) and event.quality_gap > 0 and remaining):
+        missed = blocking or event.verdict.misses
+        steps.append(f"{model.variant} misses: {'; '.join(x.message() for x in missed)}")
+        more, follow_up = _try_schemes(event, selection, remaining, steps, ctx)
         status = "failed"
     else:
-        more = [_complete(event, selection, model, m, b, event.quality_gap, steps)]
-        status = "completed" if isinstance(more[0], FitCompleted) else "failed"
+        more = [completion]
+        status = "completed" if isinstance(completion, FitCompleted) else "failed"
 
     def commit(session: Session) -> Sequence[Event]:
         row = session.get(FitAttempt, event.request_id)

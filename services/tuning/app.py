@@ -9,12 +9,13 @@ from pathlib import Path
 from sqlmodel import Session
 
 from contracts.base import Event
+from contracts.benchmark import UNQUANTIZED
 from contracts.fitting import FitCompleted
 from contracts.tuning import AdapterArtifact, AdapterTrained, TuningGated, TuningSkipped
 from services.tuning import domain
 from services.tuning.tables import TuningRun
 from shared.bus import HandlerContext, HandlerResult, Service
-from shared.modeling.registry import tuners
+from shared.modeling.registry import quantizers, tuners
 from shared.modeling.stored import load_tree, rows, task_of
 
 service = Service("tuning")
@@ -34,17 +35,24 @@ def on_fit_completed(event: FitCompleted, ctx: HandlerContext) -> HandlerResult:
     task = task_of(req.task)
     tuner = tuners.get(METHOD)
     base = load_tree(ctx.store, event.model.tree_digest, task, ctx.settings.device)
+    # A scheme an adapter cannot train on (4-bit compressed-tensors) trains on the unquantized base; the
+    # adapter is then served, and gated, on the quantized model it will run on.
+    on_base = event.model.variant != UNQUANTIZED and quantizers.get(event.model.variant).trains_on_base
+    train_tree = event.model.base_tree_digest if on_base else event.model.tree_digest
+    trainee = load_tree(ctx.store, train_tree, task, ctx.settings.device) if on_base else base
     general = rows(ctx.store, data.general, task, "general")
     general_before = task.general_score(base, req.task, general)
     with tempfile.TemporaryDirectory(prefix="wf-lora-") as tmp:
-        report = tuner.train(task, base, req.task, rows(ctx.store, data.train, task, "train"), Path(tmp) / "adapter")
+        report = tuner.train(task, trainee, req.task, rows(ctx.store, data.train, task, "train"),
+                             Path(tmp) / "adapter")
         adapter_tree = ctx.store.put_tree(Path(tmp) / "adapter")
+    del trainee
     tuned = tuner.attach(base, ctx.store.materialize_tree(adapter_tree))
     m = task.evaluate(tuned, req.task, rows(ctx.store, data.eval, task, "eval"), req.quality.metric,
                       req.deployment.hardware, req.monitoring.confidence)
     general_after = task.general_score(tuned, req.task, general)
     verdict = domain.gate(req, m, general_before=general_before, general_after=general_after)
-    adapter = AdapterArtifact(tree_digest=adapter_tree, base_tree_digest=event.model.tree_digest,
+    adapter = AdapterArtifact(tree_digest=adapter_tree, base_tree_digest=train_tree,
                               train_data_digest=data.train, method=METHOD, settings=report.settings)
     out: list[Event] = [
         AdapterTrained.follow(event, adapter=adapter, steps=report.steps, seconds=report.seconds,

@@ -123,6 +123,10 @@ class Task(ABC):
     def training_loss(self, loaded: LoadedModel, spec: TaskSpec, rows: Sequence[Any]) -> Any:
         """A differentiable loss on a batch of train rows (the tuner's objective)."""
 
+    def calibration_texts(self, spec: TaskSpec, rows: Sequence[Any]) -> list[str]:
+        """What a calibrating quantizer (AWQ) feeds the model: the rows as the task would present them."""
+        return [str(getattr(r, "text", None) or getattr(r, "input", "")) for r in rows]
+
     def serving_context(self, spec: TaskSpec) -> int:
         """Tokens per request at serving time: the sequence length the memory budget plans for."""
         return 128
@@ -158,6 +162,10 @@ class Quantizer(ABC):
 
     def load(self, model_dir: Path, auto_class: Any, device: Any) -> Any:
         raise NotImplementedError(f"{self.scheme} checkpoints load through transformers")
+
+    # True when an adapter cannot be trained on this scheme's modules: the tuner trains on the unquantized
+    # base, and the adapter is served on the quantized model.
+    trains_on_base: ClassVar[bool] = False
 
     def make_trainable(self, model: Any) -> Any:
         """Turn this scheme's modules into ones gradients flow through, holding the same values (so an

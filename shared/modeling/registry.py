@@ -27,6 +27,7 @@ BUILTIN_MODULES = (
     "shared.modeling.tasks.generation",
     "shared.modeling.tasks.multiple_choice",
     "shared.modeling.quantizers.int8",
+    "shared.modeling.quantizers.compressed",
     "shared.modeling.tuners.lora",
 )
 _loaded: set[str] = set()

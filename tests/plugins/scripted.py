@@ -81,7 +81,8 @@ def _lookup(key: tuple[str, ...]) -> float:
 def describe(loaded: LoadedModel) -> tuple[str, str, str]:
     """(candidate, variant, adapter 0/1) of a loaded scripted checkpoint."""
     name = str(getattr(loaded.model.config, "scripted_name", "?"))
-    variant = "int8" if (loaded.model_dir / "quantization.json").is_file() else "fp32"
+    variant = ("scripted-int8" if (loaded.model_dir / "scripted.json").is_file() else
+               "int8" if (loaded.model_dir / "quantization.json").is_file() else "fp32")
     adapter = any(type(m).__name__ == "LoraWrapped" for m in loaded.model.modules())
     return name, variant, "1" if adapter else "0"
 

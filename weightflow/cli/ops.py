@@ -131,6 +131,17 @@ def nats_config(
                   f"{'kept passwords of ' + ', '.join(kept) if kept else 'new passwords'}")
 
 
+def setup_quantization(location: Path | None = typer.Option(None, help="where to build it (default: "
+                                                                        "~/.cache/weightflow/quant-env)")) -> None:
+    """Build the quantization environment (llmcompressor, for the w4a16 and awq schemes) beside this one."""
+    from shared.modeling.quantizers import quant_env
+
+    python = quant_env.setup(location, log=lambda line: console.print(line, markup=False))
+    console.print(f"ready: {python}" + ("" if location is None else
+                                        f"; export WEIGHTFLOW_QUANT_PYTHON={python} for the services"))
+
+
 def register(app: typer.Typer) -> None:
     app.command()(doctor)
+    app.command("setup-quantization")(setup_quantization)
     app.command("nats-config")(nats_config)

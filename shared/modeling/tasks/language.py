@@ -67,6 +67,17 @@ class LanguageTask(Task):
     def serving_context(self, spec: TaskSpec) -> int:
         return MAX_PROMPT_TOKENS + spec.max_new_tokens
 
+    def calibration_texts(self, spec: TaskSpec, rows: Sequence[Any]) -> list[str]:
+        """Prompt and answer as one text (the chat template needs a tokenizer: the plain template is used)."""
+        template = spec.prompt or "{input}"
+        out = []
+        for r in rows:
+            answer = (r.all_targets[0] if hasattr(r, "all_targets") else
+                      r.choices[r.label] if getattr(r, "choices", None) else "")
+            out.append(f"{template.replace('{input}', str(getattr(r, 'input', '') or getattr(r, 'text', '')))} "
+                       f"{answer}".strip())
+        return out
+
     def load(self, model_dir: Path, device: Any) -> LoadedModel:
         from shared.modeling.loading import load_checkpoint, load_tokenizer
 

@@ -1,0 +1,105 @@
+"""`w4a16` and `awq`: 4-bit weights (16-bit activations) in the compressed-tensors format, by llmcompressor.
+
+Written by llmcompressor in its own environment (quant_env.py) and loaded by plain transformers with
+compressed-tensors. Linear layers are quantized in groups (the largest of 128/64/32/16 that divides
+every layer's input width: SmolLM2's 576 needs 64); lm_head stays unquantized. `awq` calibrates
+activation-aware scales on the train split (few samples: it is slow on CPU); `w4a16` rounds to nearest.
+
+On a CPU target these schemes save nothing at run time — compressed-tensors has no CPU kernels and
+unpacks the weights to fp32 when the model runs (measured: same RSS and speed as fp32) — so fitting
+skips them there, with that reason. An adapter cannot be trained on a compressed base (peft needs
+`.weight`): the tuner trains on the unquantized base and the adapter is served on the 4-bit model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+from contracts.requirements import TaskSpec
+from shared.modeling.protocols import Quantizer, Task
+from shared.modeling.quantizers import quant_env
+from shared.modeling.registry import quantizers
+
+WORKER = Path(__file__).with_name("llmcompressor_worker.py")
+GROUP_SIZES = (128, 64, 32, 16)
+TIMEOUT_S = 3600
+
+
+def group_size(config: dict[str, Any]) -> int:
+    widths = [int(config[k]) for k in ("hidden_size", "intermediate_size") if config.get(k)]
+    heads, head_dim = config.get("num_attention_heads"), config.get("head_dim")
+    if heads and head_dim:
+        widths.append(int(heads) * int(head_dim))
+    common = math.gcd(*widths) if widths else 128
+    for size in GROUP_SIZES:
+        if common % size == 0:
+            return size
+    raise ValueError(f"no 4-bit group size in {GROUP_SIZES} divides the layer widths {widths}")
+
+
+class CompressedTensors4Bit(Quantizer):
+    method: ClassVar[str]
+    bytes_per_param: ClassVar[float] = 0.5 + 2 / 64  # packed int4 plus one fp16 scale per group
+    trains_on_base: ClassVar[bool] = True
+
+    def unavailable(self, device: str) -> str | None:
+        if device == "cpu":
+            return ("4-bit compressed-tensors weights are unpacked to fp32 when they run on a cpu (no kernels), so "
+                    "nothing would be saved on this target: use int8, or a cuda target")
+        if quant_env.find(self._settings_python()) is None:
+            return ("the quantization environment (llmcompressor) is not set up: run `weightflow "
+                    "setup-quantization`, or set WEIGHTFLOW_QUANT_PYTHON")
+        return None
+
+    @staticmethod
+    def _settings_python() -> Path | None:
+        from shared.settings import Settings
+
+        return Settings().quant_python
+
+    def quantize(self, task: Task, model_dir: Path, out_dir: Path, spec: TaskSpec, calibration: Sequence[Any],
+                 device: Any) -> Path:
+        python = quant_env.find(self._settings_python())
+        if python is None:
+            raise RuntimeError(self.unavailable("cuda") or "no quantization environment")
+        config = json.loads((Path(model_dir) / "config.json").read_text())
+        texts = task.calibration_texts(spec, calibration)[: self.calibration_samples]
+        with tempfile.TemporaryDirectory(prefix="wf-quant-") as tmp:
+            request = Path(tmp) / "request.json"
+            result = Path(tmp) / "result.json"
+            request.write_text(json.dumps({"source": str(model_dir), "out": str(out_dir), "method": self.method,
+                                           "group_size": group_size(config), "texts": texts,
+                                           "result": str(result)}))
+            proc = subprocess.run([str(python), "-I", str(WORKER), str(request)], capture_output=True, text=True,
+                                  timeout=TIMEOUT_S, env={"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+                                                          "OMP_WAIT_POLICY": "PASSIVE", "PATH": "/usr/bin:/bin"})
+            if proc.returncode != 0:
+                raise RuntimeError(f"{self.scheme} quantization failed (exit {proc.returncode}): "
+                                   f"{proc.stderr.strip()[-1500:]}")
+            (Path(out_dir) / "weightflow-quantization.json").write_text(result.read_text())
+        return Path(out_dir)
+
+    calibration_samples: ClassVar[int] = 16
+
+
+class W4A16(CompressedTensors4Bit):
+    scheme: ClassVar[str] = "w4a16"
+    method: ClassVar[str] = "rtn"
+    expected_quality_loss: ClassVar[float] = 0.03
+
+
+class AWQ(CompressedTensors4Bit):
+    scheme: ClassVar[str] = "awq"
+    method: ClassVar[str] = "awq"
+    expected_quality_loss: ClassVar[float] = 0.02
+    calibration_samples: ClassVar[int] = 8  # AWQ calibration is slow on CPU: minutes per dozen samples
+
+
+quantizers.register(W4A16.scheme, W4A16())
+quantizers.register(AWQ.scheme, AWQ())
