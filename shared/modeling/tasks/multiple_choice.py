@@ -18,7 +18,7 @@ from contracts.requirements import HardwareProfile, TaskSpec
 from shared.modeling.protocols import LoadedModel
 from shared.modeling.registry import tasks
 from shared.modeling.tasks.base import measurement, request_latencies_ms, timed
-from shared.modeling.tasks.language import LanguageTask, _Row
+from shared.modeling.tasks.language import MAX_PROMPT_TOKENS, LanguageTask, _Row
 
 if TYPE_CHECKING:
     import torch
@@ -46,7 +46,7 @@ class MultipleChoice(LanguageTask):
     row: ClassVar[type[BaseModel]] = ChoiceRow
 
     def serving_context(self, spec: TaskSpec) -> int:
-        return 2 * 256  # prompt and the longest choice, scored in one forward pass
+        return MAX_PROMPT_TOKENS  # prompt and choice, scored in one forward pass; nothing is generated
 
     def choose(self, loaded: LoadedModel, spec: TaskSpec, rows: Sequence[ChoiceRow]) -> list[int]:
         """The chosen index per row; every (prompt, choice) pair of several rows goes in one forward pass."""
