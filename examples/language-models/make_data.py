@@ -1,10 +1,13 @@
-"""Generate the review-sentiment example's data: eval, train, canary (multiple choice) and general text.
+"""Generate the language-model examples' data (both tasks), and the general text they share.
 
-Run `python examples/review-sentiment/make_data.py`; it rewrites the JSONL files next to this script,
-byte for byte the same every time (fixed seed, no external data). Each row is a short product review
-and the question whether it is positive or negative (`{"id", "input", "choices", "label"}`); about a
-third say what they mean indirectly ("I sent it back the next day"). general.jsonl is plain English
-prose (for perplexity: the general-capability guard of tuning).
+Run `python examples/language-models/make_data.py`; it rewrites the JSONL files next to this script,
+byte for byte the same every time (fixed seed, no external data).
+
+* orders-*.jsonl (generation): a customer message mentioning a five-digit order number, somewhere,
+  and the number as the target (`{"id", "input", "target"}`).
+* reviews-*.jsonl (multiple choice): a short product review and whether it is positive or negative
+  (`{"id", "input", "choices", "label"}`); about a third say what they mean indirectly.
+* general.jsonl: plain English prose (perplexity: the general-capability guard of tuning).
 """
 
 from __future__ import annotations
@@ -17,6 +20,16 @@ SEED = 1129
 HERE = Path(__file__).resolve().parent
 CHOICES = ["positive", "negative"]
 PER_LABEL = {"eval": 40, "train": 40, "canary": 30}
+ORDERS = {"eval": 80, "train": 60, "canary": 60}
+ORDER_TEMPLATES = [
+    "Hi, my order {n} has not arrived yet.", "Order number {n}: the box was damaged.",
+    "Can you cancel {n}? I ordered twice by mistake.", "I was charged twice for order {n}, please refund.",
+    "Where is my parcel? It's order {n}.", "Hello, regarding {n}, the size is wrong.",
+    "The invoice for order {n} shows the wrong address.", "Please change the delivery date of {n} to Friday.",
+    "My order ({n}) came without the charger.", "Tracking for {n} says delivered but nothing is here.",
+    "Good morning, I would like to return the shoes from order {n}.", "Is it too late to add a gift note to {n}?",
+    "Two items are missing from {n}, the rest is fine.", "I moved last week; can {n} still be redirected?",
+]
 PRODUCTS = ["headphones", "blender", "backpack", "desk lamp", "coffee maker", "phone case", "running shoes",
             "tent", "keyboard", "water bottle", "vacuum cleaner", "jacket", "toaster", "monitor", "suitcase",
             "yoga mat", "kettle", "smartwatch", "office chair", "board game"]
@@ -71,14 +84,30 @@ def rows(rng: random.Random, split: str, used: set[str]) -> list[dict[str, objec
     return [{"id": f"{split}-{i:04d}", **row} for i, row in enumerate(out, start=1)]
 
 
+def orders(rng: random.Random, split: str, used: set[str]) -> list[dict[str, object]]:
+    out: list[dict[str, object]] = []
+    while len(out) < ORDERS[split]:
+        number = str(rng.randint(10000, 99999))
+        if number in used:
+            continue
+        used.add(number)
+        out.append({"id": f"{split}-{len(out) + 1:04d}", "input": rng.choice(ORDER_TEMPLATES).format(n=number),
+                    "target": number})
+    return out
+
+
 def main(out: Path = HERE) -> dict[str, int]:
     rng = random.Random(SEED)
     used: set[str] = set()
     counts = {}
     for split in PER_LABEL:
         data = rows(rng, split, used)
-        (out / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in data))
-        counts[split] = len(data)
+        (out / f"reviews-{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in data))
+        counts[f"reviews-{split}"] = len(data)
+    for split in ORDERS:
+        data = orders(rng, split, used)
+        (out / f"orders-{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in data))
+        counts[f"orders-{split}"] = len(data)
     general = [{"id": f"general-{i:04d}", "text": t} for i, t in enumerate(GENERAL, start=1)]
     (out / "general.jsonl").write_text("".join(json.dumps(r) + "\n" for r in general))
     counts["general"] = len(general)
