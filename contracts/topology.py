@@ -98,14 +98,6 @@ def stage(service: str) -> Stage:
     raise KeyError(f"unknown service {service!r}; the workflow's services are {', '.join(SERVICES)}")
 
 
-def consumers_of(event: type[Event]) -> list[str]:
-    return [s.service for s in STAGES if event in s.consumes]
-
-
-def emitters_of(event: type[Event]) -> list[str]:
-    return [s.service for s in STAGES if event in s.emits or event in ALWAYS_EMITTED]
-
-
 def _names(events: tuple[type[Event], ...]) -> str:
     return ", ".join(f"`{e.__name__}`" for e in events)
 

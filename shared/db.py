@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import event as sa_event
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
-from sqlmodel import Field, Session, SQLModel, create_engine, select
+from sqlmodel import Field, Session, SQLModel, create_engine
 
 from contracts.base import utcnow
 
@@ -150,9 +150,3 @@ def _has_column(engine: Engine, table: str, column: str) -> bool:
 
     return any(c["name"] == column for c in inspect(engine).get_columns(table))
 
-
-def exists(session: Session, model: type[SQLModel], **where: Any) -> bool:
-    query = select(model)
-    for key, value in where.items():
-        query = query.where(getattr(model, key) == value)
-    return session.exec(query).first() is not None

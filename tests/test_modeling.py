@@ -9,12 +9,10 @@ differently, adapters that serve differently from how they were trained.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import torch
@@ -41,6 +39,8 @@ from shared.modeling.sources.builtin import UnknownModelError, materialize_candi
 from shared.modeling.tuners.lora import LoraSettings
 from shared.modeling.tuners.lora_training import LoraWrapped, attach, train_lora
 
+from .conftest import example_script
+
 EXAMPLE_DIR = Path(__file__).resolve().parents[1] / "examples" / "support-tickets"
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".ckpt"}
 DEMO_THRESHOLD = 0.80  # quality.threshold in examples/support-tickets/requirements.yaml
@@ -49,15 +49,7 @@ HARDWARE = HardwareProfile(profile="test", memory_mb=1000, cost_per_hour_usd=0.1
 ZERO_SHOT = tasks.get("zero-shot-classification")
 
 
-def _load_make_data() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("support_tickets_make_data", EXAMPLE_DIR / "make_data.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-make_data = _load_make_data()
+make_data = example_script(EXAMPLE_DIR / "make_data.py")
 LABELS: dict[str, str] = make_data.LABELS
 SPEC = TaskSpec(type="zero-shot-classification", labels=LABELS)
 

@@ -8,7 +8,6 @@ the safetensors headers.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,6 +139,3 @@ def tree_config(files: dict[str, str], read_json: Any) -> dict[str, Any]:
         raise CheckpointError("the stored checkpoint's config.json is not an object")
     return config
 
-
-def dumps(config: dict[str, Any]) -> str:
-    return json.dumps(config, indent=2, sort_keys=True) + "\n"

@@ -5,7 +5,6 @@ Every file is checksum-verified before it is read or loaded; a tampered file rai
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from contracts.fitting import MemoryBudget
@@ -51,10 +50,6 @@ def load_deployment(store: ArtifactStore, manifest: Manifest, device: str = "aut
     if manifest.adapter is not None:
         loaded = with_adapter(store, loaded, manifest.adapter.tree_digest)
     return loaded
-
-
-def tree_dir(store: ArtifactStore, tree_digest: str) -> Path:
-    return store.materialize_tree(tree_digest)
 
 
 def architecture(store: ArtifactStore, tree_digest: str) -> Architecture:

@@ -74,6 +74,19 @@ def request(settings: Settings, event: Event, done: Callable[[Event], bool], tim
     return run(go())
 
 
+def tracked_run(prefix: str) -> tuple[UUID, RunTracker] | None:
+    """The run named by `prefix` (default: the latest) followed across its reroutes; None when there is none."""
+    events = history(Settings())
+    if not events:
+        console.print("no runs yet")
+        return None
+    chosen = match_run(events, prefix) if prefix else events[-1].run_id
+    tracker = RunTracker({chosen})
+    for e in events:
+        tracker.feed(e)
+    return chosen, tracker
+
+
 def match_run(events: list[Event], prefix: str) -> UUID:
     ids = {e.run_id for e in events if str(e.run_id).startswith(prefix)}
     if len(ids) != 1:

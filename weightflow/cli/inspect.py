@@ -10,21 +10,17 @@ from typing import Any
 import typer
 
 from shared.settings import Settings
-from weightflow.cli.common import console, history, match_run, print_event, report_skipped, run
+from weightflow.cli.common import console, history, print_event, report_skipped, run, tracked_run
 from weightflow.client import Client, RunTracker, runs_of
 
 
 def status(run_id: str = typer.Argument("", metavar="RUN", help="run id (or a prefix); default: the latest run"),
            as_json: bool = typer.Option(False, "--json")) -> None:
     """Every event of one run (and the runs it was rerouted into), in order, and where it stands."""
-    events = history(Settings())
-    if not events:
-        console.print("no runs yet")
+    found = tracked_run(run_id)
+    if found is None:
         return
-    chosen = match_run(events, run_id) if run_id else events[-1].run_id
-    tracker = RunTracker({chosen})
-    for e in events:
-        tracker.feed(e)
+    chosen, tracker = found
     if as_json:
         console.print_json(json.dumps({"run_id": str(chosen), "outcome": tracker.outcome or "in progress",
                                        "events": [json.loads(e.model_dump_json()) for e in tracker.events]}))
@@ -76,14 +72,10 @@ def report(run_id: str = typer.Argument("", metavar="RUN", help="run id (or a pr
     tuning, registration, canaries and the loop-back."""
     from weightflow.report import render
 
-    events_seen = history(Settings())
-    if not events_seen:
-        console.print("no runs yet")
+    found = tracked_run(run_id)
+    if found is None:
         return
-    chosen = match_run(events_seen, run_id) if run_id else events_seen[-1].run_id
-    tracker = RunTracker({chosen})
-    for e in events_seen:
-        tracker.feed(e)
+    chosen, tracker = found
     text = render(chosen, tracker.events, tracker.outcome or "in progress")
     if out is None:
         console.print(text, markup=False, highlight=False)
