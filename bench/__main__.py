@@ -1,8 +1,10 @@
 """`python -m bench`: run the comparisons, print one table each, write bench/results/<name>.json.
 
-    python -m bench                       # everything, full sizes (about 26 minutes on 2 busy CPU cores)
+    python -m bench                       # everything, full sizes (about 30 minutes on 2 busy CPU cores)
     python -m bench --smoke               # tiny sizes, to check it still works
     python -m bench --only hashing,scale  # a subset
+    python -m bench --only lm_schemes     # fp32/int8/w4a16/awq on SmolLM2-135M (about 3 minutes; needs
+                                          # examples/language-models/make_models.py and setup-quantization)
     python -m bench --reps 3 --out /tmp/results
 """
 
@@ -17,7 +19,7 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
-COMPARISONS = ("eval_throughput", "orchestration", "hashing", "memory_budget", "quantization", "scale")
+COMPARISONS = ("eval_throughput", "orchestration", "hashing", "memory_budget", "quantization", "scale", "lm_schemes")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -195,9 +195,10 @@ def run(cfg: Config) -> Report:
                                    extra={"relative_error": error, **(detail if label.startswith("peak") else {})}))
             int4 = budget.memory_budget("int4", resolved.params, arch, 0, bytes_per_param=0.5)
             report.add(Row(f"{name} int4: predicted, not measurable", "MiB", Stat.of([int4.total_bytes / MiB]), None,
-                           note="not supported: weightflow's only quantizer is int8 (weight-only, per-channel; "
-                                f"registered schemes: {', '.join(quantizers.names())}), so there is no int4 model to "
-                                "measure (the prediction uses a nominal 0.5 byte/param)"))
+                           note="not measurable for an encoder: the 4-bit schemes (w4a16, awq; registered: "
+                                f"{', '.join(quantizers.names())}) quantize causal LMs only (llmcompressor loads "
+                                "AutoModelForCausalLM), so there is no 4-bit encoder to measure; the prediction uses a "
+                                "nominal 0.5 byte/param. Decoders' 4-bit rows, measured, are in lm_schemes"))
     report.notes.append("ratio = predicted / measured (1.0 = exact; > 1 over-predicts, i.e. safe). Relative error = "
                         "(predicted − measured) / measured.")
     report.notes.append("CPU RSS growth includes the tokenizer, allocator slack and the temporary fp32 copies that "

@@ -117,7 +117,7 @@ def run(cfg: Config) -> Report:
                 note=f"n={len(rows)}; mean cosine distance int8 vs fp32 embeddings {error:.2e}")
             del fp32, int8
     report.notes.append("weightflow side = after quantization (int8), baseline = before (fp32), ratio = int8 / fp32. "
-                        "INT4 and other schemes: not implemented in weightflow (see memory_budget).")
+                        "The 4-bit schemes (w4a16, awq) apply to causal LMs only: see lm_schemes.")
     report.notes.append("Int8 is weight-only: weights are dequantized to fp32 inside every forward, so it saves "
                         "memory, not compute; on CPU it is expected to be somewhat slower.")
     return report
