@@ -348,8 +348,7 @@ def run(cfg: Config) -> Report:
                 tree = store.put_tree(out_dir)
                 stored = sum(store.size_of(d) for n, d in store.tree_files(tree).items() if n.endswith(".safetensors"))
                 model.budgets[scheme] = budget_for(store, fp32_tree, params, scheme, req, weight_bytes=stored)
-                model.nominal[scheme] = budget_for(store, fp32_tree, params, scheme, req,
-                                                   bytes_per_param=quantizer.bytes_per_param)
+                model.nominal[scheme] = budget_for(store, fp32_tree, params, scheme, req, quantizer=quantizer)
             model.runs = {s: [] for s in model.schemes}
         for _ in range(reps):  # alternate the variants every round, so machine load hits all alike
             for model, _dir in models:

@@ -93,6 +93,9 @@ class HardwareProfile(Contract):
     device: Literal["cpu", "cuda"] = "cpu"
     memory_mb: float = Field(gt=0)
     cost_per_hour_usd: float = Field(ge=0)
+    runtime_mb: float = Field(default=64.0, ge=0, description=(
+        "memory the serving process takes beyond weights and activations (torch, tokenizer, allocator "
+        "slack); 64 MB covers what the bench measured on CPU (bench/RESULTS.md)"))
 
 
 class DeploymentSpec(Contract):

@@ -57,6 +57,7 @@ class Scripted:
         doc["task"]["type"] = NAME
         doc["deployment"]["name"] = name
         doc["deployment"]["hardware"]["memory_mb"] = 3
+        doc["deployment"]["hardware"]["runtime_mb"] = 0
         doc["candidates"] = [{"path": f"models/{c}"} for c in candidates]
         doc["monitoring"]["canary_interval_s"] = 3600
         for key, value in changes.items():

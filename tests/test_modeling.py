@@ -234,6 +234,17 @@ def test_int8_linear_is_per_channel_symmetric_and_close() -> None:
     assert torch.allclose(q.to_float()(x), q(x), atol=1e-6)
 
 
+def test_int8_linear_never_builds_the_whole_float_weight() -> None:
+    """A wide output layer is computed a block of rows at a time; the result is the same."""
+    from shared.modeling.quantizers import int8_modules
+
+    torch.manual_seed(0)
+    wide = Int8Linear.from_float(nn.Linear(64, int8_modules.CHUNK_ELEMENTS // 64 * 2 + 5))
+    x = torch.randn(3, 64)
+    expected = x @ wide.dequantized_weight().T + (wide.bias if wide.bias is not None else 0)
+    assert torch.allclose(wide(x), expected, atol=1e-4)
+
+
 def test_int8_embedding_dequantizes_only_looked_up_rows() -> None:
     torch.manual_seed(0)
     embedding = nn.Embedding(100, 16, padding_idx=0)

@@ -149,6 +149,20 @@ def test_decoder_budget_counts_the_kv_cache() -> None:
     assert activation_bytes(gqa, batch=8, seq=288) > kv + 8 * 49152 * 4, "plus working set and logits"
 
 
+def test_quantizers_predict_what_they_will_store() -> None:
+    """SmolLM2-135M: its tied 49152 x 576 embedding stays fp32 in 4-bit; weightflow's int8 stores it twice."""
+    from shared.modeling.registry import quantizers
+
+    arch = Architecture.from_config({"hidden_size": 576, "num_hidden_layers": 30, "num_attention_heads": 9,
+                                     "vocab_size": 49152, "tie_word_embeddings": True,
+                                     "architectures": ["LlamaForCausalLM"]})
+    params, embedding = 134_515_008, 49152 * 576
+    four_bit = quantizers.get("w4a16").predict_weight_bytes(params, arch)
+    assert four_bit == int(embedding * 4 + (params - embedding) * (0.5 + 2 / 64))
+    assert 160e6 < four_bit < 180e6, "what the bench measured on disk: 173 MB"
+    assert quantizers.get("int8").predict_weight_bytes(params, arch) == params + embedding
+
+
 def test_schemes_are_tried_by_expected_loss_among_those_that_fit() -> None:
     infos = [SchemeInfo("w4a16", 0.5, 0.03, None, True), SchemeInfo("int8", 1.0, 0.005, None, True),
              SchemeInfo("awq", 0.5, 0.02, None, True), SchemeInfo("int8-tiny", 1.0, 0.0, None, False)]

@@ -116,6 +116,7 @@ def build_workflow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Workflow:
     doc["task"]["type"] = NAME
     doc["deployment"]["name"] = "scripted"
     doc["deployment"]["hardware"]["memory_mb"] = 3
+    doc["deployment"]["hardware"]["runtime_mb"] = 0  # tiny models: the budget is weights and activations
     doc["candidates"] = [{"path": "models/a"}, {"path": "models/b"}]
     doc["quality"]["tunable_gap"] = 0.15
     doc["monitoring"]["canary_interval_s"] = 3600

@@ -96,8 +96,7 @@ def _fits(ctx: HandlerContext, context: RunContext, models: dict[str, ModelArtif
         quantizer = quantizers.get(variant)
         if quantizer.unavailable(req.deployment.hardware.device) is not None:
             return False
-        return budget_for(ctx.store, model.tree_digest, model.params, variant, req,
-                          bytes_per_param=quantizer.bytes_per_param).fits
+        return budget_for(ctx.store, model.tree_digest, model.params, variant, req, quantizer=quantizer).fits
 
     return fits
 

@@ -104,8 +104,7 @@ def on_selected(event: SelectionDecided, ctx: HandlerContext) -> HandlerResult:
     infos = []
     for scheme in domain.candidate_schemes(event.context, event.plan):
         q = quantizers.get(scheme)
-        predicted = budget_for(ctx.store, event.model.tree_digest, event.model.params, scheme, req,
-                               bytes_per_param=q.bytes_per_param)
+        predicted = budget_for(ctx.store, event.model.tree_digest, event.model.params, scheme, req, quantizer=q)
         infos.append(domain.SchemeInfo(scheme, q.bytes_per_param, q.expected_quality_loss, q.unavailable(hw.device),
                                        predicted.fits))
     more, attempt = _try_schemes(event, event, [i.scheme for i in domain.scheme_order(infos)], steps, ctx)

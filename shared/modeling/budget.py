@@ -32,6 +32,7 @@ class Architecture:
     kv_heads: int = 0  # decoders: key/value heads (grouped-query attention keeps fewer than heads)
     head_dim: int = 0
     vocab: int = 0
+    tied: bool = False  # the output layer shares the input embedding's weights
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Architecture:
@@ -46,7 +47,12 @@ class Architecture:
             kv_heads=int(config.get("num_key_value_heads") or heads),
             head_dim=int(config.get("head_dim") or hidden // heads),
             vocab=int(config.get("vocab_size") or 0),
+            tied=bool(config.get("tie_word_embeddings", False)),
         )
+
+    @property
+    def embedding_params(self) -> int:
+        return self.vocab * self.hidden
 
 
 def kv_cache_bytes(arch: Architecture, *, batch: int, seq: int, bytes_per_value: float = 4.0) -> int:

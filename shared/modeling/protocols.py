@@ -152,6 +152,11 @@ class Quantizer(ABC):
         """Why this scheme cannot run on `device` (then fitting records the reason and skips it)."""
         return None
 
+    def predict_weight_bytes(self, params: int, arch: Any) -> int:
+        """Weights after quantizing, predicted before it is done (to order and skip schemes). `arch` is a
+        shared.modeling.budget.Architecture."""
+        return int(params * self.bytes_per_param)
+
     @abstractmethod
     def quantize(self, task: Task, model_dir: Path, out_dir: Path, spec: TaskSpec, calibration: Sequence[Any],
                  device: Any) -> Path: ...

@@ -15,7 +15,7 @@ from shared.modeling.budget import MB, Architecture, memory_budget
 from shared.modeling.checkpoint import tree_config
 from shared.modeling.datasets import load_jsonl
 from shared.modeling.device import pick_device
-from shared.modeling.protocols import LoadedModel, Task
+from shared.modeling.protocols import LoadedModel, Quantizer, Task
 from shared.modeling.registry import tasks, tuners
 
 
@@ -58,9 +58,13 @@ def architecture(store: ArtifactStore, tree_digest: str) -> Architecture:
 
 
 def budget_for(store: ArtifactStore, tree_digest: str, params: int, variant: str, req: Requirements, *,
-               bytes_per_param: float | None = None, weight_bytes: int | None = None) -> MemoryBudget:
+               quantizer: Quantizer | None = None, weight_bytes: int | None = None) -> MemoryBudget:
     """The memory budget of a stored checkpoint's variant on the requirements' hardware, at the serving
-    context its task plans for (one rule for fitting, and for selection's "would it fit?")."""
-    return memory_budget(variant, params, architecture(store, tree_digest),
-                         int(req.deployment.hardware.memory_mb * MB), bytes_per_param=bytes_per_param,
-                         weight_bytes=weight_bytes, seq=task_of(req.task).serving_context(req.task))
+    context its task plans for, plus the hardware's runtime term (one rule for fitting, and for
+    selection's "would it fit?"). Before a variant exists its weights are the quantizer's prediction."""
+    arch = architecture(store, tree_digest)
+    hw = req.deployment.hardware
+    if weight_bytes is None and quantizer is not None:
+        weight_bytes = quantizer.predict_weight_bytes(params, arch)
+    return memory_budget(variant, params, arch, int(hw.memory_mb * MB), weight_bytes=weight_bytes,
+                         seq=task_of(req.task).serving_context(req.task), runtime_bytes=int(hw.runtime_mb * MB))

@@ -48,6 +48,11 @@ class CompressedTensors4Bit(Quantizer):
     bytes_per_param: ClassVar[float] = 0.5 + 2 / 64  # packed int4 plus one fp16 scale per group
     trains_on_base: ClassVar[bool] = True
 
+    def predict_weight_bytes(self, params: int, arch: Any) -> int:
+        """Linear layers in 4 bits; the input embedding, and an untied output layer, stay in fp32."""
+        full = arch.embedding_params * (1 if arch.tied else 2) if arch.vocab else 0
+        return int(full * 4 + max(params - full, 0) * self.bytes_per_param)
+
     def unavailable(self, device: str) -> str | None:
         if device == "cpu":
             return ("4-bit compressed-tensors weights are unpacked to fp32 when they run on a cpu (no kernels), so "

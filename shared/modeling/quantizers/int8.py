@@ -33,6 +33,11 @@ class Int8WeightOnly(Quantizer):
         quantize_int8(loaded.model)
         return save_quantized(loaded.model, loaded.tokenizer, out_dir)
 
+    def predict_weight_bytes(self, params: int, arch: Any) -> int:
+        """One byte a weight plus an fp32 scale a row; a tied output layer is stored apart from the
+        embedding it shares (a second copy of vocab x hidden)."""
+        return int(params * self.bytes_per_param) + (arch.embedding_params if arch.tied else 0)
+
     def detects(self, model_dir: Path) -> bool:
         return (Path(model_dir) / LAYOUT_FILE).is_file()
 

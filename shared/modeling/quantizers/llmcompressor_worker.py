@@ -44,8 +44,10 @@ def main(request_path: str) -> int:
 
         recipe = QuantizationModifier(ignore=["lm_head"], config_groups=groups)
     texts = request["texts"]
+    torch.manual_seed(0)
     oneshot(model=model, tokenizer=tokenizer, recipe=recipe, dataset=Dataset.from_dict({"text": texts}),
-            max_seq_length=request.get("max_seq_length", 128), num_calibration_samples=len(texts))
+            max_seq_length=request.get("max_seq_length", 128), num_calibration_samples=len(texts),
+            shuffle_calibration_samples=False)  # the same samples in the same order: the same result
     model.save_pretrained(out, save_compressed=True)
     tokenizer.save_pretrained(out)
     result = {"seconds": time.time() - started, "calibration_samples": len(texts),
