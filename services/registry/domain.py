@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -66,6 +67,21 @@ def last_good(releases: list[str], position: int, good: Callable[[str], bool]) -
     return None
 
 
+def _example_request(manifest: Manifest) -> str:
+    """A curl line for the route the deployment's task serves first."""
+    from shared.modeling.registry import tasks
+
+    serves = tasks.get(manifest.requirements.task.type).serves
+    example: dict[str, object] = {"model": manifest.deployment}
+    if "completions" in serves:
+        route, example["messages"] = "chat/completions", [{"role": "user", "content": "an example input"}]
+    elif serves & {"classify", "embeddings"}:
+        route, example["input"] = ("classify" if "classify" in serves else "embeddings"), "an example input"
+    else:
+        return "# this task serves no HTTP route"
+    return f"curl -s localhost:8000/v1/{route} -H 'content-type: application/json' -d '{json.dumps(example)}'"
+
+
 def render_runbook(manifest: Manifest, manifest_id: str) -> str:
     req = manifest.requirements
     hw = req.deployment.hardware
@@ -106,8 +122,14 @@ model = load_deployment(store, read_manifest(store, "{manifest_id}"))
 
 ## 2. Serve
 ```bash
-weightflow predict {manifest.deployment} "an example input"
+weightflow serve {manifest.deployment} --port 8000   # HTTP, OpenAI-compatible; swaps on promotion and rollback
+{_example_request(manifest)}
+weightflow predict {manifest.deployment} "an example input"   # one-off, loaded in the CLI process
 ```
+`weightflow serve {manifest.deployment} --manifest {manifest_id[:12]}…` (the full id) serves exactly this
+release and does not follow the registry. With `WEIGHTFLOW_SERVE_API_KEY` set, clients send
+`Authorization: Bearer <key>`. `/readyz` answers 200 once the verified model is loaded.
+
 The live deployment is watched by a canary every {req.monitoring.canary_interval_s:g} s
 (`weightflow canary {manifest.deployment}` runs one now).
 

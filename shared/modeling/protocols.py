@@ -48,6 +48,42 @@ def _trace(cls: type, kind: str, methods: tuple[str, ...]) -> None:
             setattr(cls, method, traced(f"{kind}.{method}")(vars(cls)[method]))
 
 
+class NotServed(ValueError):
+    """The task's model does not answer this kind of request (e.g. embeddings from a language model)."""
+
+
+@dataclass(frozen=True)
+class CompletionParams:
+    """How to decode: what OpenAI-style clients send. Requests with equal params share a batch."""
+
+    max_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+@dataclass
+class Completion:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # "stop" (end of sequence or a stop string) or "length"
+
+
+@dataclass
+class Classified:
+    label: str
+    scores: dict[str, float]  # task label -> probability
+    tokens: int
+
+
+@dataclass
+class Embedded:
+    vector: list[float]
+    tokens: int
+
+
 class CandidateSource(ABC):
     name: ClassVar[str]
 
@@ -85,7 +121,7 @@ class Task(ABC):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        _trace(cls, "task", ("load", "evaluate", "general_score", "predict"))
+        _trace(cls, "task", ("load", "evaluate", "general_score", "predict", "classify", "embeddings", "complete"))
 
     metrics: ClassVar[tuple[str, ...]]  # the first is the default
     row: ClassVar[type[BaseModel]]  # eval, canary and train rows
@@ -136,6 +172,30 @@ class Task(ABC):
         from shared.modeling.loading import attention_projections
 
         return attention_projections(loaded.model), []
+
+    # -- serving (weightflow serve): what a deployed model of this task answers -----------------
+    # The kinds of request it serves: "classify", "embeddings", "completions" (chat included).
+    serves: ClassVar[frozenset[str]] = frozenset()
+
+    def count_tokens(self, loaded: LoadedModel, text: str) -> int:
+        return len(loaded.tokenizer(text, add_special_tokens=True)["input_ids"])
+
+    def classify(self, loaded: LoadedModel, spec: TaskSpec, texts: Sequence[str]) -> list[Classified]:
+        raise NotServed(f"task {self.name} does not classify")
+
+    def embeddings(self, loaded: LoadedModel, spec: TaskSpec, texts: Sequence[str]) -> list[Embedded]:
+        raise NotServed(f"task {self.name} does not embed text")
+
+    def complete(self, loaded: LoadedModel, spec: TaskSpec, prompts: Sequence[str], params: CompletionParams, *,
+                 templated: bool = False) -> list[Completion]:
+        """Continue each prompt as given (`templated`: it was rendered by `chat_prompt` and has its special
+        tokens already)."""
+        raise NotServed(f"task {self.name} does not generate text")
+
+    def chat_prompt(self, loaded: LoadedModel, spec: TaskSpec, messages: Sequence[dict[str, str]]
+                    ) -> tuple[str, bool]:
+        """(prompt, templated) for a chat conversation; ValueError with what to send instead."""
+        raise NotServed(f"task {self.name} does not chat")
 
 
 class Quantizer(ABC):

@@ -1,4 +1,4 @@
-"""Deployments: the registry, runbooks, rollback, canaries and predictions of the live model."""
+"""Deployments: the registry, runbooks, rollback, canaries, predictions and the HTTP server of the live model."""
 
 from __future__ import annotations
 
@@ -132,6 +132,43 @@ def predict(deployment: str, texts: list[str] = typer.Argument(..., help="inputs
         console.print(f"{output}\t{text}", markup=False)
 
 
+def serve(deployment: str,
+          host: str = typer.Option("127.0.0.1", help="interface to listen on (0.0.0.0: every interface)"),
+          port: int = typer.Option(8000, help="TCP port"),
+          manifest: str = typer.Option("", help="serve this manifest and do not follow promotions"),
+          max_batch: int = typer.Option(8, min=1, help="inputs per forward pass (the memory budget plans for 8)"),
+          max_wait_ms: float = typer.Option(2.0, min=0, help="how long a lone request waits for company")) -> None:
+    """Serve the live model over HTTP (OpenAI-compatible routes), swapping on promotion and rollback.
+
+    With WEIGHTFLOW_SERVE_API_KEY set, clients must send `Authorization: Bearer <key>`.
+    """
+    import asyncio
+    import os
+
+    import uvicorn
+
+    from shared.telemetry import setup_tracing
+    from weightflow.serving.app import create_app
+    from weightflow.serving.live import LiveDeployment
+
+    settings = Settings()
+    setup_tracing("serve", settings)
+    live = LiveDeployment(settings, deployment, pinned=manifest or None)
+
+    async def main() -> None:
+        try:
+            await live.start()
+        except (LookupError, ValueError, FileNotFoundError, IntegrityError, ConnectionError) as exc:
+            err.print(f"[red]error:[/] cannot serve {deployment!r}: {exc}", highlight=False)
+            raise typer.Exit(2) from exc
+        app = create_app(live, max_batch=max_batch, max_wait_s=max_wait_ms / 1000,
+                         api_key=os.environ.get("WEIGHTFLOW_SERVE_API_KEY") or None)
+        config = uvicorn.Config(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=30)
+        await uvicorn.Server(config).serve()
+
+    asyncio.run(main())
+
+
 def register(app: typer.Typer) -> None:
-    for command in (runbook, rollback, canary, predict):
+    for command in (runbook, rollback, canary, predict, serve):
         app.command()(command)

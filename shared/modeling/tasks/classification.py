@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from contracts.measurement import Measurement
 from contracts.requirements import HardwareProfile, TaskSpec
 from shared.modeling.datasets import Example, Pair
-from shared.modeling.protocols import LoadedModel, Task
+from shared.modeling.protocols import Classified, Embedded, LoadedModel, Task
 from shared.modeling.tasks.base import measurement, request_latencies_ms, timed
 
 if TYPE_CHECKING:
@@ -40,6 +40,9 @@ class ClassificationTask(Task):
     general_metric: ClassVar[str] = "spearman"
     batch_size: ClassVar[int] = 32
     max_length: ClassVar[int] = 128
+    serves: ClassVar[frozenset[str]] = frozenset({"classify", "embeddings"})
+    # label_scores / this, softmaxed, are the probabilities a served classification reports
+    score_temperature: ClassVar[float] = 1.0
 
     # -- torch-free checks ------------------------------------------------------------------
     def check_spec(self, spec: TaskSpec, metric: str) -> list[str]:
@@ -69,6 +72,38 @@ class ClassificationTask(Task):
         batch = loaded.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
                                  return_tensors="pt")
         return {key: value.to(loaded.device) for key, value in batch.items()}
+
+    # -- serving ----------------------------------------------------------------------------
+    def _token_counts(self, loaded: LoadedModel, texts: Sequence[str]) -> list[int]:
+        ids = loaded.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
+        return [len(i) for i in ids]
+
+    def classify(self, loaded: LoadedModel, spec: TaskSpec, texts: Sequence[str]) -> list[Classified]:
+        """Each text's label (as `predict` picks it) and every label's probability."""
+        import torch
+
+        names = label_names(spec)
+        out: list[Classified] = []
+        with torch.inference_mode():
+            for i in range(0, len(texts), self.batch_size):
+                chunk = texts[i: i + self.batch_size]
+                scores = self.label_scores(loaded, spec, chunk).float() / self.score_temperature
+                probs = torch.softmax(scores, dim=1).cpu()
+                for row, tokens in zip(probs, self._token_counts(loaded, chunk), strict=True):
+                    out.append(Classified(label=names[int(row.argmax())],
+                                          scores={n: float(p) for n, p in zip(names, row, strict=True)}, tokens=tokens))
+        return out
+
+    def embeddings(self, loaded: LoadedModel, spec: TaskSpec, texts: Sequence[str]) -> list[Embedded]:
+        import torch
+
+        out: list[Embedded] = []
+        with torch.inference_mode():
+            for i in range(0, len(texts), self.batch_size):
+                chunk = texts[i: i + self.batch_size]
+                vectors = self.embed(loaded, chunk).float().cpu().tolist()
+                out += [Embedded(v, n) for v, n in zip(vectors, self._token_counts(loaded, chunk), strict=True)]
+        return out
 
     # -- shared behaviour -------------------------------------------------------------------
     def predict(self, loaded: LoadedModel, spec: TaskSpec, inputs: Sequence[str]) -> list[str]:

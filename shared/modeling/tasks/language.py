@@ -17,12 +17,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from contracts.limits import MAX_TEXT_CHARS
 from contracts.requirements import TaskSpec
 from shared.modeling.checkpoint import CheckpointInfo
-from shared.modeling.protocols import LoadedModel, Task
+from shared.modeling.protocols import Completion, CompletionParams, LoadedModel, Task
 
 if TYPE_CHECKING:
     import torch
 
 MAX_PROMPT_TOKENS = 256
+GREEDY_BELOW = 1e-5  # a sampling temperature under this decodes greedily (as vLLM does)
 
 
 class _Row(BaseModel):
@@ -66,6 +67,51 @@ class LanguageTask(Task):
 
     def serving_context(self, spec: TaskSpec) -> int:
         return MAX_PROMPT_TOKENS + spec.max_new_tokens
+
+    # -- serving ----------------------------------------------------------------------------
+    serves: ClassVar[frozenset[str]] = frozenset({"completions"})
+
+    def chat_prompt(self, loaded: LoadedModel, spec: TaskSpec, messages: Sequence[dict[str, str]]
+                    ) -> tuple[str, bool]:
+        """One user message is the task's input, rendered exactly as it was evaluated; a longer
+        conversation needs the tokenizer's chat template."""
+        if len(messages) == 1 and messages[0]["role"] == "user":
+            return self.prompt(loaded, spec, messages[0]["content"]), spec.chat_template
+        if not getattr(loaded.tokenizer, "chat_template", None):
+            raise ValueError("this model's tokenizer has no chat template: send one user message (it is rendered "
+                             "with the task's prompt) or use /v1/completions with your own prompt")
+        rendered: str = loaded.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True,
+                                                             tokenize=False)
+        return rendered, True
+
+    def complete(self, loaded: LoadedModel, spec: TaskSpec, prompts: Sequence[str], params: CompletionParams, *,
+                 templated: bool = False) -> list[Completion]:
+        import torch
+
+        tokenizer = loaded.tokenizer
+        tokenizer.padding_side = "left"
+        batch = tokenizer(list(prompts), padding=True, return_tensors="pt", add_special_tokens=not templated)
+        batch = {k: v.to(loaded.device) for k, v in batch.items()}
+        decoding: dict[str, Any] = {"do_sample": False}
+        if params.temperature >= GREEDY_BELOW:  # lower temperatures overflow the logits: they mean greedy
+            decoding = {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p}
+        if params.seed is not None:
+            torch.manual_seed(params.seed)
+        with torch.inference_mode():
+            out = loaded.model.generate(**batch, max_new_tokens=params.max_tokens, pad_token_id=tokenizer.pad_token_id,
+                                        eos_token_id=tokenizer.eos_token_id, **decoding)
+        new = out[:, batch["input_ids"].shape[1]:].cpu().tolist()
+        prompt_tokens = batch["attention_mask"].sum(dim=1).tolist()
+        completions = []
+        for ids, n_prompt in zip(new, prompt_tokens, strict=True):
+            ended = tokenizer.eos_token_id in ids
+            produced = ids[: ids.index(tokenizer.eos_token_id) + 1] if ended else ids
+            text = tokenizer.decode(produced, skip_special_tokens=True)
+            cut = min((i for i in (text.find(s) for s in params.stop) if i >= 0), default=-1)
+            if cut >= 0:
+                text, ended = text[:cut], True
+            completions.append(Completion(text, int(n_prompt), len(produced), "stop" if ended else "length"))
+        return completions
 
     def calibration_texts(self, spec: TaskSpec, rows: Sequence[Any]) -> list[str]:
         """Prompt and answer as one text (the chat template needs a tokenizer: the plain template is used)."""

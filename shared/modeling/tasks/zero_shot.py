@@ -24,6 +24,7 @@ TEMPERATURE = 0.05
 
 class ZeroShotClassification(ClassificationTask):
     name: ClassVar[str] = "zero-shot-classification"
+    score_temperature: ClassVar[float] = TEMPERATURE  # the temperature its LoRA objective trains at
 
     def check_checkpoint(self, spec: TaskSpec, info: CheckpointInfo) -> list[str]:
         if info.is_decoder:

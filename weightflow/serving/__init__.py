@@ -1,0 +1,1 @@
+"""`weightflow serve`: the live model of a deployment over HTTP."""

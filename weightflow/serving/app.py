@@ -1,0 +1,296 @@
+"""`weightflow serve`'s HTTP API (FastAPI): the live model behind OpenAI's routes and /v1/classify.
+
+Which routes answer depends on the deployment's task (`Task.serves`): classification deployments
+classify and embed, language models complete and chat. Every error is a JSON body in OpenAI's shape
+with a 4xx status that says what to change; only a fault of the server is a 500, and it never carries
+a traceback. With WEIGHTFLOW_SERVE_API_KEY set, /v1 routes need `Authorization: Bearer <key>`.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator, Hashable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, cast
+from uuid import uuid4
+
+import numpy as np
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from shared.modeling.protocols import CompletionParams, NotServed
+from weightflow.serving import schemas as s
+from weightflow.serving.batching import Batcher
+from weightflow.serving.live import LiveDeployment, ServedModel
+
+log = logging.getLogger("weightflow.serve")
+
+MAX_BODY_BYTES = 4 * 1024 * 1024
+ROUTES = {"classify": ["/v1/classify"], "embeddings": ["/v1/embeddings"],
+          "completions": ["/v1/completions", "/v1/chat/completions"]}
+MANIFEST_HEADER = "x-weightflow-manifest"
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, *, code: str | None = None, param: str | None = None,
+                 type_: str = "invalid_request_error") -> None:
+        super().__init__(message)
+        self.status, self.code, self.param, self.type = status, code, param, type_
+
+
+def _run_batch(live: LiveDeployment) -> Any:
+    def run(key: Hashable, inputs: list[Any]) -> tuple[str, Sequence[Any]]:
+        served = live.current  # one snapshot per batch: a swap takes effect at the next batch
+        if served is None:
+            raise ApiError(503, "no model is loaded yet", type_="server_error")
+        parts = cast(tuple[Any, ...], key)  # ("classify",) | ("embeddings",) | ("completions", params, templated)
+        kind: str = parts[0]
+        if kind not in served.task.serves:
+            raise NotServed(f"the live model (task {served.spec.type}) no longer serves {kind}")
+        if kind == "classify":
+            return served.manifest_id, served.task.classify(served.loaded, served.spec, inputs)
+        if kind == "embeddings":
+            return served.manifest_id, served.task.embeddings(served.loaded, served.spec, inputs)
+        params, templated = parts[1], parts[2]
+        return served.manifest_id, served.task.complete(served.loaded, served.spec, inputs, params,
+                                                        templated=templated)
+
+    return run
+
+
+def create_app(live: LiveDeployment, *, max_batch: int = 8, max_wait_s: float = 0.002,
+               api_key: str | None = None) -> FastAPI:
+    batcher: Batcher[Any] = Batcher(_run_batch(live), max_batch=max_batch, max_wait_s=max_wait_s)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        batcher.start()
+        try:
+            yield
+        finally:
+            await batcher.stop()
+            await live.stop()
+
+    app = FastAPI(title="weightflow serve", version="1", lifespan=lifespan,
+                  description="The live model of one weightflow deployment, behind OpenAI-compatible routes.",
+                  responses={400: {"model": s.ErrorResponse}, 401: {"model": s.ErrorResponse},
+                             404: {"model": s.ErrorResponse}, 503: {"model": s.ErrorResponse}})
+    app.state.batcher = batcher
+    app.state.live = live
+
+    # -- errors -------------------------------------------------------------------------------
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(s.error(str(exc), exc.type, code=exc.code, param=exc.param), status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body') or 'body'}: {e.get('msg')}"
+                             for e in exc.errors()[:5])
+        return JSONResponse(s.error(problems or "invalid request", param=where or None, code="invalid_request"),
+                            status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(s.error(str(exc.detail), code="not_found" if exc.status_code == 404 else None),
+                            status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _fault(request: Request, exc: Exception) -> JSONResponse:
+        ref = uuid4().hex[:12]
+        log.exception("request %s failed (ref %s)", request.url.path, ref)
+        return JSONResponse(s.error(f"internal error (ref {ref}); the server log has the details", "server_error"),
+                            status_code=500)
+
+    @app.middleware("http")
+    async def _limits(request: Request, call_next: Any) -> Any:
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+            return JSONResponse(s.error(f"request body over {MAX_BODY_BYTES // 2**20} MiB; send fewer or shorter "
+                                        "inputs", code="request_too_large"), status_code=413)
+        return await call_next(request)
+
+    # -- shared checks ------------------------------------------------------------------------
+    def authorized(request: Request) -> None:
+        if api_key is None:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
+            raise ApiError(401, "missing or wrong API key: send `Authorization: Bearer <key>`",
+                           code="invalid_api_key")
+
+    def serving(model: str, kind: str) -> ServedModel:
+        served = live.current
+        if served is None:
+            raise ApiError(503, "the model is still loading; retry shortly (see /readyz)", type_="server_error")
+        if model not in (served.deployment, served.manifest_id):
+            raise ApiError(404, f"model {model!r} is not served here; this server serves {served.deployment!r}",
+                           code="model_not_found", param="model")
+        if kind not in served.task.serves:
+            offered = [r for k in sorted(served.task.serves) for r in ROUTES[k]]
+            raise ApiError(404, f"deployment {served.deployment!r} (task {served.spec.type}) does not serve "
+                           f"{ROUTES[kind][0]}; it serves {', '.join(offered)}", code="unsupported_endpoint")
+        return served
+
+    async def batched(key: tuple[Any, ...], items: list[Any]) -> tuple[str, list[Any]]:
+        try:
+            return await batcher.submit(key, items)
+        except NotServed as exc:
+            raise ApiError(404, str(exc), code="unsupported_endpoint") from exc
+        except ValueError as exc:
+            raise ApiError(400, str(exc)) from exc
+
+    def answer(body: Any, manifest_id: str) -> JSONResponse:
+        return JSONResponse(body.model_dump(), headers={MANIFEST_HEADER: manifest_id})
+
+    def completion_params(req: s.CompletionRequest | s.ChatRequest, served: ServedModel, limit: int | None,
+                          prompt_tokens: int) -> CompletionParams:
+        for name in ("max_tokens", "max_completion_tokens"):  # each one given must be possible on its own
+            given = getattr(req, name, None)
+            if given is not None and given >= served.context_tokens:
+                raise ApiError(400, f"{name} {given} is past the {served.context_tokens} tokens per request (prompt + "
+                               "completion) this deployment was fitted for", code="context_length_exceeded",
+                               param=name)
+        max_tokens = limit or served.spec.max_new_tokens
+        if prompt_tokens + max_tokens > served.context_tokens:
+            raise ApiError(400, f"this deployment was fitted for {served.context_tokens} tokens per request (prompt + "
+                           f"completion); the prompt is {prompt_tokens} tokens and max_tokens {max_tokens}: shorten "
+                           "the prompt or lower max_tokens", code="context_length_exceeded", param="max_tokens")
+        return CompletionParams(max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p,
+                                stop=req.stop_sequences(), seed=req.seed)
+
+    # -- the published schema: this deployment's routes, and the one model name it answers to -----
+    schemas: dict[str | None, dict[str, Any]] = {}
+
+    def openapi() -> dict[str, Any]:
+        served = live.current
+        key = served.manifest_id if served else None
+        if key not in schemas:
+            doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            if served is not None:
+                offered = {r for k in served.task.serves for r in ROUTES[k]} | {"/v1/models"}
+                doc["paths"] = {p: v for p, v in doc["paths"].items() if not p.startswith("/v1/") or p in offered}
+                for component in doc.get("components", {}).get("schemas", {}).values():
+                    if "Request" not in component.get("title", ""):
+                        continue
+                    properties = component.get("properties", {})
+                    if "model" in properties:
+                        properties["model"]["enum"] = [served.deployment]
+                    for limit in ("max_tokens", "max_completion_tokens"):  # the fitted context, less a prompt token
+                        for branch in properties.get(limit, {}).get("anyOf", []):
+                            if branch.get("type") == "integer":
+                                branch["maximum"] = served.context_tokens - 1
+            schemas.clear()
+            schemas[key] = doc
+        return schemas[key]
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+    # -- routes -------------------------------------------------------------------------------
+    @app.get("/healthz", tags=["operations"])
+    async def healthz() -> dict[str, Any]:
+        """The process is up; says whether it follows promotions and why it refused the last one."""
+        served = live.current
+        return {"status": "ok", "deployment": live.deployment, "manifest_id": served.manifest_id if served else None,
+                "following": live.following, "pinned": live.pinned is not None, "swaps": live.swaps,
+                "last_error": live.last_error, "batches": batcher.stats.batches,
+                "mean_batch": round(batcher.stats.mean_batch, 2)}
+
+    @app.get("/readyz", tags=["operations"])
+    async def readyz() -> JSONResponse:
+        """200 once a verified model is loaded (route traffic here), 503 before."""
+        served = live.current
+        if served is None:
+            return JSONResponse({"status": "loading"}, status_code=503)
+        return JSONResponse({"status": "ready", "manifest_id": served.manifest_id})
+
+    @app.get("/v1/models", response_model=s.ModelList, tags=["openai"], dependencies=[Depends(authorized)])
+    async def models() -> s.ModelList:
+        served = live.current
+        if served is None:
+            return s.ModelList(data=[])
+        created = int(time.mktime(time.strptime(served.manifest.created_at[:19], "%Y-%m-%dT%H:%M:%S")))
+        return s.ModelList(data=[s.ModelCard(
+            id=served.deployment, created=created, manifest_id=served.manifest_id, task=served.spec.type,
+            endpoints=[r for k in sorted(served.task.serves) for r in ROUTES[k]])])
+
+    @app.post("/v1/completions", response_model=s.CompletionResponse, tags=["openai"],
+              dependencies=[Depends(authorized)])
+    async def completions(req: s.CompletionRequest) -> JSONResponse:
+        """Continue each prompt as given (no template): OpenAI's legacy completions."""
+        served = serving(req.model, "completions")
+        prompts = req.prompts()
+        counts = [served.task.count_tokens(served.front, p) for p in prompts]
+        if min(counts) == 0:
+            raise ApiError(400, f"prompt {counts.index(0)} has no tokens (this model adds no start token): send "
+                           "some text", param="prompt")
+        params = completion_params(req, served, req.max_tokens, max(counts))
+        manifest_id, outs = await batched(("completions", params, False), prompts)
+        usage = s.Usage(prompt_tokens=sum(o.prompt_tokens for o in outs),
+                        completion_tokens=sum(o.completion_tokens for o in outs),
+                        total_tokens=sum(o.prompt_tokens + o.completion_tokens for o in outs))
+        return answer(s.CompletionResponse(
+            id=f"cmpl-{uuid4().hex}", created=int(time.time()), model=served.deployment, usage=usage,
+            choices=[s.CompletionChoice(index=i, text=o.text, finish_reason=o.finish_reason)
+                     for i, o in enumerate(outs)]), manifest_id)
+
+    @app.post("/v1/chat/completions", response_model=s.ChatResponse, tags=["openai"],
+              dependencies=[Depends(authorized)])
+    async def chat(req: s.ChatRequest) -> JSONResponse:
+        """One user message is the deployment's task input, rendered with its prompt as evaluated; a
+        conversation uses the tokenizer's chat template."""
+        served = serving(req.model, "completions")
+        try:
+            prompt, templated = served.task.chat_prompt(served.front, served.spec, req.conversation())
+        except ValueError as exc:
+            raise ApiError(400, str(exc), param="messages") from exc
+        tokens = len(served.front.tokenizer(prompt, add_special_tokens=not templated)["input_ids"])
+        if tokens == 0:
+            raise ApiError(400, "the conversation renders to no tokens: send some text", param="messages")
+        params = completion_params(req, served, req.limit(), tokens)
+        manifest_id, (out,) = await batched(("completions", params, templated), [prompt])
+        return answer(s.ChatResponse(
+            id=f"chatcmpl-{uuid4().hex}", created=int(time.time()), model=served.deployment,
+            choices=[s.ChatChoice(index=0, message=s.AssistantMessage(content=out.text),
+                                  finish_reason=out.finish_reason)],
+            usage=s.Usage(prompt_tokens=out.prompt_tokens, completion_tokens=out.completion_tokens,
+                          total_tokens=out.prompt_tokens + out.completion_tokens)), manifest_id)
+
+    @app.post("/v1/embeddings", response_model=s.EmbeddingResponse, tags=["openai"],
+              dependencies=[Depends(authorized)])
+    async def embeddings(req: s.EmbeddingRequest) -> JSONResponse:
+        """L2-normalised sentence embeddings (mean pooling), as the task embeds text."""
+        served = serving(req.model, "embeddings")
+        manifest_id, outs = await batched(("embeddings",), req.texts())
+
+        def encode(vector: list[float]) -> list[float] | str:
+            if req.encoding_format == "base64":
+                return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode()
+            return vector
+
+        tokens = sum(o.tokens for o in outs)
+        return answer(s.EmbeddingResponse(
+            data=[s.EmbeddingItem(index=i, embedding=encode(o.vector)) for i, o in enumerate(outs)],
+            model=served.deployment, usage=s.Usage(prompt_tokens=tokens, total_tokens=tokens)), manifest_id)
+
+    @app.post("/v1/classify", response_model=s.ClassifyResponse, tags=["weightflow"],
+              dependencies=[Depends(authorized)])
+    async def classify(req: s.ClassifyRequest) -> JSONResponse:
+        """The label the deployment gives each input, and every label's probability."""
+        served = serving(req.model, "classify")
+        manifest_id, outs = await batched(("classify",), req.texts())
+        tokens = sum(o.tokens for o in outs)
+        return answer(s.ClassifyResponse(
+            data=[s.Classification(index=i, label=o.label, scores=o.scores) for i, o in enumerate(outs)],
+            model=served.deployment, usage=s.Usage(prompt_tokens=tokens, total_tokens=tokens)), manifest_id)
+
+    return app
