@@ -19,7 +19,8 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
-COMPARISONS = ("eval_throughput", "orchestration", "hashing", "memory_budget", "quantization", "scale", "lm_schemes")
+COMPARISONS = ("eval_throughput", "orchestration", "hashing", "memory_budget", "quantization", "scale", "lm_schemes",
+               "serving")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -50,6 +50,19 @@ class CandidateBenchmarked(Event):
 
 
 @register
+class CandidateUnavailable(Event):
+    """A candidate that could not be measured at all (an API endpoint down, rate-limiting past every
+    retry, or answering garbage): left out of selection, with why."""
+
+    STAGE = "benchmark"
+    NAME = "candidate_unavailable"
+    candidate: str
+    source: str
+    kind: Literal["unreachable", "rate_limited", "malformed", "refused", "error"]
+    reason: str
+
+
+@register
 class VariantBenchmarked(Event):
     """The answer to a BenchmarkRequested (a variant fitting made), addressed to fitting alone."""
 

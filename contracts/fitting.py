@@ -34,6 +34,19 @@ class MemoryBudgetComputed(Event):
 
 
 @register
+class FitSkipped(Event):
+    """The selected model has nothing to fit or tune here (a hosted API): why, for both stages. A
+    `FitCompleted` routed to the registry follows it."""
+
+    STAGE = "fitting"
+    NAME = "skipped"
+    candidate: str
+    source: str
+    reason: str = Field(description="why fitting does not apply")
+    tuning_reason: str = Field(description="why tuning does not apply")
+
+
+@register
 class FitCompleted(Event):
     """The fitted model, and where it goes next: decided here once (tuning when a gap remains)."""
 

@@ -33,6 +33,8 @@ class Measurement(Contract):
     score_std: float | None = Field(default=None, description="per-row standard deviation of the score")
     binary: bool = Field(default=True, description="each row scores 0 or 1 (accuracy-like)")
     interval: Interval | None = None
+    via: Literal["process", "http"] = Field(
+        default="process", description="the model called in the measuring process, or over HTTP as a client")
     extra: dict[str, float] = Field(default_factory=dict,
                                     description="other metrics: macro_f1, per-label precision/recall, …")
 

@@ -66,6 +66,19 @@ class CanaryFailed(Event):
 
 
 @register
+class ServingEndpointAnnounced(Event):
+    """`weightflow serve` is up (or, `online: false`, shut down cleanly) for a deployment at `url`: the
+    canary then probes that endpoint over HTTP, as clients call it, instead of loading its own copy."""
+
+    STAGE = "monitoring"
+    NAME = "serving_endpoint_announced"
+    deployment: str
+    url: str = Field(pattern=r"^https?://[^\s]+$", max_length=500, description="the server's base URL (no /v1)")
+    online: bool = True
+    manifest_id: str | None = Field(default=None, description="what it served when it announced")
+
+
+@register
 class DriftDetected(Event):
     STAGE = "monitoring"
     NAME = "drift_detected"

@@ -8,6 +8,7 @@ here they are names, checked against those registries when a document is validat
 
 from __future__ import annotations
 
+import re
 from pathlib import PurePosixPath
 from typing import Annotated, Any, Literal
 from uuid import UUID
@@ -98,38 +99,70 @@ class HardwareProfile(Contract):
         "slack); 64 MB covers what the bench measured on CPU (bench/RESULTS.md)"))
 
 
+# The machine that calls a hosted API: it hosts no model, so it costs nothing per hour and needs no memory
+# budget. Used when an API deployment names no hardware (a local candidate beside API ones needs it).
+API_CLIENT = {"profile": "api-client", "device": "cpu", "memory_mb": 1024, "cost_per_hour_usd": 0.0, "runtime_mb": 0}
+
+
 class DeploymentSpec(Contract):
     name: str = Field(pattern=NAME_PATTERN)
-    mode: Literal["self-hosted", "api"] = "self-hosted"
+    mode: Literal["self-hosted", "api"] = Field(default="self-hosted", description=(
+        "self-hosted: every candidate runs on your hardware; api: hosted API candidates may be chosen too"))
     hardware: HardwareProfile
-    data_residency: str | None = None
+    data_residency: str | None = Field(default=None, description="API candidates must declare this region")
 
-    @model_validator(mode="after")
-    def _self_hosted_only(self) -> DeploymentSpec:
-        if self.mode == "api":
-            raise ValueError(
-                "mode 'api' needs API candidates, and none are configured in this release; use 'self-hosted'"
-            )
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _api_client_hardware(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("mode") == "api" and data.get("hardware") is None:
+            return {**data, "hardware": API_CLIENT}
+        return data
 
 
 def _candidate_shorthand(value: Any) -> Any:
     return {"builtin": value} if isinstance(value, str) else value
 
 
+class ApiEndpoint(Contract):
+    """A hosted model behind an OpenAI-compatible HTTP API. The key is read from `api_key_env` by the
+    services that call it; its value never enters an event, a manifest, a log or a trace."""
+
+    base_url: str = Field(pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$", max_length=500,
+                          description="up to and including /v1, e.g. https://api.example.com/v1")
+    model: str = Field(min_length=1, max_length=200, description="the model id the API expects")
+    api_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,99}$",
+                                    description="environment variable holding the bearer token")
+    price_per_1k_input_tokens: float = Field(ge=0, description="USD")
+    price_per_1k_output_tokens: float = Field(ge=0, description="USD")
+    route: Literal["chat", "completions", "embeddings", "classify"] | None = Field(
+        default=None, description="which endpoint the task calls (default: the task's first)")
+    max_concurrency: int = Field(default=4, ge=1, le=64)
+    timeout_s: float = Field(default=30.0, gt=0, le=600)
+    max_retries: int = Field(default=4, ge=0, le=10, description="on 429, 5xx and connection errors, with backoff")
+    size_class: Literal["xs", "s", "m", "l", "xl", "api"] = Field(
+        default="api", description="where selection tries it; 'api' comes after every local size class")
+    region: str | None = Field(default=None, description="where the API processes data (for data_residency)")
+
+    @property
+    def url(self) -> str:
+        return self.base_url.rstrip("/")
+
+
 class CandidateRef(Contract):
-    """One candidate model: a built-in name, a model directory next to the YAML, or a local-cache id."""
+    """One candidate model: a built-in name, a model directory next to the YAML, a local-cache id, or a
+    hosted API."""
 
     builtin: str | None = Field(default=None, description="a model weightflow ships (e.g. minilm-l6)")
     path: str | None = Field(default=None, description="a Hugging Face model directory, relative to the YAML")
     hf: str | None = Field(default=None, description="org/name in the local Hugging Face cache (never downloaded)")
+    api: ApiEndpoint | None = Field(default=None, description="an OpenAI-compatible endpoint")
     name: str | None = Field(default=None, pattern=NAME_PATTERN, description="display name (default: derived)")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> CandidateRef:
-        given = [k for k in ("builtin", "path", "hf") if getattr(self, k)]
+        given = [k for k in ("builtin", "path", "hf", "api") if getattr(self, k)]
         if len(given) != 1:
-            raise ValueError("a candidate is a built-in name, or exactly one of path: or hf:")
+            raise ValueError("a candidate is a built-in name, or exactly one of path:, hf: or api:")
         if self.path is not None:
             _relative_path(self.path, "candidate path")
         if self.hf is not None and (self.hf.count("/") != 1 or any(not p or p in (".", "..") for p in
@@ -139,7 +172,7 @@ class CandidateRef(Contract):
 
     @property
     def source(self) -> str:
-        return "builtin" if self.builtin else "path" if self.path else "hf"
+        return "builtin" if self.builtin else "path" if self.path else "hf" if self.hf else "api"
 
     @property
     def key(self) -> str:
@@ -150,6 +183,9 @@ class CandidateRef(Contract):
             return self.builtin
         if self.path:
             return PurePosixPath(self.path).name or self.path
+        if self.api:
+            slug = re.sub(r"[^a-z0-9]+", "-", self.api.model.lower()).strip("-")[:58]
+            return f"api-{slug or 'model'}"
         assert self.hf is not None
         return self.hf.replace("/", "--")
 
@@ -192,6 +228,40 @@ class Requirements(Contract):
         if dupes:
             raise ValueError(f"candidates {dupes} appear twice; give one of them a distinct name:")
         return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _local_candidates_need_hardware(cls, data: Any) -> Any:
+        dep = data.get("deployment") if isinstance(data, dict) else None
+        if isinstance(dep, dict) and dep.get("mode") == "api" and dep.get("hardware") is None:
+            candidates = data.get("candidates")
+            if not isinstance(candidates, list) or any(not (isinstance(c, dict) and c.get("api"))
+                                                       for c in candidates):
+                raise ValueError("deployment.hardware is missing: local candidates (and the default, every "
+                                 "built-in) need the hardware they would run on; give deployment.hardware, or "
+                                 "list only api: candidates")
+        return data
+
+    @model_validator(mode="after")
+    def _deployment_allows_candidates(self) -> Requirements:
+        dep = self.deployment
+        remote = [c for c in self.candidates or [] if c.api is not None]
+        if dep.mode == "self-hosted" and remote:
+            raise ValueError(f"candidates {[c.key for c in remote]} call a hosted API, and deployment.mode is "
+                             "'self-hosted' (every request stays on your hardware); set deployment.mode: api to "
+                             "allow API candidates")
+        if dep.data_residency:
+            for c in remote:
+                assert c.api is not None
+                if c.api.region != dep.data_residency:
+                    raise ValueError(
+                        f"candidate {c.key}: deployment.data_residency is {dep.data_residency!r} but its API "
+                        f"declares region {c.api.region!r}; set api.region to where the API processes data, or "
+                        "drop the candidate")
+        return self
+
+    def candidate(self, key: str) -> CandidateRef | None:
+        return next((c for c in self.candidates or [] if c.key == key), None)
 
 
 class DataRefs(Contract):

@@ -13,12 +13,19 @@ from contracts.base import Event
 from contracts.benchmark import (
     BenchmarkRequested,
     CandidateBenchmarked,
+    CandidateUnavailable,
     NoCandidatePassed,
     SelectionDecided,
     VariantBenchmarked,
 )
-from contracts.fitting import FitCompleted, FitFailed, MemoryBudgetComputed
-from contracts.monitoring import CanaryFailed, CanaryPassed, CanaryRequested, DriftDetected
+from contracts.fitting import FitCompleted, FitFailed, FitSkipped, MemoryBudgetComputed
+from contracts.monitoring import (
+    CanaryFailed,
+    CanaryPassed,
+    CanaryRequested,
+    DriftDetected,
+    ServingEndpointAnnounced,
+)
 from contracts.registry import (
     DeploymentPromoted,
     ModelRegistered,
@@ -65,10 +72,11 @@ STAGES: tuple[Stage, ...] = (
                  RequestRefused)),
     Stage(2, "benchmark", "measure candidates smallest first, select",
           consumes=(RequirementsAccepted, BenchmarkRequested),
-          emits=(CandidateBenchmarked, SelectionDecided, NoCandidatePassed, VariantBenchmarked)),
+          emits=(CandidateBenchmarked, CandidateUnavailable, SelectionDecided, NoCandidatePassed,
+                 VariantBenchmarked)),
     Stage(3, "fitting", "memory budget, quantize, re-benchmark; decide tune or register",
           consumes=(SelectionDecided, VariantBenchmarked),
-          emits=(MemoryBudgetComputed, BenchmarkRequested, FitCompleted, FitFailed)),
+          emits=(MemoryBudgetComputed, BenchmarkRequested, FitSkipped, FitCompleted, FitFailed)),
     Stage(4, "tuning", "LoRA on the fitted base, dual gate",
           consumes=(FitCompleted,),
           emits=(AdapterTrained, TuningGated, TuningSkipped)),
@@ -76,7 +84,7 @@ STAGES: tuple[Stage, ...] = (
           consumes=(FitCompleted, TuningGated, RollbackRequested, RequirementsAccepted, CanaryPassed, CanaryFailed),
           emits=(ModelRegistered, DeploymentPromoted, PromotionSkipped, RolledBack, RequestRefused)),
     Stage(6, "monitoring", "canaries and drift alerts",
-          consumes=(DeploymentPromoted, CanaryRequested, WorkflowResumed),
+          consumes=(DeploymentPromoted, CanaryRequested, WorkflowResumed, ServingEndpointAnnounced),
           emits=(CanaryRequested, CanaryPassed, CanaryFailed, DriftDetected, RequestRefused)),
 )
 
@@ -84,6 +92,7 @@ SERVICES: tuple[str, ...] = tuple(s.service for s in STAGES)
 # Published by people and tools (the CLI's admin user), not by a service.
 OPERATOR_EVENTS: tuple[type[Event], ...] = (
     RequirementsSubmitted, RequirementsChanged, RollbackRequested, CanaryRequested, ResumeRequested,
+    ServingEndpointAnnounced,
 )
 # Every service may dead-letter what it cannot handle.
 ALWAYS_EMITTED: tuple[type[Event], ...] = (DeadLettered,)

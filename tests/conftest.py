@@ -82,6 +82,11 @@ class LiveStack:
         return "\n".join(out)
 
 
+# The key the services hold for API candidates in the end-to-end tests: it must never leave their environment.
+E2E_API_KEY_ENV = "WF_E2E_API_KEY"
+E2E_API_KEY = "sk-e2e-7d3b-must-never-be-logged"
+
+
 def start_stack(home: Path, **env: Any) -> LiveStack:
     settings = Settings(home=home)
     stack = Stack(settings, env={k: str(v) for k, v in env.items()})
@@ -92,7 +97,7 @@ def start_stack(home: Path, **env: Any) -> LiveStack:
 def live_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
     """One stack shared by the end-to-end tests: starting six torch processes costs seconds."""
     live = start_stack(tmp_path_factory.mktemp("stack") / "home",
-                       WEIGHTFLOW_CANARY_INTERVAL_S=3600, WEIGHTFLOW_ACK_WAIT_S=20)
+                       WEIGHTFLOW_CANARY_INTERVAL_S=3600, WEIGHTFLOW_ACK_WAIT_S=20, **{E2E_API_KEY_ENV: E2E_API_KEY})
     try:
         yield live
     finally:

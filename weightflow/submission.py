@@ -22,7 +22,6 @@ from contracts.requirements import (
 )
 from contracts.requirements_doc import RequirementsError, decode_document, parse_requirements
 from shared.artifacts import ArtifactStore
-from shared.modeling.checkpoint import CheckpointError, inspect_checkpoint
 from shared.modeling.datasets import load_jsonl
 from shared.modeling.protocols import Task
 from shared.modeling.registry import sources
@@ -62,13 +61,7 @@ def _data_paths(req: Requirements, base: Path, errors: list[str]) -> dict[str, P
 def _check_candidates(req: Requirements, task: Task, base: Path, errors: list[str]) -> None:
     for i, ref in enumerate(req.candidates or []):
         where = f"candidates.{i} ({ref.key})"
-        try:
-            directory = sources.get(ref.source).local_dir(ref, base)
-            info = inspect_checkpoint(directory, check_architecture=ref.source != "builtin")
-        except (CheckpointError, ValueError) as exc:
-            errors.append(f"{where}: {exc}")
-            continue
-        errors += [f"{where}: {e}" for e in task.check_checkpoint(req.task, info)]
+        errors += [f"{where}: {e}" for e in sources.get(ref.source).check(ref, base, task, req.task)]
 
 
 def prepare(path: Path, store: ArtifactStore, run_id: UUID | None = None, *, changed: bool = False) -> Prepared:

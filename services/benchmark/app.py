@@ -18,6 +18,7 @@ from contracts.benchmark import (
     UNQUANTIZED,
     BenchmarkRequested,
     CandidateBenchmarked,
+    CandidateUnavailable,
     Decision,
     ModelArtifact,
     NoCandidatePassed,
@@ -31,7 +32,8 @@ from services.benchmark import domain
 from services.benchmark.tables import BenchmarkRecord
 from shared.bus import HandlerContext, HandlerResult, PermanentError, Service
 from shared.modeling.registry import quantizers, sources
-from shared.modeling.stored import budget_for, load_tree, rows, task_of
+from shared.modeling.remote import EndpointError
+from shared.modeling.stored import budget_for, is_remote, measure, rows, task_of
 
 service = Service("benchmark")
 
@@ -59,22 +61,27 @@ def _known(ctx: HandlerContext, keys: list[str]) -> dict[str, Measurement]:
     return ctx.read(read)
 
 
-def _measure(ctx: HandlerContext, context: RunContext, models: list[ModelArtifact]) -> list[Measured]:
-    """Measure each model on the eval set (or reuse an earlier measurement of the very same thing)."""
+def _measure(ctx: HandlerContext, context: RunContext, models: list[ModelArtifact]
+             ) -> tuple[list[Measured], list[tuple[ModelArtifact, EndpointError]]]:
+    """Measure each model on the eval set (or reuse an earlier measurement of the very same thing); an
+    API candidate whose endpoint gives no usable answer is returned apart, with its error."""
     req = context.requirements
     task = task_of(req.task)
     keys = [measurement_key(context, m.tree_digest) for m in models]
     known = _known(ctx, keys)
     eval_rows = rows(ctx.store, context.data.eval, task, "eval") if len(known) < len(set(keys)) else []
-    out = []
+    out: list[Measured] = []
+    unavailable: list[tuple[ModelArtifact, EndpointError]] = []
     for model, key in zip(models, keys, strict=True):
         if key not in known:
-            loaded = load_tree(ctx.store, model.tree_digest, task, ctx.settings.device)
-            known[key] = task.evaluate(loaded, req.task, eval_rows, req.quality.metric, req.deployment.hardware,
-                                       req.monitoring.confidence)
-            del loaded
+            try:
+                known[key] = measure(ctx.store, model.source, model.tree_digest, req, eval_rows,
+                                     device=ctx.settings.device)
+            except EndpointError as exc:
+                unavailable.append((model, exc))
+                continue
         out.append(Measured(model, known[key], key))
-    return out
+    return out, unavailable
 
 
 def _record(session: Session, cause: Event, measured: Measured, context: RunContext, request_id: str | None) -> None:
@@ -91,6 +98,8 @@ def _fits(ctx: HandlerContext, context: RunContext, models: dict[str, ModelArtif
 
     def fits(result: domain.Result, variant: str) -> bool:
         model = models[result.candidate]
+        if result.remote:  # a hosted API runs as it is: no variants, no memory here
+            return variant == UNQUANTIZED
         if variant == UNQUANTIZED:
             return budget_for(ctx.store, model.tree_digest, model.params, variant, req).fits
         quantizer = quantizers.get(variant)
@@ -120,9 +129,15 @@ def on_accepted(event: RequirementsAccepted, ctx: HandlerContext) -> HandlerResu
             models[c.key] = ModelArtifact(candidate=c.key, source=c.source, tree_digest=tree, base_tree_digest=tree,
                                           params=c.params, size_class=c.size_class)
             batch.append(models[c.key])
-        measured = _measure(ctx, context, batch)
+        measured, unavailable = _measure(ctx, context, batch)
         measured_all += measured
-        results = [domain.Result(m.model.candidate, size_class, m.model.params, m.measurement) for m in measured]
+        for model, error in unavailable:
+            out.append(CandidateUnavailable.follow(event, candidate=model.candidate, source=model.source,
+                                                   kind=error.kind, reason=str(error)))
+            decisions.append(Decision(action="exclude", reason=f"{model.candidate} could not be measured "
+                                                               f"({error.kind}): {error}"))
+        results = [domain.Result(m.model.candidate, size_class, m.model.params, m.measurement,
+                                 remote=is_remote(m.model.source)) for m in measured]
         for m in measured:
             out.append(CandidateBenchmarked.follow(event, model=m.model, measurement=m.measurement,
                                                    verdict=judge(m.measurement, context.requirements),
@@ -138,8 +153,11 @@ def on_accepted(event: RequirementsAccepted, ctx: HandlerContext) -> HandlerResu
                 plan=choice.plan))
             break
     else:
-        out.append(NoCandidatePassed.follow(event, decisions=decisions,
-                                            recommendation=domain.recommend(tried, context.requirements)))
+        unmeasured = [d.reason for d in decisions if d.action == "exclude"]
+        recommendation = domain.recommend(tried, context.requirements) if tried else Decision(
+            action="relax", reason="no candidate could be measured: " + "; ".join(unmeasured) +
+            ": fix the endpoints (or their keys), or add candidates")
+        out.append(NoCandidatePassed.follow(event, decisions=decisions, recommendation=recommendation))
 
     def commit(session: Session) -> Sequence[Event]:
         for m in measured_all:
@@ -152,7 +170,7 @@ def on_accepted(event: RequirementsAccepted, ctx: HandlerContext) -> HandlerResu
 @service.handles(BenchmarkRequested)
 def on_requested(event: BenchmarkRequested, ctx: HandlerContext) -> HandlerResult:
     """Re-benchmark a variant fitting made, on the same eval set; the answer goes to fitting alone."""
-    (measured,) = _measure(ctx, event.context, [event.model])
+    (measured,), _ = _measure(ctx, event.context, [event.model])  # fitting asks only for local variants
     req = event.context.requirements
     answer = VariantBenchmarked.follow(event, model=event.model, measurement=measured.measurement,
                                        verdict=judge(measured.measurement, req),

@@ -25,6 +25,7 @@ class Result:
     size_class: str
     params: int
     measurement: Measurement
+    remote: bool = False  # a hosted API: nothing to quantize or tune
 
     def verdict(self, req: Requirements) -> Verdict:
         return judge(self.measurement, req)
@@ -43,9 +44,10 @@ def class_order(size_classes: Iterable[str]) -> list[str]:
 
 
 def tunable(result: Result, req: Requirements) -> bool:
-    """Misses only on quality, by no more than the gap LoRA tuning is allowed to close."""
+    """Misses only on quality, by no more than the gap LoRA tuning is allowed to close (and has weights
+    to tune)."""
     gap = quality_gap(result.measurement, req)
-    return result.verdict(req).only("quality") and 0 < gap <= req.quality.tunable_gap
+    return not result.remote and result.verdict(req).only("quality") and 0 < gap <= req.quality.tunable_gap
 
 
 def _describe(r: Result) -> str:
@@ -100,7 +102,7 @@ def decide_class(results: Sequence[Result], context: RunContext, size_class: str
             return Choice(r, Decision(action="next_variant", reason=(
                 f"{r.candidate} failed its canary as {', '.join(skipped)}; try a variant not tried yet "
                 f"({', '.join(untried)})")), FitPlan(skip_variants=skipped))
-    for r in eligible:
+    for r in (r for r in eligible if not r.remote):
         ok, gap, variants = _can_tune_after_canary(r.candidate, context)
         if ok:
             return Choice(r, Decision(action="tune", reason=(

@@ -17,7 +17,7 @@ from sqlmodel import Session
 
 from contracts.base import Event, utcnow
 from contracts.benchmark import UNQUANTIZED, BenchmarkRequested, ModelArtifact, SelectionDecided, VariantBenchmarked
-from contracts.fitting import FitCompleted, FitFailed, MemoryBudget, MemoryBudgetComputed
+from contracts.fitting import FitCompleted, FitFailed, FitSkipped, MemoryBudget, MemoryBudgetComputed
 from contracts.measurement import Measurement
 from services.fitting import domain
 from services.fitting.tables import FitAttempt
@@ -25,7 +25,7 @@ from shared.bus import HandlerContext, HandlerResult, OrphanError, Service
 from shared.modeling import budget
 from shared.modeling.device import pick_device
 from shared.modeling.registry import quantizers
-from shared.modeling.stored import budget_for, rows, task_of
+from shared.modeling.stored import budget_for, is_remote, rows, task_of
 
 service = Service("fitting")
 
@@ -88,10 +88,30 @@ def _try_schemes(cause: Event, selection: SelectionDecided, schemes: list[str], 
     return out, None
 
 
+def _skip_remote(event: SelectionDecided) -> list[Event]:
+    """A hosted API runs on its provider's hardware as it is: register it as measured."""
+    model, hw = event.model, event.context.requirements.deployment.hardware
+    fitting = (f"{model.candidate} is a hosted API: it runs on the provider's hardware, so there is no memory "
+               "budget to meet and nothing to quantize, shard or offload")
+    tuning = (f"{model.candidate}'s weights are not here: LoRA needs the base model, so a quality gap cannot be "
+              "tuned away (selection only picks an API that clears every requirement)")
+    none = MemoryBudget(variant=model.variant, params=0, bytes_per_param=0.0, weight_bytes=0, overhead_fraction=0.0,
+                        activation_bytes=0, runtime_bytes=0, total_bytes=0, budget_bytes=int(hw.memory_mb * budget.MB),
+                        fits=True)
+    return [FitSkipped.follow(event, candidate=model.candidate, source=model.source, reason=fitting,
+                              tuning_reason=tuning),
+            FitCompleted.follow(event, context=event.context, model=model, measurement=event.measurement,
+                                budget=none, quality_gap=event.quality_gap, next_stage="registry",
+                                steps=[f"fitting skipped: {fitting}", f"tuning skipped: {tuning}",
+                                       "next: registry (a hosted API is registered as measured)"])]
+
+
 @service.handles(SelectionDecided)
 def on_selected(event: SelectionDecided, ctx: HandlerContext) -> HandlerResult:
     """Budget the selected model; quantize when it does not fit (or when forced, or when its unquantized
-    form failed a canary) and re-benchmark the variant."""
+    form failed a canary) and re-benchmark the variant. A hosted API skips both fitting and tuning."""
+    if is_remote(event.model.source):
+        return _skip_remote(event)
     req = event.context.requirements
     hw = req.deployment.hardware
     fp32 = budget_for(ctx.store, event.model.tree_digest, event.model.params, UNQUANTIZED, req)

@@ -7,6 +7,7 @@ mid-canary loses nothing: JetStream redelivers the request.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
@@ -16,14 +17,24 @@ from sqlalchemy import update
 from sqlmodel import Session, col, select
 
 from contracts.base import Event, utcnow
-from contracts.monitoring import CanaryFailed, CanaryPassed, CanaryRequested, DeployedModel, DriftDetected
+from contracts.measurement import Measurement
+from contracts.monitoring import (
+    CanaryFailed,
+    CanaryPassed,
+    CanaryRequested,
+    DeployedModel,
+    DriftDetected,
+    ServingEndpointAnnounced,
+)
 from contracts.registry import DeploymentPromoted, Manifest
 from contracts.workflow import RequestRefused, WorkflowResumed
 from services.monitoring import domain
-from services.monitoring.tables import CanaryRecord, Watch
+from services.monitoring.tables import CanaryRecord, ServedEndpoint, Watch
 from shared.artifacts import IntegrityError
 from shared.bus import Commit, HandlerContext, HandlerResult, OrphanError, Service
-from shared.modeling.stored import load_deployment, read_manifest, rows, task_of
+from shared.modeling.registry import sources
+from shared.modeling.remote import Endpoint, EndpointError
+from shared.modeling.stored import is_remote, load_deployment, read_manifest, rows, task_of
 
 service = Service("monitoring")
 
@@ -38,15 +49,39 @@ def _deployed(manifest: Manifest) -> DeployedModel:
                          requirements_version=manifest.requirements_version)
 
 
-def _judge(ctx: HandlerContext, manifest: Manifest) -> tuple[domain.CanaryJudgement, Any]:
+def _endpoint(ctx: HandlerContext, manifest: Manifest) -> Endpoint | None:
+    """What clients call, when it is not this process: an API deployment's endpoint, or the `weightflow
+    serve` announced for the deployment (its key, when it wants one, is WEIGHTFLOW_SERVE_API_KEY here)."""
+    if is_remote(manifest.source):
+        return sources.get(manifest.source).endpoint(ctx.store, manifest.model.tree_digest)
+    served = ctx.read(lambda s: s.get(ServedEndpoint, manifest.deployment))
+    if served is None or not served.online:
+        return None
+    # one request at a time: the latency one client sees, not the server's queue under our own load
+    return Endpoint.served(served.url, manifest.deployment, api_key=os.environ.get("WEIGHTFLOW_SERVE_API_KEY"),
+                           max_concurrency=1)
+
+
+def _judge(ctx: HandlerContext, manifest: Manifest) -> tuple[domain.CanaryJudgement, Measurement | None]:
+    """The canary set through what clients call (over HTTP when there is an endpoint), judged."""
     req = manifest.requirements
+    task = task_of(req.task)
     try:
-        loaded = load_deployment(ctx.store, manifest, ctx.settings.device)
+        for digest in manifest.checksums().values():
+            ctx.store.verify(digest)
+        canary = rows(ctx.store, manifest.data.canary, task, "canary")
+        endpoint = _endpoint(ctx, manifest)
+        if endpoint is not None:
+            m = task.evaluate_remote(endpoint, req.task, canary, req.quality.metric, req.deployment.hardware,
+                                     req.monitoring.confidence)
+        else:
+            loaded = load_deployment(ctx.store, manifest, ctx.settings.device)
+            m = task.evaluate(loaded, req.task, canary, req.quality.metric, req.deployment.hardware,
+                              req.monitoring.confidence)
     except IntegrityError as exc:
         return domain.integrity_failure(str(exc)), None
-    task = task_of(req.task)
-    m = task.evaluate(loaded, req.task, rows(ctx.store, manifest.data.canary, task, "canary"), req.quality.metric,
-                      req.deployment.hardware, req.monitoring.confidence)
+    except EndpointError as exc:
+        return domain.unreachable_failure(f"{exc.kind}: {exc}"), None
     return domain.judge_canary(m, req, manifest.canary_baseline), m
 
 
@@ -104,6 +139,24 @@ def on_promoted(event: DeploymentPromoted, ctx: HandlerContext) -> HandlerResult
         watch.interval_s = _interval(ctx, manifest.requirements.monitoring.canary_interval_s)
         watch.next_due_at = watch.updated_at = utcnow()
         session.add(watch)
+        return []
+
+    return commit
+
+
+@service.handles(ServingEndpointAnnounced, requires_run=False)
+def on_endpoint_announced(event: ServingEndpointAnnounced, ctx: HandlerContext) -> HandlerResult:
+    """Remember where the deployment is served (the newest announcement wins; an older one redelivered
+    late changes nothing)."""
+
+    def commit(session: Session) -> Sequence[Event]:
+        row = session.get(ServedEndpoint, event.deployment)
+        if row is not None and row.announced_at.replace(tzinfo=None) > event.occurred_at.replace(tzinfo=None):
+            return []
+        row = row or ServedEndpoint(deployment=event.deployment, url=event.url, online=event.online,
+                                    announced_at=event.occurred_at)
+        row.url, row.online, row.announced_at = event.url, event.online, event.occurred_at
+        session.add(row)
         return []
 
     return commit

@@ -63,6 +63,9 @@ def judge_canary(m: Measurement, req: Requirements, baseline: Measurement | None
                 misses.append(Miss(kind="quality", observed=m.score, limit=allowed,
                                    detail=f"canary {metric}, fallen from its registration baseline "
                                           f"{baseline.score:.3f} (p = {p:.2g})"))
+    # Speed and cost drift compare like with like: a canary over HTTP (through `weightflow serve`) pays for
+    # the network and the server, which a baseline measured in-process did not; the ceilings still apply.
+    if baseline is not None and baseline.via == m.via:
         latency_limit = baseline.latency_ms_p95 * (1 + mon.latency_increase_pct / 100)
         if m.latency_ms_p95 > latency_limit:
             drifts.append(Drift("latency", baseline.latency_ms_p95, m.latency_ms_p95, latency_limit))
@@ -81,3 +84,10 @@ def judge_canary(m: Measurement, req: Requirements, baseline: Measurement | None
 def integrity_failure(error: str) -> CanaryJudgement:
     miss = Miss(kind="integrity", observed=0.0, limit=1.0, detail=f"integrity: {error[:300]}")
     return CanaryJudgement(Verdict(misses=[miss]), [Drift("integrity", 1.0, 0.0, 1.0)])
+
+
+def unreachable_failure(error: str) -> CanaryJudgement:
+    """The endpoint clients call gave no usable answer: a failure of its own kind (not quality), so the
+    loop-back neither reroutes nor rolls back on it."""
+    miss = Miss(kind="unreachable", observed=0.0, limit=1.0, detail=f"endpoint: {error[:400]}")
+    return CanaryJudgement(Verdict(misses=[miss]), [])

@@ -31,3 +31,13 @@ class CanaryRecord(SQLModel, table=True):
     measurement_json: str | None
     verdict_json: str
     ran_at: datetime = Field(default_factory=utcnow)
+
+
+class ServedEndpoint(SQLModel, table=True):
+    """Where `weightflow serve` last said it serves a deployment (the canary probes it while online)."""
+
+    __tablename__ = "monitoring_endpoints"
+    deployment: str = Field(primary_key=True)
+    url: str
+    online: bool
+    announced_at: datetime

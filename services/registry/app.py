@@ -32,7 +32,7 @@ from services.registry import domain
 from services.registry.tables import DeploymentRecord, ManifestRecord
 from shared.artifacts import IntegrityError
 from shared.bus import HandlerContext, HandlerResult, OrphanError, Service
-from shared.modeling.stored import load_tree, rows, task_of, with_adapter
+from shared.modeling.stored import measure, rows, task_of
 
 service = Service("registry")
 
@@ -53,12 +53,10 @@ def _verified(ctx: HandlerContext, trees: list[str]) -> None:
 def _canary_baseline(ctx: HandlerContext, context: RunContext, model: ModelArtifact,
                      adapter: AdapterArtifact | None) -> Measurement:
     req = context.requirements
-    task = task_of(req.task)
-    loaded = load_tree(ctx.store, model.tree_digest, task, ctx.settings.device)
-    if adapter is not None:
-        loaded = with_adapter(ctx.store, loaded, adapter.tree_digest, adapter.method)
-    return task.evaluate(loaded, req.task, rows(ctx.store, context.data.canary, task, "canary"), req.quality.metric,
-                         req.deployment.hardware, req.monitoring.confidence)
+    return measure(ctx.store, model.source, model.tree_digest, req,
+                   rows(ctx.store, context.data.canary, task_of(req.task), "canary"),
+                   adapter_tree=adapter.tree_digest if adapter else None,
+                   adapter_method=adapter.method if adapter else "lora", device=ctx.settings.device)
 
 
 def _promote(cause: Event, session: Session, deployment: str, manifest_id: str, version: int) -> Event:
@@ -202,7 +200,10 @@ def on_canary_passed(event: CanaryPassed, ctx: HandlerContext) -> HandlerResult:
 @service.handles(CanaryFailed, requires_run=False)
 def on_canary_failed(event: CanaryFailed, ctx: HandlerContext) -> HandlerResult:
     """Keep serving a good model: the live release failed its canary, so go back to the newest earlier one
-    that passed its canary under the current requirements (an integrity failure also checks its files)."""
+    that passed its canary under the current requirements (an integrity failure also checks its files).
+    An unreachable endpoint is an outage, not the model's fault: rolling back would not bring it back."""
+    if event.kind == "unreachable":
+        return []
 
     def intact(manifest_id: str) -> bool:
         try:

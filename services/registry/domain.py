@@ -82,6 +82,89 @@ def _example_request(manifest: Manifest) -> str:
     return f"curl -s localhost:8000/v1/{route} -H 'content-type: application/json' -d '{json.dumps(example)}'"
 
 
+def _local_load_and_serve(manifest: Manifest, manifest_id: str) -> str:
+    return f"""## 1. Load
+Every file below is verified against its sha256 before it is loaded; a mismatch refuses to load.
+
+```bash
+weightflow registry verify {manifest_id}
+```
+
+```python
+from shared.artifacts import ArtifactStore
+from shared.modeling.stored import load_deployment, read_manifest
+store = ArtifactStore(".weightflow/artifacts")
+model = load_deployment(store, read_manifest(store, "{manifest_id}"))
+```
+
+## 2. Serve
+```bash
+weightflow serve {manifest.deployment} --port 8000   # HTTP, OpenAI-compatible; swaps on promotion and rollback
+{_example_request(manifest)}
+weightflow predict {manifest.deployment} "an example input"   # one-off, loaded in the CLI process
+```
+`weightflow serve {manifest.deployment} --manifest {manifest_id[:12]}…` (the full id) serves exactly this
+release and does not follow the registry. With `WEIGHTFLOW_SERVE_API_KEY` set, clients send
+`Authorization: Bearer <key>`. `/readyz` answers 200 once the verified model is loaded.
+With `weightflow serve` running, the canary probes it over HTTP (what clients see).
+"""
+
+
+def _api_load_and_serve(manifest: Manifest, manifest_id: str) -> str:
+    """A hosted API: nothing to load; the endpoint card pins where and how it is called."""
+    from shared.modeling.registry import tasks
+
+    ref = manifest.requirements.candidate(manifest.candidate)
+    api = ref.api if ref is not None else None
+    if api is None:
+        return "## 1. Load\nThe requirements in this manifest do not name the API candidate; re-register it.\n"
+    task = tasks.get(manifest.requirements.task.type)
+    route = task.remote_route(manifest.requirements.task, api.route)
+    path = {"chat": "chat/completions"}.get(route, route)
+    auth = f' -H "Authorization: Bearer ${api.api_key_env}"' if api.api_key_env else ""
+    example: dict[str, object] = {"model": api.model}
+    if route == "chat":
+        example["messages"] = [{"role": "user", "content": "an example input"}]
+    elif route == "completions":
+        example["prompt"] = "an example input"
+    else:
+        example["input"] = "an example input"
+    prompt = manifest.requirements.task.prompt
+    return f"""## 1. Load
+Nothing is loaded here: this deployment is the hosted model **{api.model}** at `{api.url}`, called on
+`/{path}`{f" with the key in `${api.api_key_env}` (its value is never stored)" if api.api_key_env else ""}.
+The endpoint card (`model/endpoint.json` below) pins URL, model id, route, prices and limits; verify it:
+
+```bash
+weightflow registry verify {manifest_id}
+```
+
+```python
+from shared.artifacts import ArtifactStore
+from shared.modeling.registry import sources
+from shared.modeling.stored import read_manifest
+store = ArtifactStore(".weightflow/artifacts")
+endpoint = sources.get("api").endpoint(store, read_manifest(store, "{manifest_id}").model.tree_digest)
+```
+
+## 2. Serve
+Clients call the provider directly (prices: ${api.price_per_1k_input_tokens:g} / ${api.price_per_1k_output_tokens:g}
+per 1k input / output tokens){f"; the prompt template is `{prompt}`" if prompt else ""}:
+```bash
+curl -s {api.url}/{path}{auth} -H 'content-type: application/json' -d '{json.dumps(example)}'
+```
+The canary probes this endpoint with the canary set (an endpoint that does not answer is a canary failure
+of kind `unreachable`).
+"""
+
+
+def _load_and_serve(manifest: Manifest, manifest_id: str) -> str:
+    from shared.modeling.stored import is_remote
+
+    render = _api_load_and_serve if is_remote(manifest.source) else _local_load_and_serve
+    return render(manifest, manifest_id)
+
+
 def render_runbook(manifest: Manifest, manifest_id: str) -> str:
     req = manifest.requirements
     hw = req.deployment.hardware
@@ -106,30 +189,7 @@ Measured at registration: {req.quality.metric} {m.score:.3f} on the eval set (th
 tasks (ceiling ${req.cost.per_1k_tasks_usd:g}). Memory budget {manifest.budget.total_bytes / 2**20:.1f} MB of
 {hw.memory_mb:g} MB on `{hw.profile}` ({hw.device}).
 
-## 1. Load
-Every file below is verified against its sha256 before it is loaded; a mismatch refuses to load.
-
-```bash
-weightflow registry verify {manifest_id}
-```
-
-```python
-from shared.artifacts import ArtifactStore
-from shared.modeling.stored import load_deployment, read_manifest
-store = ArtifactStore(".weightflow/artifacts")
-model = load_deployment(store, read_manifest(store, "{manifest_id}"))
-```
-
-## 2. Serve
-```bash
-weightflow serve {manifest.deployment} --port 8000   # HTTP, OpenAI-compatible; swaps on promotion and rollback
-{_example_request(manifest)}
-weightflow predict {manifest.deployment} "an example input"   # one-off, loaded in the CLI process
-```
-`weightflow serve {manifest.deployment} --manifest {manifest_id[:12]}…` (the full id) serves exactly this
-release and does not follow the registry. With `WEIGHTFLOW_SERVE_API_KEY` set, clients send
-`Authorization: Bearer <key>`. `/readyz` answers 200 once the verified model is loaded.
-
+{_load_and_serve(manifest, manifest_id)}
 The live deployment is watched by a canary every {req.monitoring.canary_interval_s:g} s
 (`weightflow canary {manifest.deployment}` runs one now).
 

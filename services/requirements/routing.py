@@ -46,6 +46,9 @@ def exclusion(event: CanaryFailed) -> Exclusion:
 
 def on_canary_failure(event: CanaryFailed, *, live_version: int, reroutes: int, max_reroutes: int,
                       halted: bool, in_flight: str | None, exclusions: list[Exclusion]) -> Reroute | Halt | Ignore:
+    if event.kind == "unreachable":
+        return Ignore("the endpoint did not answer: an outage, not a model that misses its requirements; the "
+                      "CanaryFailed alert stands and the next canary checks again")
     if event.model.requirements_version < live_version:
         return Ignore(f"the manifest was registered under v{event.model.requirements_version}; v{live_version} is "
                       "current and its own run decides what goes live")

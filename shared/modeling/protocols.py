@@ -27,6 +27,7 @@ from shared.telemetry import traced
 if TYPE_CHECKING:
     from shared.artifacts import ArtifactStore
     from shared.modeling.checkpoint import CheckpointInfo
+    from shared.modeling.remote import Endpoint
 
 
 @dataclass
@@ -95,6 +96,21 @@ class CandidateSource(ABC):
     # benchmark service builds it (a packaged model).
     resolved_by: ClassVar[str] = "client"
 
+    # True: the model runs behind an HTTP API (nothing to load, fit or tune here); see evaluate_remote.
+    remote: ClassVar[bool] = False
+    # False for checkpoints weightflow ships (their architecture is known good).
+    checks_architecture: ClassVar[bool] = True
+
+    def check(self, ref: CandidateRef, base_dir: Path, task: Task, spec: TaskSpec) -> list[str]:
+        """What is wrong with the candidate, read before anything is stored (the CLI's check)."""
+        from shared.modeling.checkpoint import CheckpointError, inspect_checkpoint
+
+        try:
+            info = inspect_checkpoint(self.local_dir(ref, base_dir), check_architecture=self.checks_architecture)
+        except (CheckpointError, ValueError) as exc:
+            return [str(exc)]
+        return task.check_checkpoint(spec, info)
+
     @abstractmethod
     def local_dir(self, ref: CandidateRef, base_dir: Path | None) -> Path:
         """The checkpoint folder on this machine, for checks before anything is stored; ValueError when the
@@ -115,13 +131,18 @@ class CandidateSource(ABC):
         """Names this source offers without a path (built-ins); empty for most."""
         return []
 
+    def endpoint(self, store: ArtifactStore, tree_digest: str) -> Endpoint:
+        """For a remote source: the endpoint its stored tree pins (the key from the environment)."""
+        raise NotImplementedError(f"candidate source {self.name} runs models locally")
+
 
 class Task(ABC):
     name: ClassVar[str]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        _trace(cls, "task", ("load", "evaluate", "general_score", "predict", "classify", "embeddings", "complete"))
+        _trace(cls, "task", ("load", "evaluate", "evaluate_remote", "general_score", "predict", "classify",
+                            "embeddings", "complete"))
 
     metrics: ClassVar[tuple[str, ...]]  # the first is the default
     row: ClassVar[type[BaseModel]]  # eval, canary and train rows
@@ -196,6 +217,31 @@ class Task(ABC):
                     ) -> tuple[str, bool]:
         """(prompt, templated) for a chat conversation; ValueError with what to send instead."""
         raise NotServed(f"task {self.name} does not chat")
+
+    # -- over HTTP (an API candidate, or a canary on `weightflow serve`) -------------------------
+    # The OpenAI-compatible routes this task can be measured over; none: only local checkpoints.
+    remote_routes: ClassVar[tuple[str, ...]] = ()
+
+    def default_route(self, spec: TaskSpec) -> str:
+        return self.remote_routes[0]
+
+    def remote_route(self, spec: TaskSpec, route: str | None) -> str:
+        """The route to call; ValueError with what to choose instead."""
+        if not self.remote_routes:
+            raise ValueError(f"task {self.name} cannot be measured over an HTTP API (it needs the model itself); "
+                             "use local candidates for it")
+        if route is None:
+            return self.default_route(spec)
+        if route not in self.remote_routes:
+            raise ValueError(f"task {self.name} is measured over {list(self.remote_routes)}, not {route!r}")
+        return route
+
+    def evaluate_remote(self, endpoint: Endpoint, spec: TaskSpec, rows: Sequence[Any], metric: str,
+                        hardware: HardwareProfile, confidence: float = 0.95) -> Measurement:
+        """`evaluate`, with the model behind `endpoint`: what its clients see (latency per request under
+        the endpoint's concurrency, cost from token usage and prices, or from the hardware without them).
+        Raises shared.modeling.remote.EndpointError when the endpoint gives no usable answer."""
+        raise NotServed(f"task {self.name} cannot be measured over an HTTP API")
 
 
 class Quantizer(ABC):

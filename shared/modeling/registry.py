@@ -22,6 +22,7 @@ BUILTIN_MODULES = (
     "shared.modeling.sources.builtin",
     "shared.modeling.sources.path",
     "shared.modeling.sources.hf_cache",
+    "shared.modeling.sources.api",
     "shared.modeling.tasks.zero_shot",
     "shared.modeling.tasks.text_classification",
     "shared.modeling.tasks.generation",

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-SIZE_CLASS_ORDER = ("xs", "s", "m", "l", "xl")
+# "api": hosted models of unknown size, tried after every local class unless a candidate says otherwise
+SIZE_CLASS_ORDER = ("xs", "s", "m", "l", "xl", "api")
 _BOUNDS = ((20_000_000, "xs"), (60_000_000, "s"), (400_000_000, "m"), (3_000_000_000, "l"))
 
 

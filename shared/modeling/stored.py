@@ -5,9 +5,11 @@ Every file is checksum-verified before it is read or loaded; a tampered file rai
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from contracts.fitting import MemoryBudget
+from contracts.measurement import Measurement
 from contracts.registry import Manifest
 from contracts.requirements import Requirements, TaskSpec
 from shared.artifacts import ArtifactStore
@@ -16,7 +18,7 @@ from shared.modeling.checkpoint import tree_config
 from shared.modeling.datasets import load_jsonl
 from shared.modeling.device import pick_device
 from shared.modeling.protocols import LoadedModel, Quantizer, Task
-from shared.modeling.registry import tasks, tuners
+from shared.modeling.registry import sources, tasks, tuners
 
 
 def task_of(spec: TaskSpec) -> Task:
@@ -37,6 +39,26 @@ def with_adapter(store: ArtifactStore, loaded: LoadedModel, adapter_tree: str, m
     return tuners.get(method).attach(loaded, store.materialize_tree(adapter_tree))
 
 
+def measure(store: ArtifactStore, source: str, tree_digest: str, req: Requirements, rows: Sequence[Any], *,
+            adapter_tree: str | None = None, adapter_method: str = "lora", device: str = "auto") -> Measurement:
+    """A model measured on `rows` the way its source runs it: a stored checkpoint loaded here (with its
+    adapter), or an API candidate's endpoint called over HTTP (EndpointError when it gives no answer)."""
+    task = task_of(req.task)
+    origin = sources.get(source)
+    if origin.remote:
+        return task.evaluate_remote(origin.endpoint(store, tree_digest), req.task, rows, req.quality.metric,
+                                    req.deployment.hardware, req.monitoring.confidence)
+    loaded = load_tree(store, tree_digest, task, device)
+    if adapter_tree is not None:
+        loaded = with_adapter(store, loaded, adapter_tree, adapter_method)
+    return task.evaluate(loaded, req.task, rows, req.quality.metric, req.deployment.hardware,
+                         req.monitoring.confidence)
+
+
+def is_remote(source: str) -> bool:
+    return sources.get(source).remote
+
+
 def read_manifest(store: ArtifactStore, manifest_id: str) -> Manifest:
     return Manifest.model_validate(store.read_json(manifest_id))
 
@@ -45,6 +67,10 @@ def load_deployment(store: ArtifactStore, manifest: Manifest, device: str = "aut
     """The deployment exactly as its manifest pins it: every pinned file verified first."""
     for digest in manifest.checksums().values():
         store.verify(digest)
+    if is_remote(manifest.source):
+        raise ValueError(f"{manifest.deployment} is a hosted API ({manifest.candidate}): there is no model to load "
+                         "here; call its endpoint (see the runbook: `weightflow registry runbook "
+                         f"{manifest.deployment}`)")
     task = task_of(manifest.requirements.task)
     loaded = load_tree(store, manifest.model.tree_digest, task, device)
     if manifest.adapter is not None:

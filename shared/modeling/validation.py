@@ -37,7 +37,13 @@ def check_requirements(req: Requirements) -> tuple[Task | None, list[str]]:
     for i, ref in enumerate(req.candidates or []):
         if ref.builtin is not None and ref.builtin not in builtin:
             errors.append(f"candidates.{i}: unknown model {ref.builtin!r}; known models: {', '.join(builtin)}")
-    if req.quality.tunable_gap > 0 and (req.data.train is None or req.data.general is None):
+        if ref.api is not None and task is not None:
+            try:
+                task.remote_route(req.task, ref.api.route)
+            except ValueError as exc:
+                errors.append(f"candidates.{i} ({ref.key}): api.route: {exc}")
+    only_api = bool(req.candidates) and all(ref.api is not None for ref in req.candidates or [])
+    if req.quality.tunable_gap > 0 and not only_api and (req.data.train is None or req.data.general is None):
         errors.append("data.train and data.general are needed when quality.tunable_gap > 0 "
                       "(tuning trains on train and guards the general set); set tunable_gap: 0 to disable tuning")
     return task, errors

@@ -137,7 +137,11 @@ def serve(deployment: str,
           port: int = typer.Option(8000, help="TCP port"),
           manifest: str = typer.Option("", help="serve this manifest and do not follow promotions"),
           max_batch: int = typer.Option(8, min=1, help="inputs per forward pass (the memory budget plans for 8)"),
-          max_wait_ms: float = typer.Option(2.0, min=0, help="how long a lone request waits for company")) -> None:
+          max_wait_ms: float = typer.Option(2.0, min=0, help="how long a lone request waits for company"),
+          public_url: str = typer.Option("", help="the URL the canary reaches this server at "
+                                                  "(default: http://HOST:PORT)"),
+          announce: bool = typer.Option(True, help="tell monitoring where the deployment is served, so the canary "
+                                                   "probes this server (not with --manifest)")) -> None:
     """Serve the live model over HTTP (OpenAI-compatible routes), swapping on promotion and rollback.
 
     With WEIGHTFLOW_SERVE_API_KEY set, clients must send `Authorization: Bearer <key>`.
@@ -149,11 +153,13 @@ def serve(deployment: str,
 
     from shared.telemetry import setup_tracing
     from weightflow.serving.app import create_app
-    from weightflow.serving.live import LiveDeployment
+    from weightflow.serving.live import LiveDeployment, announce_endpoint
 
     settings = Settings()
     setup_tracing("serve", settings)
     live = LiveDeployment(settings, deployment, pinned=manifest or None)
+    url = public_url or f"http://{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{port}"
+    announcing = announce and not manifest
 
     async def main() -> None:
         try:
@@ -164,7 +170,22 @@ def serve(deployment: str,
         app = create_app(live, max_batch=max_batch, max_wait_s=max_wait_ms / 1000,
                          api_key=os.environ.get("WEIGHTFLOW_SERVE_API_KEY") or None)
         config = uvicorn.Config(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=30)
-        await uvicorn.Server(config).serve()
+
+        class AnnouncingServer(uvicorn.Server):
+            """Announces itself once listening and withdraws on a graceful stop (inside `serve`, before
+            uvicorn re-raises the signal that stopped it)."""
+
+            async def startup(self, sockets: Any = None) -> None:
+                await super().startup(sockets)
+                if announcing and self.started:
+                    await announce_endpoint(settings, live, url, online=True)
+
+            async def shutdown(self, sockets: Any = None) -> None:
+                await super().shutdown(sockets)
+                if announcing:
+                    await announce_endpoint(settings, live, url, online=False)
+
+        await AnnouncingServer(config).serve()
 
     asyncio.run(main())
 

@@ -157,3 +157,21 @@ class LiveDeployment:
         if isinstance(event, DeploymentPromoted) and event.deployment == self.deployment:
             return event
         return None
+
+
+async def announce_endpoint(settings: Settings, live: LiveDeployment, url: str, *, online: bool) -> None:
+    """Tell monitoring this server is (or stopped being) where `live.deployment` is served. Serving goes
+    on without it when the bus is down: the canary then loads its own copy, as before."""
+    from uuid import uuid4
+
+    from contracts.monitoring import ServingEndpointAnnounced
+
+    event = ServingEndpointAnnounced(run_id=uuid4(), deployment=live.deployment, url=url, online=online,
+                                     manifest_id=live.current.manifest_id if live.current else None)
+    try:
+        async with Client(settings) as client:
+            await client.publish(event)
+        log.info("%s: announced %s as %s", live.deployment, url, "online" if online else "offline")
+    except Exception as exc:  # the bus is optional for serving
+        log.warning("%s: could not announce %s to monitoring (%s); the canary will not probe this server",
+                    live.deployment, url, exc)

@@ -145,6 +145,7 @@ def materialize_candidate(name: str, dest: Path) -> Path:
 class Builtin(CandidateSource):
     name: ClassVar[str] = "builtin"
     resolved_by: ClassVar[str] = "service"
+    checks_architecture: ClassVar[bool] = False
 
     def local_dir(self, ref: CandidateRef, base_dir: Path | None) -> Path:
         assert ref.builtin is not None

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from contracts.measurement import Interval, Measurement
 from contracts.requirements import HardwareProfile
+
+if TYPE_CHECKING:
+    from shared.modeling.remote import Call, Caller
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -61,11 +64,31 @@ def request_latencies_ms(run: Callable[[Sequence[T]], list[R]], inputs: Sequence
 
 def measurement(*, score: float, metric: str, n: int, interval: Interval, score_std: float, binary: bool,
                 latencies_ms: Sequence[float], seconds: float, hardware: HardwareProfile,
-                extra: dict[str, float] | None = None) -> Measurement:
+                extra: dict[str, float] | None = None, cost_per_1k_usd: float | None = None) -> Measurement:
+    """`cost_per_1k_usd`: when given (an API's token prices), instead of the hardware's bill."""
     import numpy as np
 
     throughput = n / seconds if seconds > 0 else float("inf")
+    cost = cost_per_1k(throughput, hardware) if cost_per_1k_usd is None else cost_per_1k_usd
     return Measurement(
         score=score, metric=metric, n=n, interval=interval, score_std=score_std, binary=binary,
         latency_ms_p50=float(np.percentile(latencies_ms, 50)), latency_ms_p95=float(np.percentile(latencies_ms, 95)),
-        throughput_per_s=throughput, cost_per_1k_usd=cost_per_1k(throughput, hardware), extra=extra or {})
+        throughput_per_s=throughput, cost_per_1k_usd=cost, extra=extra or {})
+
+
+def remote_measurement(caller: Caller, calls: Sequence[Call], seconds: float, *, score: float, metric: str,
+                       interval: Interval, score_std: float, binary: bool, hardware: HardwareProfile,
+                       extra: dict[str, float]) -> Measurement:
+    """A measurement over HTTP, one call per row: latency as the client waited (retries included),
+    cost from token usage at the endpoint's prices (a self-hosted endpoint: its hardware's bill)."""
+    n = len(calls)
+    prices = caller.endpoint.prices
+    cost = None if prices is None else 1000.0 * sum(prices.of(c.prompt_tokens, c.completion_tokens)
+                                                   for c in calls) / n
+    extra = {**extra, **caller.http_extra(),
+             "prompt_tokens_per_task": sum(c.prompt_tokens for c in calls) / n,
+             "completion_tokens_per_task": sum(c.completion_tokens for c in calls) / n}
+    m = measurement(score=score, metric=metric, n=n, interval=interval, score_std=score_std, binary=binary,
+                    latencies_ms=[c.latency_ms for c in calls], seconds=seconds, hardware=hardware, extra=extra,
+                    cost_per_1k_usd=cost)
+    return m.model_copy(update={"via": "http"})

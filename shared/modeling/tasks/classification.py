@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel
 
-from contracts.measurement import Measurement
+from contracts.measurement import Interval, Measurement
 from contracts.requirements import HardwareProfile, TaskSpec
 from shared.modeling.datasets import Example, Pair
 from shared.modeling.protocols import Classified, Embedded, LoadedModel, Task
@@ -23,6 +23,8 @@ from shared.modeling.tasks.base import measurement, request_latencies_ms, timed
 if TYPE_CHECKING:
     import numpy as np
     import torch
+
+    from shared.modeling.remote import Endpoint
 
 LABELLED_SPLITS = ("eval", "canary", "train")
 
@@ -119,17 +121,7 @@ class ClassificationTask(Task):
 
     def evaluate(self, loaded: LoadedModel, spec: TaskSpec, rows: Sequence[Any], metric: str,
                  hardware: HardwareProfile, confidence: float = 0.95) -> Measurement:
-        import numpy as np
-        from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
-
-        from shared.stats import bootstrap, mean_interval
-
-        if not rows:
-            raise ValueError("evaluation needs at least one row")
-        names = label_names(spec)
-        unknown = sorted({r.label for r in rows} - set(names))
-        if unknown:
-            raise ValueError(f"rows use labels the task does not have: {unknown}; known: {names}")
+        names = self._check_labels(spec, rows)
         texts = [r.text for r in rows]
 
         def run(batch: Sequence[str]) -> list[str]:
@@ -137,6 +129,27 @@ class ClassificationTask(Task):
 
         predicted, seconds = timed(run, texts, loaded.device)
         latencies = request_latencies_ms(run, texts, loaded.device)
+        score, interval, std, binary, extra = self.score(names, rows, predicted, metric, confidence)
+        return measurement(score=score, metric=metric, n=len(rows), interval=interval, score_std=std,
+                           binary=binary, latencies_ms=latencies, seconds=seconds, hardware=hardware, extra=extra)
+
+    def _check_labels(self, spec: TaskSpec, rows: Sequence[Any]) -> list[str]:
+        if not rows:
+            raise ValueError("evaluation needs at least one row")
+        names = label_names(spec)
+        unknown = sorted({r.label for r in rows} - set(names))
+        if unknown:
+            raise ValueError(f"rows use labels the task does not have: {unknown}; known: {names}")
+        return names
+
+    def score(self, names: list[str], rows: Sequence[Any], predicted: Sequence[str], metric: str,
+              confidence: float) -> tuple[float, Interval, float, bool, dict[str, float]]:
+        """(score, interval, per-row std, binary, every metric) of predicted labels against the rows'."""
+        import numpy as np
+        from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
+
+        from shared.stats import bootstrap, mean_interval
+
         truth = np.array([names.index(r.label) for r in rows])
         guess = np.array([names.index(p) for p in predicted])
         ids = list(range(len(names)))
@@ -155,8 +168,39 @@ class ClassificationTask(Task):
         else:
             interval, standard_error = bootstrap((truth, guess), macro, confidence, resamples=500)
             std, binary = standard_error * math.sqrt(len(rows)), False
-        return measurement(score=extra[metric], metric=metric, n=len(rows), interval=interval, score_std=std,
-                           binary=binary, latencies_ms=latencies, seconds=seconds, hardware=hardware, extra=extra)
+        return extra[metric], interval, std, binary, extra
+
+    # -- over HTTP --------------------------------------------------------------------------
+    def evaluate_remote(self, endpoint: Endpoint, spec: TaskSpec, rows: Sequence[Any], metric: str,
+                        hardware: HardwareProfile, confidence: float = 0.95) -> Measurement:
+        """One text per request, as a client would send it: `classify` reads the endpoint's label;
+        `embeddings` picks the label whose description embeds nearest (the zero-shot rule, remotely)."""
+        from shared.modeling.remote import Caller, MalformedResponse, field_of
+        from shared.modeling.tasks.base import remote_measurement
+
+        names = self._check_labels(spec, rows)
+        route = self.remote_route(spec, endpoint.route)
+        with Caller(endpoint) as caller, caller.reading():
+            if route == "classify":
+                calls, seconds = caller.map("classify", [{"model": endpoint.model, "input": r.text} for r in rows])
+                predicted = [str(field_of(c.body, "data", 0, "label")) for c in calls]
+                strange = sorted(set(predicted) - set(names))
+                if strange:
+                    raise MalformedResponse(f"{endpoint.describe()} answered labels {strange[:5]} the task does not "
+                                            f"have ({names}): is it serving another deployment?")
+            else:
+                prototypes = caller.post("embeddings", {"model": endpoint.model,
+                                                        "input": [(spec.labels or {})[n] for n in names]})
+                labels = _unit_rows([field_of(prototypes.body, "data", i, "embedding") for i in range(len(names))])
+                calls, seconds = caller.map("embeddings", [{"model": endpoint.model, "input": r.text} for r in rows])
+                texts = _unit_rows([field_of(c.body, "data", 0, "embedding") for c in calls])
+                if texts.shape[1] != labels.shape[1]:
+                    raise MalformedResponse(f"{endpoint.describe()} answered embeddings of {texts.shape[1]} and "
+                                            f"{labels.shape[1]} dimensions")
+                predicted = [names[int(i)] for i in (texts @ labels.T).argmax(axis=1)]
+            score, interval, std, binary, extra = self.score(names, rows, predicted, metric, confidence)
+            return remote_measurement(caller, calls, seconds, score=score, metric=metric, interval=interval,
+                                      score_std=std, binary=binary, hardware=hardware, extra=extra)
 
     def general_score(self, loaded: LoadedModel, spec: TaskSpec, rows: Sequence[Any]) -> float:
         """Spearman between embedding cosine and gold similarity on sentence pairs."""
@@ -181,3 +225,20 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     weights = mask.unsqueeze(-1).to(hidden.dtype)
     pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
     return torch.nn.functional.normalize(pooled.float(), p=2, dim=-1)
+
+
+def _unit_rows(vectors: Sequence[Any]) -> np.ndarray:
+    """Embeddings from a response as an L2-normalised float matrix; MalformedResponse when they are not
+    equal-length lists of numbers (base64 is never asked for)."""
+    import numpy as np
+
+    from shared.modeling.remote import MalformedResponse
+
+    try:
+        matrix = np.asarray(vectors, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise MalformedResponse("embeddings are not equal-length lists of numbers") from None
+    if matrix.ndim != 2 or matrix.shape[1] == 0 or not np.isfinite(matrix).all():
+        raise MalformedResponse(f"embeddings have shape {matrix.shape} or non-finite values")
+    unit: np.ndarray = matrix / np.clip(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12, None)
+    return unit

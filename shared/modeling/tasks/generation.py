@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import BaseModel, Field, model_validator
 
 from contracts.limits import MAX_TEXT_CHARS
-from contracts.measurement import Measurement
+from contracts.measurement import Interval, Measurement
 from contracts.requirements import HardwareProfile, TaskSpec
 from shared.modeling.protocols import LoadedModel
 from shared.modeling.registry import tasks
@@ -25,6 +25,8 @@ from shared.modeling.tasks.language import LanguageTask, _Row
 
 if TYPE_CHECKING:
     import torch
+
+    from shared.modeling.remote import Endpoint
 
 LATENCY_SAMPLES = 8
 
@@ -48,6 +50,7 @@ class GenerationRow(_Row):
 
 class Generation(LanguageTask):
     name: ClassVar[str] = "generation"
+    remote_routes: ClassVar[tuple[str, ...]] = ("chat", "completions")
     metrics: ClassVar[tuple[str, ...]] = ("exact_match", "contains", "regex", "chrf")
     row: ClassVar[type[BaseModel]] = GenerationRow
 
@@ -87,8 +90,6 @@ class Generation(LanguageTask):
                  hardware: HardwareProfile, confidence: float = 0.95) -> Measurement:
         import numpy as np
 
-        from shared.stats import bootstrap, mean_interval
-
         if not rows:
             raise ValueError("evaluation needs at least one row")
         produced = [0]
@@ -109,19 +110,59 @@ class Generation(LanguageTask):
             return self.generate(loaded, spec, [r.input for r in batch], max_new_tokens=1)[0]
 
         ttft = request_latencies_ms(first_token, list(rows), loaded.device, LATENCY_SAMPLES)
+        score, interval, std, binary, extra = self.score(answers, rows, metric, confidence)
+        extra |= {"ttft_ms_p50": float(np.percentile(ttft, 50)), "tokens_per_s": tokens / seconds if seconds else 0.0,
+                  "tokens_per_task": tokens / len(rows)}
+        return measurement(score=score, metric=metric, n=len(rows), interval=interval, score_std=std, binary=binary,
+                           latencies_ms=latencies, seconds=seconds, hardware=hardware, extra=extra)
+
+    def score(self, answers: Sequence[str], rows: Sequence[Any], metric: str, confidence: float
+              ) -> tuple[float, Interval, float, bool, dict[str, float]]:
+        """(score, interval, per-row std, binary, every metric) of the answers against the rows' targets."""
+        import numpy as np
+
+        from shared.stats import bootstrap, mean_interval
+
         per_row = [text_metrics.METRICS[metric](a, r.all_targets) for a, r in zip(answers, rows, strict=True)]
         extra = {name: float(np.mean([fn(a, r.all_targets) for a, r in zip(answers, rows, strict=True)]))
                  for name, fn in text_metrics.METRICS.items() if name != "regex"}
-        extra |= {"ttft_ms_p50": float(np.percentile(ttft, 50)), "tokens_per_s": tokens / seconds if seconds else 0.0,
-                  "tokens_per_task": tokens / len(rows)}
         if metric in text_metrics.BINARY:
             interval, std = mean_interval(per_row, confidence)
         else:
             interval, _ = bootstrap((np.asarray(per_row),), np.mean, confidence, resamples=500)
             std = float(np.std(per_row, ddof=1)) if len(per_row) > 1 else 0.0
-        return measurement(score=float(np.mean(per_row)), metric=metric, n=len(rows), interval=interval,
-                           score_std=std, binary=metric in text_metrics.BINARY, latencies_ms=latencies,
-                           seconds=seconds, hardware=hardware, extra=extra)
+        return float(np.mean(per_row)), interval, std, metric in text_metrics.BINARY, extra
+
+    # -- over HTTP --------------------------------------------------------------------------
+    def default_route(self, spec: TaskSpec) -> str:
+        """The route that sends the prompt as the local run builds it: chat when the task wraps it in a
+        chat template, the raw prompt otherwise."""
+        return "chat" if spec.chat_template else "completions"
+
+    def evaluate_remote(self, endpoint: Endpoint, spec: TaskSpec, rows: Sequence[Any], metric: str,
+                        hardware: HardwareProfile, confidence: float = 0.95) -> Measurement:
+        """One row per request, greedy (temperature 0), at most `task.max_new_tokens`; the answer is the
+        reply up to its first line break, as locally."""
+        from shared.modeling.remote import Caller, text_of
+        from shared.modeling.tasks.base import remote_measurement
+
+        if not rows:
+            raise ValueError("evaluation needs at least one row")
+        route = self.remote_route(spec, endpoint.route)
+        bodies = [(spec.prompt or "{input}").replace("{input}", r.input) for r in rows]
+        common = {"model": endpoint.model, "max_tokens": spec.max_new_tokens, "temperature": 0.0}
+        with Caller(endpoint) as caller, caller.reading():
+            if route == "chat":
+                calls, seconds = caller.map("chat/completions", [
+                    {**common, "messages": [{"role": "user", "content": b}]} for b in bodies])
+                replies = [text_of(c.body, "choices", 0, "message", "content") for c in calls]
+            else:
+                calls, seconds = caller.map("completions", [{**common, "prompt": b} for b in bodies])
+                replies = [text_of(c.body, "choices", 0, "text") for c in calls]
+            answers = [r.strip().split("\n")[0].strip() for r in replies]
+            score, interval, std, binary, extra = self.score(answers, rows, metric, confidence)
+            return remote_measurement(caller, calls, seconds, score=score, metric=metric, interval=interval,
+                                      score_std=std, binary=binary, hardware=hardware, extra=extra)
 
     def training_loss(self, loaded: LoadedModel, spec: TaskSpec, rows: Sequence[Any]) -> torch.Tensor:
         prompts = [self.prompt(loaded, spec, r.input) for r in rows]

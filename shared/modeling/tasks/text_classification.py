@@ -47,6 +47,7 @@ def head_columns(id2label: dict[int, str], spec: TaskSpec) -> tuple[list[int], l
 
 class TextClassification(ClassificationTask):
     name: ClassVar[str] = "text-classification"
+    remote_routes: ClassVar[tuple[str, ...]] = ("classify",)  # a head's labels: only a classify route has them
 
     def check_checkpoint(self, spec: TaskSpec, info: CheckpointInfo) -> list[str]:
         where = info.directory.name

@@ -25,6 +25,8 @@ TEMPERATURE = 0.05
 class ZeroShotClassification(ClassificationTask):
     name: ClassVar[str] = "zero-shot-classification"
     score_temperature: ClassVar[float] = TEMPERATURE  # the temperature its LoRA objective trains at
+    # any embeddings API answers the zero-shot rule; a weightflow endpoint also classifies itself
+    remote_routes: ClassVar[tuple[str, ...]] = ("embeddings", "classify")
 
     def check_checkpoint(self, spec: TaskSpec, info: CheckpointInfo) -> list[str]:
         if info.is_decoder:

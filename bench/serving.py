@@ -1,0 +1,204 @@
+"""8. Serving: `weightflow serve` under concurrent clients vs the same model called in-process.
+
+The deployment is the support-tickets example's MiniLM-L6 (fp32), registered by hand and served by a
+`weightflow serve --manifest` subprocess (the HTTP server, dynamic batching up to 8). Sides, interleaved
+each repetition on the same texts (the example's eval set, one text per request):
+
+* served, 16 concurrent clients (threads with keep-alive connections, in this process): requests/s,
+  and per-request latency under load;
+* in-process batched: the task's `classify` on batches of 8 (the server's batch), no HTTP: the
+  throughput the server should approach (target: served >= 0.8x);
+* plain transformers loop, one request at a time (`eval_throughput.PlainLoop`): what serving without
+  batching gives;
+* one client, one request at a time: served latency vs the in-process call on one text (the HTTP
+  overhead; target p95 + 5 ms at most).
+
+On a 2-core machine the clients share the cores with the server: their HTTP work is part of what the
+served throughput pays for.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import httpx
+
+from bench.eval_throughput import PlainLoop
+from bench.harness import EXAMPLE_DIR, Config, Report, Row, Stat, bench_env, interleave, percentile
+from shared.artifacts import ArtifactStore
+from shared.settings import Settings
+from weightflow.serving.live import load_served
+from weightflow.serving.testing import free_port, register_checkpoint
+
+NAME = "serving"
+DEPLOYMENT = "ticket-router"
+CANDIDATE = 1  # minilm-l6
+CLIENTS = 16
+MAX_BATCH = 8
+SINGLE = 48  # one-at-a-time requests per repetition
+MAX_WAIT_MS = float(os.environ.get("WEIGHTFLOW_BENCH_MAX_WAIT_MS", "0"))
+
+
+def _texts(n: int) -> list[str]:
+    rows = [json.loads(line) for line in (EXAMPLE_DIR / "eval.jsonl").read_text().splitlines() if line.strip()]
+    texts = [str(r["text"]) for r in rows]
+    return [texts[i % len(texts)] for i in range(n)]
+
+
+def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"weightflow serve exited with {proc.returncode}")
+        try:
+            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError("weightflow serve was not ready in time")
+
+
+class Clients:
+    """`n` threads sending one text per request until every text is answered."""
+
+    def __init__(self, url: str, n: int) -> None:
+        self.url, self.n = url, n
+        self.latencies_ms: list[float] = []
+
+    def run(self, texts: Sequence[str]) -> float:
+        """Requests per second over all texts; latencies are kept."""
+        lock = threading.Lock()
+        queue = list(reversed(texts))
+        errors: list[str] = []
+
+        def worker() -> None:
+            with httpx.Client(timeout=120) as client:
+                while True:
+                    with lock:
+                        if not queue:
+                            return
+                        text = queue.pop()
+                    start = time.perf_counter()
+                    r = client.post(self.url + "/v1/classify", json={"model": DEPLOYMENT, "input": text})
+                    elapsed = (time.perf_counter() - start) * 1000
+                    with lock:
+                        self.latencies_ms.append(elapsed)
+                        if r.status_code != 200:
+                            errors.append(r.text[:200])
+
+        threads = [threading.Thread(target=worker) for _ in range(self.n)]
+        start = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        seconds = time.perf_counter() - start
+        if errors:
+            raise RuntimeError(f"{len(errors)} requests failed, e.g. {errors[0]}")
+        return len(texts) / seconds
+
+
+def run(cfg: Config) -> Report:
+    report = Report(NAME, f"Serving: weightflow serve ({CLIENTS} clients, dynamic batching to {MAX_BATCH}) vs "
+                          "in-process")
+    n_requests = 32 if cfg.smoke else 256
+    texts = _texts(n_requests)
+    with tempfile.TemporaryDirectory(prefix="wf-bench-serve-") as tmp:
+        home = Path(tmp) / "home"
+        settings = Settings(home=home, trace_file=False)
+        store = ArtifactStore(settings.resolved_artifacts_dir())
+        manifest_id = register_checkpoint(store, EXAMPLE_DIR / "requirements.yaml", candidate=CANDIDATE)
+        served = load_served(store, DEPLOYMENT, manifest_id, cfg.device)
+        task, spec, loaded = served.task, served.spec, served.loaded
+        plain = PlainLoop.load(loaded.model_dir, loaded.device)
+        labels = list(spec.labels or {})
+        prototypes = plain.embed([(spec.labels or {})[name] for name in labels])
+
+        def in_process_batched() -> float:
+            start = time.perf_counter()
+            for i in range(0, len(texts), MAX_BATCH):
+                task.classify(loaded, spec, texts[i: i + MAX_BATCH])
+            return len(texts) / (time.perf_counter() - start)
+
+        def plain_one_at_a_time() -> float:
+            start = time.perf_counter()
+            for text in texts:
+                int((plain.embed([text]) @ prototypes.T).argmax())
+            return len(texts) / (time.perf_counter() - start)
+
+        in_process_ms: list[float] = []
+
+        def in_process_single() -> float:
+            for text in texts[:SINGLE]:
+                start = time.perf_counter()
+                task.classify(loaded, spec, [text])
+                in_process_ms.append((time.perf_counter() - start) * 1000)
+            return 0.0
+
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        env = bench_env() | {"WEIGHTFLOW_HOME": str(home), "WEIGHTFLOW_DEVICE": cfg.device}
+        proc = subprocess.Popen([sys.executable, "-m", "weightflow.cli", "serve", DEPLOYMENT, "--manifest",
+                                 manifest_id, "--port", str(port), "--max-batch", str(MAX_BATCH),
+                                 "--max-wait-ms", str(MAX_WAIT_MS)],
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            _wait_ready(url, proc)
+            loaded_clients = Clients(url, CLIENTS)
+            one_client = Clients(url, 1)
+            before = httpx.get(url + "/healthz").json()
+
+            def served_concurrent() -> float:
+                return loaded_clients.run(texts)
+
+            def served_single() -> float:
+                one_client.run(texts[:SINGLE])
+                return 0.0
+
+            served_rps, batched_rps, plain_rps, _, _ = interleave(
+                [served_concurrent, in_process_batched, plain_one_at_a_time, served_single, in_process_single],
+                cfg.reps)
+            after = httpx.get(url + "/healthz").json()
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+    report.add(Row("throughput, served (16 clients) vs in-process batched", "requests/s", Stat.of(served_rps),
+                   Stat.of(batched_rps), f"task.classify, batches of {MAX_BATCH}", "higher",
+                   "target: ratio >= 0.8"))
+    report.add(Row("throughput, served (16 clients) vs one request at a time", "requests/s", Stat.of(served_rps),
+                   Stat.of(plain_rps), "plain transformers loop, batch 1", "higher"))
+    # the warm-up round's latencies are dropped: interleave runs every side once unrecorded first
+    single_ms = one_client.latencies_ms[SINGLE:]
+    in_ms = in_process_ms[SINGLE:]
+    overhead_p50 = percentile(single_ms, 50) - percentile(in_ms, 50)
+    overhead_p95 = percentile(single_ms, 95) - percentile(in_ms, 95)
+    report.add(Row("latency p50, one client, one text", "ms", Stat.of([percentile(single_ms, 50)]),
+                   Stat.of([percentile(in_ms, 50)]), "in-process task.classify on one text", "lower",
+                   f"HTTP overhead {overhead_p50:+.1f} ms"))
+    report.add(Row("latency p95, one client, one text", "ms", Stat.of([percentile(single_ms, 95)]),
+                   Stat.of([percentile(in_ms, 95)]), "in-process task.classify on one text", "lower",
+                   f"HTTP overhead {overhead_p95:+.1f} ms (target <= 5 ms)"))
+    loaded_ms = loaded_clients.latencies_ms[n_requests:]
+    report.add(Row(f"latency under {CLIENTS} clients (p50 / p95)", "ms",
+                   Stat.of([percentile(loaded_ms, 50), percentile(loaded_ms, 95)]), note="n = 2 values: p50, p95"))
+    batches = after["batches"] - before["batches"]
+    inputs = round(after["mean_batch"] * after["batches"] - before["mean_batch"] * before["batches"])
+    report.add(Row("mean batch the server ran", "inputs", Stat.of([inputs / batches if batches else 0.0]),
+                   note=f"{batches} batches over every side's requests (16 clients and one client)"))
+    report.notes.append(f"{n_requests} requests per repetition, {cfg.reps} repetitions after one warm-up, device "
+                        f"{cfg.device}; the clients run in the bench process, the server in its own.")
+    report.config.update(requests=n_requests, clients=CLIENTS, max_batch=MAX_BATCH, single=SINGLE)
+    return report

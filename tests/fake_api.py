@@ -1,0 +1,70 @@
+"""A real HTTP server that misbehaves on cue, for the API client's failure modes (429 storms, 5xx,
+malformed bodies, refused keys): uvicorn on a free port, in a thread."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from weightflow.serving.testing import free_port
+
+Behaviour = Callable[[int, dict[str, Any]], Response]  # (request number from 0, JSON body) -> response
+
+
+def chat_answer(text: str, prompt_tokens: int = 10, completion_tokens: int = 2) -> Response:
+    return JSONResponse({"id": "x", "object": "chat.completion", "created": 0, "model": "m",
+                         "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                                      "finish_reason": "stop"}],
+                         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                                   "total_tokens": prompt_tokens + completion_tokens}})
+
+
+def rate_limited(retry_after: str = "0") -> Response:
+    return JSONResponse({"error": {"message": "slow down", "type": "rate_limit"}}, status_code=429,
+                        headers={"retry-after": retry_after})
+
+
+def not_json() -> Response:
+    return PlainTextResponse("<html>gateway says hi</html>", status_code=200)
+
+
+class FakeApi:
+    def __init__(self, behaviour: Behaviour) -> None:
+        self.behaviour = behaviour
+        self.requests: list[tuple[str, dict[str, Any], dict[str, str]]] = []
+        self._lock = threading.Lock()
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+
+        async def handle(request: Request) -> Response:
+            body = await request.json()
+            with self._lock:
+                n = len(self.requests)
+                self.requests.append((request.url.path, body, dict(request.headers)))
+            return await asyncio.to_thread(self.behaviour, n, body)  # handlers run concurrently, like a server
+
+        app = Starlette(routes=[Route(p, handle, methods=["POST"]) for p in
+                                ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/classify")])
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self._thread = threading.Thread(target=lambda: asyncio.run(self.server.serve()), daemon=True)
+
+    def __enter__(self) -> FakeApi:
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert time.monotonic() < deadline, "the fake API did not start"
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self._thread.join(timeout=30)

@@ -1,0 +1,117 @@
+"""A hosted model as a candidate, end to end: `weightflow serve` of one registered deployment is the API
+candidate of another run (a real model behind real HTTP, with a bearer key), through selection,
+skipped fitting and tuning, registration, promotion and canaries on the endpoint, up to its outage."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from uuid import uuid4
+
+import pytest
+import yaml
+
+from contracts.benchmark import CandidateBenchmarked, SelectionDecided
+from contracts.fitting import FitSkipped, MemoryBudgetComputed
+from contracts.monitoring import CanaryFailed, CanaryPassed, CanaryRequested
+from contracts.registry import DeploymentPromoted, ModelRegistered, RolledBack
+from contracts.tuning import AdapterTrained
+from contracts.workflow import WorkflowRerouted
+from shared.modeling.sources.api import read_card
+from shared.modeling.stored import read_manifest
+from weightflow.serving.testing import ServerThread, register_checkpoint
+from weightflow.submission import prepare
+
+from .conftest import E2E_API_KEY, E2E_API_KEY_ENV, LiveStack
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+PRICE_IN = 0.001  # ~20 tokens a ticket: $0.02 per 1k tasks, under the $0.05 ceiling
+
+
+def canary(live_stack: LiveStack, deployment: str) -> CanaryPassed | CanaryFailed:
+    tracker = live_stack.run(CanaryRequested(run_id=uuid4(), deployment=deployment), timeout=300,
+                             done=lambda e: isinstance(e, CanaryPassed | CanaryFailed))
+    result = [e for e in tracker.events if isinstance(e, CanaryPassed | CanaryFailed)][-1]
+    return result
+
+
+def test_a_served_deployment_is_the_api_candidate_of_another_run(live_stack: LiveStack, example_dir: Path) -> None:
+    store = live_stack.store
+    upstream_doc = example_dir / "requirements.yaml"
+    upstream_doc.write_text(upstream_doc.read_text().replace("name: ticket-router", "name: tr-upstream"))
+    upstream = register_checkpoint(store, upstream_doc, candidate=1)  # minilm-l6, unquantized
+
+    with ServerThread(live_stack.settings, "tr-upstream", upstream, api_key=E2E_API_KEY) as server:
+        data = yaml.safe_load(upstream_doc.read_text())
+        data["deployment"] = {"name": "tr-api", "mode": "api", "data_residency": "eu"}  # no hardware: API only
+        data["candidates"] = [{"name": "served-l6", "api": {
+            "base_url": server.url + "/v1", "model": "tr-upstream", "api_key_env": E2E_API_KEY_ENV,
+            "route": "embeddings", "price_per_1k_input_tokens": PRICE_IN, "price_per_1k_output_tokens": 0.0,
+            "region": "eu", "max_concurrency": 4}}]
+        data["quality"]["threshold"] = 0.75  # fp32 MiniLM-L6 scores 0.78 here (the example tunes it past 0.80)
+        api_doc = example_dir / "api.yaml"
+        api_doc.write_text(yaml.safe_dump(data))
+        tracker = live_stack.run(prepare(api_doc, store).event)
+        assert tracker.outcome == "succeeded", [e.type_name() for e in tracker.events]
+
+        (benchmarked,) = [e for e in tracker.events if isinstance(e, CandidateBenchmarked)]
+        m = benchmarked.measurement
+        assert benchmarked.model.source == "api" and m.via == "http" and m.score >= 0.75
+        assert m.cost_per_1k_usd == pytest.approx(m.extra["prompt_tokens_per_task"] * PRICE_IN)  # usage x price
+        assert m.extra["http_status/200"] >= m.n
+        (selected,) = [e for e in tracker.events if isinstance(e, SelectionDecided)]
+        assert selected.model.candidate == "served-l6"
+        (skipped,) = [e for e in tracker.events if isinstance(e, FitSkipped)]
+        assert "hosted API" in skipped.reason and "LoRA" in skipped.tuning_reason
+        assert not any(isinstance(e, MemoryBudgetComputed | AdapterTrained) for e in tracker.events)
+
+        promoted = [e for e in tracker.events if isinstance(e, DeploymentPromoted)][-1]
+        manifest = read_manifest(store, promoted.manifest_id)
+        card = read_card(store, manifest.model.tree_digest)
+        assert manifest.source == "api" and card.model == "tr-upstream" and card.base_url == server.url + "/v1"
+        assert manifest.data.eval and manifest.requirements.task.labels  # the data and the task, pinned
+        registered = [e for e in tracker.events if isinstance(e, ModelRegistered)][-1]
+        assert "model/endpoint.json" in registered.checksums and registered.canary_baseline.via == "http"
+        runbook = store.read_bytes(registered.runbook_digest).decode()
+        assert f"curl -s {server.url}/v1/embeddings" in runbook and f"${E2E_API_KEY_ENV}" in runbook
+
+        first = [e for e in tracker.events if isinstance(e, CanaryPassed)][-1]  # the run ends on its first canary
+        assert first.measurement.via == "http" and first.measurement.n == registered.canary_baseline.n
+
+    # the endpoint is gone: the canary says so, as its own kind; nothing is rolled back or rerouted for it
+    failed = canary(live_stack, "tr-api")
+    assert isinstance(failed, CanaryFailed) and failed.kind == "unreachable", failed
+    assert "did not answer" in " ".join(failed.reasons)
+    time.sleep(3)
+    history = live_stack.history()
+    assert not [e for e in history if isinstance(e, RolledBack | WorkflowRerouted)
+                and getattr(e, "deployment", None) == "tr-api"]
+
+    # the key never left the services' environment: not in an event, a log, a trace or an artifact's JSON
+    assert E2E_API_KEY not in "\n".join(e.model_dump_json() for e in history)
+    for path in live_stack.stack.home.rglob("*"):
+        if path.is_file() and path.suffix in (".log", ".jsonl", ".json", ".md", ""):
+            assert E2E_API_KEY.encode() not in path.read_bytes(), path
+
+
+def test_an_unreachable_api_candidate_is_left_out_with_why(live_stack: LiveStack, example_dir: Path) -> None:
+    from contracts.benchmark import CandidateUnavailable, NoCandidatePassed
+    from weightflow.serving.testing import free_port
+
+    data = yaml.safe_load((example_dir / "requirements.yaml").read_text())
+    data["deployment"] = {"name": "tr-api-down", "mode": "api"}
+    data["candidates"] = [{"name": "gone", "api": {
+        "base_url": f"http://127.0.0.1:{free_port()}/v1", "model": "m", "route": "embeddings", "max_retries": 1,
+        "timeout_s": 2, "price_per_1k_input_tokens": 0.001, "price_per_1k_output_tokens": 0.0}},
+        {"name": "keyless", "api": {"base_url": "http://127.0.0.1:9/v1", "model": "m", "api_key_env": "WF_UNSET_KEY",
+                                    "price_per_1k_input_tokens": 0.001, "price_per_1k_output_tokens": 0.0}}]
+    doc = example_dir / "down.yaml"
+    doc.write_text(yaml.safe_dump(data))
+    tracker = live_stack.run(prepare(doc, live_stack.store).event, timeout=300)
+    assert tracker.outcome == "failed"
+    unavailable = {e.candidate: e for e in tracker.events if isinstance(e, CandidateUnavailable)}
+    assert unavailable["gone"].kind == "unreachable" and "did not answer after 2 tries" in unavailable["gone"].reason
+    assert unavailable["keyless"].kind == "refused" and "WF_UNSET_KEY is not set" in unavailable["keyless"].reason
+    (none,) = [e for e in tracker.events if isinstance(e, NoCandidatePassed)]
+    assert [d.action for d in none.decisions][:2] == ["exclude", "exclude"]
+    assert "no candidate could be measured" in none.recommendation.reason
