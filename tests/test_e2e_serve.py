@@ -18,12 +18,14 @@ from uuid import uuid4
 import httpx
 import pytest
 
+from contracts.monitoring import CanaryPassed
 from contracts.registry import DeploymentPromoted, ModelRegistered, RollbackRequested, RolledBack
 from weightflow.serving.app import MANIFEST_HEADER
 from weightflow.serving.testing import free_port
 from weightflow.submission import prepare
 
 from .conftest import LiveStack
+from .test_e2e_api import canary
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -106,11 +108,18 @@ def test_serve_follows_promotions_and_swaps_without_failing_a_request(live_stack
         assert httpx.post(url + route, content=body, headers={"content-type": "application/json"}).status_code == 200
         health = httpx.get(url + "/healthz").json()
         assert health["swaps"] == 2 and health["following"] and health["last_error"] is None
+        # the server announced itself: the canary probes it over HTTP, as clients call it
+        probe = canary(live_stack, "tr-serve")
+        assert isinstance(probe, CanaryPassed) and probe.measurement.via == "http", probe
+        assert probe.measurement.extra["http_status/200"] == probe.measurement.n
     finally:
         proc.terminate()
         out, _ = proc.communicate(timeout=60)
     # a graceful stop: uvicorn finishes in-flight requests, then dies of the SIGTERM it was sent
     assert proc.returncode in (0, -signal.SIGTERM) and "Application shutdown complete" in out, out[-3000:]
+    # withdrawn on a graceful stop: the canary loads its own copy again (no false 'unreachable')
+    probe = canary(live_stack, "tr-serve")
+    assert isinstance(probe, CanaryPassed) and probe.measurement.via == "process", probe
 
 
 def test_serving_a_deployment_that_was_never_promoted_says_so(live_stack: LiveStack) -> None:

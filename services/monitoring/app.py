@@ -7,6 +7,7 @@ mid-canary loses nothing: JetStream redelivers the request.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from datetime import timedelta
@@ -57,9 +58,14 @@ def _endpoint(ctx: HandlerContext, manifest: Manifest) -> Endpoint | None:
     served = ctx.read(lambda s: s.get(ServedEndpoint, manifest.deployment))
     if served is None or not served.online:
         return None
-    # one request at a time: the latency one client sees, not the server's queue under our own load
-    return Endpoint.served(served.url, manifest.deployment, api_key=os.environ.get("WEIGHTFLOW_SERVE_API_KEY"),
-                           max_concurrency=1)
+    # One request at a time: the latency one client sees, not the server's queue under our own load. A
+    # classifier is asked for its labels (/v1/classify), the answer its clients get.
+    task = task_of(manifest.requirements.task)
+    endpoint = Endpoint.served(served.url, manifest.deployment, api_key=os.environ.get("WEIGHTFLOW_SERVE_API_KEY"),
+                               max_concurrency=1)
+    if "classify" in task.serves and "classify" in task.remote_routes:
+        endpoint = dataclasses.replace(endpoint, route="classify")
+    return endpoint
 
 
 def _judge(ctx: HandlerContext, manifest: Manifest) -> tuple[domain.CanaryJudgement, Measurement | None]:
