@@ -28,7 +28,7 @@ class ModelArtifact(Contract):
 class BenchmarkRequested(Event):
     STAGE = "benchmark"
     NAME = "requested"
-    SCHEMA_VERSION = 2
+    SCHEMA_VERSION = 3
     context: RunContext
     model: ModelArtifact
     request_id: str = Field(description="correlates the CandidateBenchmarked answer")
@@ -38,7 +38,7 @@ class BenchmarkRequested(Event):
 class CandidateBenchmarked(Event):
     STAGE = "benchmark"
     NAME = "candidate_benchmarked"
-    SCHEMA_VERSION = 2
+    SCHEMA_VERSION = 3
     model: ModelArtifact
     measurement: Measurement
     verdict: Verdict
@@ -68,6 +68,7 @@ class VariantBenchmarked(Event):
 
     STAGE = "benchmark"
     NAME = "variant_benchmarked"
+    SCHEMA_VERSION = 2
     model: ModelArtifact
     measurement: Measurement
     verdict: Verdict
@@ -92,7 +93,7 @@ class FitPlan(Contract):
 class SelectionDecided(Event):
     STAGE = "benchmark"
     NAME = "selection_decided"
-    SCHEMA_VERSION = 2
+    SCHEMA_VERSION = 3
     context: RunContext
     model: ModelArtifact
     measurement: Measurement

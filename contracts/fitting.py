@@ -52,7 +52,7 @@ class FitCompleted(Event):
 
     STAGE = "fitting"
     NAME = "completed"
-    SCHEMA_VERSION = 2
+    SCHEMA_VERSION = 3
     context: RunContext
     model: ModelArtifact
     measurement: Measurement

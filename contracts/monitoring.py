@@ -36,7 +36,7 @@ class CanaryRequested(Event):
 class CanaryPassed(Event):
     STAGE = "monitoring"
     NAME = "canary_passed"
-    SCHEMA_VERSION = 2
+    SCHEMA_VERSION = 3
     deployment: str
     manifest_id: str
     manifest_run_id: UUID = Field(description="the run that registered and promoted the manifest")
@@ -49,7 +49,7 @@ class CanaryPassed(Event):
 class CanaryFailed(Event):
     STAGE = "monitoring"
     NAME = "canary_failed"
-    SCHEMA_VERSION = 2
+    SCHEMA_VERSION = 3
     deployment: str
     manifest_id: str
     manifest_run_id: UUID = Field(description="the run that registered and promoted the manifest")

@@ -16,7 +16,7 @@ from contracts.requirements import DataRefs, Requirements
 class ModelRegistered(Event):
     STAGE = "registry"
     NAME = "model_registered"
-    SCHEMA_VERSION = 2
+    SCHEMA_VERSION = 3
     manifest_id: str = Field(description="sha256 of the manifest JSON in the artifact store")
     deployment: str
     requirements_version: int

@@ -346,7 +346,7 @@ class RequirementsChanged(Event):
 class RequirementsAccepted(Event):
     STAGE = "requirements"
     NAME = "accepted"
-    SCHEMA_VERSION = 2
+    SCHEMA_VERSION = 3
     context: RunContext
     markdown_digest: str
     warnings: list[str] = Field(default_factory=list)

@@ -35,7 +35,7 @@ class AdapterTrained(Event):
 class TuningGated(Event):
     STAGE = "tuning"
     NAME = "gated"
-    SCHEMA_VERSION = 2
+    SCHEMA_VERSION = 3
     context: RunContext
     model: ModelArtifact
     adapter: AdapterArtifact

@@ -37,6 +37,8 @@ class Miss(Contract):
             return f"{what} {self.observed / 2**20:.1f} MB > {self.limit / 2**20:.0f} MB"
         if self.kind == "general":
             return f"{what} fell {self.observed:.3f}, more than the allowed {self.limit:.3f}"
+        if self.kind in ("unreachable", "integrity"):
+            return what  # the detail is the whole story
         return f"{what}: observed {self.observed:g}, limit {self.limit:g}"
 
 

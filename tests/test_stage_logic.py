@@ -243,6 +243,27 @@ def test_canary_drift_and_ceilings() -> None:
     assert not judge_canary(unknown_interval, REQ, None).passed
 
 
+def test_an_http_canary_is_compared_with_an_http_baseline_only() -> None:
+    """Through `weightflow serve` a canary pays for HTTP, which an in-process baseline did not: only the
+    ceilings judge its speed then; an API deployment's baseline is HTTP too, so drift applies."""
+    base = m(T + 0.05, p95=10, cost=0.001)
+    over_http = m(T + 0.05, p95=40, cost=0.01).model_copy(update={"via": "http"})
+    assert judge_canary(over_http, REQ, base).drifts == [] and judge_canary(over_http, REQ, base).passed
+    http_base = base.model_copy(update={"via": "http"})
+    assert {d.kind for d in judge_canary(over_http, REQ, http_base).drifts} == {"latency", "cost"}
+
+
+def test_an_unreachable_endpoint_is_its_own_failure_and_routes_nowhere() -> None:
+    from services.monitoring.domain import unreachable_failure
+
+    judged = unreachable_failure("unreachable: ticket-router at http://h/v1 did not answer after 3 tries")
+    assert not judged.passed and judged.kind == "unreachable" and judged.drifts == []
+    event = failed(kind="unreachable")
+    decision = routing.on_canary_failure(event, live_version=1, reroutes=0, max_reroutes=3, halted=False,
+                                         in_flight=None, exclusions=[])
+    assert isinstance(decision, routing.Ignore) and "outage" in decision.reason
+
+
 # -- loop-back rules --------------------------------------------------------------------------
 
 

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 from contracts.base import Event
-from contracts.benchmark import CandidateBenchmarked, NoCandidatePassed, SelectionDecided, VariantBenchmarked
-from contracts.fitting import FitCompleted, FitFailed, MemoryBudgetComputed
+from contracts.benchmark import (
+    CandidateBenchmarked,
+    CandidateUnavailable,
+    NoCandidatePassed,
+    SelectionDecided,
+    VariantBenchmarked,
+)
+from contracts.fitting import FitCompleted, FitFailed, FitSkipped, MemoryBudgetComputed
 from contracts.measurement import Measurement
-from contracts.monitoring import CanaryFailed, CanaryPassed, DriftDetected
+from contracts.monitoring import CanaryFailed, CanaryPassed, DriftDetected, ServingEndpointAnnounced
 from contracts.registry import DeploymentPromoted, ModelRegistered, PromotionSkipped, RolledBack
 from contracts.requirements import RequirementsAccepted, RequirementsRejected
 from contracts.tuning import AdapterTrained, TuningGated, TuningSkipped
@@ -30,8 +36,10 @@ def score(m: Measurement) -> str:
 def _benchmarked(e: CandidateBenchmarked | VariantBenchmarked) -> str:
     m = e.measurement
     verdict = "PASS" if e.verdict.passed else "miss: " + "; ".join(e.verdict.messages())
-    return (f"{e.model.candidate} [{e.model.variant}, {e.model.size_class}, {e.model.params / 1e6:.1f}M] "
-            f"{score(m)} p95 {m.latency_ms_p95:.1f} ms ${m.cost_per_1k_usd:.4f}/1k — {verdict}")
+    what = "API" if e.model.source == "api" else f"{e.model.variant}, {e.model.size_class}, {e.model.params / 1e6:.1f}M"
+    via = f" over HTTP ({m.extra.get('http_retries', 0):g} retries)" if m.via == "http" else ""
+    return (f"{e.model.candidate} [{what}] {score(m)} p95 {m.latency_ms_p95:.1f} ms{via} ${m.cost_per_1k_usd:.4f}/1k"
+            f" — {verdict}")
 
 
 def summary(e: Event) -> str:
@@ -48,6 +56,12 @@ def summary(e: Event) -> str:
         return "rejected:\n  - " + "\n  - ".join(e.errors)
     if isinstance(e, CandidateBenchmarked | VariantBenchmarked):
         return _benchmarked(e)
+    if isinstance(e, CandidateUnavailable):
+        return f"{e.candidate} could not be measured ({e.kind}): {e.reason}"
+    if isinstance(e, FitSkipped):
+        return f"fitting and tuning skipped: {e.reason}"
+    if isinstance(e, ServingEndpointAnnounced):
+        return f"{e.deployment} is {'served at' if e.online else 'no longer served at'} {e.url}"
     if isinstance(e, SelectionDecided):
         plan = ""
         if e.plan.skip_variants or e.plan.tune:
@@ -61,7 +75,8 @@ def summary(e: Event) -> str:
         return (f"memory {b.variant}: {b.total_bytes / MB:.1f} MB needed / {b.budget_bytes / MB:.0f} MB "
                 f"({'fits' if b.fits else 'does not fit'})")
     if isinstance(e, FitCompleted):
-        return f"fit {e.model.variant}: {score(e.measurement)}, gap {e.quality_gap:.3f} → {e.next_stage}"
+        variant = "API" if e.model.source == "api" else e.model.variant
+        return f"fit {variant}: {score(e.measurement)}, gap {e.quality_gap:.3f} → {e.next_stage}"
     if isinstance(e, FitFailed):
         return f"fit failed: {e.reason}"
     if isinstance(e, AdapterTrained):
@@ -88,7 +103,8 @@ def summary(e: Event) -> str:
                 f"({e.reason}){older}")
     if isinstance(e, CanaryPassed):
         m = e.measurement
-        return f"canary passed on {e.deployment}: {score(m)}, p95 {m.latency_ms_p95:.1f} ms"
+        via = " over HTTP" if m.via == "http" else ""
+        return f"canary passed on {e.deployment}{via}: {score(m)}, p95 {m.latency_ms_p95:.1f} ms"
     if isinstance(e, CanaryFailed):
         measured = f" ({score(e.measurement)})" if e.measurement is not None else ""
         return f"canary FAILED on {e.deployment} [{e.kind}]{measured}: " + "; ".join(e.reasons)

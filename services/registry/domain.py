@@ -165,9 +165,27 @@ def _load_and_serve(manifest: Manifest, manifest_id: str) -> str:
     return render(manifest, manifest_id)
 
 
+def _what(manifest: Manifest, adapter: str) -> str:
+    from shared.modeling.stored import is_remote
+
+    if is_remote(manifest.source):
+        return f"{manifest.candidate}, a hosted model behind an OpenAI-compatible API (nothing quantized, no adapter)"
+    return (f"{manifest.candidate} ({manifest.source}, {manifest.params:,} params), variant\n**{manifest.variant}** "
+            f"({manifest.quantization or 'unquantized'}), {adapter}, {manifest.sharding}")
+
+
+def _where(manifest: Manifest) -> str:
+    from shared.modeling.stored import is_remote
+
+    if is_remote(manifest.source):
+        return "Latency and cost are what a client of the API sees (cost from token usage x prices)."
+    hw = manifest.requirements.deployment.hardware
+    return (f"Memory budget {manifest.budget.total_bytes / 2**20:.1f} MB of\n{hw.memory_mb:g} MB on `{hw.profile}` "
+            f"({hw.device}).")
+
+
 def render_runbook(manifest: Manifest, manifest_id: str) -> str:
     req = manifest.requirements
-    hw = req.deployment.hardware
     m = manifest.measurement
     c = manifest.canary_baseline
     rows = "\n".join(f"| `{role}` | `{digest}` |" for role, digest in sorted(manifest.checksums().items()))
@@ -178,16 +196,14 @@ def render_runbook(manifest: Manifest, manifest_id: str) -> str:
     interval = f" [{c.interval.low:.3f}, {c.interval.high:.3f}]" if c.interval else ""
     return f"""# Runbook: {manifest.deployment}
 
-Manifest `{manifest_id}` — {manifest.candidate} ({manifest.source}, {manifest.params:,} params), variant
-**{manifest.variant}** ({manifest.quantization or "unquantized"}), {adapter}, {manifest.sharding}.
+Manifest `{manifest_id}` — {_what(manifest, adapter)}.
 Task `{req.task.type}`. Registered {manifest.created_at} by run `{manifest.run_id}` against requirements
 v{manifest.requirements_version} (`{manifest.requirements_digest[:12]}`).
 
 Measured at registration: {req.quality.metric} {m.score:.3f} on the eval set (threshold {req.quality.threshold:.3f}),
 {c.score:.3f}{interval} on the canary set (the canary's baseline); latency p50/p95
 {m.latency_ms_p50:.1f}/{m.latency_ms_p95:.1f} ms (ceiling {req.latency.p95_ms:g}), ${m.cost_per_1k_usd:.4f} per 1k
-tasks (ceiling ${req.cost.per_1k_tasks_usd:g}). Memory budget {manifest.budget.total_bytes / 2**20:.1f} MB of
-{hw.memory_mb:g} MB on `{hw.profile}` ({hw.device}).
+tasks (ceiling ${req.cost.per_1k_tasks_usd:g}). {_where(manifest)}
 
 {_load_and_serve(manifest, manifest_id)}
 The live deployment is watched by a canary every {req.monitoring.canary_interval_s:g} s
