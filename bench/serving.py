@@ -44,7 +44,7 @@ CANDIDATE = 1  # minilm-l6
 CLIENTS = 16
 MAX_BATCH = 8
 SINGLE = 48  # one-at-a-time requests per repetition
-MAX_WAIT_MS = float(os.environ.get("WEIGHTFLOW_BENCH_MAX_WAIT_MS", "0"))
+MAX_WAIT_MS = float(os.environ.get("WEIGHTFLOW_BENCH_MAX_WAIT_MS", "0"))  # the CLI's default
 
 
 def _texts(n: int) -> list[str]:
@@ -155,10 +155,16 @@ def run(cfg: Config) -> Report:
             _wait_ready(url, proc)
             loaded_clients = Clients(url, CLIENTS)
             one_client = Clients(url, 1)
-            before = httpx.get(url + "/healthz").json()
+            concurrent = [0, 0]  # batches and inputs the server ran for the 16 clients
 
             def served_concurrent() -> float:
-                return loaded_clients.run(texts)
+                before = httpx.get(url + "/healthz").json()
+                rps = loaded_clients.run(texts)
+                after = httpx.get(url + "/healthz").json()
+                concurrent[0] += after["batches"] - before["batches"]
+                concurrent[1] += round(after["mean_batch"] * after["batches"]
+                                       - before["mean_batch"] * before["batches"])
+                return rps
 
             def served_single() -> float:
                 one_client.run(texts[:SINGLE])
@@ -167,7 +173,6 @@ def run(cfg: Config) -> Report:
             served_rps, batched_rps, plain_rps, _, _ = interleave(
                 [served_concurrent, in_process_batched, plain_one_at_a_time, served_single, in_process_single],
                 cfg.reps)
-            after = httpx.get(url + "/healthz").json()
         finally:
             proc.terminate()
             try:
@@ -194,10 +199,10 @@ def run(cfg: Config) -> Report:
     loaded_ms = loaded_clients.latencies_ms[n_requests:]
     report.add(Row(f"latency under {CLIENTS} clients (p50 / p95)", "ms",
                    Stat.of([percentile(loaded_ms, 50), percentile(loaded_ms, 95)]), note="n = 2 values: p50, p95"))
-    batches = after["batches"] - before["batches"]
-    inputs = round(after["mean_batch"] * after["batches"] - before["mean_batch"] * before["batches"])
-    report.add(Row("mean batch the server ran", "inputs", Stat.of([inputs / batches if batches else 0.0]),
-                   note=f"{batches} batches over every side's requests (16 clients and one client)"))
+    batches, inputs = concurrent
+    report.add(Row(f"mean batch the server ran for {CLIENTS} clients", "inputs",
+                   Stat.of([inputs / batches if batches else 0.0]),
+                   note=f"{batches} batches, every repetition and the warm-up; at most {MAX_BATCH}"))
     report.notes.append(f"{n_requests} requests per repetition, {cfg.reps} repetitions after one warm-up, device "
                         f"{cfg.device}; the clients run in the bench process, the server in its own.")
     report.config.update(requests=n_requests, clients=CLIENTS, max_batch=MAX_BATCH, single=SINGLE)

@@ -137,7 +137,8 @@ def serve(deployment: str,
           port: int = typer.Option(8000, help="TCP port"),
           manifest: str = typer.Option("", help="serve this manifest and do not follow promotions"),
           max_batch: int = typer.Option(8, min=1, help="inputs per forward pass (the memory budget plans for 8)"),
-          max_wait_ms: float = typer.Option(2.0, min=0, help="how long a lone request waits for company"),
+          max_wait_ms: float = typer.Option(0.0, min=0, help="how long a lone request waits for company (requests "
+                                                               "arriving while the model runs share the next pass)"),
           public_url: str = typer.Option("", help="the URL the canary reaches this server at "
                                                   "(default: http://HOST:PORT)"),
           announce: bool = typer.Option(True, help="tell monitoring where the deployment is served, so the canary "

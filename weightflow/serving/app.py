@@ -23,6 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from shared.modeling.protocols import CompletionParams, NotServed
 from weightflow.serving import schemas as s
@@ -62,6 +63,25 @@ def _run_batch(live: LiveDeployment) -> Any:
                                                         templated=templated)
 
     return run
+
+
+class BodyLimit:
+    """413 for a declared body over `limit`, before anything reads it. Plain ASGI rather than
+    `@app.middleware("http")`: Starlette's BaseHTTPMiddleware costs a task group and a streamed
+    response per request (about a tenth of the event loop's time under load, profiled)."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+            if length is not None and (not length.isdigit() or int(length) > self.limit):
+                response = JSONResponse(s.error(f"request body over {self.limit // 2**20} MiB; send fewer or "
+                                                "shorter inputs", code="request_too_large"), status_code=413)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def create_app(live: LiveDeployment, *, max_batch: int = 8, max_wait_s: float = 0.002,
@@ -110,13 +130,7 @@ def create_app(live: LiveDeployment, *, max_batch: int = 8, max_wait_s: float = 
         return JSONResponse(s.error(f"internal error (ref {ref}); the server log has the details", "server_error"),
                             status_code=500)
 
-    @app.middleware("http")
-    async def _limits(request: Request, call_next: Any) -> Any:
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-            return JSONResponse(s.error(f"request body over {MAX_BODY_BYTES // 2**20} MiB; send fewer or shorter "
-                                        "inputs", code="request_too_large"), status_code=413)
-        return await call_next(request)
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
 
     # -- shared checks ------------------------------------------------------------------------
     def authorized(request: Request) -> None:
