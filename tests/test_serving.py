@@ -331,3 +331,26 @@ def test_the_openapi_schema_holds_under_fuzzing(which: str, request: pytest.Fixt
          "--phases", "examples,coverage,fuzzing", "--workers", "1", "--seed", "1", "--no-color"],
         capture_output=True, text=True, timeout=600, cwd=tmp_path)  # its reports go to ./.schemathesis
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+
+
+def test_a_served_language_model_measured_as_an_api_matches_the_model_in_process(
+        lm_server: ServerThread, home: Settings, language_model: str) -> None:
+    """`weightflow serve` of a generation deployment as another run's API candidate: over
+    /v1/completions (the prompt as the task renders it) the answers are the model's own."""
+    import dataclasses
+
+    from contracts.requirements import HardwareProfile
+    from shared.modeling.remote import Endpoint
+    from shared.modeling.stored import rows
+
+    store = ArtifactStore(home.resolved_artifacts_dir())
+    manifest = read_manifest(store, language_model)
+    spec, task = manifest.requirements.task, task_of(manifest.requirements.task)
+    eval_rows = rows(store, manifest.data.eval, task, "eval")
+    hw = HardwareProfile(profile="t", memory_mb=4096, cost_per_hour_usd=0.1)
+    local = task.evaluate(load_deployment(store, manifest, "cpu"), spec, eval_rows, "exact_match", hw)
+    endpoint = dataclasses.replace(Endpoint.served(lm_server.url, "tiny-lm"), route="completions")
+    remote = task.evaluate_remote(endpoint, spec, eval_rows, "exact_match", hw)
+    assert remote.via == "http" and remote.n == local.n == len(eval_rows)
+    assert remote.score == local.score and remote.extra["chrf"] == pytest.approx(local.extra["chrf"])
+    assert remote.extra["completion_tokens_per_task"] > 0 and remote.extra["http_status/200"] == len(eval_rows)

@@ -126,7 +126,11 @@ def predict(deployment: str, texts: list[str] = typer.Argument(..., help="inputs
     settings = Settings()
     artifacts = store(settings)
     manifest = read_manifest(artifacts, live_manifest(settings, deployment))
-    loaded = load_deployment(artifacts, manifest, settings.device)
+    try:
+        loaded = load_deployment(artifacts, manifest, settings.device)
+    except (ValueError, IntegrityError) as exc:
+        err.print(f"[red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(2) from exc
     outputs = task_of(manifest.requirements.task).predict(loaded, manifest.requirements.task, texts)
     for text, output in zip(texts, outputs, strict=True):
         console.print(f"{output}\t{text}", markup=False)
