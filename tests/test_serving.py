@@ -269,6 +269,55 @@ def test_completions_continue_each_prompt_and_report_tokens(lm_server: ServerThr
         assert cut["choices"][0]["finish_reason"] == "stop"
 
 
+def sse(server: ServerThread, path: str, body: dict[str, object]) -> tuple[list[dict[str, object]], httpx.Response]:
+    """The events of a streamed answer, read as they arrive; the stream must end with [DONE]."""
+    events: list[dict[str, object]] = []
+    with httpx.stream("POST", server.url + path, json=body, timeout=60) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream"), r.read()
+        lines = [line for line in r.iter_lines() if line]
+    assert lines[-1] == "data: [DONE]", lines[-3:]
+    for line in lines[:-1]:
+        assert line.startswith("data: "), line
+        events.append(json.loads(line.removeprefix("data: ")))
+    return events, r
+
+
+@pytest.mark.parametrize("stop", [None, "e", " th"])
+def test_streamed_completions_are_the_whole_answer_in_pieces(lm_server: ServerThread, stop: str | None) -> None:
+    prompts = ["The quick brown fox", "def main():", "Q: what is 2 plus one?\nA:"]
+    body: dict[str, object] = {"model": "tiny-lm", "prompt": prompts, "max_tokens": 12,
+                               **({"stop": [stop]} if stop else {})}
+    whole = post(lm_server, "/v1/completions", body).json()
+    events, _ = sse(lm_server, "/v1/completions", body | {"stream": True, "stream_options": {"include_usage": True}})
+    assert all(e["object"] == "text_completion" and e["id"] == events[0]["id"] for e in events)
+    texts, finished = ["", "", ""], [None, None, None]
+    for e in events[:-1]:
+        (choice,) = e["choices"]  # type: ignore[misc]
+        i = choice["index"]
+        assert finished[i] is None, "no piece after a choice's finish_reason"
+        texts[i] += choice["text"]
+        finished[i] = choice["finish_reason"]
+    assert texts == [c["text"] for c in whole["choices"]]
+    assert finished == [c["finish_reason"] for c in whole["choices"]]
+    assert events[-1]["choices"] == [] and events[-1]["usage"] == whole["usage"]
+    assert len(events) > 3 + 3 + 1, "pieces arrive as they are generated, not only at the end"
+
+
+def test_streamed_chat_opens_with_the_role_and_ends_with_finish_reason(lm_server: ServerThread) -> None:
+    body: dict[str, object] = {"model": "tiny-lm", "messages": [{"role": "user", "content": "what is 3 plus one?"}],
+                               "max_tokens": 10}
+    answered = post(lm_server, "/v1/chat/completions", body)
+    whole = answered.json()
+    events, _ = sse(lm_server, "/v1/chat/completions", body | {"stream": True})
+    assert all(e["object"] == "chat.completion.chunk" for e in events)
+    deltas = [e["choices"][0]["delta"] for e in events]  # type: ignore[index]
+    assert deltas[0] == {"role": "assistant", "content": ""}
+    assert "".join(str(d.get("content", "")) for d in deltas) == whole["choices"][0]["message"]["content"]
+    assert events[-1]["choices"][0]["finish_reason"] == whole["choices"][0]["finish_reason"]  # type: ignore[index]
+    assert events[-1]["system_fingerprint"] == answered.headers["x-weightflow-manifest"]  # the manifest that answered
+    assert "usage" not in events[-1], "usage comes only with stream_options.include_usage"
+
+
 def test_sampling_with_a_seed_is_repeatable(lm_server: ServerThread) -> None:
     body = {"model": "tiny-lm", "prompt": "Once upon", "max_tokens": 6, "temperature": 1.0, "seed": 7}
     a = post(lm_server, "/v1/completions", body).json()["choices"][0]["text"]
@@ -287,7 +336,9 @@ def test_requests_past_the_fitted_context_are_refused_before_any_model_work(lm_s
 @pytest.mark.parametrize("body", [
     {"model": "tiny-lm", "messages": []},
     {"model": "tiny-lm", "messages": [{"role": "robot", "content": "hi"}]},
-    {"model": "tiny-lm", "messages": [{"role": "user", "content": "hi"}], "stream": True},
+    {"model": "tiny-lm", "messages": [{"role": "user", "content": "hi"}], "stream": "yes"},
+    {"model": "tiny-lm", "messages": [{"role": "user", "content": "hi"}], "stream": True,
+     "stream_options": {"include_usage": True, "other": 1}},
     {"model": "tiny-lm", "messages": [{"role": "user", "content": "hi"}], "n": 3},
     {"model": "tiny-lm", "messages": [{"role": "user", "content": "hi"}], "temperature": -1},
     {"model": "tiny-lm", "messages": [{"role": "user", "content": "hi"}], "presence_penalty": 1},

@@ -13,7 +13,7 @@ Importing this module imports no torch: validation (the CLI) uses the torch-free
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -62,6 +62,9 @@ class CompletionParams:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+
+
+TextSink = Callable[[int, str], None]
 
 
 @dataclass
@@ -208,9 +211,10 @@ class Task(ABC):
         raise NotServed(f"task {self.name} does not embed text")
 
     def complete(self, loaded: LoadedModel, spec: TaskSpec, prompts: Sequence[str], params: CompletionParams, *,
-                 templated: bool = False) -> list[Completion]:
+                 templated: bool = False, on_text: TextSink | None = None) -> list[Completion]:
         """Continue each prompt as given (`templated`: it was rendered by `chat_prompt` and has its special
-        tokens already)."""
+        tokens already). `on_text(i, piece)` receives prompt i's text as it is generated (streaming): the
+        pieces are always a prefix of the final `Completion.text`, which may hold a last piece more."""
         raise NotServed(f"task {self.name} does not generate text")
 
     def chat_prompt(self, loaded: LoadedModel, spec: TaskSpec, messages: Sequence[dict[str, str]]

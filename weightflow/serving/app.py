@@ -8,12 +8,15 @@ a traceback. With WEIGHTFLOW_SERVE_API_KEY set, /v1 routes need `Authorization: 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hmac
+import json
 import logging
 import time
-from collections.abc import AsyncIterator, Hashable, Sequence
+from collections.abc import AsyncIterator, Callable, Hashable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any, cast
 from uuid import uuid4
 
@@ -21,7 +24,7 @@ import numpy as np
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -36,6 +39,11 @@ MAX_BODY_BYTES = 4 * 1024 * 1024
 ROUTES = {"classify": ["/v1/classify"], "embeddings": ["/v1/embeddings"],
           "completions": ["/v1/completions", "/v1/chat/completions"]}
 MANIFEST_HEADER = "x-weightflow-manifest"
+# With `stream: true` the 200 is server-sent events; in OpenAPI 3.1 a stream's schema describes one event.
+STREAM_DOC: dict[int | str, dict[str, Any]] = {200: {"content": {"text/event-stream": {"schema": {
+    "type": "object", "required": ["data"], "properties": {"data": {
+        "type": "string", "description": "a chunk as JSON in OpenAI's streaming shape (the last choice chunk has "
+                                         "finish_reason), an `error` object, or `[DONE]` at the end"}}}}}}}
 
 
 class ApiError(Exception):
@@ -43,6 +51,14 @@ class ApiError(Exception):
                  type_: str = "invalid_request_error") -> None:
         super().__init__(message)
         self.status, self.code, self.param, self.type = status, code, param, type_
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A prompt in a batch, with where its text goes as it is generated (a streaming request) or None."""
+
+    text: str
+    sink: Callable[[str], None] | None = None
 
 
 def _run_batch(live: LiveDeployment) -> Any:
@@ -59,8 +75,17 @@ def _run_batch(live: LiveDeployment) -> Any:
         if kind == "embeddings":
             return served.manifest_id, served.task.embeddings(served.loaded, served.spec, inputs)
         params, templated = parts[1], parts[2]
-        return served.manifest_id, served.task.complete(served.loaded, served.spec, inputs, params,
-                                                        templated=templated)
+        prompts = cast(list[Prompt], inputs)
+        sinks = [p.sink for p in prompts]
+
+        def on_text(row: int, piece: str) -> None:
+            sink = sinks[row]
+            if sink is not None:
+                sink(piece)
+
+        return served.manifest_id, served.task.complete(
+            served.loaded, served.spec, [p.text for p in prompts], params, templated=templated,
+            on_text=on_text if any(sinks) else None)
 
     return run
 
@@ -163,6 +188,67 @@ def create_app(live: LiveDeployment, *, max_batch: int = 8, max_wait_s: float = 
         except ValueError as exc:
             raise ApiError(400, str(exc)) from exc
 
+    def streamed(key: tuple[Any, ...], texts: list[str], chunk: Callable[[int, str, str | None], dict[str, Any]],
+                 opening: list[dict[str, Any]], usage: bool, head: dict[str, Any]) -> StreamingResponse:
+        """Server-sent events in OpenAI's streaming shape: pieces as the model makes them, then each
+        choice's rest and finish reason, the usage when asked for, and `data: [DONE]`. An error after
+        the stream began is an `error` event (the status line is already sent)."""
+        loop = asyncio.get_running_loop()
+        pieces: asyncio.Queue[tuple[int, str] | None] = asyncio.Queue()
+
+        def sink(i: int) -> Callable[[str], None]:
+            def put(text: str) -> None:  # called on the model thread
+                loop.call_soon_threadsafe(pieces.put_nowait, (i, text))
+
+            return put
+
+        # pieces are queued from the model thread before the batch's result is set, so the sentinel that
+        # the result's callback queues comes after every piece
+        job = asyncio.ensure_future(batched(key, [Prompt(t, sink(i)) for i, t in enumerate(texts)]))
+        job.add_done_callback(lambda _: pieces.put_nowait(None))
+
+        def event(body: dict[str, Any]) -> str:
+            return f"data: {json.dumps(body, separators=(',', ':'))}\n\n"
+
+        async def events() -> AsyncIterator[str]:
+            sent = [""] * len(texts)
+            try:
+                for body in opening:
+                    yield event(body)
+                while (item := await pieces.get()) is not None:
+                    i, text = item
+                    sent[i] += text
+                    yield event(chunk(i, text, None))
+                try:
+                    manifest_id, outs = job.result()
+                except ApiError as exc:
+                    yield event(s.error(str(exc), exc.type, param=exc.param, code=exc.code))
+                    return
+                except Exception:
+                    ref = uuid4().hex[:12]
+                    log.exception("streamed request failed (ref %s)", ref)
+                    yield event(s.error(f"internal error (ref {ref}); the server log has the details",
+                                        "server_error"))
+                    return
+                for i, out in enumerate(outs):
+                    rest = out.text[len(sent[i]):] if out.text.startswith(sent[i]) else ""
+                    if rest:
+                        yield event(chunk(i, rest, None))
+                    yield event(chunk(i, "", out.finish_reason) | {"system_fingerprint": manifest_id})
+                if usage:
+                    prompt_tokens = sum(o.prompt_tokens for o in outs)
+                    completion_tokens = sum(o.completion_tokens for o in outs)
+                    yield event({**head, "choices": [], "usage": {
+                        "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                        "total_tokens": prompt_tokens + completion_tokens}})
+                yield "data: [DONE]\n\n"
+            finally:
+                if not job.done():  # the client went away: its batch still runs, nobody reads it
+                    job.add_done_callback(lambda j: j.exception() if not j.cancelled() else None)
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+
     def answer(body: Any, manifest_id: str) -> JSONResponse:
         return JSONResponse(body.model_dump(), headers={MANIFEST_HEADER: manifest_id})
 
@@ -237,9 +323,9 @@ def create_app(live: LiveDeployment, *, max_batch: int = 8, max_wait_s: float = 
             id=served.deployment, created=created, manifest_id=served.manifest_id, task=served.spec.type,
             endpoints=[r for k in sorted(served.task.serves) for r in ROUTES[k]])])
 
-    @app.post("/v1/completions", response_model=s.CompletionResponse, tags=["openai"],
+    @app.post("/v1/completions", response_model=s.CompletionResponse, tags=["openai"], responses=STREAM_DOC,
               dependencies=[Depends(authorized)])
-    async def completions(req: s.CompletionRequest) -> JSONResponse:
+    async def completions(req: s.CompletionRequest) -> Response:
         """Continue each prompt as given (no template): OpenAI's legacy completions."""
         served = serving(req.model, "completions")
         prompts = req.prompts()
@@ -248,7 +334,16 @@ def create_app(live: LiveDeployment, *, max_batch: int = 8, max_wait_s: float = 
             raise ApiError(400, f"prompt {counts.index(0)} has no tokens (this model adds no start token): send "
                            "some text", param="prompt")
         params = completion_params(req, served, req.max_tokens, max(counts))
-        manifest_id, outs = await batched(("completions", params, False), prompts)
+        if req.stream:
+            cid, created = f"cmpl-{uuid4().hex}", int(time.time())
+
+            def piece(i: int, text: str, finish: str | None) -> dict[str, Any]:
+                return {"id": cid, "object": "text_completion", "created": created, "model": served.deployment,
+                        "choices": [{"index": i, "text": text, "finish_reason": finish, "logprobs": None}]}
+
+            return streamed(("completions", params, False), prompts, piece, [], req.usage_chunk(),
+                            {"id": cid, "object": "text_completion", "created": created, "model": served.deployment})
+        manifest_id, outs = await batched(("completions", params, False), [Prompt(p) for p in prompts])
         usage = s.Usage(prompt_tokens=sum(o.prompt_tokens for o in outs),
                         completion_tokens=sum(o.completion_tokens for o in outs),
                         total_tokens=sum(o.prompt_tokens + o.completion_tokens for o in outs))
@@ -257,9 +352,9 @@ def create_app(live: LiveDeployment, *, max_batch: int = 8, max_wait_s: float = 
             choices=[s.CompletionChoice(index=i, text=o.text, finish_reason=o.finish_reason)
                      for i, o in enumerate(outs)]), manifest_id)
 
-    @app.post("/v1/chat/completions", response_model=s.ChatResponse, tags=["openai"],
+    @app.post("/v1/chat/completions", response_model=s.ChatResponse, tags=["openai"], responses=STREAM_DOC,
               dependencies=[Depends(authorized)])
-    async def chat(req: s.ChatRequest) -> JSONResponse:
+    async def chat(req: s.ChatRequest) -> Response:
         """One user message is the deployment's task input, rendered with its prompt as evaluated; a
         conversation uses the tokenizer's chat template."""
         served = serving(req.model, "completions")
@@ -271,7 +366,18 @@ def create_app(live: LiveDeployment, *, max_batch: int = 8, max_wait_s: float = 
         if tokens == 0:
             raise ApiError(400, "the conversation renders to no tokens: send some text", param="messages")
         params = completion_params(req, served, req.limit(), tokens)
-        manifest_id, (out,) = await batched(("completions", params, templated), [prompt])
+        if req.stream:
+            cid, created = f"chatcmpl-{uuid4().hex}", int(time.time())
+            head = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": served.deployment}
+
+            def delta(i: int, text: str, finish: str | None) -> dict[str, Any]:
+                return {**head, "choices": [{"index": i, "delta": {"content": text} if text else {},
+                                             "finish_reason": finish, "logprobs": None}]}
+
+            opening = {**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                            "finish_reason": None, "logprobs": None}]}
+            return streamed(("completions", params, templated), [prompt], delta, [opening], req.usage_chunk(), head)
+        manifest_id, (out,) = await batched(("completions", params, templated), [Prompt(prompt)])
         return answer(s.ChatResponse(
             id=f"chatcmpl-{uuid4().hex}", created=int(time.time()), model=served.deployment,
             choices=[s.ChatChoice(index=0, message=s.AssistantMessage(content=out.text),

@@ -40,6 +40,11 @@ def _texts(v: str | list[str]) -> list[str]:
     return [v] if isinstance(v, str) else v
 
 
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    include_usage: bool = Field(default=False, description="a last chunk with the request's token usage")
+
+
 class _Decoding(_Request):
     temperature: float = Field(default=0.0, ge=0.0, le=2.0,
                                description="0 (the default) decodes greedily; so does anything under 1e-5")
@@ -47,15 +52,13 @@ class _Decoding(_Request):
     stop: Text | Annotated[list[Text], Field(max_length=MAX_STOP)] | None = None
     seed: int | None = None
     n: int = Field(default=1, ge=1, le=1, description="one choice per prompt")
-    stream: bool = Field(default=False, description="streaming is not served yet: false only")
+    stream: bool = Field(default=False, description="true: server-sent events, OpenAI's chunks, then [DONE]")
+    stream_options: StreamOptions | None = None
     presence_penalty: float = Field(default=0.0, ge=0.0, le=0.0, description="only 0 (no penalty) is served")
     frequency_penalty: float = Field(default=0.0, ge=0.0, le=0.0, description="only 0 (no penalty) is served")
 
-    @model_validator(mode="after")
-    def _no_stream(self) -> _Decoding:
-        if self.stream:
-            raise ValueError("stream: true is not served yet; send stream: false (the answer comes whole)")
-        return self
+    def usage_chunk(self) -> bool:
+        return bool(self.stream and self.stream_options and self.stream_options.include_usage)
 
     def stop_sequences(self) -> tuple[str, ...]:
         stops = [self.stop] if isinstance(self.stop, str) else (self.stop or [])

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from contracts.limits import MAX_TEXT_CHARS
 from contracts.requirements import TaskSpec
 from shared.modeling.checkpoint import CheckpointInfo
-from shared.modeling.protocols import Completion, CompletionParams, LoadedModel, Task
+from shared.modeling.protocols import Completion, CompletionParams, LoadedModel, Task, TextSink
 
 if TYPE_CHECKING:
     import torch
@@ -85,7 +85,7 @@ class LanguageTask(Task):
         return rendered, True
 
     def complete(self, loaded: LoadedModel, spec: TaskSpec, prompts: Sequence[str], params: CompletionParams, *,
-                 templated: bool = False) -> list[Completion]:
+                 templated: bool = False, on_text: TextSink | None = None) -> list[Completion]:
         import torch
 
         tokenizer = loaded.tokenizer
@@ -97,6 +97,8 @@ class LanguageTask(Task):
             decoding = {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p}
         if params.seed is not None:
             torch.manual_seed(params.seed)
+        if on_text is not None:
+            decoding["streamer"] = TextPieces(tokenizer, len(prompts), params.stop, on_text)
         with torch.inference_mode():
             out = loaded.model.generate(**batch, max_new_tokens=params.max_tokens, pad_token_id=tokenizer.pad_token_id,
                                         eos_token_id=tokenizer.eos_token_id, **decoding)
@@ -200,3 +202,47 @@ class LanguageTask(Task):
         eos = loaded.tokenizer.eos_token or ""
         sums, counts = self.continuation_logprobs(loaded, prompts, [f"{t}{eos}" for t in targets], grad=True)
         return -(sums.sum() / counts.sum().clamp(min=1))
+
+
+class TextPieces:
+    """A transformers streamer for a batch: each row's new text, as it is generated, handed to `sink`.
+
+    transformers' own TextIteratorStreamer takes one sequence; a served batch has several. Text is held
+    back while it could still be the start of a stop string or an unfinished UTF-8 character, and a row
+    ends at its end-of-sequence token or stop string, so every piece is a prefix of the final answer.
+    """
+
+    def __init__(self, tokenizer: Any, rows: int, stops: Sequence[str], sink: TextSink) -> None:
+        self.tokenizer, self.stops, self.sink = tokenizer, tuple(stops), sink
+        self.ids: list[list[int]] = [[] for _ in range(rows)]
+        self.sent = [0] * rows
+        self.done = [False] * rows
+        self.prompt_seen = False
+        self.hold = max((len(s) for s in self.stops), default=1) - 1
+
+    def put(self, value: Any) -> None:
+        if not self.prompt_seen:  # generate() hands over the prompt first
+            self.prompt_seen = True
+            return
+        column = value.reshape(-1).tolist() if hasattr(value, "reshape") else list(value)
+        for i, token in enumerate(column):
+            if self.done[i]:
+                continue
+            if token == self.tokenizer.eos_token_id:
+                self.done[i] = True
+                continue
+            self.ids[i].append(int(token))
+            text = self.tokenizer.decode(self.ids[i], skip_special_tokens=True)
+            cut = min((j for j in (text.find(s) for s in self.stops) if j >= 0), default=-1)
+            if cut >= 0:
+                text, self.done[i], ready = text[:cut], True, cut
+            elif text.endswith("\ufffd"):
+                continue
+            else:
+                ready = len(text) - self.hold
+            if ready > self.sent[i]:
+                self.sink(i, text[self.sent[i]:ready])
+                self.sent[i] = ready
+
+    def end(self) -> None:
+        """Nothing to flush: the caller sends what the final answer holds beyond the pieces."""
