@@ -9,6 +9,7 @@ import shutil
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -269,9 +270,9 @@ def test_completions_continue_each_prompt_and_report_tokens(lm_server: ServerThr
         assert cut["choices"][0]["finish_reason"] == "stop"
 
 
-def sse(server: ServerThread, path: str, body: dict[str, object]) -> tuple[list[dict[str, object]], httpx.Response]:
+def sse(server: ServerThread, path: str, body: dict[str, object]) -> tuple[list[dict[str, Any]], httpx.Response]:
     """The events of a streamed answer, read as they arrive; the stream must end with [DONE]."""
-    events: list[dict[str, object]] = []
+    events: list[dict[str, Any]] = []
     with httpx.stream("POST", server.url + path, json=body, timeout=60) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream"), r.read()
         lines = [line for line in r.iter_lines() if line]
@@ -290,9 +291,10 @@ def test_streamed_completions_are_the_whole_answer_in_pieces(lm_server: ServerTh
     whole = post(lm_server, "/v1/completions", body).json()
     events, _ = sse(lm_server, "/v1/completions", body | {"stream": True, "stream_options": {"include_usage": True}})
     assert all(e["object"] == "text_completion" and e["id"] == events[0]["id"] for e in events)
-    texts, finished = ["", "", ""], [None, None, None]
+    texts: list[str] = ["", "", ""]
+    finished: list[str | None] = [None, None, None]
     for e in events[:-1]:
-        (choice,) = e["choices"]  # type: ignore[misc]
+        (choice,) = e["choices"]
         i = choice["index"]
         assert finished[i] is None, "no piece after a choice's finish_reason"
         texts[i] += choice["text"]
@@ -310,10 +312,10 @@ def test_streamed_chat_opens_with_the_role_and_ends_with_finish_reason(lm_server
     whole = answered.json()
     events, _ = sse(lm_server, "/v1/chat/completions", body | {"stream": True})
     assert all(e["object"] == "chat.completion.chunk" for e in events)
-    deltas = [e["choices"][0]["delta"] for e in events]  # type: ignore[index]
+    deltas = [e["choices"][0]["delta"] for e in events]
     assert deltas[0] == {"role": "assistant", "content": ""}
     assert "".join(str(d.get("content", "")) for d in deltas) == whole["choices"][0]["message"]["content"]
-    assert events[-1]["choices"][0]["finish_reason"] == whole["choices"][0]["finish_reason"]  # type: ignore[index]
+    assert events[-1]["choices"][0]["finish_reason"] == whole["choices"][0]["finish_reason"]
     assert events[-1]["system_fingerprint"] == answered.headers["x-weightflow-manifest"]  # the manifest that answered
     assert "usage" not in events[-1], "usage comes only with stream_options.include_usage"
 
