@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from contracts.measurement import Interval, Measurement
 from contracts.requirements import HardwareProfile
@@ -64,7 +64,8 @@ def request_latencies_ms(run: Callable[[Sequence[T]], list[R]], inputs: Sequence
 
 def measurement(*, score: float, metric: str, n: int, interval: Interval, score_std: float, binary: bool,
                 latencies_ms: Sequence[float], seconds: float, hardware: HardwareProfile,
-                extra: dict[str, float] | None = None, cost_per_1k_usd: float | None = None) -> Measurement:
+                extra: dict[str, float] | None = None, cost_per_1k_usd: float | None = None,
+                via: Literal["process", "http"] = "process") -> Measurement:
     """`cost_per_1k_usd`: when given (an API's token prices), instead of the hardware's bill."""
     import numpy as np
 
@@ -73,7 +74,7 @@ def measurement(*, score: float, metric: str, n: int, interval: Interval, score_
     return Measurement(
         score=score, metric=metric, n=n, interval=interval, score_std=score_std, binary=binary,
         latency_ms_p50=float(np.percentile(latencies_ms, 50)), latency_ms_p95=float(np.percentile(latencies_ms, 95)),
-        throughput_per_s=throughput, cost_per_1k_usd=cost, extra=extra or {})
+        throughput_per_s=throughput, cost_per_1k_usd=cost, extra=extra or {}, via=via)
 
 
 def remote_measurement(caller: Caller, calls: Sequence[Call], seconds: float, *, score: float, metric: str,
@@ -88,7 +89,6 @@ def remote_measurement(caller: Caller, calls: Sequence[Call], seconds: float, *,
     extra = {**extra, **caller.http_extra(),
              "prompt_tokens_per_task": sum(c.prompt_tokens for c in calls) / n,
              "completion_tokens_per_task": sum(c.completion_tokens for c in calls) / n}
-    m = measurement(score=score, metric=metric, n=n, interval=interval, score_std=score_std, binary=binary,
-                    latencies_ms=[c.latency_ms for c in calls], seconds=seconds, hardware=hardware, extra=extra,
-                    cost_per_1k_usd=cost)
-    return m.model_copy(update={"via": "http"})
+    return measurement(score=score, metric=metric, n=n, interval=interval, score_std=score_std, binary=binary,
+                       latencies_ms=[c.latency_ms for c in calls], seconds=seconds, hardware=hardware, extra=extra,
+                       cost_per_1k_usd=cost, via="http")
