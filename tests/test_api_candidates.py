@@ -201,6 +201,15 @@ def test_a_malformed_or_refusing_endpoint_is_named_not_crashed_on(behaviour: Any
     assert KEY not in str(info.value) and "m at http://127.0.0.1" in str(info.value)
 
 
+def test_a_server_echoing_the_key_does_not_get_it_into_the_error() -> None:
+    def echo(n: int, body: dict[str, Any]) -> Response:
+        return JSONResponse({"error": f"key {KEY} is not allowed here"}, status_code=403)
+
+    with FakeApi(echo) as upstream, pytest.raises(EndpointRefused, match="key <api key> is not allowed") as info:
+        tasks.get("generation").evaluate_remote(fast(upstream.url), GEN_SPEC, GEN_ROWS[:1], "exact_match", HW)
+    assert KEY not in str(info.value)
+
+
 def test_an_unreachable_endpoint_is_retried_then_reported() -> None:
     endpoint = fast(f"http://127.0.0.1:{free_port()}/v1", timeout_s=1)
     with pytest.raises(EndpointUnreachable, match="did not answer after 3 tries"):

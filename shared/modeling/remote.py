@@ -170,7 +170,17 @@ class Caller:
         self._sleep(delay * (1.0 if hint is not None else random.uniform(0.5, 1.0)))
 
     def post(self, path: str, payload: dict[str, Any]) -> Call:
-        """POST `payload` to `path` (relative to the base URL), retrying what is worth retrying."""
+        """POST `payload` to `path` (relative to the base URL), retrying what is worth retrying. A server
+        that echoes the key back in an error body does not get it into our messages."""
+        try:
+            return self._post(path, payload)
+        except EndpointError as exc:
+            key = self.endpoint.api_key
+            if key and key in str(exc):
+                raise type(exc)(str(exc).replace(key, "<api key>")) from None
+            raise
+
+    def _post(self, path: str, payload: dict[str, Any]) -> Call:
         where = f"{self.endpoint.describe()} ({path})"
         start = time.perf_counter()
         last = ""
