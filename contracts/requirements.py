@@ -42,7 +42,8 @@ class TaskSpec(Contract):
         default=None, description="classification: label -> natural-language description")
     label_map: dict[str, str] | None = Field(
         default=None, description="text-classification: the checkpoint's label -> the task's label")
-    prompt: str | None = Field(default=None, description="language-model tasks: a template with {input}")
+    prompt: str | None = Field(default=None, description=(
+        "language-model tasks: a template with {input}; classification asked of a chat API: {labels} and {input}"))
     chat_template: bool = Field(default=False, description="wrap the prompt with the tokenizer's chat template")
     max_new_tokens: int = Field(default=32, ge=1, le=1024)
     length_normalise: bool = Field(default=True, description="multiple-choice: mean log-likelihood per token")

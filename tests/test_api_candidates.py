@@ -96,9 +96,9 @@ def test_a_bad_api_candidate_says_what_to_fix(entry: dict[str, Any], message: st
 
 
 def test_the_route_must_be_one_the_task_can_be_measured_over() -> None:
-    text = doc([{"api": api(route="chat")}], mode="api", hardware=None)
+    text = doc([{"api": api(route="completions")}], mode="api", hardware=None)
     errors = check_requirements(parse_requirements(text))[1]
-    assert any("api.route" in e and "['embeddings', 'classify']" in e for e in errors), errors
+    assert any("api.route" in e and "['embeddings', 'classify', 'chat']" in e for e in errors), errors
     data = yaml.safe_load(doc([{"api": api()}], mode="api", hardware=None))
     data["task"] = {"type": "multiple-choice"}
     data["quality"]["metric"] = "accuracy"
@@ -261,3 +261,46 @@ def test_weightflow_serve_measured_as_an_api_matches_the_model_in_process(tmp_pa
         wrong_key = Endpoint.served(server.url, "ticket-router", api_key="nope")
         with pytest.raises(EndpointRefused, match="HTTP 401"):
             task.evaluate_remote(wrong_key, spec, rows[:1], "accuracy", HW)
+
+
+# -- classification asked of a chat model ------------------------------------------------------------
+
+LABELS = {"billing": "an invoice, a charge or a refund", "technical": "a bug or a crash",
+          "shipping": "a parcel or a delivery"}
+
+
+@pytest.mark.parametrize(("answer", "label"), [
+    ("billing", "billing"), ("  Billing.\n", "billing"), ('"technical"', "technical"), ("**shipping**", "shipping"),
+    ("The label is technical, not billing.", "technical"), ("I think: shipping", "shipping"),
+    ("non-billing question", None), ("no idea", None), ("", None),
+])
+def test_a_chat_answer_is_read_as_the_label_it_names(answer: str, label: str | None) -> None:
+    from shared.modeling.tasks.classification import label_in
+
+    assert label_in(answer, list(LABELS)) == label
+
+
+def test_classification_over_chat_asks_with_the_labels_and_scores_what_it_answers() -> None:
+    spec = TaskSpec(type="zero-shot-classification", labels=LABELS, max_new_tokens=5)
+    rows = [Example(id=str(i), text=t, label=lab) for i, (t, lab) in enumerate([
+        ("I was charged twice", "billing"), ("the app crashes", "technical"), ("where is my parcel", "shipping"),
+        ("refund please", "billing")])]
+    replies = {"I was charged twice": "Billing", "the app crashes": "technical.", "where is my parcel": "hmm",
+               "refund please": "shipping"}
+
+    def model(n: int, body: dict[str, Any]) -> Response:
+        content = body["messages"][0]["content"]
+        assert "- billing: an invoice, a charge or a refund" in content and "Answer with the label name" in content
+        return chat_answer(replies[content.rsplit("Text: ", 1)[1]], prompt_tokens=40, completion_tokens=2)
+
+    with FakeApi(model) as upstream:
+        m = tasks.get("zero-shot-classification").evaluate_remote(fast(upstream.url, route="chat"), spec, rows,
+                                                                  "accuracy", HW)
+    assert m.score == 0.5 and m.extra["unparsed_answers"] == 1 and m.via == "http"
+    assert m.extra["recall/billing"] == 0.5 and m.cost_per_1k_usd == pytest.approx(40 * 0.5 + 2 * 2.0)
+    assert upstream.requests[0][0] == "/v1/chat/completions" and upstream.requests[0][1]["max_tokens"] == 5
+    custom = spec.model_copy(update={"prompt": "Pick one of {labels} for: {input}"})
+    with FakeApi(lambda n, body: chat_answer("billing")) as upstream:
+        tasks.get("zero-shot-classification").evaluate_remote(fast(upstream.url, route="chat"), custom, rows[:1],
+                                                              "accuracy", HW)
+    assert upstream.requests[0][1]["messages"][0]["content"].startswith("Pick one of - billing:")

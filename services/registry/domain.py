@@ -129,7 +129,7 @@ def _api_load_and_serve(manifest: Manifest, manifest_id: str) -> str:
         example["prompt"] = "an example input"
     else:
         example["input"] = "an example input"
-    prompt = manifest.requirements.task.prompt
+    prompt = task.prompt_template(manifest.requirements.task, route)
     return f"""## 1. Load
 Nothing is loaded here: this deployment is the hosted model **{api.model}** at `{api.url}`, called on
 `/{path}`{f" with the key in `${api.api_key_env}` (its value is never stored)" if api.api_key_env else ""}.
@@ -149,7 +149,7 @@ endpoint = sources.get("api").endpoint(store, read_manifest(store, "{manifest_id
 
 ## 2. Serve
 Clients call the provider directly (prices: ${api.price_per_1k_input_tokens:g} / ${api.price_per_1k_output_tokens:g}
-per 1k input / output tokens){f"; the prompt template is `{prompt}`" if prompt else ""}:
+per 1k input / output tokens){f"; requests are built from the prompt template {json.dumps(prompt)}" if prompt else ""}:
 ```bash
 curl -s {api.url}/{path}{auth} -H 'content-type: application/json' -d '{json.dumps(example)}'
 ```

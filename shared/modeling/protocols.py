@@ -240,6 +240,10 @@ class Task(ABC):
             raise ValueError(f"task {self.name} is measured over {list(self.remote_routes)}, not {route!r}")
         return route
 
+    def prompt_template(self, spec: TaskSpec, route: str) -> str | None:
+        """The template a request on `route` is built from (pinned with the deployment), if any."""
+        return spec.prompt
+
     def evaluate_remote(self, endpoint: Endpoint, spec: TaskSpec, rows: Sequence[Any], metric: str,
                         hardware: HardwareProfile, confidence: float = 0.95) -> Measurement:
         """`evaluate`, with the model behind `endpoint`: what its clients see (latency per request under

@@ -27,6 +27,9 @@ if TYPE_CHECKING:
     from shared.modeling.remote import Endpoint
 
 LABELLED_SPLITS = ("eval", "canary", "train")
+# How a chat model (an API candidate on route `chat`) is asked, unless task.prompt says otherwise.
+CHAT_PROMPT = ("Classify the text into exactly one of these labels:\n{labels}\n\n"
+               "Answer with the label name only.\n\nText: {input}")
 
 
 def label_names(spec: TaskSpec) -> list[str]:
@@ -151,7 +154,7 @@ class ClassificationTask(Task):
         from shared.stats import bootstrap, mean_interval
 
         truth = np.array([names.index(r.label) for r in rows])
-        guess = np.array([names.index(p) for p in predicted])
+        guess = np.array([names.index(p) if p in names else -1 for p in predicted])  # -1: no label, wrong
         ids = list(range(len(names)))
 
         def macro(t: np.ndarray, p: np.ndarray) -> float:
@@ -175,13 +178,25 @@ class ClassificationTask(Task):
                         hardware: HardwareProfile, confidence: float = 0.95) -> Measurement:
         """One text per request, as a client would send it: `classify` reads the endpoint's label;
         `embeddings` picks the label whose description embeds nearest (the zero-shot rule, remotely)."""
-        from shared.modeling.remote import Caller, MalformedResponse, field_of
+        from shared.modeling.remote import Caller, MalformedResponse, field_of, text_of
         from shared.modeling.tasks.base import remote_measurement
 
         names = self._check_labels(spec, rows)
         route = self.remote_route(spec, endpoint.route)
+        extra_counts: dict[str, float] = {}
         with Caller(endpoint) as caller, caller.reading():
-            if route == "classify":
+            if route == "chat":
+                template = self.prompt_template(spec, route) or CHAT_PROMPT
+                listing = "\n".join(f"- {n}: {(spec.labels or {})[n]}" for n in names)
+                calls, seconds = caller.map("chat/completions", [
+                    {"model": endpoint.model, "max_tokens": spec.max_new_tokens, "temperature": 0.0,
+                     "messages": [{"role": "user",
+                                   "content": template.replace("{labels}", listing).replace("{input}", r.text)}]}
+                    for r in rows])
+                found = [label_in(text_of(c.body, "choices", 0, "message", "content"), names) for c in calls]
+                extra_counts["unparsed_answers"] = float(sum(f is None for f in found))
+                predicted = [f if f is not None else "" for f in found]  # an answer naming no label is wrong
+            elif route == "classify":
                 calls, seconds = caller.map("classify", [{"model": endpoint.model, "input": r.text} for r in rows])
                 predicted = [str(field_of(c.body, "data", 0, "label")) for c in calls]
                 strange = sorted(set(predicted) - set(names))
@@ -200,7 +215,11 @@ class ClassificationTask(Task):
                 predicted = [names[int(i)] for i in (texts @ labels.T).argmax(axis=1)]
             score, interval, std, binary, extra = self.score(names, rows, predicted, metric, confidence)
             return remote_measurement(caller, calls, seconds, score=score, metric=metric, interval=interval,
-                                      score_std=std, binary=binary, hardware=hardware, extra=extra)
+                                      score_std=std, binary=binary, hardware=hardware, extra=extra | extra_counts)
+
+    def prompt_template(self, spec: TaskSpec, route: str) -> str | None:
+        """A chat model is asked with `task.prompt` ({labels} and {input}) or weightflow's default."""
+        return (spec.prompt or CHAT_PROMPT) if route == "chat" else None
 
     def general_score(self, loaded: LoadedModel, spec: TaskSpec, rows: Sequence[Any]) -> float:
         """Spearman between embedding cosine and gold similarity on sentence pairs."""
@@ -242,3 +261,17 @@ def _unit_rows(vectors: Sequence[Any]) -> np.ndarray:
         raise MalformedResponse(f"embeddings have shape {matrix.shape} or non-finite values")
     unit: np.ndarray = matrix / np.clip(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12, None)
     return unit
+
+
+def label_in(answer: str, names: Sequence[str]) -> str | None:
+    """The label a chat model's answer names: the whole first line when it is one (case and quotes
+    aside), else the label named earliest as a word; None when it names none."""
+    import re
+
+    first = answer.strip().split("\n")[0].strip().strip("\"'`*.:").strip().lower()
+    by_lower = {n.lower(): n for n in names}
+    if first in by_lower:
+        return by_lower[first]
+    hits = [(m.start(), n) for n in names
+            for m in [re.search(rf"(?<![\w-]){re.escape(n.lower())}(?![\w-])", answer.lower())] if m]
+    return min(hits)[1] if hits else None

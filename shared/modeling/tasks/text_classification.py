@@ -47,7 +47,8 @@ def head_columns(id2label: dict[int, str], spec: TaskSpec) -> tuple[list[int], l
 
 class TextClassification(ClassificationTask):
     name: ClassVar[str] = "text-classification"
-    remote_routes: ClassVar[tuple[str, ...]] = ("classify",)  # a head's labels: only a classify route has them
+    # a head's labels come from a classify route; a chat model can be asked for them instead
+    remote_routes: ClassVar[tuple[str, ...]] = ("classify", "chat")
 
     def check_checkpoint(self, spec: TaskSpec, info: CheckpointInfo) -> list[str]:
         where = info.directory.name

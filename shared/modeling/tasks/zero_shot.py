@@ -26,7 +26,7 @@ class ZeroShotClassification(ClassificationTask):
     name: ClassVar[str] = "zero-shot-classification"
     score_temperature: ClassVar[float] = TEMPERATURE  # the temperature its LoRA objective trains at
     # any embeddings API answers the zero-shot rule; a weightflow endpoint also classifies itself
-    remote_routes: ClassVar[tuple[str, ...]] = ("embeddings", "classify")
+    remote_routes: ClassVar[tuple[str, ...]] = ("embeddings", "classify", "chat")
 
     def check_checkpoint(self, spec: TaskSpec, info: CheckpointInfo) -> list[str]:
         if info.is_decoder:
