@@ -33,6 +33,8 @@ def service(name: str = typer.Argument(..., help=f"one of {', '.join(SERVICES)}"
         raise typer.Exit(2)
     logging.basicConfig(level=os.environ.get("WEIGHTFLOW_LOG_LEVEL", "INFO"),
                         format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s")
+    # one line per HTTP request of a canary or an API benchmark drowns the log; failures are logged by us
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     settings = Settings()
     from shared.modeling.registry import load_plugins
 
