@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench.harness import ROOT, Better, Config, Report, Row, Stat, bench_env, fmt
-from bench.procmem import reset_peak, status_kib
+from bench.procmem import require_kib, require_reset_peak, trimmed_rss_kib
 from contracts.benchmark import UNQUANTIZED
 
 if TYPE_CHECKING:
@@ -60,26 +60,6 @@ CPU_4BIT_NOTE = ("CPU: compressed-tensors unpacks 4-bit weights to fp32 when the
 
 
 # ---------------------------------------------------------------------------------------------- child side
-
-
-def _status_kib(field: str) -> float:
-    value = status_kib(field)
-    if value is None:
-        raise RuntimeError(f"/proc/self/status has no {field}")
-    return value
-
-
-def _reset_peak() -> None:
-    if not reset_peak():
-        raise RuntimeError("cannot reset the peak RSS: /proc/self/clear_refs is not writable")
-
-
-def _trimmed_rss_kib() -> float:
-    import ctypes
-
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    return _status_kib("VmRSS")
 
 
 def _cache_bytes(cache: Any) -> int:
@@ -200,16 +180,16 @@ def _child_main(request_path: str) -> None:
         out["method"] = "torch.cuda.max_memory_allocated"
     else:
         def reset() -> None:
-            _reset_peak()
+            require_reset_peak()
 
         def now() -> float:
-            return _status_kib("VmRSS") / 1024.0
+            return require_kib("VmRSS") / 1024.0
 
         def peak() -> float:
-            return _status_kib("VmHWM") / 1024.0
+            return require_kib("VmHWM") / 1024.0
 
         def settled() -> float:
-            return _trimmed_rss_kib() / 1024.0
+            return trimmed_rss_kib() / 1024.0
 
         out["method"] = "VmRSS/VmHWM growth (clear_refs reset)"
     reset()

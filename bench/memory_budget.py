@@ -15,7 +15,6 @@ embedding one serving batch of 8 texts truncated to 128 tokens; on CUDA, `torch.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import EXAMPLE_DIR, Config, Report, Row, Stat, bench_env
-from bench.procmem import reset_peak, status_kib
+from bench.procmem import require_kib, require_reset_peak, trimmed_rss_kib
 from contracts.requirements_doc import parse_requirements
 from shared.artifacts import ArtifactStore
 from shared.modeling.datasets import Example, load_jsonl
@@ -32,27 +31,6 @@ from shared.modeling.datasets import Example, load_jsonl
 NAME = "memory_budget"
 TASK = "zero-shot-classification"  # the example's task: a plain encoder, mean pooling
 MiB = 1024 * 1024
-
-
-def _status_kib(field: str) -> float:
-    value = status_kib(field)
-    if value is None:
-        raise RuntimeError(f"/proc/self/status has no {field}")
-    return value
-
-
-def _reset_peak() -> None:
-    if not reset_peak():
-        raise RuntimeError("cannot reset the peak RSS: /proc/self/clear_refs is not writable")
-
-
-def _trimmed_rss_mib() -> float:
-    """Resident size after glibc returns freed heap to the OS: what is live, not what the allocator kept."""
-    import ctypes
-
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    return _status_kib("VmRSS") / 1024.0
 
 
 def serving_texts(batch: int) -> list[str]:
@@ -106,16 +84,16 @@ def _child_main(model_dir: str, device_name: str) -> None:
         out["batch_peak_mib"] = (torch.cuda.max_memory_allocated(device) - gpu_base) / MiB
         out["method"] = "torch.cuda.max_memory_allocated"
     else:
-        _reset_peak()
-        base = _status_kib("VmRSS")
+        require_reset_peak()
+        base = require_kib("VmRSS")
         loaded = task.load(Path(model_dir), device)
-        out["load_peak_mib"] = (_status_kib("VmHWM") - base) / 1024.0
-        out["after_load_mib"] = (_status_kib("VmRSS") - base) / 1024.0
-        _reset_peak()
+        out["load_peak_mib"] = (require_kib("VmHWM") - base) / 1024.0
+        out["after_load_mib"] = (require_kib("VmRSS") - base) / 1024.0
+        require_reset_peak()
         serve_batch(loaded)
-        out["batch_peak_mib"] = (_status_kib("VmHWM") - base) / 1024.0
-        out["after_batch_mib"] = (_status_kib("VmRSS") - base) / 1024.0
-        out["after_trim_mib"] = _trimmed_rss_mib() - base / 1024.0
+        out["batch_peak_mib"] = (require_kib("VmHWM") - base) / 1024.0
+        out["after_batch_mib"] = (require_kib("VmRSS") - base) / 1024.0
+        out["after_trim_mib"] = trimmed_rss_kib() / 1024.0 - base / 1024.0
         out["method"] = "VmRSS/VmHWM growth (clear_refs reset)"
         out["base_rss_mib"] = base / 1024.0
     out["batch_shape"] = list(task.inputs(loaded, texts)["input_ids"].shape)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 
@@ -23,3 +24,25 @@ def reset_peak() -> bool:
     except OSError:
         return False
     return True
+
+
+def require_kib(field: str) -> float:
+    """`status_kib` for this process, where a missing field is an error (the measurement would be wrong)."""
+    value = status_kib(field)
+    if value is None:
+        raise RuntimeError(f"/proc/self/status has no {field}")
+    return value
+
+
+def require_reset_peak() -> None:
+    if not reset_peak():
+        raise RuntimeError("cannot reset the peak RSS: /proc/self/clear_refs is not writable")
+
+
+def trimmed_rss_kib() -> float:
+    """Resident size after glibc returns freed heap to the OS: what is live, not what the allocator kept."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    return require_kib("VmRSS")
