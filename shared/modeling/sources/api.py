@@ -63,7 +63,6 @@ class ApiSource(CandidateSource):
                                  tree_digest=tree, params=0, size_class=ref.api.size_class,
                                  architecture="openai-compatible")
 
-
     def endpoint(self, store: ArtifactStore, tree_digest: str) -> Endpoint:
         return Endpoint.of_api(read_card(store, tree_digest))
 

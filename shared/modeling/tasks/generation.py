@@ -21,7 +21,7 @@ from shared.modeling.protocols import LoadedModel
 from shared.modeling.registry import tasks
 from shared.modeling.tasks import text_metrics
 from shared.modeling.tasks.base import measurement, request_latencies_ms, timed
-from shared.modeling.tasks.language import LanguageTask, _Row
+from shared.modeling.tasks.language import LanguageTask, _Row, first_line, render_prompt
 
 if TYPE_CHECKING:
     import torch
@@ -78,7 +78,7 @@ class Generation(LanguageTask):
         new = out[:, batch["input_ids"].shape[1]:]
         produced = int((new != tokenizer.pad_token_id).sum())
         texts = tokenizer.batch_decode(new, skip_special_tokens=True)
-        return [t.strip().split("\n")[0].strip() for t in texts], produced
+        return [first_line(t) for t in texts], produced
 
     def predict(self, loaded: LoadedModel, spec: TaskSpec, inputs: Sequence[str]) -> list[str]:
         out: list[str] = []
@@ -149,7 +149,7 @@ class Generation(LanguageTask):
         if not rows:
             raise ValueError("evaluation needs at least one row")
         route = self.remote_route(spec, endpoint.route)
-        bodies = [(spec.prompt or "{input}").replace("{input}", r.input) for r in rows]
+        bodies = [render_prompt(spec, r.input) for r in rows]
         common = {"model": endpoint.model, "max_tokens": spec.max_new_tokens, "temperature": 0.0}
         with Caller(endpoint) as caller, caller.reading():
             if route == "chat":
@@ -159,7 +159,7 @@ class Generation(LanguageTask):
             else:
                 calls, seconds = caller.map("completions", [{**common, "prompt": b} for b in bodies])
                 replies = [text_of(c.body, "choices", 0, "text") for c in calls]
-            answers = [r.strip().split("\n")[0].strip() for r in replies]
+            answers = [first_line(r) for r in replies]
             score, interval, std, binary, extra = self.score(answers, rows, metric, confidence)
             return remote_measurement(caller, calls, seconds, score=score, metric=metric, interval=interval,
                                       score_std=std, binary=binary, hardware=hardware, extra=extra)

@@ -136,7 +136,7 @@ class LanguageTask(Task):
                            Path(model_dir))
 
     def prompt(self, loaded: LoadedModel, spec: TaskSpec, text: str) -> str:
-        body = (spec.prompt or "{input}").replace("{input}", text)
+        body = render_prompt(spec, text)
         if spec.chat_template and getattr(loaded.tokenizer, "chat_template", None):
             rendered: str = loaded.tokenizer.apply_chat_template(
                 [{"role": "user", "content": body}], add_generation_prompt=True, tokenize=False)
@@ -246,3 +246,13 @@ class TextPieces:
 
     def end(self) -> None:
         """Nothing to flush: the caller sends what the final answer holds beyond the pieces."""
+
+
+def render_prompt(spec: TaskSpec, text: str) -> str:
+    """`task.prompt` with the input in it, before any chat template: what an API is sent as well."""
+    return (spec.prompt or "{input}").replace("{input}", text)
+
+
+def first_line(text: str) -> str:
+    """A generated answer: the text up to its first line break, trimmed."""
+    return text.strip().split("\n")[0].strip()
