@@ -14,6 +14,10 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
 
 from shared.artifacts import ArtifactStore
 from shared.modeling.stored import load_deployment, read_manifest, task_of
@@ -192,6 +196,23 @@ def test_health_and_readiness(encoder_server: ServerThread, encoder: str) -> Non
     assert health["status"] == "ok" and health["manifest_id"] == encoder and health["pinned"]
     ready = httpx.get(encoder_server.url + "/readyz")
     assert ready.status_code == 200 and ready.json()["manifest_id"] == encoder
+
+
+def test_each_request_is_one_server_span_and_probes_are_not_traced(home: Settings, encoder: str) -> None:
+    """Operators see every request (route, status) as one span, not a span per dependency, endpoint and
+    serialisation step (FastAPI's operation spans slowed the model thread under load, bench §8);
+    a load balancer's probes would drown the trace, so /healthz and /readyz are not traced."""
+    spans = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    with ServerThread(home, "ticket-router", encoder, tracer_provider=provider) as server:
+        assert post(server, "/v1/classify", {"model": "ticket-router", "input": TEXTS[0]}).status_code == 200
+        assert post(server, "/v1/classify", {"model": "nope", "input": TEXTS[0]}).status_code == 404
+        assert httpx.get(server.url + "/healthz").status_code == 200
+        assert httpx.get(server.url + "/readyz").status_code == 200
+    finished = spans.get_finished_spans()
+    assert [(s.kind, (s.attributes or {}).get("http.route"), (s.attributes or {}).get("http.response.status_code"))
+            for s in finished] == [(SpanKind.SERVER, "/v1/classify", 200), (SpanKind.SERVER, "/v1/classify", 404)]
 
 
 def test_api_key_guards_the_model_routes_only(home: Settings, encoder: str) -> None:

@@ -25,6 +25,9 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.telemetry import TelemetryConfig
+from opentelemetry.trace import TracerProvider
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -39,6 +42,11 @@ MAX_BODY_BYTES = 4 * 1024 * 1024
 ROUTES = {"classify": ["/v1/classify"], "embeddings": ["/v1/embeddings"],
           "completions": ["/v1/completions", "/v1/chat/completions"]}
 MANIFEST_HEADER = "x-weightflow-manifest"
+# One server span per request (route, status, duration), none per dependency/endpoint/serialisation
+# step: FastAPI's operation spans cost the model thread about a fifth of its speed under load (GIL,
+# measured in bench §8); health probes are not traced at all.
+TELEMETRY: TelemetryConfig = {"operation_spans": False,
+                              "exclude": lambda scope: scope.get("path") in ("/healthz", "/readyz")}
 # With `stream: true` the 200 is server-sent events; in OpenAPI 3.1 a stream's schema describes one event.
 STREAM_DOC: dict[int | str, dict[str, Any]] = {200: {"content": {"text/event-stream": {"schema": {
     "type": "object", "required": ["data"], "properties": {"data": {
@@ -110,7 +118,8 @@ class BodyLimit:
 
 
 def create_app(live: LiveDeployment, *, max_batch: int = 8, max_wait_s: float = 0.002,
-               api_key: str | None = None) -> FastAPI:
+               api_key: str | None = None, tracer_provider: TracerProvider | None = None) -> FastAPI:
+    """The app; request spans go to `tracer_provider`, or to the process's (`setup_tracing`)."""
     batcher: Batcher[Any] = Batcher(_run_batch(live), max_batch=max_batch, max_wait_s=max_wait_s)
 
     @asynccontextmanager
@@ -123,6 +132,7 @@ def create_app(live: LiveDeployment, *, max_batch: int = 8, max_wait_s: float = 
             await live.stop()
 
     app = FastAPI(title="weightflow serve", version="1", lifespan=lifespan,
+                  telemetry=TELEMETRY | {"tracer_provider": tracer_provider},
                   description="The live model of one weightflow deployment, behind OpenAI-compatible routes.",
                   responses={400: {"model": s.ErrorResponse}, 401: {"model": s.ErrorResponse},
                              404: {"model": s.ErrorResponse}, 503: {"model": s.ErrorResponse}})
@@ -158,7 +168,7 @@ def create_app(live: LiveDeployment, *, max_batch: int = 8, max_wait_s: float = 
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
 
     # -- shared checks ------------------------------------------------------------------------
-    def authorized(request: Request) -> None:
+    async def authorized(request: Request) -> None:  # async: a sync dependency costs a threadpool hop
         if api_key is None:
             return
         header = request.headers.get("authorization", "")
@@ -249,8 +259,9 @@ def create_app(live: LiveDeployment, *, max_batch: int = 8, max_wait_s: float = 
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
 
-    def answer(body: Any, manifest_id: str) -> JSONResponse:
-        return JSONResponse(body.model_dump(), headers={MANIFEST_HEADER: manifest_id})
+    def answer(body: BaseModel, manifest_id: str) -> Response:
+        # pydantic's own JSON encoder: one pass in Rust instead of model_dump() then json.dumps
+        return Response(body.model_dump_json(), media_type="application/json", headers={MANIFEST_HEADER: manifest_id})
 
     def completion_params(req: s.CompletionRequest | s.ChatRequest, served: ServedModel, limit: int | None,
                           prompt_tokens: int) -> CompletionParams:
@@ -303,7 +314,7 @@ def create_app(live: LiveDeployment, *, max_batch: int = 8, max_wait_s: float = 
         return {"status": "ok", "deployment": live.deployment, "manifest_id": served.manifest_id if served else None,
                 "following": live.following, "pinned": live.pinned is not None, "swaps": live.swaps,
                 "last_error": live.last_error, "batches": batcher.stats.batches,
-                "mean_batch": round(batcher.stats.mean_batch, 2)}
+                "mean_batch": round(batcher.stats.mean_batch, 2), "model_s": round(batcher.stats.model_s, 4)}
 
     @app.get("/readyz", tags=["operations"])
     async def readyz() -> JSONResponse:
@@ -387,7 +398,7 @@ def create_app(live: LiveDeployment, *, max_batch: int = 8, max_wait_s: float = 
 
     @app.post("/v1/embeddings", response_model=s.EmbeddingResponse, tags=["openai"],
               dependencies=[Depends(authorized)])
-    async def embeddings(req: s.EmbeddingRequest) -> JSONResponse:
+    async def embeddings(req: s.EmbeddingRequest) -> Response:
         """L2-normalised sentence embeddings (mean pooling), as the task embeds text."""
         served = serving(req.model, "embeddings")
         manifest_id, outs = await batched(("embeddings",), req.texts())
@@ -404,7 +415,7 @@ def create_app(live: LiveDeployment, *, max_batch: int = 8, max_wait_s: float = 
 
     @app.post("/v1/classify", response_model=s.ClassifyResponse, tags=["weightflow"],
               dependencies=[Depends(authorized)])
-    async def classify(req: s.ClassifyRequest) -> JSONResponse:
+    async def classify(req: s.ClassifyRequest) -> Response:
         """The label the deployment gives each input, and every label's probability."""
         served = serving(req.model, "classify")
         manifest_id, outs = await batched(("classify",), req.texts())

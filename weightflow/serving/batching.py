@@ -1,18 +1,22 @@
 """Dynamic batching: concurrent requests that can share a forward pass run as one batch.
 
-One worker thread runs the model (torch already uses every core per operation; two batches at once
-only contend). While it runs, requests queue; the next batch takes the oldest request and every queued
-one with the same key (same endpoint and decoding parameters), up to `max_batch` inputs: the batch
-size the deployment's memory budget was computed for. A lone request waits at most `max_wait_s` for
-company. A request whose client went away is dropped before it costs model time.
+One dedicated thread runs the model (torch already uses every core per operation; two batches at once
+only contend), always the same one: asyncio's default executor hands work to whichever of its threads
+is free, and each new caller thread brings its own OpenMP team. While it runs, requests queue; the
+next batch takes the oldest request and every queued one with the same key (same endpoint and
+decoding parameters), up to `max_batch` inputs: the batch size the deployment's memory budget was
+computed for. A lone request waits at most `max_wait_s` for company. A request whose client went
+away is dropped before it costs model time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import deque
 from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -32,6 +36,8 @@ class _Job(Generic[R]):
 class BatchStats:
     batches: int = 0
     inputs: int = 0
+    model_s: float = 0.0  # time inside the model call: set against wall time, how busy the model is
+
 
     @property
     def mean_batch(self) -> float:
@@ -47,6 +53,7 @@ class Batcher(Generic[R]):
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.stats = BatchStats()
+        self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="weightflow-model")
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop())
@@ -60,6 +67,7 @@ class Batcher(Generic[R]):
             if not job.future.done():
                 job.future.set_exception(RuntimeError("the server is shutting down"))
         self._queue.clear()
+        self._model_thread.shutdown(wait=False)
 
     async def submit(self, key: Hashable, items: Sequence[Any]) -> tuple[str, list[R]]:
         future: asyncio.Future[tuple[str, list[R]]] = asyncio.get_running_loop().create_future()
@@ -93,6 +101,13 @@ class Batcher(Generic[R]):
         key = self._queue[0].key
         return sum(len(j.items) for j in self._queue if j.key == key)
 
+    def _timed(self, key: Hashable, inputs: list[Any]) -> tuple[str, Sequence[R]]:
+        start = time.perf_counter()
+        try:
+            return self._run(key, inputs)
+        finally:
+            self.stats.model_s += time.perf_counter() - start
+
     async def _loop(self) -> None:
         while True:
             if not self._queue:
@@ -105,7 +120,8 @@ class Batcher(Generic[R]):
                 continue
             inputs = [item for job in jobs for item in job.items]
             try:
-                tag, results = await asyncio.to_thread(self._run, jobs[0].key, inputs)
+                tag, results = await asyncio.get_running_loop().run_in_executor(
+                    self._model_thread, self._timed, jobs[0].key, inputs)
                 if len(results) != len(inputs):
                     raise RuntimeError(f"the model answered {len(results)} of {len(inputs)} inputs")
             except Exception as exc:  # every request of the batch gets the error (they share its cause)
