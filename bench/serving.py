@@ -4,21 +4,27 @@ The deployment is the support-tickets example's MiniLM-L6 (fp32), registered by 
 `weightflow serve --manifest` subprocess (the HTTP server, dynamic batching up to 8). Sides, interleaved
 each repetition on the same texts (the example's eval set, one text per request):
 
-* served, 16 concurrent clients (threads with keep-alive connections, in this process): requests/s,
-  and per-request latency under load;
+* served, 16 concurrent clients (an aiohttp load generator in this process, as vLLM's
+  benchmark_serving: keep-alive connections, about 0.2 ms of client CPU per request): requests/s, and
+  per-request latency under load;
+* the same with 16 httpx clients in threads (what a Python application pays: httpx spends about 3.5 ms
+  of CPU per request, on the cores the server needs on a 2-core machine);
 * in-process batched: the task's `classify` on batches of 8 (the server's batch), no HTTP: the
   throughput the server should approach (target: served >= 0.8x);
 * plain transformers loop, one request at a time (`eval_throughput.PlainLoop`): what serving without
   batching gives;
-* one client, one request at a time: served latency vs the in-process call on one text (the HTTP
-  overhead; target p95 + 5 ms at most).
+* one client (aiohttp), one request at a time: served latency vs the in-process call on one text (the
+  HTTP overhead; target p95 + 5 ms at most).
 
-On a 2-core machine the clients share the cores with the server: their HTTP work is part of what the
-served throughput pays for.
+On a 2-core machine the clients share the cores with the server: their CPU is part of what the served
+throughput pays for, so each row notes the client CPU per request. The server's own time in the model
+(`/healthz` `model_s`) per batch against the in-process batch says how much the HTTP stack slows the
+model thread (GIL and cores).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -26,9 +32,10 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import aiohttp
 import httpx
 
 from bench.eval_throughput import PlainLoop
@@ -67,15 +74,55 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 300) -
     raise TimeoutError("weightflow serve was not ready in time")
 
 
-class Clients:
-    """`n` threads sending one text per request until every text is answered."""
+class Load:
+    """What one run of clients measured: requests/s, per-request latencies, client CPU per request."""
+
+    def __init__(self) -> None:
+        self.latencies_ms: list[float] = []
+        self.client_cpu_ms: list[float] = []
+
+
+class AioClients(Load):
+    """`n` keep-alive connections from one asyncio loop (aiohttp), one text per request."""
 
     def __init__(self, url: str, n: int) -> None:
+        super().__init__()
         self.url, self.n = url, n
-        self.latencies_ms: list[float] = []
 
     def run(self, texts: Sequence[str]) -> float:
-        """Requests per second over all texts; latencies are kept."""
+        async def go() -> float:
+            queue = list(reversed(texts))
+            connector = aiohttp.TCPConnector(limit=self.n)
+            async with aiohttp.ClientSession(connector=connector) as session:
+                async def worker() -> None:
+                    while queue:
+                        text = queue.pop()
+                        start = time.perf_counter()
+                        async with session.post(self.url + "/v1/classify",
+                                                json={"model": DEPLOYMENT, "input": text}) as r:
+                            await r.read()
+                            if r.status != 200:
+                                raise RuntimeError(f"the server answered {r.status}: {(await r.text())[:200]}")
+                        self.latencies_ms.append((time.perf_counter() - start) * 1000)
+
+                start = time.perf_counter()
+                await asyncio.gather(*(worker() for _ in range(self.n)))
+                return len(texts) / (time.perf_counter() - start)
+
+        cpu = time.process_time()
+        rps = asyncio.run(go())
+        self.client_cpu_ms.append((time.process_time() - cpu) / len(texts) * 1000)
+        return rps
+
+
+class HttpxClients(Load):
+    """`n` threads, each with an httpx client (keep-alive), sending one text per request."""
+
+    def __init__(self, url: str, n: int) -> None:
+        super().__init__()
+        self.url, self.n = url, n
+
+    def run(self, texts: Sequence[str]) -> float:
         lock = threading.Lock()
         queue = list(reversed(texts))
         errors: list[str] = []
@@ -96,12 +143,13 @@ class Clients:
                             errors.append(r.text[:200])
 
         threads = [threading.Thread(target=worker) for _ in range(self.n)]
-        start = time.perf_counter()
+        cpu, start = time.process_time(), time.perf_counter()
         for t in threads:
             t.start()
         for t in threads:
             t.join()
         seconds = time.perf_counter() - start
+        self.client_cpu_ms.append((time.process_time() - cpu) / len(texts) * 1000)
         if errors:
             raise RuntimeError(f"{len(errors)} requests failed, e.g. {errors[0]}")
         return len(texts) / seconds
@@ -127,7 +175,9 @@ def run(cfg: Config) -> Report:
             start = time.perf_counter()
             for i in range(0, len(texts), MAX_BATCH):
                 task.classify(loaded, spec, texts[i: i + MAX_BATCH])
-            return len(texts) / (time.perf_counter() - start)
+            seconds = time.perf_counter() - start
+            in_process_batch_ms.append(seconds / -(-len(texts) // MAX_BATCH) * 1000)
+            return len(texts) / seconds
 
         def plain_one_at_a_time() -> float:
             start = time.perf_counter()
@@ -136,6 +186,7 @@ def run(cfg: Config) -> Report:
             return len(texts) / (time.perf_counter() - start)
 
         in_process_ms: list[float] = []
+        in_process_batch_ms: list[float] = []
 
         def in_process_single() -> float:
             for text in texts[:SINGLE]:
@@ -153,26 +204,33 @@ def run(cfg: Config) -> Report:
                                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             _wait_ready(url, proc)
-            loaded_clients = Clients(url, CLIENTS)
-            one_client = Clients(url, 1)
-            concurrent = [0, 0]  # batches and inputs the server ran for the 16 clients
+            loaded_clients = AioClients(url, CLIENTS)
+            httpx_clients = HttpxClients(url, CLIENTS)
+            one_client = AioClients(url, 1)
+            concurrent = [0, 0]  # batches and inputs the server ran for the 16 aiohttp clients
+            server_batch_ms: list[float] = []  # the server's time in the model per batch, same runs
 
-            def served_concurrent() -> float:
-                before = httpx.get(url + "/healthz").json()
-                rps = loaded_clients.run(texts)
-                after = httpx.get(url + "/healthz").json()
-                concurrent[0] += after["batches"] - before["batches"]
-                concurrent[1] += round(after["mean_batch"] * after["batches"]
-                                       - before["mean_batch"] * before["batches"])
-                return rps
+            def served_by(clients: AioClients | HttpxClients) -> Callable[[], float]:
+                def go() -> float:
+                    before = httpx.get(url + "/healthz").json()
+                    rps = clients.run(texts)
+                    after = httpx.get(url + "/healthz").json()
+                    if clients is loaded_clients:
+                        batches = after["batches"] - before["batches"]
+                        concurrent[0] += batches
+                        concurrent[1] += round(after["mean_batch"] * after["batches"]
+                                               - before["mean_batch"] * before["batches"])
+                        server_batch_ms.append((after["model_s"] - before["model_s"]) / batches * 1000)
+                    return rps
+                return go
 
             def served_single() -> float:
                 one_client.run(texts[:SINGLE])
                 return 0.0
 
-            served_rps, batched_rps, plain_rps, _, _ = interleave(
-                [served_concurrent, in_process_batched, plain_one_at_a_time, served_single, in_process_single],
-                cfg.reps)
+            served_rps, httpx_rps, batched_rps, plain_rps, _, _ = interleave(
+                [served_by(loaded_clients), served_by(httpx_clients), in_process_batched, plain_one_at_a_time,
+                 served_single, in_process_single], cfg.reps)
         finally:
             proc.terminate()
             try:
@@ -180,11 +238,20 @@ def run(cfg: Config) -> Report:
             except subprocess.TimeoutExpired:
                 proc.kill()
 
-    report.add(Row("throughput, served (16 clients) vs in-process batched", "requests/s", Stat.of(served_rps),
+    aio_cpu = percentile(loaded_clients.client_cpu_ms, 50)
+    httpx_cpu = percentile(httpx_clients.client_cpu_ms, 50)
+    report.add(Row(f"throughput, served ({CLIENTS} clients) vs in-process batched", "requests/s", Stat.of(served_rps),
                    Stat.of(batched_rps), f"task.classify, batches of {MAX_BATCH}", "higher",
-                   "target: ratio >= 0.8"))
-    report.add(Row("throughput, served (16 clients) vs one request at a time", "requests/s", Stat.of(served_rps),
-                   Stat.of(plain_rps), "plain transformers loop, batch 1", "higher"))
+                   f"target: ratio >= 0.8; aiohttp clients, {aio_cpu:.2f} ms client CPU per request"))
+    report.add(Row(f"throughput, served ({CLIENTS} clients) vs one request at a time", "requests/s",
+                   Stat.of(served_rps), Stat.of(plain_rps), "plain transformers loop, batch 1", "higher"))
+    report.add(Row(f"throughput, served ({CLIENTS} httpx clients in threads) vs in-process batched", "requests/s",
+                   Stat.of(httpx_rps), Stat.of(batched_rps), f"task.classify, batches of {MAX_BATCH}", "higher",
+                   f"httpx: {httpx_cpu:.2f} ms client CPU per request, on the server's cores"))
+    report.add(Row(f"model time per batch in the server ({CLIENTS} clients) vs in-process", "ms",
+                   Stat.of(server_batch_ms[1:]), Stat.of(in_process_batch_ms[1:]),  # less the warm-up
+                   f"task.classify, batches of {MAX_BATCH}", "lower",
+                   "same batches; the difference is the HTTP stack contending for the GIL and the cores"))
     # the warm-up round's latencies are dropped: interleave runs every side once unrecorded first
     single_ms = one_client.latencies_ms[SINGLE:]
     in_ms = in_process_ms[SINGLE:]
