@@ -207,12 +207,15 @@ def test_each_request_is_one_server_span_and_probes_are_not_traced(home: Setting
     provider.add_span_processor(SimpleSpanProcessor(spans))
     with ServerThread(home, "ticket-router", encoder, tracer_provider=provider) as server:
         assert post(server, "/v1/classify", {"model": "ticket-router", "input": TEXTS[0]}).status_code == 200
-        assert post(server, "/v1/classify", {"model": "nope", "input": TEXTS[0]}).status_code == 404
+        caller = "4bf92f3577b34da6a3ce929d0e0e4736"  # a caller's trace, joined by its W3C traceparent header
+        assert httpx.post(server.url + "/v1/classify", json={"model": "nope", "input": TEXTS[0]},
+                          headers={"traceparent": f"00-{caller}-00f067aa0ba902b7-01"}).status_code == 404
         assert httpx.get(server.url + "/healthz").status_code == 200
         assert httpx.get(server.url + "/readyz").status_code == 200
     finished = spans.get_finished_spans()
     assert [(s.kind, (s.attributes or {}).get("http.route"), (s.attributes or {}).get("http.response.status_code"))
             for s in finished] == [(SpanKind.SERVER, "/v1/classify", 200), (SpanKind.SERVER, "/v1/classify", 404)]
+    assert format(finished[1].context.trace_id, "032x") == caller
 
 
 def test_api_key_guards_the_model_routes_only(home: Settings, encoder: str) -> None:

@@ -1,22 +1,24 @@
 """Dynamic batching: concurrent requests that can share a forward pass run as one batch.
 
 One dedicated thread runs the model (torch already uses every core per operation; two batches at once
-only contend), always the same one: asyncio's default executor hands work to whichever of its threads
-is free, and each new caller thread brings its own OpenMP team. While it runs, requests queue; the
-next batch takes the oldest request and every queued one with the same key (same endpoint and
-decoding parameters), up to `max_batch` inputs: the batch size the deployment's memory budget was
-computed for. A lone request waits at most `max_wait_s` for company. A request whose client went
-away is dropped before it costs model time.
+only contend), always the same one (each new caller thread brings its own OpenMP team). The model
+thread takes its next batch itself as soon as one finishes, rather than waiting for the event loop to
+hand it one: under load the event loop is busy with HTTP, and every millisecond it takes to get round
+to the batcher is a millisecond the model idles. While a batch runs, requests queue; the next batch
+takes the oldest request and every queued one with the same key (same endpoint and decoding
+parameters), up to `max_batch` inputs: the batch size the deployment's memory budget was computed for.
+A lone request waits at most `max_wait_s` for company. A request whose client went away is dropped
+before it costs model time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Hashable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -38,7 +40,6 @@ class BatchStats:
     inputs: int = 0
     model_s: float = 0.0  # time inside the model call: set against wall time, how busy the model is
 
-
     @property
     def mean_batch(self) -> float:
         return self.inputs / self.batches if self.batches else 0.0
@@ -49,34 +50,42 @@ class Batcher(Generic[R]):
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self._run, self.max_batch, self.max_wait_s = run, max_batch, max_wait_s
-        self._queue: deque[_Job[R]] = deque()
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._queue: deque[_Job[R]] = deque()  # guarded by _changed's lock: the model thread takes from it
+        self._changed = threading.Condition()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.stats = BatchStats()
-        self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="weightflow-model")
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._loop())
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._work, name="weightflow-model", daemon=True)
+        self._thread.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        for job in self._queue:
+        """Fail what still queues; the batch that is running finishes (the thread is not interrupted)."""
+        with self._changed:
+            self._stopping = True
+            left, self._queue = list(self._queue), deque()
+            self._changed.notify()
+        for job in left:
             if not job.future.done():
                 job.future.set_exception(RuntimeError("the server is shutting down"))
-        self._queue.clear()
-        self._model_thread.shutdown(wait=False)
 
     async def submit(self, key: Hashable, items: Sequence[Any]) -> tuple[str, list[R]]:
-        future: asyncio.Future[tuple[str, list[R]]] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Job(key, list(items), future))
-        self._wake.set()
+        if self._loop is None or self._stopping:
+            raise RuntimeError("the batcher is not running")
+        future: asyncio.Future[tuple[str, list[R]]] = self._loop.create_future()
+        with self._changed:
+            self._queue.append(_Job(key, list(items), future))
+            self._changed.notify()
         return await future
 
+    # -- on the model thread ------------------------------------------------------------------
     def _take(self) -> list[_Job[R]]:
-        """The oldest live job and the queued jobs with its key that fit beside it, in arrival order."""
+        """The oldest live job and the queued jobs with its key that fit beside it, in arrival order.
+        Called with the lock held. (`done()` read from this thread is a benign race: a job cancelled
+        just after is answered to nobody.)"""
         while self._queue and self._queue[0].future.done():  # the client went away
             self._queue.popleft()
         if not self._queue:
@@ -101,38 +110,54 @@ class Batcher(Generic[R]):
         key = self._queue[0].key
         return sum(len(j.items) for j in self._queue if j.key == key)
 
-    def _timed(self, key: Hashable, inputs: list[Any]) -> tuple[str, Sequence[R]]:
-        start = time.perf_counter()
-        try:
-            return self._run(key, inputs)
-        finally:
-            self.stats.model_s += time.perf_counter() - start
+    def _next(self) -> list[_Job[R]] | None:
+        """The next batch, waiting for work; None once stopping."""
+        with self._changed:
+            while not self._queue and not self._stopping:
+                self._changed.wait()
+            if self._stopping:
+                return None
+            if self.max_wait_s > 0 and self._ready() < self.max_batch:  # let concurrent requests join
+                self._changed.wait_for(lambda: self._stopping or self._ready() >= self.max_batch,
+                                       timeout=self.max_wait_s)
+            return self._take()
 
-    async def _loop(self) -> None:
-        while True:
-            if not self._queue:
-                self._wake.clear()
-                await self._wake.wait()
-            if self._ready() < self.max_batch and self.max_wait_s > 0:
-                await asyncio.sleep(self.max_wait_s)  # let concurrent requests join
-            jobs = self._take()
+    def _work(self) -> None:
+        while (jobs := self._next()) is not None:
             if not jobs:
                 continue
             inputs = [item for job in jobs for item in job.items]
+            start = time.perf_counter()
             try:
-                tag, results = await asyncio.get_running_loop().run_in_executor(
-                    self._model_thread, self._timed, jobs[0].key, inputs)
+                tag, results = self._run(jobs[0].key, inputs)
                 if len(results) != len(inputs):
                     raise RuntimeError(f"the model answered {len(results)} of {len(inputs)} inputs")
             except Exception as exc:  # every request of the batch gets the error (they share its cause)
-                for job in jobs:
-                    if not job.future.done():
-                        job.future.set_exception(exc)
+                self._back(self._fail, jobs, exc)
                 continue
+            finally:
+                self.stats.model_s += time.perf_counter() - start
             self.stats.batches += 1
             self.stats.inputs += len(inputs)
-            start = 0
-            for job in jobs:
-                if not job.future.done():
-                    job.future.set_result((tag, list(results[start: start + len(job.items)])))
-                start += len(job.items)
+            # after any streamed pieces the run queued: the loop runs callbacks in order
+            self._back(self._answer, jobs, tag, results)
+
+    def _back(self, fn: Callable[..., None], *args: Any) -> None:
+        assert self._loop is not None
+        with contextlib.suppress(RuntimeError):  # the loop closed while the last batch ran: nobody waits
+            self._loop.call_soon_threadsafe(fn, *args)
+
+    # -- back on the event loop -----------------------------------------------------------------
+    @staticmethod
+    def _answer(jobs: list[_Job[R]], tag: str, results: Sequence[R]) -> None:
+        start = 0
+        for job in jobs:
+            if not job.future.done():
+                job.future.set_result((tag, list(results[start: start + len(job.items)])))
+            start += len(job.items)
+
+    @staticmethod
+    def _fail(jobs: list[_Job[R]], exc: Exception) -> None:
+        for job in jobs:
+            if not job.future.done():
+                job.future.set_exception(exc)
