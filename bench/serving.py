@@ -14,12 +14,13 @@ each repetition on the same texts (the example's eval set, one text per request)
 * plain transformers loop, one request at a time (`eval_throughput.PlainLoop`): what serving without
   batching gives;
 * one client (aiohttp), one request at a time: served latency vs the in-process call on one text (the
-  HTTP overhead; target p95 + 5 ms at most).
+  HTTP overhead; target p95 + 5 ms at most), and the client's latency less the server's own model time.
 
 On a 2-core machine the clients share the cores with the server: their CPU is part of what the served
 throughput pays for, so each row notes the client CPU per request. The server's own time in the model
 (`/healthz` `model_s`) per batch against the in-process batch says how much the HTTP stack slows the
-model thread (GIL and cores).
+model thread: on 2 cores mostly by taking a core from one of torch's two intra-op threads (a busy
+process slows the in-process model as much as a busy thread does), less by the GIL.
 """
 
 from __future__ import annotations
@@ -185,8 +186,9 @@ def run(cfg: Config) -> Report:
                 int((plain.embed([text]) @ prototypes.T).argmax())
             return len(texts) / (time.perf_counter() - start)
 
-        in_process_ms: list[float] = []
         in_process_batch_ms: list[float] = []
+        in_process_ms: list[float] = []
+        single_model_ms: list[float] = []  # the server's own model time per request, one client
 
         def in_process_single() -> float:
             for text in texts[:SINGLE]:
@@ -225,7 +227,11 @@ def run(cfg: Config) -> Report:
                 return go
 
             def served_single() -> float:
+                before = httpx.get(url + "/healthz").json()
                 one_client.run(texts[:SINGLE])
+                after = httpx.get(url + "/healthz").json()
+                single_model_ms.append((after["model_s"] - before["model_s"]) / (after["batches"] - before["batches"])
+                                       * 1000)
                 return 0.0
 
             served_rps, httpx_rps, batched_rps, plain_rps, _, _ = interleave(
@@ -251,10 +257,9 @@ def run(cfg: Config) -> Report:
     report.add(Row(f"model time per batch in the server ({CLIENTS} clients) vs in-process", "ms",
                    Stat.of(server_batch_ms[1:]), Stat.of(in_process_batch_ms[1:]),  # less the warm-up
                    f"task.classify, batches of {MAX_BATCH}", "lower",
-                   "same batches; the difference is the HTTP stack contending for the GIL and the cores"))
+                   "same batches; the difference is the HTTP stack and the clients on the model's cores"))
     # the warm-up round's latencies are dropped: interleave runs every side once unrecorded first
-    single_ms = one_client.latencies_ms[SINGLE:]
-    in_ms = in_process_ms[SINGLE:]
+    single_ms, in_ms = one_client.latencies_ms[SINGLE:], in_process_ms[SINGLE:]
     overhead_p50 = percentile(single_ms, 50) - percentile(in_ms, 50)
     overhead_p95 = percentile(single_ms, 95) - percentile(in_ms, 95)
     report.add(Row("latency p50, one client, one text", "ms", Stat.of([percentile(single_ms, 50)]),
@@ -263,6 +268,12 @@ def run(cfg: Config) -> Report:
     report.add(Row("latency p95, one client, one text", "ms", Stat.of([percentile(single_ms, 95)]),
                    Stat.of([percentile(in_ms, 95)]), "in-process task.classify on one text", "lower",
                    f"HTTP overhead {overhead_p95:+.1f} ms (target <= 5 ms)"))
+    # what the client waited beyond the server's own model call, same requests, per repetition (means:
+    # the server reports its model time summed)
+    per_rep = [sum(one_client.latencies_ms[i * SINGLE:(i + 1) * SINGLE]) / SINGLE - model
+               for i, model in enumerate(single_model_ms) if i > 0]
+    report.add(Row("one client: mean latency minus the server's mean model time", "ms", Stat.of(per_rep),
+                   note="HTTP, validation, queueing and thread hand-offs, without the model's own drift"))
     loaded_ms = loaded_clients.latencies_ms[n_requests:]
     report.add(Row(f"latency under {CLIENTS} clients (p50 / p95)", "ms",
                    Stat.of([percentile(loaded_ms, 50), percentile(loaded_ms, 95)]), note="n = 2 values: p50, p95"))
