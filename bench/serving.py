@@ -161,6 +161,7 @@ def run(cfg: Config) -> Report:
                           "in-process")
     n_requests = 32 if cfg.smoke else 256
     texts = _texts(n_requests)
+    single = texts[:SINGLE]  # one-at-a-time requests per repetition (fewer in --smoke)
     with tempfile.TemporaryDirectory(prefix="wf-bench-serve-") as tmp:
         home = Path(tmp) / "home"
         settings = Settings(home=home, trace_file=False)
@@ -191,7 +192,7 @@ def run(cfg: Config) -> Report:
         single_model_ms: list[float] = []  # the server's own model time per request, one client
 
         def in_process_single() -> float:
-            for text in texts[:SINGLE]:
+            for text in single:
                 start = time.perf_counter()
                 task.classify(loaded, spec, [text])
                 in_process_ms.append((time.perf_counter() - start) * 1000)
@@ -228,7 +229,7 @@ def run(cfg: Config) -> Report:
 
             def served_single() -> float:
                 before = httpx.get(url + "/healthz").json()
-                one_client.run(texts[:SINGLE])
+                one_client.run(single)
                 after = httpx.get(url + "/healthz").json()
                 single_model_ms.append((after["model_s"] - before["model_s"]) / (after["batches"] - before["batches"])
                                        * 1000)
@@ -259,7 +260,8 @@ def run(cfg: Config) -> Report:
                    f"task.classify, batches of {MAX_BATCH}", "lower",
                    "same batches; the difference is the HTTP stack and the clients on the model's cores"))
     # the warm-up round's latencies are dropped: interleave runs every side once unrecorded first
-    single_ms, in_ms = one_client.latencies_ms[SINGLE:], in_process_ms[SINGLE:]
+    n = len(single)
+    single_ms, in_ms = one_client.latencies_ms[n:], in_process_ms[n:]
     overhead_p50 = percentile(single_ms, 50) - percentile(in_ms, 50)
     overhead_p95 = percentile(single_ms, 95) - percentile(in_ms, 95)
     report.add(Row("latency p50, one client, one text", "ms", Stat.of([percentile(single_ms, 50)]),
@@ -270,7 +272,7 @@ def run(cfg: Config) -> Report:
                    f"HTTP overhead {overhead_p95:+.1f} ms (target <= 5 ms)"))
     # what the client waited beyond the server's own model call, same requests, per repetition (means:
     # the server reports its model time summed)
-    per_rep = [sum(one_client.latencies_ms[i * SINGLE:(i + 1) * SINGLE]) / SINGLE - model
+    per_rep = [sum(one_client.latencies_ms[i * n:(i + 1) * n]) / n - model
                for i, model in enumerate(single_model_ms) if i > 0]
     report.add(Row("one client: mean latency minus the server's mean model time", "ms", Stat.of(per_rep),
                    note="HTTP, validation, queueing and thread hand-offs, without the model's own drift"))
@@ -283,5 +285,5 @@ def run(cfg: Config) -> Report:
                    note=f"{batches} batches, every repetition and the warm-up; at most {MAX_BATCH}"))
     report.notes.append(f"{n_requests} requests per repetition, {cfg.reps} repetitions after one warm-up, device "
                         f"{cfg.device}; the clients run in the bench process, the server in its own.")
-    report.config.update(requests=n_requests, clients=CLIENTS, max_batch=MAX_BATCH, single=SINGLE)
+    report.config.update(requests=n_requests, clients=CLIENTS, max_batch=MAX_BATCH, single=n)
     return report
