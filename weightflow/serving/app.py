@@ -43,8 +43,8 @@ ROUTES = {"classify": ["/v1/classify"], "embeddings": ["/v1/embeddings"],
           "completions": ["/v1/completions", "/v1/chat/completions"]}
 MANIFEST_HEADER = "x-weightflow-manifest"
 # One server span per request (route, status, duration), none per dependency/endpoint/serialisation
-# step: FastAPI's operation spans cost the model thread about a fifth of its speed under load (GIL,
-# measured in bench §8); health probes are not traced at all.
+# step: FastAPI's operation spans cost the model thread about a fifth of its speed under load (the CPU
+# they take is taken from the model's cores, bench §8); health probes are not traced at all.
 TELEMETRY: TelemetryConfig = {"operation_spans": False,
                               "exclude": lambda scope: scope.get("path") in ("/healthz", "/readyz")}
 # With `stream: true` the 200 is server-sent events; in OpenAPI 3.1 a stream's schema describes one event.
