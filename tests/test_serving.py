@@ -169,6 +169,18 @@ def test_malformed_json_oversized_bodies_and_wrong_methods_are_4xx(encoder_serve
     assert r.status_code == 400 and "error" in r.json()
     r = httpx.post(url, content=b"x" * (5 * 2**20), headers={"content-type": "application/json"})
     assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+
+    def chunked(megabytes: int) -> Iterator[bytes]:  # no Content-Length: the server counts what arrives
+        yield b'{"model": "ticket-router", "input": "'
+        for _ in range(megabytes):
+            yield b"ab " * (2**20 // 3)
+        yield b'"}'
+
+    r = httpx.post(url, content=chunked(64), headers={"content-type": "application/json"}, timeout=60)
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+    r = httpx.post(url, content=iter([b'{"model": "ticket-router", ', b'"input": "I was charged twice"}']),
+                   headers={"content-type": "application/json"})
+    assert r.status_code == 200 and r.json()["data"][0]["label"]
     r = httpx.get(url)
     assert r.status_code == 405 and "error" in r.json()
 

@@ -29,7 +29,7 @@ from fastapi.telemetry import TelemetryConfig
 from opentelemetry.trace import TracerProvider
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.modeling.protocols import CompletionParams, NotServed
 from weightflow.serving import schemas as s
@@ -98,23 +98,43 @@ def _run_batch(live: LiveDeployment) -> Any:
     return run
 
 
+def too_large() -> JSONResponse:
+    return JSONResponse(s.error(f"request body over {MAX_BODY_BYTES // 2**20} MiB; send fewer or shorter inputs",
+                                code="request_too_large"), status_code=413)
+
+
 class BodyLimit:
-    """413 for a declared body over `limit`, before anything reads it. Plain ASGI rather than
-    `@app.middleware("http")`: Starlette's BaseHTTPMiddleware costs a task group and a streamed
-    response per request (about a tenth of the event loop's time under load, profiled)."""
+    """413 for a body over `limit`, in our JSON error shape: a declared Content-Length before anything
+    reads it, a chunked body as its bytes arrive (before it is held in full). Not FastAPI's
+    `max_body_size`: its responder replaces any answer to a declared oversize body with plain text.
+    Plain ASGI rather than `@app.middleware("http")`: Starlette's BaseHTTPMiddleware costs a task group
+    and a streamed response per request (profiled)."""
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app, self.limit = app, limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
-            if length is not None and (not length.isdigit() or int(length) > self.limit):
-                response = JSONResponse(s.error(f"request body over {self.limit // 2**20} MiB; send fewer or "
-                                                "shorter inputs", code="request_too_large"), status_code=413)
-                await response(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+        if length is not None:
+            if not length.isdigit() or int(length) > self.limit:
+                await too_large()(scope, receive, send)
                 return
-        await self.app(scope, receive, send)
+            await self.app(scope, receive, send)  # the server stops reading at the declared length
+            return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise StarletteHTTPException(413)  # answered by the app's handler, as JSON
+            return message
+
+        await self.app(scope, counted, send)
 
 
 def create_app(live: LiveDeployment, *, max_batch: int = 8, max_wait_s: float = 0.002,
@@ -155,6 +175,8 @@ def create_app(live: LiveDeployment, *, max_batch: int = 8, max_wait_s: float = 
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 413:  # a chunked body went past the limit (BodyLimit)
+            return too_large()
         return JSONResponse(s.error(str(exc.detail), code="not_found" if exc.status_code == 404 else None),
                             status_code=exc.status_code, headers=exc.headers)
 
@@ -314,7 +336,8 @@ def create_app(live: LiveDeployment, *, max_batch: int = 8, max_wait_s: float = 
         return {"status": "ok", "deployment": live.deployment, "manifest_id": served.manifest_id if served else None,
                 "following": live.following, "pinned": live.pinned is not None, "swaps": live.swaps,
                 "last_error": live.last_error, "batches": batcher.stats.batches,
-                "mean_batch": round(batcher.stats.mean_batch, 2), "model_s": round(batcher.stats.model_s, 4)}
+                "inputs": batcher.stats.inputs, "mean_batch": round(batcher.stats.mean_batch, 2),
+                "model_s": round(batcher.stats.model_s, 4)}
 
     @app.get("/readyz", tags=["operations"])
     async def readyz() -> JSONResponse:
