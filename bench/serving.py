@@ -15,6 +15,9 @@ each repetition on the same texts (the example's eval set, one text per request)
   batching gives;
 * one client (aiohttp), one request at a time: served latency vs the in-process call on one text (the
   HTTP overhead; target p95 + 5 ms at most), and the client's latency less the server's own model time.
+* a language model (the language-model example's SmolLM2-135M; a tiny random Llama in --smoke): 16
+  clients on /v1/completions vs `task.complete` on batches of 8, same prompts, greedy: where a request
+  costs the model hundreds of milliseconds, HTTP's share is small.
 
 On a 2-core machine the clients share the cores with the server: their CPU is part of what the served
 throughput pays for, so each row notes the client CPU per request. The server's own time in the model
@@ -33,8 +36,10 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import httpx
@@ -83,12 +88,16 @@ class Load:
         self.client_cpu_ms: list[float] = []
 
 
+def classify_body(text: str) -> tuple[str, dict[str, Any]]:
+    return "/v1/classify", {"model": DEPLOYMENT, "input": text}
+
+
 class AioClients(Load):
     """`n` keep-alive connections from one asyncio loop (aiohttp), one text per request."""
 
-    def __init__(self, url: str, n: int) -> None:
+    def __init__(self, url: str, n: int, request: Callable[[str], tuple[str, dict[str, Any]]] = classify_body) -> None:
         super().__init__()
-        self.url, self.n = url, n
+        self.url, self.n, self.request = url, n, request
 
     def run(self, texts: Sequence[str]) -> float:
         async def go() -> float:
@@ -97,10 +106,9 @@ class AioClients(Load):
             async with aiohttp.ClientSession(connector=connector) as session:
                 async def worker() -> None:
                     while queue:
-                        text = queue.pop()
+                        path, body = self.request(queue.pop())
                         start = time.perf_counter()
-                        async with session.post(self.url + "/v1/classify",
-                                                json={"model": DEPLOYMENT, "input": text}) as r:
+                        async with session.post(self.url + path, json=body) as r:
                             await r.read()
                             if r.status != 200:
                                 raise RuntimeError(f"the server answered {r.status}: {(await r.text())[:200]}")
@@ -156,6 +164,27 @@ class HttpxClients(Load):
         return len(texts) / seconds
 
 
+@contextmanager
+def serving(home: Path, deployment: str, manifest_id: str, device: str) -> Iterator[str]:
+    """`weightflow serve --manifest` in its own process with the CLI's defaults; yields its URL."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = bench_env() | {"WEIGHTFLOW_HOME": str(home), "WEIGHTFLOW_DEVICE": device}
+    proc = subprocess.Popen([sys.executable, "-m", "weightflow.cli", "serve", deployment, "--manifest",
+                             manifest_id, "--port", str(port), "--max-batch", str(MAX_BATCH),
+                             "--max-wait-ms", str(MAX_WAIT_MS)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_ready(url, proc)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 def run(cfg: Config) -> Report:
     report = Report(NAME, f"Serving: weightflow serve ({CLIENTS} clients, dynamic batching to {MAX_BATCH}) vs "
                           "in-process")
@@ -198,15 +227,7 @@ def run(cfg: Config) -> Report:
                 in_process_ms.append((time.perf_counter() - start) * 1000)
             return 0.0
 
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        env = bench_env() | {"WEIGHTFLOW_HOME": str(home), "WEIGHTFLOW_DEVICE": cfg.device}
-        proc = subprocess.Popen([sys.executable, "-m", "weightflow.cli", "serve", DEPLOYMENT, "--manifest",
-                                 manifest_id, "--port", str(port), "--max-batch", str(MAX_BATCH),
-                                 "--max-wait-ms", str(MAX_WAIT_MS)],
-                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        try:
-            _wait_ready(url, proc)
+        with serving(home, DEPLOYMENT, manifest_id, cfg.device) as url:
             loaded_clients = AioClients(url, CLIENTS)
             httpx_clients = HttpxClients(url, CLIENTS)
             one_client = AioClients(url, 1)
@@ -221,8 +242,7 @@ def run(cfg: Config) -> Report:
                     if clients is loaded_clients:
                         batches = after["batches"] - before["batches"]
                         concurrent[0] += batches
-                        concurrent[1] += round(after["mean_batch"] * after["batches"]
-                                               - before["mean_batch"] * before["batches"])
+                        concurrent[1] += after["inputs"] - before["inputs"]
                         server_batch_ms.append((after["model_s"] - before["model_s"]) / batches * 1000)
                     return rps
                 return go
@@ -238,12 +258,7 @@ def run(cfg: Config) -> Report:
             served_rps, httpx_rps, batched_rps, plain_rps, _, _ = interleave(
                 [served_by(loaded_clients), served_by(httpx_clients), in_process_batched, plain_one_at_a_time,
                  served_single, in_process_single], cfg.reps)
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        generation_rows = _generation(cfg, Path(tmp), store, home)
 
     aio_cpu = percentile(loaded_clients.client_cpu_ms, 50)
     httpx_cpu = percentile(httpx_clients.client_cpu_ms, 50)
@@ -283,7 +298,108 @@ def run(cfg: Config) -> Report:
     report.add(Row(f"mean batch the server ran for {CLIENTS} clients", "inputs",
                    Stat.of([inputs / batches if batches else 0.0]),
                    note=f"{batches} batches, every repetition and the warm-up; at most {MAX_BATCH}"))
+    for row in generation_rows:
+        report.add(row)
     report.notes.append(f"{n_requests} requests per repetition, {cfg.reps} repetitions after one warm-up, device "
                         f"{cfg.device}; the clients run in the bench process, the server in its own.")
     report.config.update(requests=n_requests, clients=CLIENTS, max_batch=MAX_BATCH, single=n)
     return report
+
+
+# -- a language model: /v1/completions vs task.complete ----------------------------------------------
+LM_DEPLOYMENT = "order-numbers"
+LM_DOC = """name: order-numbers
+task: {type: generation, prompt: "Q: {input}\\nA:", max_new_tokens: 8}
+data: {eval: eval.jsonl, canary: eval.jsonl, general: general.jsonl}
+quality: {metric: exact_match, threshold: 0.5, tunable_gap: 0}
+latency: {p95_ms: 60000}
+cost: {per_1k_tasks_usd: 1.0}
+deployment:
+  name: order-numbers
+  mode: self-hosted
+  hardware: {profile: cpu, device: cpu, memory_mb: 8192, cost_per_hour_usd: 0.1}
+candidates: [{path: model}]
+"""
+
+
+def _language_model(cfg: Config, tmp: Path) -> tuple[Path, list[str]]:
+    """A requirements doc for the LM to serve, and the inputs to send it. Full: the language-model
+    example's orders.yaml on SmolLM2-135M (its models are made first if missing, as the e2e test does);
+    --smoke: a tiny random Llama made by code."""
+    from bench.lm_schemes import FULL_MODEL, LM_DIR
+    from tests.lm_fixtures import tiny_llama
+
+    rows = [json.loads(line) for line in (LM_DIR / "orders-eval.jsonl").read_text().splitlines() if line.strip()]
+    inputs = [str(r["input"]) for r in rows]
+    if not cfg.smoke:
+        if not (FULL_MODEL / "config.json").is_file():
+            print(f"  making {FULL_MODEL.relative_to(LM_DIR)} (examples/language-models/make_models.py) …", flush=True)
+            subprocess.run([sys.executable, str(LM_DIR / "make_models.py")], check=True, env=bench_env())
+        return LM_DIR / "orders.yaml", inputs
+    folder = tmp / "tiny-lm"
+    tiny_llama(folder / "model")
+    (folder / "eval.jsonl").write_text("".join(json.dumps({"id": str(i), "input": t, "target": "x"}) + "\n"
+                                               for i, t in enumerate(inputs)))
+    (folder / "general.jsonl").write_text(json.dumps({"id": "0", "text": "plain text"}) + "\n")
+    (folder / "requirements.yaml").write_text(LM_DOC)
+    return folder / "requirements.yaml", inputs
+
+
+def _generation(cfg: Config, tmp: Path, store: ArtifactStore, home: Path) -> list[Row]:
+    """16 clients on /v1/completions against `task.complete` on batches of 8: the same prompts, the same
+    greedy decoding, so the same tokens. Where the model's time per request is large, HTTP's share is small."""
+    from shared.modeling.protocols import CompletionParams
+    from shared.modeling.tasks.language import render_prompt
+
+    doc, inputs = _language_model(cfg, tmp)
+    n_requests = 16 if cfg.smoke else 64
+    candidate = 1 if not cfg.smoke else 0  # orders.yaml: [smollm2-135m-l8, smollm2-135m]
+    manifest_id = register_checkpoint(store, doc, candidate=candidate)
+    served = load_served(store, served_name(store, manifest_id), manifest_id, cfg.device)
+    task, spec, loaded = served.task, served.spec, served.loaded
+    prompts = [render_prompt(spec, inputs[i % len(inputs)]) for i in range(n_requests)]
+    params = CompletionParams(max_tokens=spec.max_new_tokens)
+    batch_ms: list[float] = []
+
+    def in_process_batched() -> float:
+        start = time.perf_counter()
+        for i in range(0, len(prompts), MAX_BATCH):
+            task.complete(loaded, spec, prompts[i: i + MAX_BATCH], params)
+        seconds = time.perf_counter() - start
+        batch_ms.append(seconds / -(-len(prompts) // MAX_BATCH) * 1000)
+        return len(prompts) / seconds
+
+    def completion(prompt: str) -> tuple[str, dict[str, Any]]:
+        return "/v1/completions", {"model": served.deployment, "prompt": prompt, "max_tokens": spec.max_new_tokens}
+
+    with serving(home, served.deployment, manifest_id, cfg.device) as url:
+        clients = AioClients(url, CLIENTS, completion)
+        server_ms: list[float] = []
+        seen = [0, 0]
+
+        def served_concurrent() -> float:
+            before = httpx.get(url + "/healthz").json()
+            rps = clients.run(prompts)
+            after = httpx.get(url + "/healthz").json()
+            batches = after["batches"] - before["batches"]
+            seen[0] += batches
+            seen[1] += after["inputs"] - before["inputs"]
+            server_ms.append((after["model_s"] - before["model_s"]) / batches * 1000)
+            return rps
+
+        served_rps, batched_rps = interleave([served_concurrent, in_process_batched], cfg.reps)
+    what = f"{served.manifest.candidate}, {spec.max_new_tokens} new tokens, greedy"
+    return [
+        Row(f"generation: throughput, served ({CLIENTS} clients) vs in-process batched", "requests/s",
+            Stat.of(served_rps), Stat.of(batched_rps), f"task.complete, batches of {MAX_BATCH}", "higher",
+            f"{what}; /v1/completions, {n_requests} prompts per repetition"),
+        Row("generation: model time per batch in the server vs in-process", "ms", Stat.of(server_ms[1:]),
+            Stat.of(batch_ms[1:]), f"task.complete, batches of {MAX_BATCH}", "lower",
+            f"mean batch {seen[1] / seen[0] if seen[0] else 0:.2f} of {MAX_BATCH} ({seen[0]} batches)"),
+    ]
+
+
+def served_name(store: ArtifactStore, manifest_id: str) -> str:
+    from shared.modeling.stored import read_manifest
+
+    return read_manifest(store, manifest_id).deployment
