@@ -4,33 +4,43 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Hashable
 
 import pytest
 
-from weightflow.serving.batching import Batcher
+from weightflow.serving.batching import Batcher, NotRunning
 
 
 class Model:
-    """Doubles its inputs; `gate` holds the first pass so that requests pile up behind it."""
+    """Doubles its inputs. Its first pass signals `entered` and then holds at `gate`, so that requests
+    pile up behind it; `fail_on` an input raises, `die_on` one ends the thread (not an Exception)."""
 
-    def __init__(self, fail_on: int | None = None) -> None:
+    def __init__(self, *, fail_on: int | None = None, die_on: int | None = None, gated: bool = True) -> None:
         self.calls: list[tuple[Hashable, list[int]]] = []
-        self.gate = threading.Event()
-        self.fail_on = fail_on
+        self.entered, self.gate = threading.Event(), threading.Event()
+        if not gated:
+            self.gate.set()
+        self.fail_on, self.die_on = fail_on, die_on
 
     def __call__(self, key: Hashable, inputs: list[int]) -> tuple[str, list[int]]:
         if not self.calls:
+            self.entered.set()
             self.gate.wait(10)
         self.calls.append((key, list(inputs)))
         if self.fail_on in inputs:
             raise ValueError(f"cannot take {self.fail_on}")
+        if self.die_on in inputs:
+            raise SystemExit("the model thread ends")
         return "m1", [2 * x for x in inputs]
 
+    async def running(self) -> None:
+        """Until the first pass is inside the model (no sleeping and hoping)."""
+        assert await asyncio.to_thread(self.entered.wait, 10)
 
-async def started(model: Model, **options: float) -> Batcher[int]:
-    batcher: Batcher[int] = Batcher(model, max_batch=int(options.pop("max_batch", 4)),
-                                    max_wait_s=options.pop("max_wait_s", 0.0))
+
+def started(model: Model, *, max_batch: int = 4, max_wait_s: float = 0.0) -> Batcher[int]:
+    batcher: Batcher[int] = Batcher(model, max_batch=max_batch, max_wait_s=max_wait_s)
     batcher.start()
     return batcher
 
@@ -38,12 +48,12 @@ async def started(model: Model, **options: float) -> Batcher[int]:
 def test_requests_queued_behind_a_pass_share_the_next_one_and_get_their_own_answers() -> None:
     async def go() -> None:
         model = Model()
-        batcher = await started(model, max_batch=4)
+        batcher = started(model, max_batch=4)
         first = asyncio.ensure_future(batcher.submit("a", [0]))
-        await asyncio.sleep(0.05)  # the model thread holds the first pass at the gate
+        await model.running()
         rest = [asyncio.ensure_future(batcher.submit("a", [i, 10 + i])) for i in (1, 2, 3)]
         other = asyncio.ensure_future(batcher.submit("b", [7]))  # another key never shares a pass
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0)  # the submissions are queued
         model.gate.set()
         assert await first == ("m1", [0])
         assert [await r for r in rest] == [("m1", [2, 22]), ("m1", [4, 24]), ("m1", [6, 26])]
@@ -59,11 +69,39 @@ def test_requests_queued_behind_a_pass_share_the_next_one_and_get_their_own_answ
 def test_a_failing_pass_fails_every_request_in_it_and_the_next_pass_runs() -> None:
     async def go() -> None:
         model = Model(fail_on=5)
+        batcher = started(model, max_batch=8)
+        first = asyncio.ensure_future(batcher.submit("a", [0]))
+        await model.running()
+        failing = [asyncio.ensure_future(batcher.submit("a", [i])) for i in (4, 5)]
+        await asyncio.sleep(0)
         model.gate.set()
-        batcher = await started(model, max_batch=8)
-        results = await asyncio.gather(batcher.submit("a", [5]), return_exceptions=True)
-        assert isinstance(results[0], ValueError) and "cannot take 5" in str(results[0])
+        await first
+        for job in failing:  # they shared the pass that failed
+            with pytest.raises(ValueError, match="cannot take 5"):
+                await job
         assert await batcher.submit("a", [6]) == ("m1", [12])
+        await batcher.stop()
+
+    asyncio.run(go())
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_model_thread_that_dies_fails_its_requests_instead_of_leaving_them_waiting() -> None:
+    async def go() -> None:
+        model = Model(die_on=9)
+        batcher = started(model)
+        first = asyncio.ensure_future(batcher.submit("a", [0]))
+        await model.running()
+        dying = asyncio.ensure_future(batcher.submit("a", [9]))
+        await asyncio.sleep(0)
+        model.gate.set()
+        await first
+        queued = asyncio.ensure_future(batcher.submit("b", [1]))  # queued behind the pass that ends the thread
+        for job in (dying, queued):
+            with pytest.raises(NotRunning, match="model thread stopped"):
+                await asyncio.wait_for(job, 10)
+        with pytest.raises(NotRunning):
+            await batcher.submit("a", [2])
         await batcher.stop()
 
     asyncio.run(go())
@@ -72,13 +110,13 @@ def test_a_failing_pass_fails_every_request_in_it_and_the_next_pass_runs() -> No
 def test_a_request_whose_client_went_away_costs_no_model_time() -> None:
     async def go() -> None:
         model = Model()
-        batcher = await started(model)
+        batcher = started(model)
         first = asyncio.ensure_future(batcher.submit("a", [0]))
-        await asyncio.sleep(0.05)
+        await model.running()
         gone = asyncio.ensure_future(batcher.submit("a", [99]))
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0)
         gone.cancel()
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0)
         model.gate.set()
         await first
         assert await batcher.submit("a", [1]) == ("m1", [2])
@@ -88,16 +126,21 @@ def test_a_request_whose_client_went_away_costs_no_model_time() -> None:
     asyncio.run(go())
 
 
-def test_a_lone_request_waits_at_most_max_wait_for_company() -> None:
+def test_a_lone_request_waits_at_most_max_wait_for_company_and_a_full_batch_not_at_all() -> None:
     async def go() -> None:
-        model = Model()
-        model.gate.set()
-        batcher = await started(model, max_batch=4, max_wait_s=0.2)
+        model = Model(gated=False)
+        batcher = started(model, max_batch=2, max_wait_s=0.3)
         one = asyncio.ensure_future(batcher.submit("a", [1]))
         await asyncio.sleep(0.02)
         two = asyncio.ensure_future(batcher.submit("a", [2]))
         assert (await one, await two) == (("m1", [2]), ("m1", [4]))
         assert model.calls == [("a", [1, 2])], "the second request joined the first one's pass"
+        start = time.perf_counter()
+        assert await batcher.submit("a", [3]) == ("m1", [6])  # nobody comes: it goes alone
+        assert 0.25 < time.perf_counter() - start < 5
+        start = time.perf_counter()
+        assert await batcher.submit("a", [4, 5]) == ("m1", [8, 10])  # a full batch goes at once
+        assert time.perf_counter() - start < 0.25
         await batcher.stop()
 
     asyncio.run(go())
@@ -106,17 +149,20 @@ def test_a_lone_request_waits_at_most_max_wait_for_company() -> None:
 def test_stop_fails_what_still_queues_and_refuses_new_work() -> None:
     async def go() -> None:
         model = Model()
-        batcher = await started(model)
+        batcher = started(model)
         running = asyncio.ensure_future(batcher.submit("a", [0]))
-        await asyncio.sleep(0.05)
+        await model.running()
         queued = asyncio.ensure_future(batcher.submit("b", [1]))
-        await asyncio.sleep(0.01)
-        await batcher.stop()
-        with pytest.raises(RuntimeError, match="shutting down"):
+        await asyncio.sleep(0)
+        stopping = asyncio.ensure_future(batcher.stop())  # waits for the running pass
+        await asyncio.sleep(0.05)
+        with pytest.raises(NotRunning, match="shutting down"):
             await queued
-        with pytest.raises(RuntimeError, match="not running"):
+        with pytest.raises(NotRunning, match="not running"):
             await batcher.submit("a", [2])
+        assert not stopping.done()
         model.gate.set()  # the pass that was running still answers its request
         assert await running == ("m1", [0])
+        await stopping
 
     asyncio.run(go())

@@ -33,7 +33,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.modeling.protocols import CompletionParams, NotServed
 from weightflow.serving import schemas as s
-from weightflow.serving.batching import Batcher
+from weightflow.serving.batching import Batcher, NotRunning
 from weightflow.serving.live import LiveDeployment, ServedModel
 
 log = logging.getLogger("weightflow.serve")
@@ -99,13 +99,14 @@ def _run_batch(live: LiveDeployment) -> Any:
 
 
 def too_large() -> JSONResponse:
+    # connection: close, or the server would go on reading (and dropping) the rest of the body
     return JSONResponse(s.error(f"request body over {MAX_BODY_BYTES // 2**20} MiB; send fewer or shorter inputs",
-                                code="request_too_large"), status_code=413)
+                                code="request_too_large"), status_code=413, headers={"connection": "close"})
 
 
 class BodyLimit:
     """413 for a body over `limit`, in our JSON error shape: a declared Content-Length before anything
-    reads it, a chunked body as its bytes arrive (before it is held in full). Not FastAPI's
+    reads it, every body as its bytes arrive (a chunked one before it is held in full). Not FastAPI's
     `max_body_size`: its responder replaces any answer to a declared oversize body with plain text.
     Plain ASGI rather than `@app.middleware("http")`: Starlette's BaseHTTPMiddleware costs a task group
     and a streamed response per request (profiled)."""
@@ -118,13 +119,10 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
-        if length is not None:
-            if not length.isdigit() or int(length) > self.limit:
-                await too_large()(scope, receive, send)
-                return
-            await self.app(scope, receive, send)  # the server stops reading at the declared length
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            await too_large()(scope, receive, send)
             return
-        seen = 0
+        seen = 0  # counted whatever was declared: a server that frames the body otherwise is not trusted
 
         async def counted() -> Message:
             nonlocal seen
@@ -215,6 +213,8 @@ def create_app(live: LiveDeployment, *, max_batch: int = 8, max_wait_s: float = 
     async def batched(key: tuple[Any, ...], items: list[Any]) -> tuple[str, list[Any]]:
         try:
             return await batcher.submit(key, items)
+        except NotRunning as exc:
+            raise ApiError(503, f"{exc}; retry shortly", type_="server_error") from exc
         except NotServed as exc:
             raise ApiError(404, str(exc), code="unsupported_endpoint") from exc
         except ValueError as exc:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 import time
 from collections import deque
@@ -22,9 +23,14 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+log = logging.getLogger("weightflow.serve")
 R = TypeVar("R")
 # run(key, inputs) -> (tag, one result per input); the tag says what served them (the manifest id)
 Run = Callable[[Hashable, list[Any]], tuple[str, Sequence[R]]]
+
+
+class NotRunning(RuntimeError):
+    """The batcher takes no work: the server is starting or stopping, or its model thread has died."""
 
 
 @dataclass
@@ -62,19 +68,20 @@ class Batcher(Generic[R]):
         self._thread = threading.Thread(target=self._work, name="weightflow-model", daemon=True)
         self._thread.start()
 
-    async def stop(self) -> None:
-        """Fail what still queues; the batch that is running finishes (the thread is not interrupted)."""
+    async def stop(self, grace_s: float = 30.0) -> None:
+        """Fail what still queues, then give the batch that is running `grace_s` to finish (a thread
+        cannot be interrupted; torch running while the interpreter exits can crash it)."""
         with self._changed:
             self._stopping = True
             left, self._queue = list(self._queue), deque()
             self._changed.notify()
-        for job in left:
-            if not job.future.done():
-                job.future.set_exception(RuntimeError("the server is shutting down"))
+        self._fail(left, NotRunning("the server is shutting down"))
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, grace_s)
 
     async def submit(self, key: Hashable, items: Sequence[Any]) -> tuple[str, list[R]]:
-        if self._loop is None or self._stopping:
-            raise RuntimeError("the batcher is not running")
+        if self._loop is None or self._stopping or self._thread is None or not self._thread.is_alive():
+            raise NotRunning("the model is not running (the server is starting or stopping)")
         future: asyncio.Future[tuple[str, list[R]]] = self._loop.create_future()
         with self._changed:
             self._queue.append(_Job(key, list(items), future))
@@ -105,10 +112,8 @@ class Batcher(Generic[R]):
         return taken
 
     def _ready(self) -> int:
-        if not self._queue:
-            return 0
-        key = self._queue[0].key
-        return sum(len(j.items) for j in self._queue if j.key == key)
+        live = [j for j in self._queue if not j.future.done()]
+        return sum(len(j.items) for j in live if j.key == live[0].key) if live else 0
 
     def _next(self) -> list[_Job[R]] | None:
         """The next batch, waiting for work; None once stopping."""
@@ -123,6 +128,17 @@ class Batcher(Generic[R]):
             return self._take()
 
     def _work(self) -> None:
+        try:
+            self._serve()
+        except BaseException as exc:  # nothing may leave requests waiting on a thread that is gone
+            log.exception("the model thread stopped")
+            with self._changed:
+                self._stopping = True
+                left, self._queue = list(self._queue), deque()
+            self._back(self._fail, left, NotRunning(f"the model thread stopped: {exc!r}"))
+            raise
+
+    def _serve(self) -> None:
         while (jobs := self._next()) is not None:
             if not jobs:
                 continue
@@ -135,6 +151,9 @@ class Batcher(Generic[R]):
             except Exception as exc:  # every request of the batch gets the error (they share its cause)
                 self._back(self._fail, jobs, exc)
                 continue
+            except BaseException as exc:  # ...and so does a batch that ends the thread
+                self._back(self._fail, jobs, NotRunning(f"the model thread stopped: {exc!r}"))
+                raise
             finally:
                 self.stats.model_s += time.perf_counter() - start
             self.stats.batches += 1
@@ -157,7 +176,7 @@ class Batcher(Generic[R]):
             start += len(job.items)
 
     @staticmethod
-    def _fail(jobs: list[_Job[R]], exc: Exception) -> None:
+    def _fail(jobs: list[_Job[R]], exc: BaseException) -> None:
         for job in jobs:
             if not job.future.done():
                 job.future.set_exception(exc)
