@@ -309,27 +309,12 @@ def run(cfg: Config) -> Report:
 
 
 # -- a language model: /v1/completions vs task.complete ----------------------------------------------
-LM_DEPLOYMENT = "order-numbers"
-LM_DOC = """name: order-numbers
-task: {type: generation, prompt: "Q: {input}\\nA:", max_new_tokens: 8}
-data: {eval: eval.jsonl, canary: eval.jsonl, general: general.jsonl}
-quality: {metric: exact_match, threshold: 0.5, tunable_gap: 0}
-latency: {p95_ms: 60000}
-cost: {per_1k_tasks_usd: 1.0}
-deployment:
-  name: order-numbers
-  mode: self-hosted
-  hardware: {profile: cpu, device: cpu, memory_mb: 8192, cost_per_hour_usd: 0.1}
-candidates: [{path: model}]
-"""
-
-
 def _language_model(cfg: Config, tmp: Path) -> tuple[Path, list[str]]:
     """A requirements doc for the LM to serve, and the inputs to send it. Full: the language-model
     example's orders.yaml on SmolLM2-135M (its models are made first if missing, as the e2e test does);
     --smoke: a tiny random Llama made by code."""
     from bench.lm_schemes import FULL_MODEL, LM_DIR
-    from tests.lm_fixtures import tiny_llama
+    from tests.lm_fixtures import tiny_lm_deployment
 
     rows = [json.loads(line) for line in (LM_DIR / "orders-eval.jsonl").read_text().splitlines() if line.strip()]
     inputs = [str(r["input"]) for r in rows]
@@ -338,13 +323,7 @@ def _language_model(cfg: Config, tmp: Path) -> tuple[Path, list[str]]:
             print(f"  making {FULL_MODEL.relative_to(LM_DIR)} (examples/language-models/make_models.py) …", flush=True)
             subprocess.run([sys.executable, str(LM_DIR / "make_models.py")], check=True, env=bench_env())
         return LM_DIR / "orders.yaml", inputs
-    folder = tmp / "tiny-lm"
-    tiny_llama(folder / "model")
-    (folder / "eval.jsonl").write_text("".join(json.dumps({"id": str(i), "input": t, "target": "x"}) + "\n"
-                                               for i, t in enumerate(inputs)))
-    (folder / "general.jsonl").write_text(json.dumps({"id": "0", "text": "plain text"}) + "\n")
-    (folder / "requirements.yaml").write_text(LM_DOC)
-    return folder / "requirements.yaml", inputs
+    return tiny_lm_deployment(tmp / "tiny-lm", inputs), inputs
 
 
 def _generation(cfg: Config, tmp: Path, store: ArtifactStore, home: Path) -> list[Row]:

@@ -36,3 +36,36 @@ def tiny_llama(directory: Path, *, hidden: int = 32, layers: int = 2, vocab: int
                          tie_word_embeddings=True)
     LlamaForCausalLM(config).save_pretrained(str(directory), safe_serialization=True)
     return directory
+
+
+TINY_LM_DOC = """name: tiny-lm
+task:
+  type: generation
+  prompt: "Q: {input}\\nA:"
+  max_new_tokens: 8
+data: {eval: eval.jsonl, canary: canary.jsonl, general: general.jsonl}
+quality: {metric: exact_match, threshold: 0.5, tunable_gap: 0}
+latency: {p95_ms: 5000}
+cost: {per_1k_tasks_usd: 1.0}
+deployment:
+  name: tiny-lm
+  mode: self-hosted
+  hardware: {profile: cpu, device: cpu, memory_mb: 4096, cost_per_hour_usd: 0.1}
+candidates: [{path: model}]
+"""
+
+
+def tiny_lm_deployment(folder: Path, inputs: list[str] | None = None) -> Path:
+    """The tiny Llama as the one candidate of a generation requirements doc (deployment `tiny-lm`), with
+    eval/canary rows on `inputs` (default: twelve sums) and a little general prose; returns the doc."""
+    import json
+
+    tiny_llama(folder / "model")
+    inputs = inputs or [f"what is {i} plus one?" for i in range(12)]
+    rows = [{"id": str(i), "input": text, "target": str(i + 1)} for i, text in enumerate(inputs)]
+    for split in ("eval", "canary"):
+        (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "general.jsonl").write_text("".join(json.dumps({"id": str(i), "text": f"plain text line {i}"}) + "\n"
+                                                  for i in range(8)))
+    (folder / "requirements.yaml").write_text(TINY_LM_DOC)
+    return folder / "requirements.yaml"

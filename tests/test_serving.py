@@ -27,7 +27,7 @@ from weightflow.serving.schemas import MAX_INPUTS
 from weightflow.serving.testing import ServerThread, register_checkpoint
 
 from .conftest import EXAMPLE_DIR
-from .lm_fixtures import tiny_llama
+from .lm_fixtures import tiny_lm_deployment
 
 pytestmark = pytest.mark.slow
 
@@ -50,34 +50,10 @@ def encoder_server(home: Settings, encoder: str) -> Iterator[ServerThread]:
         yield server
 
 
-LM_DOC = """name: tiny-lm
-task:
-  type: generation
-  prompt: "Q: {input}\\nA:"
-  max_new_tokens: 8
-data: {eval: eval.jsonl, canary: canary.jsonl, general: general.jsonl}
-quality: {metric: exact_match, threshold: 0.5, tunable_gap: 0}
-latency: {p95_ms: 5000}
-cost: {per_1k_tasks_usd: 1.0}
-deployment:
-  name: tiny-lm
-  mode: self-hosted
-  hardware: {profile: cpu, device: cpu, memory_mb: 4096, cost_per_hour_usd: 0.1}
-candidates: [{path: model}]
-"""
-
-
 @pytest.fixture(scope="module")
 def language_model(home: Settings, tmp_path_factory: pytest.TempPathFactory) -> str:
-    folder = tmp_path_factory.mktemp("tiny-lm")
-    tiny_llama(folder / "model")
-    rows = [{"id": str(i), "input": f"what is {i} plus one?", "target": str(i + 1)} for i in range(12)]
-    for split in ("eval", "canary"):
-        (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (folder / "general.jsonl").write_text("".join(json.dumps({"id": str(i), "text": f"plain text line {i}"}) + "\n"
-                                                  for i in range(8)))
-    (folder / "requirements.yaml").write_text(LM_DOC)
-    return register_checkpoint(ArtifactStore(home.resolved_artifacts_dir()), folder / "requirements.yaml")
+    doc = tiny_lm_deployment(tmp_path_factory.mktemp("tiny-lm"))
+    return register_checkpoint(ArtifactStore(home.resolved_artifacts_dir()), doc)
 
 
 @pytest.fixture(scope="module")
