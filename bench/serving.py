@@ -164,6 +164,32 @@ class HttpxClients(Load):
         return len(texts) / seconds
 
 
+class ServerTally:
+    """What the server says it ran (`/healthz`) around each run of one side: batches, inputs, and its
+    time in the model per input."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.batches = self.inputs = 0
+        self.model_ms_per_input: list[float] = []
+
+    def around(self, run: Callable[[], float]) -> Callable[[], float]:
+        def go() -> float:
+            before = httpx.get(self.url + "/healthz").json()
+            value = run()
+            after = httpx.get(self.url + "/healthz").json()
+            inputs = after["inputs"] - before["inputs"]
+            self.batches += after["batches"] - before["batches"]
+            self.inputs += inputs
+            self.model_ms_per_input.append((after["model_s"] - before["model_s"]) / inputs * 1000)
+            return value
+        return go
+
+    @property
+    def mean_batch(self) -> float:
+        return self.inputs / self.batches if self.batches else 0.0
+
+
 @contextmanager
 def serving(home: Path, deployment: str, manifest_id: str, device: str) -> Iterator[str]:
     """`weightflow serve --manifest` in its own process with the CLI's defaults; yields its URL."""
@@ -218,7 +244,6 @@ def run(cfg: Config) -> Report:
 
         in_process_input_ms: list[float] = []
         in_process_ms: list[float] = []
-        single_model_ms: list[float] = []  # the server's own model time per request, one client
 
         def in_process_single() -> float:
             for text in single:
@@ -231,34 +256,16 @@ def run(cfg: Config) -> Report:
             loaded_clients = AioClients(url, CLIENTS)
             httpx_clients = HttpxClients(url, CLIENTS)
             one_client = AioClients(url, 1)
-            concurrent = [0, 0]  # batches and inputs the server ran for the 16 aiohttp clients
-            server_input_ms: list[float] = []  # the server's time in the model per input, same runs
-
-            def served_by(clients: AioClients | HttpxClients) -> Callable[[], float]:
-                def go() -> float:
-                    before = httpx.get(url + "/healthz").json()
-                    rps = clients.run(texts)
-                    after = httpx.get(url + "/healthz").json()
-                    if clients is loaded_clients:
-                        batches = after["batches"] - before["batches"]
-                        concurrent[0] += batches
-                        concurrent[1] += after["inputs"] - before["inputs"]
-                        server_input_ms.append((after["model_s"] - before["model_s"])
-                                               / (after["inputs"] - before["inputs"]) * 1000)
-                    return rps
-                return go
+            loaded_tally, single_tally = ServerTally(url), ServerTally(url)
 
             def served_single() -> float:
-                before = httpx.get(url + "/healthz").json()
                 one_client.run(single)
-                after = httpx.get(url + "/healthz").json()
-                single_model_ms.append((after["model_s"] - before["model_s"]) / (after["batches"] - before["batches"])
-                                       * 1000)
                 return 0.0
 
             served_rps, httpx_rps, batched_rps, plain_rps, _, _ = interleave(
-                [served_by(loaded_clients), served_by(httpx_clients), in_process_batched, plain_one_at_a_time,
-                 served_single, in_process_single], cfg.reps)
+                [loaded_tally.around(lambda: loaded_clients.run(texts)), lambda: httpx_clients.run(texts),
+                 in_process_batched, plain_one_at_a_time, single_tally.around(served_single), in_process_single],
+                cfg.reps)
         generation_rows = _generation(cfg, Path(tmp), store, home)
 
     aio_cpu = percentile(loaded_clients.client_cpu_ms[1:], 50)  # less the warm-up (first session)
@@ -272,7 +279,7 @@ def run(cfg: Config) -> Report:
                    Stat.of(httpx_rps), Stat.of(batched_rps), f"task.classify, batches of {MAX_BATCH}", "higher",
                    f"httpx: {httpx_cpu:.2f} ms client CPU per request, on the server's cores"))
     report.add(Row(f"model time per input in the server ({CLIENTS} clients) vs in-process", "ms",
-                   Stat.of(server_input_ms[1:]), Stat.of(in_process_input_ms[1:]),  # less the warm-up
+                   Stat.of(loaded_tally.model_ms_per_input[1:]), Stat.of(in_process_input_ms[1:]),  # less the warm-up
                    f"task.classify, batches of {MAX_BATCH}", "lower",
                    "same texts, batches of up to 8 in the server; the difference is the HTTP stack and the "
                    "clients on the model's cores"))
@@ -290,16 +297,14 @@ def run(cfg: Config) -> Report:
     # what the client waited beyond the server's own model call, same requests, per repetition (means:
     # the server reports its model time summed)
     per_rep = [sum(one_client.latencies_ms[i * n:(i + 1) * n]) / n - model
-               for i, model in enumerate(single_model_ms) if i > 0]
+               for i, model in enumerate(single_tally.model_ms_per_input) if i > 0]
     report.add(Row("one client: mean latency minus the server's mean model time", "ms", Stat.of(per_rep),
                    note="HTTP, validation, queueing and thread hand-offs, without the model's own drift"))
     loaded_ms = loaded_clients.latencies_ms[n_requests:]
     report.add(Row(f"latency under {CLIENTS} clients (p50 / p95)", "ms",
                    Stat.of([percentile(loaded_ms, 50), percentile(loaded_ms, 95)]), note="n = 2 values: p50, p95"))
-    batches, inputs = concurrent
-    report.add(Row(f"mean batch the server ran for {CLIENTS} clients", "inputs",
-                   Stat.of([inputs / batches if batches else 0.0]),
-                   note=f"{batches} batches, every repetition and the warm-up; at most {MAX_BATCH}"))
+    report.add(Row(f"mean batch the server ran for {CLIENTS} clients", "inputs", Stat.of([loaded_tally.mean_batch]),
+                   note=f"{loaded_tally.batches} batches, every repetition and the warm-up; at most {MAX_BATCH}"))
     for row in generation_rows:
         report.add(row)
     report.notes.append(f"{n_requests} requests per repetition, {cfg.reps} repetitions after one warm-up, device "
@@ -355,28 +360,16 @@ def _generation(cfg: Config, tmp: Path, store: ArtifactStore, home: Path) -> lis
 
     with serving(home, served.deployment, manifest_id, cfg.device) as url:
         clients = AioClients(url, CLIENTS, completion)
-        server_ms: list[float] = []  # per input
-        seen = [0, 0]
-
-        def served_concurrent() -> float:
-            before = httpx.get(url + "/healthz").json()
-            rps = clients.run(prompts)
-            after = httpx.get(url + "/healthz").json()
-            batches = after["batches"] - before["batches"]
-            seen[0] += batches
-            seen[1] += after["inputs"] - before["inputs"]
-            server_ms.append((after["model_s"] - before["model_s"]) / (after["inputs"] - before["inputs"]) * 1000)
-            return rps
-
-        served_rps, batched_rps = interleave([served_concurrent, in_process_batched], cfg.reps)
+        tally = ServerTally(url)
+        served_rps, batched_rps = interleave([tally.around(lambda: clients.run(prompts)), in_process_batched], cfg.reps)
     what = f"{served.manifest.candidate}, {spec.max_new_tokens} new tokens, greedy"
     return [
         Row(f"generation: throughput, served ({CLIENTS} clients) vs in-process batched", "requests/s",
             Stat.of(served_rps), Stat.of(batched_rps), f"task.complete, batches of {MAX_BATCH}", "higher",
             f"{what}; /v1/completions, {n_requests} prompts per repetition"),
-        Row("generation: model time per input in the server vs in-process", "ms", Stat.of(server_ms[1:]),
+        Row("generation: model time per input in the server vs in-process", "ms", Stat.of(tally.model_ms_per_input[1:]),
             Stat.of(input_ms[1:]), f"task.complete, batches of {MAX_BATCH}", "lower",
-            f"mean batch {seen[1] / seen[0] if seen[0] else 0:.2f} of {MAX_BATCH} ({seen[0]} batches)"),
+            f"mean batch {tally.mean_batch:.2f} of {MAX_BATCH} ({tally.batches} batches)"),
     ]
 
 
