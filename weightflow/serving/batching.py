@@ -71,13 +71,17 @@ class Batcher(Generic[R]):
     async def stop(self, grace_s: float = 30.0) -> None:
         """Fail what still queues, then give the batch that is running `grace_s` to finish (a thread
         cannot be interrupted; torch running while the interpreter exits can crash it)."""
+        self._fail(self._close(), NotRunning("the server is shutting down"))
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, grace_s)
+
+    def _close(self) -> list[_Job[R]]:
+        """Take no more work (a waiting model thread wakes and ends); what still queued, to be failed."""
         with self._changed:
             self._stopping = True
             left, self._queue = list(self._queue), deque()
             self._changed.notify()
-        self._fail(left, NotRunning("the server is shutting down"))
-        if self._thread is not None:
-            await asyncio.to_thread(self._thread.join, grace_s)
+        return left
 
     async def submit(self, key: Hashable, items: Sequence[Any]) -> tuple[str, list[R]]:
         if self._loop is None or self._stopping or self._thread is None or not self._thread.is_alive():
@@ -132,10 +136,7 @@ class Batcher(Generic[R]):
             self._serve()
         except BaseException as exc:  # nothing may leave requests waiting on a thread that is gone
             log.exception("the model thread stopped")
-            with self._changed:
-                self._stopping = True
-                left, self._queue = list(self._queue), deque()
-            self._back(self._fail, left, NotRunning(f"the model thread stopped: {exc!r}"))
+            self._back(self._fail, self._close(), NotRunning(f"the model thread stopped: {exc!r}"))
             raise
 
     def _serve(self) -> None:
