@@ -93,10 +93,10 @@ def test_a_model_thread_that_dies_fails_its_requests_instead_of_leaving_them_wai
         first = asyncio.ensure_future(batcher.submit("a", [0]))
         await model.running()
         dying = asyncio.ensure_future(batcher.submit("a", [9]))
+        queued = asyncio.ensure_future(batcher.submit("b", [1]))  # queued behind the pass that ends the thread
         await asyncio.sleep(0)
         model.gate.set()
         await first
-        queued = asyncio.ensure_future(batcher.submit("b", [1]))  # queued behind the pass that ends the thread
         for job in (dying, queued):
             with pytest.raises(NotRunning, match="model thread stopped"):
                 await asyncio.wait_for(job, 10)
