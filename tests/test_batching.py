@@ -9,7 +9,7 @@ from collections.abc import Hashable
 
 import pytest
 
-from weightflow.serving.batching import Batcher, NotRunning
+from weightflow.serving.batching import Abandoned, Batcher, NotRunning
 
 
 class Model:
@@ -122,6 +122,39 @@ def test_a_request_whose_client_went_away_costs_no_model_time() -> None:
         assert await batcher.submit("a", [1]) == ("m1", [2])
         await batcher.stop()
         assert all(99 not in inputs for _, inputs in model.calls)
+
+    asyncio.run(go())
+
+
+def test_a_caller_that_leaves_while_queued_is_abandoned_and_costs_no_model_time() -> None:
+    """`gone` is how the server says its HTTP client disconnected; the caller's own cancellation stays a
+    cancellation; a watcher outlives no answer."""
+    async def go() -> None:
+        model = Model()
+        batcher = started(model)
+        first = asyncio.ensure_future(batcher.submit("a", [0]))
+        await model.running()
+        leaves, stays = asyncio.Event(), asyncio.Event()
+        left = asyncio.ensure_future(batcher.submit("a", [99], gone=leaves.wait))
+        kept = asyncio.ensure_future(batcher.submit("a", [5], gone=stays.wait))
+        cancelled = asyncio.ensure_future(batcher.submit("a", [77], gone=asyncio.Event().wait))
+        await asyncio.sleep(0)
+        assert batcher.queued == 3
+        leaves.set()
+        with pytest.raises(Abandoned):
+            await left
+        cancelled.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        assert batcher.queued == 1
+        model.gate.set()
+        assert await first == ("m1", [0])
+        assert await kept == ("m1", [10])
+        stays.set()  # after its answer: nothing happens
+        await asyncio.sleep(0)
+        assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []
+        await batcher.stop()
+        assert model.calls == [("a", [0]), ("a", [5])]
 
     asyncio.run(go())
 

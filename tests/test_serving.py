@@ -4,8 +4,11 @@ and a tiny language model (completions, chat); errors, auth, limits and batching
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import shutil
+import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -241,6 +244,74 @@ def test_a_corrupt_manifest_is_refused_and_the_current_model_keeps_serving(home:
         assert health["manifest_id"] == encoder and health["swaps"] == 0
         assert other[:12] in health["last_error"] and "IntegrityError" in health["last_error"]
         assert post(server, "/v1/classify", {"model": "ticket-router", "input": "hi"}).status_code == 200
+
+
+class HeldTask:
+    """The live task, with its first model call held at `gate`: later requests queue behind it."""
+
+    def __init__(self, task: Any) -> None:
+        self.task, self.entered, self.gate = task, threading.Event(), threading.Event()
+        self.inputs: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.task, name)
+
+    def _run(self, method: str, loaded: Any, spec: Any, inputs: Any, *args: Any, **kw: Any) -> Any:
+        if not self.entered.is_set():
+            self.entered.set()
+            self.gate.wait(30)
+        self.inputs += list(inputs)
+        return getattr(self.task, method)(loaded, spec, inputs, *args, **kw)
+
+    def classify(self, *args: Any, **kw: Any) -> Any:
+        return self._run("classify", *args, **kw)
+
+    def embeddings(self, *args: Any, **kw: Any) -> Any:
+        return self._run("embeddings", *args, **kw)
+
+    def complete(self, *args: Any, **kw: Any) -> Any:
+        return self._run("complete", *args, **kw)
+
+
+@pytest.mark.parametrize(("which", "path", "body"), [
+    ("encoder_server", "/v1/classify", {"model": "ticket-router", "input": "{}"}),
+    ("encoder_server", "/v1/embeddings", {"model": "ticket-router", "input": ["{}", "and another"]}),
+    ("lm_server", "/v1/completions", {"model": "tiny-lm", "prompt": "{}", "max_tokens": 2}),
+    ("lm_server", "/v1/completions", {"model": "tiny-lm", "prompt": "{}", "max_tokens": 2, "stream": True}),
+    ("lm_server", "/v1/chat/completions", {"model": "tiny-lm", "messages": [{"role": "user", "content": "{}"}],
+                                           "max_tokens": 2}),
+])
+def test_a_client_that_gives_up_while_queued_costs_no_model_time(which: str, path: str, body: dict[str, Any],
+                                                                  request: pytest.FixtureRequest) -> None:
+    """Clients that time out and retry under overload would otherwise have the model run every copy
+    they abandoned (the server is told only by the disconnect)."""
+    server: ServerThread = request.getfixturevalue(which)
+    served = server.live.current
+    assert served is not None
+    held = HeldTask(served.task)
+    server.live.current = dataclasses.replace(served, task=held)
+
+    def fill(text: str) -> dict[str, Any]:
+        return json.loads(json.dumps(body).replace("{}", text))
+
+    try:
+        running = ThreadPoolExecutor(1).submit(post, server, path, fill("the first, held in the model"))
+        assert held.entered.wait(30)
+        with pytest.raises(httpx.TimeoutException):  # gives up, queued behind the held pass
+            httpx.post(server.url + path, json=fill("abandoned"), timeout=0.5)
+        deadline = time.monotonic() + 10
+        while httpx.get(server.url + "/healthz").json()["queued"] and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert httpx.get(server.url + "/healthz").json()["queued"] == 0, "the server noticed the disconnect"
+        held.gate.set()
+        assert running.result(timeout=60).status_code == 200
+        again = post(server, path, fill("after"))
+        assert again.status_code == 200, again.text
+    finally:
+        held.gate.set()
+        server.live.current = served
+    assert not any("abandoned" in text for text in held.inputs), held.inputs
+    assert any("after" in text for text in held.inputs)
 
 
 # -- language models -----------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.modeling.protocols import CompletionParams, NotServed
 from weightflow.serving import schemas as s
-from weightflow.serving.batching import Batcher, NotRunning
+from weightflow.serving.batching import Abandoned, Batcher, NotRunning
 from weightflow.serving.live import LiveDeployment, ServedModel
 
 log = logging.getLogger("weightflow.serve")
@@ -96,6 +96,13 @@ def _run_batch(live: LiveDeployment) -> Any:
             on_text=on_text if any(sinks) else None)
 
     return run
+
+
+async def disconnected(receive: Receive) -> None:
+    """Returns once the client has closed the connection. Only after the request's body was read: the
+    next message is then the disconnect (uvicorn, ASGI spec 2.3)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 def too_large() -> JSONResponse:
@@ -210,9 +217,16 @@ def create_app(live: LiveDeployment, *, max_batch: int = 8, max_wait_s: float = 
                            f"{ROUTES[kind][0]}; it serves {', '.join(offered)}", code="unsupported_endpoint")
         return served
 
-    async def batched(key: tuple[Any, ...], items: list[Any]) -> tuple[str, list[Any]]:
+    async def batched(key: tuple[Any, ...], items: list[Any], request: Request | None = None) -> tuple[str, list[Any]]:
+        """The batch's answer; with `request`, a client that disconnects first takes its inputs out of
+        the queue (a stream cancels its job instead, when Starlette sees the disconnect)."""
         try:
-            return await batcher.submit(key, items)
+            return await batcher.submit(key, items, gone=None if request is None else
+                                        lambda: disconnected(request.receive))
+        except Abandoned as exc:  # nobody reads this answer: it is for the log and the request's span
+            log.info("%s: the client closed the connection before its answer; its inputs were dropped",
+                     request.url.path if request else "request")
+            raise ApiError(499, "the client closed the request", code="client_closed_request") from exc
         except NotRunning as exc:
             raise ApiError(503, f"{exc}; retry shortly", type_="server_error") from exc
         except NotServed as exc:
@@ -275,8 +289,8 @@ def create_app(live: LiveDeployment, *, max_batch: int = 8, max_wait_s: float = 
                         "total_tokens": prompt_tokens + completion_tokens}})
                 yield "data: [DONE]\n\n"
             finally:
-                if not job.done():  # the client went away: its batch still runs, nobody reads it
-                    job.add_done_callback(lambda j: j.exception() if not j.cancelled() else None)
+                if not job.done():  # the client went away: a queued job leaves the queue
+                    job.cancel()
 
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
@@ -335,7 +349,7 @@ def create_app(live: LiveDeployment, *, max_batch: int = 8, max_wait_s: float = 
         served = live.current
         return {"status": "ok", "deployment": live.deployment, "manifest_id": served.manifest_id if served else None,
                 "following": live.following, "pinned": live.pinned is not None, "swaps": live.swaps,
-                "last_error": live.last_error, "batches": batcher.stats.batches,
+                "last_error": live.last_error, "queued": batcher.queued, "batches": batcher.stats.batches,
                 "inputs": batcher.stats.inputs, "mean_batch": round(batcher.stats.mean_batch, 2),
                 "model_s": round(batcher.stats.model_s, 4)}
 
@@ -359,7 +373,7 @@ def create_app(live: LiveDeployment, *, max_batch: int = 8, max_wait_s: float = 
 
     @app.post("/v1/completions", response_model=s.CompletionResponse, tags=["openai"], responses=STREAM_DOC,
               dependencies=[Depends(authorized)])
-    async def completions(req: s.CompletionRequest) -> Response:
+    async def completions(req: s.CompletionRequest, request: Request) -> Response:
         """Continue each prompt as given (no template): OpenAI's legacy completions."""
         served = serving(req.model, "completions")
         prompts = req.prompts()
@@ -377,7 +391,7 @@ def create_app(live: LiveDeployment, *, max_batch: int = 8, max_wait_s: float = 
 
             return streamed(("completions", params, False), prompts, piece, [], req.usage_chunk(),
                             {"id": cid, "object": "text_completion", "created": created, "model": served.deployment})
-        manifest_id, outs = await batched(("completions", params, False), [Prompt(p) for p in prompts])
+        manifest_id, outs = await batched(("completions", params, False), [Prompt(p) for p in prompts], request)
         usage = s.Usage(prompt_tokens=sum(o.prompt_tokens for o in outs),
                         completion_tokens=sum(o.completion_tokens for o in outs),
                         total_tokens=sum(o.prompt_tokens + o.completion_tokens for o in outs))
@@ -388,7 +402,7 @@ def create_app(live: LiveDeployment, *, max_batch: int = 8, max_wait_s: float = 
 
     @app.post("/v1/chat/completions", response_model=s.ChatResponse, tags=["openai"], responses=STREAM_DOC,
               dependencies=[Depends(authorized)])
-    async def chat(req: s.ChatRequest) -> Response:
+    async def chat(req: s.ChatRequest, request: Request) -> Response:
         """One user message is the deployment's task input, rendered with its prompt as evaluated; a
         conversation uses the tokenizer's chat template."""
         served = serving(req.model, "completions")
@@ -411,7 +425,7 @@ def create_app(live: LiveDeployment, *, max_batch: int = 8, max_wait_s: float = 
             opening = {**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
                                             "finish_reason": None, "logprobs": None}]}
             return streamed(("completions", params, templated), [prompt], delta, [opening], req.usage_chunk(), head)
-        manifest_id, (out,) = await batched(("completions", params, templated), [Prompt(prompt)])
+        manifest_id, (out,) = await batched(("completions", params, templated), [Prompt(prompt)], request)
         return answer(s.ChatResponse(
             id=f"chatcmpl-{uuid4().hex}", created=int(time.time()), model=served.deployment,
             choices=[s.ChatChoice(index=0, message=s.AssistantMessage(content=out.text),
@@ -421,10 +435,10 @@ def create_app(live: LiveDeployment, *, max_batch: int = 8, max_wait_s: float = 
 
     @app.post("/v1/embeddings", response_model=s.EmbeddingResponse, tags=["openai"],
               dependencies=[Depends(authorized)])
-    async def embeddings(req: s.EmbeddingRequest) -> Response:
+    async def embeddings(req: s.EmbeddingRequest, request: Request) -> Response:
         """L2-normalised sentence embeddings (mean pooling), as the task embeds text."""
         served = serving(req.model, "embeddings")
-        manifest_id, outs = await batched(("embeddings",), req.texts())
+        manifest_id, outs = await batched(("embeddings",), req.texts(), request)
 
         def encode(vector: list[float]) -> list[float] | str:
             if req.encoding_format == "base64":
@@ -438,10 +452,10 @@ def create_app(live: LiveDeployment, *, max_batch: int = 8, max_wait_s: float = 
 
     @app.post("/v1/classify", response_model=s.ClassifyResponse, tags=["weightflow"],
               dependencies=[Depends(authorized)])
-    async def classify(req: s.ClassifyRequest) -> Response:
+    async def classify(req: s.ClassifyRequest, request: Request) -> Response:
         """The label the deployment gives each input, and every label's probability."""
         served = serving(req.model, "classify")
-        manifest_id, outs = await batched(("classify",), req.texts())
+        manifest_id, outs = await batched(("classify",), req.texts(), request)
         tokens = sum(o.tokens for o in outs)
         return answer(s.ClassifyResponse(
             data=[s.Classification(index=i, label=o.label, scores=o.scores) for i, o in enumerate(outs)],

@@ -7,8 +7,10 @@ hand it one: under load the event loop is busy with HTTP, and every millisecond 
 to the batcher is a millisecond the model idles. While a batch runs, requests queue; the next batch
 takes the oldest request and every queued one with the same key (same endpoint and decoding
 parameters), up to `max_batch` inputs: the batch size the deployment's memory budget was computed for.
-A lone request waits at most `max_wait_s` for company. A request whose client went away is dropped
-before it costs model time.
+A lone request waits at most `max_wait_s` for company. A request whose caller went away (its task
+cancelled, or the `gone` awaitable it was submitted with finished: the HTTP client disconnected) is
+dropped before it costs model time; under overload, clients that time out and retry would otherwise
+have the model run every abandoned copy.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -31,6 +33,11 @@ Run = Callable[[Hashable, list[Any]], tuple[str, Sequence[R]]]
 
 class NotRunning(RuntimeError):
     """The batcher takes no work: the server is starting or stopping, or its model thread has died."""
+
+
+class Abandoned(Exception):
+    """The caller went away before its answer: its inputs were dropped from the queue (or, if their
+    batch was already running, its results are)."""
 
 
 @dataclass
@@ -83,14 +90,42 @@ class Batcher(Generic[R]):
             self._changed.notify()
         return left
 
-    async def submit(self, key: Hashable, items: Sequence[Any]) -> tuple[str, list[R]]:
+    @property
+    def queued(self) -> int:
+        """Requests waiting for a pass (not counting the one running)."""
+        with self._changed:
+            return sum(1 for job in self._queue if not job.future.done())
+
+    async def submit(self, key: Hashable, items: Sequence[Any], *,
+                     gone: Callable[[], Awaitable[object]] | None = None) -> tuple[str, list[R]]:
+        """The tag and one result per item. `gone()` returns once the caller has left (an HTTP client
+        disconnecting): the request is then dropped and `Abandoned` raised."""
         if self._loop is None or self._stopping or self._thread is None or not self._thread.is_alive():
             raise NotRunning("the model is not running (the server is starting or stopping)")
         future: asyncio.Future[tuple[str, list[R]]] = self._loop.create_future()
         with self._changed:
             self._queue.append(_Job(key, list(items), future))
             self._changed.notify()
-        return await future
+        if gone is None:
+            return await future
+        watcher = asyncio.ensure_future(gone())
+
+        def left(w: asyncio.Future[object]) -> None:
+            if not w.cancelled():  # it returned (or failed): nobody waits for this answer any more
+                w.exception()
+                future.cancel()
+
+        watcher.add_done_callback(left)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():  # this caller itself was cancelled
+                raise
+            raise Abandoned("the caller went away before its answer") from None
+        finally:
+            watcher.remove_done_callback(left)
+            watcher.cancel()
 
     # -- on the model thread ------------------------------------------------------------------
     def _take(self) -> list[_Job[R]]:
