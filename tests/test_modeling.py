@@ -516,3 +516,23 @@ def test_repository_code_in_a_checkpoint_is_never_run(model_dirs: dict[str, Path
     except ValueError as exc:  # transformers may refuse outright: just as good
         assert "trust_remote_code" in str(exc)
     assert not sentinel.exists()
+
+
+@pytest.mark.parametrize(("given", "services", "serve"), [
+    ({}, "PASSIVE", "None"),  # ours: workers sleep at once (services share cores); a server spins first
+    ({"OMP_WAIT_POLICY": "ACTIVE"}, "ACTIVE", "ACTIVE"),  # the user's choice holds everywhere
+    ({"OMP_WAIT_POLICY": "PASSIVE"}, "PASSIVE", "PASSIVE"),
+    ({"OMP_WAIT_POLICY": "PASSIVE", "WEIGHTFLOW_OMP_WAIT_POLICY_DEFAULTED": "1"}, "PASSIVE", "None"),  # inherited
+])
+def test_openmp_wait_policy_is_passive_for_services_and_openmp_s_own_for_a_server(
+        given: dict[str, str], services: str, serve: str) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "WEIGHTFLOW_OMP_WAIT_POLICY_DEFAULTED")}
+    script = ("import os, shared.modeling as m; before = os.environ.get('OMP_WAIT_POLICY'); m.openmp_spins(); "
+              "print(before, os.environ.get('OMP_WAIT_POLICY'))")
+    out = subprocess.run([sys.executable, "-c", script], env=env | given, capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.split() == [services, serve]

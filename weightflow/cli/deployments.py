@@ -154,6 +154,9 @@ def serve(deployment: str,
     import asyncio
     import os
 
+    from shared.modeling import openmp_spins
+
+    openmp_spins()  # before torch loads: this process's cores are the model's
     import uvicorn
 
     from shared.telemetry import setup_tracing
