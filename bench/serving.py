@@ -9,10 +9,12 @@ each repetition on the same texts (the example's eval set, one text per request)
   per-request latency under load;
 * the same with 16 httpx clients in threads (what a Python application pays: httpx spends about 3.5 ms
   of CPU per request, on the cores the server needs on a 2-core machine);
+* the same, served without `--dedicated-cores` (the CLI's default, OpenMP workers sleep at once);
 * in-process batched: the task's `classify` on batches of 8 (the server's batch), no HTTP: the
   throughput the server should approach (target: served >= 0.8x);
 * plain transformers loop, one request at a time (`eval_throughput.PlainLoop`): what serving without
   batching gives;
+* one client beside a busy process (a Python busy loop), with and without `--dedicated-cores`;
 * one client (aiohttp), one request at a time: served latency vs the in-process call on one text (the
   HTTP overhead; target p95 + 5 ms at most), and the client's latency less the server's own model time.
 * a language model (the language-model example's SmolLM2-135M; a tiny random Llama in --smoke): 16
@@ -23,7 +25,10 @@ On a 2-core machine the clients share the cores with the server: their CPU is pa
 throughput pays for, so each row notes the client CPU per request. The server's own time in the model
 (`/healthz` `model_s` over `inputs`) per input against the in-process call says how much the HTTP stack slows the
 model thread: on 2 cores mostly by taking a core from one of torch's two intra-op threads (a busy
-process slows the in-process model as much as a busy thread does), less by the GIL.
+process slows the in-process model as much as a busy thread does), less by the GIL. Both sides run with
+the same OpenMP wait policy: OpenMP's default (this process imports torch before `shared.modeling` sets
+PASSIVE, and the server runs with `--dedicated-cores`), or whatever OMP_WAIT_POLICY says. One more row
+serves without `--dedicated-cores` (PASSIVE, the CLI's default): what a server sharing its cores gets.
 """
 
 from __future__ import annotations
@@ -191,14 +196,15 @@ class ServerTally:
 
 
 @contextmanager
-def serving(home: Path, deployment: str, manifest_id: str, device: str) -> Iterator[str]:
-    """`weightflow serve --manifest` in its own process with the CLI's defaults; yields its URL."""
+def serving(home: Path, deployment: str, manifest_id: str, device: str, *, dedicated: bool = True) -> Iterator[str]:
+    """`weightflow serve --manifest` in its own process with the CLI's defaults, and `--dedicated-cores`
+    unless told otherwise (the in-process baseline runs with the same OpenMP policy); yields its URL."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = bench_env() | {"WEIGHTFLOW_HOME": str(home), "WEIGHTFLOW_DEVICE": device}
     proc = subprocess.Popen([sys.executable, "-m", "weightflow.cli", "serve", deployment, "--manifest",
                              manifest_id, "--port", str(port), "--max-batch", str(MAX_BATCH),
-                             "--max-wait-ms", str(MAX_WAIT_MS)],
+                             "--max-wait-ms", str(MAX_WAIT_MS)] + (["--dedicated-cores"] if dedicated else []),
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _wait_ready(url, proc)
@@ -252,8 +258,10 @@ def run(cfg: Config) -> Report:
                 in_process_ms.append((time.perf_counter() - start) * 1000)
             return 0.0
 
-        with serving(home, DEPLOYMENT, manifest_id, cfg.device) as url:
+        with serving(home, DEPLOYMENT, manifest_id, cfg.device) as url, \
+                serving(home, DEPLOYMENT, manifest_id, cfg.device, dedicated=False) as shared_url:
             loaded_clients = AioClients(url, CLIENTS)
+            shared_clients = AioClients(shared_url, CLIENTS)
             httpx_clients = HttpxClients(url, CLIENTS)
             one_client = AioClients(url, 1)
             loaded_tally, single_tally = ServerTally(url), ServerTally(url)
@@ -262,10 +270,12 @@ def run(cfg: Config) -> Report:
                 one_client.run(single)
                 return 0.0
 
-            served_rps, httpx_rps, batched_rps, plain_rps, _, _ = interleave(
-                [loaded_tally.around(lambda: loaded_clients.run(texts)), lambda: httpx_clients.run(texts),
+            served_rps, shared_rps, httpx_rps, batched_rps, plain_rps, _, _ = interleave(
+                [loaded_tally.around(lambda: loaded_clients.run(texts)), lambda: shared_clients.run(texts),
+                 lambda: httpx_clients.run(texts),
                  in_process_batched, plain_one_at_a_time, single_tally.around(served_single), in_process_single],
                 cfg.reps)
+            busy_rows = _beside_a_busy_process(cfg, url, shared_url, single)
         generation_rows = _generation(cfg, Path(tmp), store, home)
 
     aio_cpu = percentile(loaded_clients.client_cpu_ms[1:], 50)  # less the warm-up (first session)
@@ -273,6 +283,9 @@ def run(cfg: Config) -> Report:
     report.add(Row(f"throughput, served ({CLIENTS} clients) vs in-process batched", "requests/s", Stat.of(served_rps),
                    Stat.of(batched_rps), f"task.classify, batches of {MAX_BATCH}", "higher",
                    f"target: ratio >= 0.8; aiohttp clients, {aio_cpu:.2f} ms client CPU per request"))
+    report.add(Row(f"throughput, served without --dedicated-cores ({CLIENTS} clients) vs in-process batched",
+                   "requests/s", Stat.of(shared_rps), Stat.of(batched_rps), f"task.classify, batches of {MAX_BATCH}",
+                   "higher", "the default: OMP_WAIT_POLICY=PASSIVE in the server, safe beside busy processes"))
     report.add(Row(f"throughput, served ({CLIENTS} clients) vs one request at a time", "requests/s",
                    Stat.of(served_rps), Stat.of(plain_rps), "plain transformers loop, batch 1", "higher"))
     report.add(Row(f"throughput, served ({CLIENTS} httpx clients in threads) vs in-process batched", "requests/s",
@@ -305,12 +318,30 @@ def run(cfg: Config) -> Report:
                    Stat.of([percentile(loaded_ms, 50), percentile(loaded_ms, 95)]), note="n = 2 values: p50, p95"))
     report.add(Row(f"mean batch the server ran for {CLIENTS} clients", "inputs", Stat.of([loaded_tally.mean_batch]),
                    note=f"{loaded_tally.batches} batches, every repetition and the warm-up; at most {MAX_BATCH}"))
-    for row in generation_rows:
+    for row in busy_rows + generation_rows:
         report.add(row)
     report.notes.append(f"{n_requests} requests per repetition, {cfg.reps} repetitions after one warm-up, device "
                         f"{cfg.device}; the clients run in the bench process, the server in its own.")
     report.config.update(requests=n_requests, clients=CLIENTS, max_batch=MAX_BATCH, single=n)
     return report
+
+
+def _beside_a_busy_process(cfg: Config, dedicated_url: str, shared_url: str, texts: Sequence[str]) -> list[Row]:
+    """One client, one text at a time, while another process keeps a core busy (a Python busy loop): what
+    `--dedicated-cores` costs a server that in fact shares its cores."""
+    dedicated, shared = AioClients(dedicated_url, 1), AioClients(shared_url, 1)
+    burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        interleave([lambda: dedicated.run(texts), lambda: shared.run(texts)], cfg.reps)
+    finally:
+        burner.kill()
+        burner.wait()
+    n = len(texts)  # less the warm-up round
+    with_spin, passive = dedicated.latencies_ms[n:], shared.latencies_ms[n:]
+    return [Row(f"beside a busy process, one client: latency {q}, --dedicated-cores vs without", "ms",
+                Stat.of([percentile(with_spin, p)]), Stat.of([percentile(passive, p)]),
+                "the CLI's default (PASSIVE)", "lower", "a Python busy loop in another process on the same cores")
+            for q, p in (("p50", 50), ("p95", 95))]
 
 
 # -- a language model: /v1/completions vs task.complete ----------------------------------------------

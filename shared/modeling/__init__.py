@@ -20,10 +20,12 @@ if "OMP_WAIT_POLICY" not in os.environ:
 
 
 def openmp_spins() -> None:
-    """For a process that owns its cores (`weightflow serve`): OpenMP's own default, a worker spins for
-    a few milliseconds before it sleeps, unless the user set OMP_WAIT_POLICY. With PASSIVE every parallel
-    region wakes its workers from a futex: the served MiniLM ran 11 % fewer requests/s under 16 clients
-    (bench §8). libgomp reads the policy once, when torch loads it: call this before importing torch."""
+    """For a process that has its cores to itself (`weightflow serve --dedicated-cores`): OpenMP's own
+    default, a worker spins for a few milliseconds before it sleeps, unless the user set OMP_WAIT_POLICY.
+    Measured on 2 cores (bench §8): with PASSIVE every parallel region wakes its workers from a futex, and
+    the served MiniLM ran 168 vs 187 requests/s under 16 clients; but beside one busy process, spinning took
+    one client's p95 from 27 to 158 ms. libgomp reads the policy once, when torch loads it: call this
+    before importing torch."""
     if os.environ.pop(DEFAULTED, None):
         os.environ.pop("OMP_WAIT_POLICY", None)
     if "torch" in sys.modules:

@@ -146,7 +146,12 @@ def serve(deployment: str,
           public_url: str = typer.Option("", help="the URL the canary reaches this server at "
                                                   "(default: http://HOST:PORT)"),
           announce: bool = typer.Option(True, help="tell monitoring where the deployment is served, so the canary "
-                                                   "probes this server (not with --manifest)")) -> None:
+                                                   "probes this server (not with --manifest)"),
+          dedicated_cores: bool = typer.Option(False, "--dedicated-cores",
+                                               help="the server has its CPU cores to itself: OpenMP workers spin a "
+                                                    "few ms between operations instead of sleeping (more throughput, "
+                                                    "lower latency; far worse tails beside busy processes or under a "
+                                                    "CPU quota). An OMP_WAIT_POLICY you set wins")) -> None:
     """Serve the live model over HTTP (OpenAI-compatible routes), swapping on promotion and rollback.
 
     With WEIGHTFLOW_SERVE_API_KEY set, clients must send `Authorization: Bearer <key>`.
@@ -156,7 +161,8 @@ def serve(deployment: str,
 
     from shared.modeling import openmp_spins
 
-    openmp_spins()  # before torch loads: this process's cores are the model's
+    if dedicated_cores:
+        openmp_spins()  # before torch loads
     import uvicorn
 
     from shared.telemetry import setup_tracing
