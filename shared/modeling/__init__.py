@@ -23,8 +23,8 @@ def openmp_spins() -> None:
     """For a process that has its cores to itself (`weightflow serve --dedicated-cores`): OpenMP's own
     default, a worker spins for a few milliseconds before it sleeps, unless the user set OMP_WAIT_POLICY.
     Measured on 2 cores (bench §8): with PASSIVE every parallel region wakes its workers from a futex, and
-    the served MiniLM ran 168 vs 187 requests/s under 16 clients; but beside one busy process, spinning took
-    one client's p95 from 27 to 158 ms. libgomp reads the policy once, when torch loads it: call this
+    the served MiniLM ran 11-21 % fewer requests/s under 16 clients; but beside one busy process, spinning
+    took one client's p95 from 25 to 169 ms. libgomp reads the policy once, when torch loads it: call this
     before importing torch."""
     if os.environ.pop(DEFAULTED, None):
         os.environ.pop("OMP_WAIT_POLICY", None)
