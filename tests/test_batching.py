@@ -138,23 +138,29 @@ def test_a_caller_that_leaves_while_queued_is_abandoned_and_costs_no_model_time(
         left = asyncio.ensure_future(batcher.submit("a", [99], gone=leaves.wait))
         kept = asyncio.ensure_future(batcher.submit("a", [5], gone=stays.wait))
         cancelled = asyncio.ensure_future(batcher.submit("a", [77], gone=asyncio.Event().wait))
+
+        async def broken_watch() -> None:
+            raise OSError("cannot read the connection")
+
+        broken = asyncio.ensure_future(batcher.submit("a", [6], gone=broken_watch))  # not a departure: answered
         await asyncio.sleep(0)
-        assert batcher.queued == 3
+        assert batcher.queued == 4
         leaves.set()
         with pytest.raises(Abandoned):
             await left
         cancelled.cancel()
         with pytest.raises(asyncio.CancelledError):
             await cancelled
-        assert batcher.queued == 1
+        assert batcher.queued == 2
         model.gate.set()
         assert await first == ("m1", [0])
         assert await kept == ("m1", [10])
+        assert await broken == ("m1", [12])
         stays.set()  # after its answer: nothing happens
         await asyncio.sleep(0)
         assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []
         await batcher.stop()
-        assert model.calls == [("a", [0]), ("a", [5])]
+        assert model.calls == [("a", [0]), ("a", [5, 6])]
 
     asyncio.run(go())
 

@@ -522,7 +522,8 @@ def test_repository_code_in_a_checkpoint_is_never_run(model_dirs: dict[str, Path
     ({}, "PASSIVE", "None"),  # ours: workers sleep at once (services share cores); a server spins first
     ({"OMP_WAIT_POLICY": "ACTIVE"}, "ACTIVE", "ACTIVE"),  # the user's choice holds everywhere
     ({"OMP_WAIT_POLICY": "PASSIVE"}, "PASSIVE", "PASSIVE"),
-    ({"OMP_WAIT_POLICY": "PASSIVE", "WEIGHTFLOW_OMP_WAIT_POLICY_DEFAULTED": "1"}, "PASSIVE", "None"),  # inherited
+    ({"OMP_WAIT_POLICY": "PASSIVE", "WEIGHTFLOW_OMP_WAIT_POLICY_DEFAULTED": "PASSIVE"}, "PASSIVE", "None"),  # inherited
+    ({"OMP_WAIT_POLICY": "ACTIVE", "WEIGHTFLOW_OMP_WAIT_POLICY_DEFAULTED": "PASSIVE"}, "ACTIVE", "ACTIVE"),  # set since
 ])
 def test_openmp_wait_policy_is_passive_for_services_and_openmp_s_own_for_a_server(
         given: dict[str, str], services: str, serve: str) -> None:

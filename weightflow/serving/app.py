@@ -100,7 +100,8 @@ def _run_batch(live: LiveDeployment) -> Any:
 
 async def disconnected(receive: Receive) -> None:
     """Returns once the client has closed the connection. Only after the request's body was read: the
-    next message is then the disconnect (uvicorn, ASGI spec 2.3)."""
+    next message is then the disconnect (uvicorn, ASGI spec 2.3). uvicorn tells only the newest request of
+    a connection: an earlier pipelined one is answered to nobody rather than dropped."""
     while (await receive())["type"] != "http.disconnect":
         pass
 
@@ -291,6 +292,8 @@ def create_app(live: LiveDeployment, *, max_batch: int = 8, max_wait_s: float = 
             finally:
                 if not job.done():  # the client went away: a queued job leaves the queue
                     job.cancel()
+                elif not job.cancelled():
+                    job.exception()  # read, or asyncio logs a failure nobody saw as never retrieved
 
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"cache-control": "no-cache", "x-accel-buffering": "no"})

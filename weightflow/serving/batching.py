@@ -103,17 +103,20 @@ class Batcher(Generic[R]):
         if self._loop is None or self._stopping or self._thread is None or not self._thread.is_alive():
             raise NotRunning("the model is not running (the server is starting or stopping)")
         future: asyncio.Future[tuple[str, list[R]]] = self._loop.create_future()
+        watcher = None if gone is None else asyncio.ensure_future(gone())  # before queueing: gone() may raise
         with self._changed:
             self._queue.append(_Job(key, list(items), future))
             self._changed.notify()
-        if gone is None:
+        if watcher is None:
             return await future
-        watcher = asyncio.ensure_future(gone())
 
         def left(w: asyncio.Future[object]) -> None:
-            if not w.cancelled():  # it returned (or failed): nobody waits for this answer any more
-                w.exception()
-                future.cancel()
+            if w.cancelled():
+                return
+            if (exc := w.exception()) is not None:  # the watch broke, not the caller: keep waiting
+                log.warning("cannot tell whether the caller is still there: %r", exc)
+                return
+            future.cancel()  # it returned: nobody waits for this answer any more
 
         watcher.add_done_callback(left)
         try:
