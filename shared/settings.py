@@ -38,6 +38,11 @@ class Settings(BaseSettings):
     canary_interval_s: float | None = None
     scheduler_tick_s: float = 1.0
     otlp_endpoint: str | None = None
+    # Operator endpoints (/metrics, /healthz, /readyz; shared.ops_server): off when None, a free port when 0
+    # (announced under <home>/ops/targets/ for Prometheus and `weightflow doctor`). The embedded stack uses 0.
+    ops_port: int | None = None
+    ops_host: str = "127.0.0.1"
+    metrics_interval_s: float = 5.0  # how often consumer lag and outbox depth are read for /metrics
     # Extra modules to import at start (comma-separated): model sources, tasks, quantizers, tuners
     # registered by a team's own code (see shared.modeling.registry).
     plugins: str = ""

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from contracts.topology import SERVICES
 from shared.natsd import EmbeddedNats
+from shared.ops_server import targets
 from shared.settings import NATS_URL_FILE, Settings
 
 
@@ -45,6 +46,9 @@ class Stack:
         env.setdefault("HF_HUB_OFFLINE", "1")
         env.setdefault("TRANSFORMERS_OFFLINE", "1")
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
+        # Every process serves /metrics, /healthz and /readyz on a free loopback port, announced under
+        # <home>/ops/targets/ (Prometheus file_sd; `weightflow doctor`), unless a port was chosen.
+        env.setdefault("WEIGHTFLOW_OPS_PORT", "0")
         return env
 
     def start(self) -> Stack:
@@ -62,6 +66,7 @@ class Stack:
         return f"{name}-{replica}"
 
     def spawn(self, name: str, replica: int = 0) -> subprocess.Popen[bytes]:
+        targets(self.home, prune=True)  # a killed process leaves its target behind: Prometheus would alert on it
         logs = self.home / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         log = (logs / f"{self.key(name, replica)}.log").open("ab")

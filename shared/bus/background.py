@@ -29,6 +29,9 @@ class Background:
     store: ArtifactStore | None
     _relay_lock: asyncio.Lock | None = None
 
+    def observe_published(self, subject: str, payload: bytes) -> None:
+        """Called once an event is on the stream (the runtime counts it for its metrics)."""
+
     async def publish_outbox(self) -> None:
         """Publish this service's committed events in order (one relay at a time per process)."""
         assert self.engine is not None and self.broker is not None
@@ -39,6 +42,7 @@ class Background:
         async def publish(subject: str, payload: bytes, headers: dict[str, str]) -> None:
             await broker.publish(payload, subject, headers=headers, stream=stream_for(subject, self.settings),
                                  timeout=2.0)
+            self.observe_published(subject, payload)
 
         async with self._relay_lock:
             await outbox.relay(self.engine, self.service.name, publish, asyncio.to_thread)

@@ -84,6 +84,14 @@ def oldest_unpublished_age_s(engine: Engine, service: str | None = None, now: da
     return max(0.0, (now - oldest).total_seconds())
 
 
+def unpublished_count(engine: Engine, service: str) -> int:
+    """Rows committed and still waiting to be published (parked rows are not waiting)."""
+    with Session(engine) as session:
+        return int(session.exec(
+            select(func.count()).select_from(OutboxRecord).where(OutboxRecord.service == service)
+            .where(col(OutboxRecord.published_at).is_(None)).where(col(OutboxRecord.parked_at).is_(None))).one())
+
+
 def parked(engine: Engine) -> list[OutboxRecord]:
     with Session(engine) as session:
         return list(session.exec(select(OutboxRecord).where(col(OutboxRecord.parked_at).is_not(None))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -21,17 +22,20 @@ from faststream.nats.opentelemetry import NatsTelemetryMiddleware
 from faststream.specification import AsyncAPI
 
 from contracts.base import SUBJECT_PREFIX, Event
+from shared import metrics
 from shared.artifacts import ArtifactStore
 from shared.bus import lifecycle
 from shared.bus.background import Background
 from shared.bus.dead_letters import write_dead_letter
 from shared.bus.decoding import bounded_decoder
 from shared.bus.errors import PermanentError, UndecodableMessage
+from shared.bus.outbox import oldest_unpublished_age_s, unpublished_count
 from shared.bus.processing import already_processed, commit
 from shared.bus.runs import NatsRuns, check_run, lookup
 from shared.bus.service import Delivery, HandlerContext, HandlerSpec, Service
 from shared.bus.sweeper import Sweeper
 from shared.db import create_tables, make_engine
+from shared.ops_server import OpsServer
 from shared.settings import Settings
 from shared.telemetry import current_trace_id, setup_tracing
 
@@ -48,6 +52,9 @@ class ServiceRuntime(lifecycle.Lifecycle, Background):
         self.service = service
         self.broker: NatsBroker | None = None
         self.runs: NatsRuns | None = None
+        self.ops: OpsServer | None = None
+        self._bound = False  # every consumer subscribed
+        self._loop_tick = time.monotonic()  # the event loop's last sign of life, for /healthz
 
     # -- wiring ------------------------------------------------------------------------------
     def build(self, url: str | None = None) -> FastStream:
@@ -76,7 +83,7 @@ class ServiceRuntime(lifecycle.Lifecycle, Background):
             broker.publisher(event_type.subject(), schema=event_type, title=f"{service.name}>{event_type.type_name()}",
                              description=" ".join((event_type.__doc__ or "").split()))
         return FastStream(broker, on_startup=[self._on_startup], after_startup=[self._after_startup],
-                          on_shutdown=[self.on_shutdown], after_shutdown=[self.after_shutdown],
+                          on_shutdown=[self.on_shutdown], after_shutdown=[self._after_shutdown],
                           specification=AsyncAPI(title=f"weightflow {service.name}", version="2"))
 
     def run(self) -> None:
@@ -121,56 +128,84 @@ class ServiceRuntime(lifecycle.Lifecycle, Background):
             self.start_task(self.periodic_loop(interval, fn))
         sweeper = Sweeper(self.service, self.settings, self.engine, js, self.dead_letter_raw)
         self.start_task(sweeper.loop())
+        self._bound = True
+        self.start_task(self.observe_loop())
+        if self.settings.ops_port is not None:
+            self.ops = OpsServer(self.service.name, self.settings.ops_host, self.settings.ops_port,
+                                 live={"event_loop": self._loop_alive}, ready=self.readiness_checks()).start()
+            self.ops.announce(self.settings.home, {"service": self.service.name, "kind": "service"})
+            log.info("service %s: /metrics, /healthz, /readyz on %s:%d", self.service.name, self.ops.host,
+                     self.ops.port)
         log.info("service %s consuming %s", self.service.name, [s.event_type.subject() for s in self.service.handlers])
+
+    async def _after_shutdown(self) -> None:
+        if self.ops is not None:
+            self.ops.stop()  # also withdraws the announced target: Prometheus stops scraping a process that left
+            self.ops = None
+        await self.after_shutdown()
 
     # -- one message -------------------------------------------------------------------------
     async def handle(self, spec: HandlerSpec[Any], event: Event, msg: NatsMessage) -> None:
+        started = time.perf_counter()
+        name = spec.event_type.type_name()
+        outcome = await self._handle(spec, event, msg)
+        metrics.EVENTS_CONSUMED.labels(self.service.name, name, outcome).inc()
+        metrics.HANDLER_SECONDS.labels(self.service.name, name).observe(time.perf_counter() - started)
+
+    async def _handle(self, spec: HandlerSpec[Any], event: Event, msg: NatsMessage) -> str:
+        """Deliver one message; returns its outcome for the metrics."""
         meta = msg.raw_message.metadata
         delivery = Delivery(msg.raw_message.subject, meta.sequence.stream if meta.sequence else None,
                             meta.num_delivered or 1)
+        if delivery.deliveries > 1:
+            metrics.REDELIVERIES.labels(self.service.name, spec.event_type.type_name()).inc()
         budget = self.settings.max_deliver
         if self.stopping:  # shutting down: leave it to a replica or to our own restart
             await msg.nack(delay=1.0)
-            return
+            return "handed_back"
         if delivery.deliveries > budget:
             await self.dead_letter(msg, "exhausted", (
                 f"delivered {delivery.deliveries - 1} times without an ack: the {self.service.name} handler crashed, "
                 f"hung or was killed every time (see its log)"))
-            return
+            return "dead_lettered"
         with self.in_flight(msg):
             try:
                 if spec.requires_run:
                     assert self.runs is not None
                     check_run(event, await lookup(self.runs, event.run_id))
-                await asyncio.to_thread(self._process, spec, event, delivery)
+                handled = await asyncio.to_thread(self._process, spec, event, delivery)
             except PermanentError as exc:
                 await self.dead_letter(msg, exc.reason, f"{type(exc).__name__}: {exc}")
-                return
+                return "dead_lettered"
             except Exception as exc:
                 log.exception("%s failed on %s (delivery %d of %d)", self.service.name, event.type_name(),
                               delivery.deliveries, budget)
                 if delivery.deliveries >= budget:
                     await self.dead_letter(msg, "exhausted",
                                            f"{type(exc).__name__}: {exc} (after {delivery.deliveries} deliveries)")
-                else:
-                    await msg.nack(delay=backoff_s(delivery.deliveries, self.settings.retry_backoff_cap_s))
-                return
+                    return "dead_lettered"
+                await msg.nack(delay=backoff_s(delivery.deliveries, self.settings.retry_backoff_cap_s))
+                return "retried"
         if self.released(msg):  # NAKed at shutdown; its redelivery will find the inbox row
-            return
+            return "handed_back"
         self.crash_point("after_commit")
         await self.publish_outbox()
         await msg.ack()
+        return "handled" if handled else "duplicate"
 
-    def _process(self, spec: HandlerSpec[Any], event: Event, delivery: Delivery) -> None:
+    def _process(self, spec: HandlerSpec[Any], event: Event, delivery: Delivery) -> bool:
+        """Handle and commit; False when the event had already been handled (here or by a replica)."""
         assert self.engine is not None and self.store is not None
         if already_processed(self.engine, self.service.name, str(event.event_id)):
             log.info("%s: %s %s already processed", self.service.name, event.type_name(), event.event_id)
-            return
+            return False
         ctx = HandlerContext(self.service.name, self.store, self.settings, self.engine, delivery)
         result = spec.fn(event, ctx)  # the model work: no transaction is open
         if not commit(self.engine, self.service.name, event, result, self.crash_point):
             log.info("%s: %s %s was committed concurrently elsewhere", self.service.name, event.type_name(),
                      event.event_id)
+            return False
+        return True
 
     # -- dead letters ------------------------------------------------------------------------
     async def dead_letter(self, msg: NatsMessage, reason: str, error: str) -> None:
@@ -196,5 +231,67 @@ class ServiceRuntime(lifecycle.Lifecycle, Background):
                           subject, reason)
             return False
         log.error("%s dead-lettered %s (%s): %s", self.service.name, subject, reason, error[:300])
+        metrics.DEAD_LETTERS.labels(self.service.name, reason).inc()
         await self.publish_outbox()
         return True
+
+    # -- what operators watch ----------------------------------------------------------------
+    def observe_published(self, subject: str, payload: bytes) -> None:
+        metrics.observe_published(self.service.name, subject, payload)
+
+    def _loop_alive(self) -> tuple[bool, str]:
+        """The event loop ticks every second; a loop stuck for half an ack_wait cannot ack or heartbeat."""
+        silent = time.monotonic() - self._loop_tick
+        limit = max(10.0, self.settings.ack_wait_s / 2)
+        return silent < limit, f"last tick {silent:.1f} s ago (limit {limit:.0f} s)"
+
+    def readiness_checks(self) -> dict[str, Callable[[], tuple[bool, str]]]:
+        def nats() -> tuple[bool, str]:
+            connected = self.broker is not None and self.broker.connection.is_connected
+            return connected, "connected" if connected else "not connected (reconnecting)"
+
+        def database() -> tuple[bool, str]:
+            assert self.engine is not None
+            from sqlalchemy import text
+
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            return True, self.engine.url.render_as_string(hide_password=True)
+
+        def consumers() -> tuple[bool, str]:
+            return self._bound, f"{len(self.service.handlers)} bound" if self._bound else "not yet bound"
+
+        def draining() -> tuple[bool, str]:
+            return not self.stopping, "shutting down: taking no new work" if self.stopping else "taking work"
+
+        return {"nats": nats, "database": database, "consumers": consumers, "not_draining": draining}
+
+    async def observe_loop(self) -> None:
+        """Keep the gauges a scrape reads current: readiness, consumer lag, outbox depth; and tick for /healthz."""
+        name = self.service.name
+        next_read = 0.0
+        while True:
+            self._loop_tick = now = time.monotonic()
+            if now >= next_read:
+                next_read = now + self.settings.metrics_interval_s
+                try:
+                    await self._observe_once()
+                except Exception as exc:  # NATS away, database locked: the gauges keep their last values
+                    log.debug("%s: metrics refresh failed: %s", name, exc)
+            await asyncio.sleep(1.0)
+
+    async def _observe_once(self) -> None:
+        assert self.broker is not None and self.engine is not None
+        name = self.service.name
+        ready = self.broker.connection.is_connected and self._bound and not self.stopping
+        metrics.SERVICE_READY.labels(name).set(1 if ready else 0)
+        metrics.OUTBOX_UNPUBLISHED.labels(name).set(await asyncio.to_thread(unpublished_count, self.engine, name))
+        metrics.OUTBOX_OLDEST_AGE.labels(name).set(
+            await asyncio.to_thread(oldest_unpublished_age_s, self.engine, name))
+        js = self.broker.connection.jetstream()
+        for spec in self.service.handlers:
+            info = await js.consumer_info(self.settings.stream, self.service.durable_name(spec.event_type),
+                                          timeout=2.0)
+            event = spec.event_type.type_name()
+            metrics.CONSUMER_PENDING.labels(name, event).set(info.num_pending or 0)
+            metrics.CONSUMER_ACK_PENDING.labels(name, event).set(info.num_ack_pending or 0)

@@ -1,0 +1,175 @@
+"""Prometheus metrics of a weightflow process, named by Prometheus' rules: one `weightflow_` prefix, base
+units (seconds, bytes), `_total` counters, `_info` metadata, and labels whose values are bounded (service,
+event type, outcome, reason, deployment — never a run id, manifest id or subject that carries one).
+
+Bus metrics are counted where the bus does the work (shared.bus.runtime); workflow metrics (runs,
+reroutes, halts, rollbacks, each deployment's last canary) are a projection of the events a process
+publishes (`observe_published`), so whichever replica emitted an event counts it and `sum`/`max` across
+replicas gives the deployment's view. faststream's own Prometheus middleware is not used: it labels
+publishes by destination subject, and the run registry's subjects carry a run id (an unbounded label).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from prometheus_client import Counter, Gauge, Histogram, Info
+
+from contracts.base import EVENT_TYPES, SUBJECT_PREFIX, Event, parse_event
+from contracts.benchmark import NoCandidatePassed
+from contracts.fitting import FitFailed
+from contracts.monitoring import CanaryFailed, CanaryPassed, DriftDetected
+from contracts.registry import DeploymentPromoted, PromotionSkipped, RolledBack
+from contracts.requirements import RequirementsAccepted, RequirementsRejected
+from contracts.tuning import TuningGated, TuningSkipped
+from contracts.workflow import DeadLettered, WorkflowHalted, WorkflowRerouted, WorkflowResumed
+
+PREFIX = "weightflow"
+_SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+BUILD = Info(f"{PREFIX}_build", "weightflow's version in this process")
+
+# -- the bus ----------------------------------------------------------------------------------------
+EVENTS_CONSUMED = Counter(f"{PREFIX}_events_consumed_total",
+                          "Deliveries a service finished, by event type and outcome "
+                          "(handled, duplicate, retried, dead_lettered, handed_back)",
+                          ["service", "event", "outcome"])
+EVENTS_PUBLISHED = Counter(f"{PREFIX}_events_published_total", "Events a service published to the stream",
+                           ["service", "event"])
+DEAD_LETTERS = Counter(f"{PREFIX}_dead_letters_total", "Messages a service dead-lettered, by reason",
+                       ["service", "reason"])
+REDELIVERIES = Counter(f"{PREFIX}_redeliveries_total",
+                       "Deliveries of a message that had been delivered before (a crash, a NAK, a timeout)",
+                       ["service", "event"])
+HANDLER_SECONDS = Histogram(f"{PREFIX}_handler_duration_seconds",
+                            "Time from a message's arrival to its ack or NAK (run check, handler, commit, publish)",
+                            ["service", "event"], buckets=_SECONDS)
+OUTBOX_UNPUBLISHED = Gauge(f"{PREFIX}_outbox_unpublished_events", "Committed events not yet on the stream",
+                           ["service"])
+OUTBOX_OLDEST_AGE = Gauge(f"{PREFIX}_outbox_oldest_unpublished_age_seconds",
+                          "Age of the oldest committed event not yet on the stream (0 when none waits)", ["service"])
+CONSUMER_PENDING = Gauge(f"{PREFIX}_consumer_pending_messages",
+                         "Messages on the stream that a service's consumer has not yet been given (its lag)",
+                         ["service", "event"])
+CONSUMER_ACK_PENDING = Gauge(f"{PREFIX}_consumer_ack_pending_messages",
+                             "Messages a service's consumer was given and has not acked yet", ["service", "event"])
+SERVICE_READY = Gauge(f"{PREFIX}_service_ready", "1 when the service is connected, bound and not draining",
+                      ["service"])
+
+# -- traces -----------------------------------------------------------------------------------------
+SPANS_EXPORTED = Counter(f"{PREFIX}_spans_exported_total", "Spans a sink accepted", ["sink"])
+SPANS_DROPPED = Counter(f"{PREFIX}_spans_dropped_total",
+                        "Spans lost on the way to a sink (queue_full: the collector is slower than the spans "
+                        "come; export_failed: it refused or did not answer)", ["sink", "reason"])
+
+# -- the workflow (from published events) -----------------------------------------------------------
+RUNS_STARTED = Counter(f"{PREFIX}_runs_started_total", "Runs accepted (trigger: submitted, or rerouted)",
+                       ["trigger"])
+RUNS_ENDED = Counter(f"{PREFIX}_runs_ended_total", "Runs that reached an ending, by outcome", ["outcome"])
+REROUTES = Counter(f"{PREFIX}_reroutes_total", "Automatic reroutes (loop-backs)", ["deployment"])
+HALTS = Counter(f"{PREFIX}_halts_total", "Workflows halted for an operator", ["deployment"])
+HALTED = Gauge(f"{PREFIX}_deployment_halted", "1 while a deployment's workflow waits for an operator",
+               ["deployment"])
+ROLLBACKS = Counter(f"{PREFIX}_rollbacks_total", "Rollbacks to an earlier release", ["deployment"])
+DRIFTS = Counter(f"{PREFIX}_drift_detected_total", "Drift alerts, by kind", ["deployment", "kind"])
+CANARIES = Counter(f"{PREFIX}_canaries_total", "Canaries run, by outcome (passed, or the failure's kind)",
+                   ["deployment", "outcome"])
+CANARY_PASSED = Gauge(f"{PREFIX}_canary_passed", "1 when the deployment's last canary passed", ["deployment"])
+CANARY_SCORE = Gauge(f"{PREFIX}_canary_score", "The last canary's score (its requirements' metric)",
+                     ["deployment"])
+CANARY_SCORE_LOW = Gauge(f"{PREFIX}_canary_score_interval_low", "Lower bound of the last canary score's interval",
+                         ["deployment"])
+CANARY_SCORE_HIGH = Gauge(f"{PREFIX}_canary_score_interval_high",
+                          "Upper bound of the last canary score's interval", ["deployment"])
+CANARY_P95 = Gauge(f"{PREFIX}_canary_latency_p95_seconds", "The last canary's p95 latency", ["deployment"])
+CANARY_COST = Gauge(f"{PREFIX}_canary_cost_per_1k_usd", "The last canary's cost per 1,000 tasks",
+                    ["deployment"])
+CANARY_ROWS = Gauge(f"{PREFIX}_canary_rows", "Rows the last canary's score rests on", ["deployment"])
+CANARY_LAST = Gauge(f"{PREFIX}_canary_last_timestamp_seconds",
+                    "When the deployment's last canary ended (time() - this: seconds since)", ["deployment"])
+
+
+def event_label(subject: str) -> str:
+    """The event type of a workflow subject; anything else (the run registry, a stranger) is `other`, so a
+    subject that carries an id never becomes a label value."""
+    name = subject.removeprefix(f"{SUBJECT_PREFIX}.")
+    return name if name in EVENT_TYPES else "other"
+
+
+def _run_ended(outcome: str) -> Callable[[Event], None]:
+    return lambda _: RUNS_ENDED.labels(outcome).inc()
+
+
+def _accepted(e: Event) -> None:
+    RUNS_STARTED.labels("submitted" if getattr(getattr(e, "context", None), "attempt", 0) == 0 else "rerouted").inc()
+
+
+def _rerouted(e: Event) -> None:
+    REROUTES.labels(getattr(e, "deployment", "")).inc()
+    RUNS_ENDED.labels("rerouted").inc()
+
+
+def _halted(e: Event) -> None:
+    deployment = getattr(e, "deployment", "")
+    HALTS.labels(deployment).inc()
+    HALTED.labels(deployment).set(1)
+    RUNS_ENDED.labels("halted").inc()
+
+
+def _canary(e: Event) -> None:
+    deployment = getattr(e, "deployment", "")
+    passed = isinstance(e, CanaryPassed)
+    CANARIES.labels(deployment, "passed" if passed else str(getattr(e, "kind", "failed"))).inc()
+    CANARY_PASSED.labels(deployment).set(1 if passed else 0)
+    CANARY_LAST.labels(deployment).set(time.time())
+    m = getattr(e, "measurement", None)
+    if m is None:
+        return
+    CANARY_SCORE.labels(deployment).set(m.score)
+    CANARY_P95.labels(deployment).set(m.latency_ms_p95 / 1000.0)
+    CANARY_COST.labels(deployment).set(m.cost_per_1k_usd)
+    CANARY_ROWS.labels(deployment).set(m.n)
+    low, high = (m.interval.low, m.interval.high) if m.interval is not None else (m.score, m.score)
+    CANARY_SCORE_LOW.labels(deployment).set(low)
+    CANARY_SCORE_HIGH.labels(deployment).set(high)
+
+
+def _tuning_gated(e: Event) -> None:
+    if not getattr(e, "passed", True):
+        RUNS_ENDED.labels("tuning_failed").inc()
+
+
+# What each published event means for the workflow's metrics.
+_PROJECTIONS: dict[str, Callable[[Event], None]] = {cls.type_name(): fn for cls, fn in (
+    (RequirementsAccepted, _accepted),
+    (RequirementsRejected, _run_ended("rejected")),
+    (NoCandidatePassed, _run_ended("no_candidate")),
+    (FitFailed, _run_ended("fit_failed")),
+    (TuningGated, _tuning_gated),
+    (TuningSkipped, _run_ended("tuning_skipped")),
+    (DeploymentPromoted, _run_ended("promoted")),
+    (PromotionSkipped, _run_ended("promotion_skipped")),
+    (RolledBack, lambda e: ROLLBACKS.labels(getattr(e, "deployment", "")).inc()),
+    (WorkflowRerouted, _rerouted),
+    (WorkflowHalted, _halted),
+    (WorkflowResumed, lambda e: HALTED.labels(getattr(e, "deployment", "")).set(0)),
+    (DeadLettered, _run_ended("dead_lettered")),
+    (CanaryPassed, _canary),
+    (CanaryFailed, _canary),
+    (DriftDetected, lambda e: DRIFTS.labels(getattr(e, "deployment", ""), str(getattr(e, "kind", ""))).inc()),
+)}
+
+
+def observe_published(service: str, subject: str, payload: bytes) -> None:
+    """Count an event this process put on the stream, and project it onto the workflow's metrics. Never
+    raises: a metric must not fail a publish."""
+    event = event_label(subject)
+    EVENTS_PUBLISHED.labels(service, event).inc()
+    project = _PROJECTIONS.get(event)
+    if project is None:
+        return
+    try:
+        project(parse_event(payload))
+    except Exception:  # an event we published is valid; if not, the metric is what is lost, not the event
+        return
