@@ -20,7 +20,8 @@ from sqlmodel import Field, Session, SQLModel, create_engine
 from contracts.base import utcnow
 
 # Bumped whenever a table changes shape; an older database is refused with what to do (no migrations
-# before 1.0: the embedded default's data directory is cheap to recreate).
+# before 1.0: the embedded default's data directory is cheap to recreate). A new table is not a change of
+# shape: `create_tables` adds it to an existing database.
 SCHEMA_VERSION = 2
 
 
@@ -67,6 +68,18 @@ class DeadLetterRecord(SQLModel, table=True):
     trace_id: str | None = None
     payload_digest: str | None = None
     payload_bytes: int = 0
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class EffectRecord(SQLModel, table=True):
+    """An effect done once per business key (a run's benchmark, fit, training, registration), whatever event
+    id asked for it: the inbox stops a redelivery, this stops a replay under a fresh event id."""
+
+    __tablename__ = "wf_effects"
+    service: str = Field(primary_key=True)
+    key: str = Field(primary_key=True)
+    event_id: str
+    run_id: str = Field(index=True)
     created_at: datetime = Field(default_factory=utcnow)
 
 

@@ -21,7 +21,7 @@ from contracts.benchmark import NoCandidatePassed, SelectionDecided
 from contracts.fitting import FitCompleted
 from contracts.monitoring import CanaryFailed, CanaryPassed, CanaryRequested
 from contracts.registry import DeploymentPromoted, ModelRegistered, PromotionSkipped, RollbackRequested, RolledBack
-from contracts.requirements import RequirementsAccepted, RequirementsRejected
+from contracts.requirements import RequirementsAccepted, RequirementsRejected, RequirementsSubmitted
 from contracts.topology import SERVICES
 from contracts.tuning import AdapterTrained, TuningGated
 from contracts.workflow import (
@@ -285,3 +285,47 @@ def test_a_variant_that_loses_too_much_quality_is_followed_by_the_next_scheme(wo
     assert any("scripted-int8 misses" in step for step in fit.steps), fit.steps
     assert [e.model.variant for e in events if e.type_name() == "benchmark.variant_benchmarked"] == [
         "scripted-int8", "int8"]
+
+
+def replayed(event: Event) -> Event:
+    """The same event under a fresh event id: past the inbox and JetStream's duplicate window."""
+    return event.model_copy(update={"event_id": uuid4()})
+
+
+def test_a_replay_under_a_fresh_event_id_registers_and_promotes_nothing(workflow: Workflow) -> None:
+    """Effects are keyed by what they are (this run's acceptance, selection, fit, registration, promotion),
+    not by the event id that asked: replays of every stage's input change no table and emit nothing."""
+    from sqlmodel import Session, select
+
+    from services.registry.tables import DeploymentRecord, ManifestRecord
+
+    workflow.scores(a_eval=0.95, b_eval=0.9, a_canary=0.95, b_canary=0.95)
+    events = workflow.submit()
+    fit = of(events, FitCompleted)[0]
+    assert fit.next_stage == "registry" and len(of(events, DeploymentPromoted)) == 1
+    for cls in (FitCompleted, SelectionDecided, RequirementsAccepted, RequirementsSubmitted, DeploymentPromoted):
+        workflow.runner.publish(replayed(of(events, cls)[0]))
+        out = workflow.settle()
+        assert [e.type_name() for e in out] == [cls.type_name()], (cls.__name__, [e.type_name() for e in out])
+    with Session(workflow.runner.engine) as session:
+        assert len(session.exec(select(ManifestRecord)).all()) == 1
+        deployment = session.get(DeploymentRecord, "scripted")
+        assert deployment is not None and len(deployment.releases) == 1
+
+
+def test_a_replayed_tuning_input_trains_and_registers_nothing(workflow: Workflow) -> None:
+    from sqlmodel import Session, select
+
+    from services.tuning.tables import TuningRun
+
+    path = workflow.requirements(candidates=[{"path": "models/a"}])
+    workflow.scores(a_eval=0.95, a_canary=0.7, a_int8_1_canary=0.92, a_int8_1_eval=0.95)
+    events = workflow.submit(path)
+    assert of(events, FitCompleted)[-1].next_stage == "tuning" and of(events, TuningGated)[-1].passed
+    for cls in (FitCompleted, TuningGated, CanaryFailed):  # the reroute's (its canary gap is tuned); the canary
+        workflow.runner.publish(replayed(of(events, cls)[-1]))
+        out = workflow.settle()
+        assert [e.type_name() for e in out] == [cls.type_name()], (cls.__name__, [e.type_name() for e in out])
+    with Session(workflow.runner.engine) as session:
+        assert len(session.exec(select(TuningRun)).all()) == 1
+    assert len(of(workflow.runner.log, WorkflowRerouted)) == 1

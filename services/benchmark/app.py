@@ -114,6 +114,9 @@ def _fits(ctx: HandlerContext, context: RunContext, models: dict[str, ModelArtif
 def on_accepted(event: RequirementsAccepted, ctx: HandlerContext) -> HandlerResult:
     """Benchmark size classes smallest first; stop at the first class that yields a selection (on a
     reroute, skipping what failed a canary under this version: see services.benchmark.domain)."""
+    key = f"benchmark:{event.run_id}"  # one selection per accepted run, whatever event id a replay carries
+    if ctx.done(key):
+        return []
     context = event.context
     if not context.candidates:
         raise PermanentError("the run names no candidates")
@@ -164,12 +167,15 @@ def on_accepted(event: RequirementsAccepted, ctx: HandlerContext) -> HandlerResu
             _record(session, event, m, context, None)
         return out
 
-    return commit
+    return ctx.once(key, event, commit)
 
 
 @service.handles(BenchmarkRequested)
 def on_requested(event: BenchmarkRequested, ctx: HandlerContext) -> HandlerResult:
     """Re-benchmark a variant fitting made, on the same eval set; the answer goes to fitting alone."""
+    key = f"variant:{event.request_id}"  # fitting asks once per attempt: one answer per request id
+    if ctx.done(key):
+        return []
     (measured,), _ = _measure(ctx, event.context, [event.model])  # fitting asks only for local variants
     req = event.context.requirements
     answer = VariantBenchmarked.follow(event, model=event.model, measurement=measured.measurement,
@@ -180,4 +186,4 @@ def on_requested(event: BenchmarkRequested, ctx: HandlerContext) -> HandlerResul
         _record(session, event, measured, event.context, event.request_id)
         return [answer]
 
-    return commit
+    return ctx.once(key, event, commit)

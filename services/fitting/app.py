@@ -110,8 +110,11 @@ def _skip_remote(event: SelectionDecided) -> list[Event]:
 def on_selected(event: SelectionDecided, ctx: HandlerContext) -> HandlerResult:
     """Budget the selected model; quantize when it does not fit (or when forced, or when its unquantized
     form failed a canary) and re-benchmark the variant. A hosted API skips both fitting and tuning."""
+    key = f"fit:{event.run_id}"  # benchmark selects once per run: a replayed selection fits nothing again
+    if ctx.done(key):
+        return []
     if is_remote(event.model.source):
-        return _skip_remote(event)
+        return ctx.once(key, event, _skip_remote(event))
     req = event.context.requirements
     hw = req.deployment.hardware
     fp32 = budget_for(ctx.store, event.model.tree_digest, event.model.params, UNQUANTIZED, req)
@@ -120,7 +123,7 @@ def on_selected(event: SelectionDecided, ctx: HandlerContext) -> HandlerResult:
     if domain.keep_unquantized(fp32.fits, event.context, event.plan):
         steps.append("no change needed: the unquantized model fits")
         out.append(_complete(event, event, event.model, event.measurement, fp32, event.quality_gap, steps))
-        return out
+        return ctx.once(key, event, out)
     infos = []
     for scheme in domain.candidate_schemes(event.context, event.plan):
         q = quantizers.get(scheme)
@@ -134,7 +137,7 @@ def on_selected(event: SelectionDecided, ctx: HandlerContext) -> HandlerResult:
             session.add(attempt)
         return [*out, *more]
 
-    return commit
+    return ctx.once(key, event, commit)
 
 
 @service.handles(VariantBenchmarked)

@@ -147,7 +147,9 @@ def on_promoted(event: DeploymentPromoted, ctx: HandlerContext) -> HandlerResult
         session.add(watch)
         return []
 
-    return commit
+    # A promotion is watched once: a replay (a fresh event id) of an older one must not point the watch back
+    # at a manifest that is no longer live, nor run an extra canary.
+    return ctx.once(f"watch:{event.run_id}:{event.manifest_id}", event, commit)
 
 
 @service.handles(ServingEndpointAnnounced, requires_run=False)

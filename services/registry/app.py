@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from uuid import UUID
 
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from contracts.base import Event, utcnow
 from contracts.benchmark import UNQUANTIZED, ModelArtifact
@@ -78,8 +79,25 @@ def _promote(cause: Event, session: Session, deployment: str, manifest_id: str, 
                                      requirements_version=version, previous_manifest_id=live)
 
 
+def registration_key(run_id: UUID) -> str:
+    """A run makes one fit decision (benchmark selects once per accepted run, fitting completes once per
+    selection), so it registers at most one manifest, whichever of FitCompleted or TuningGated brings it
+    and whatever event id a replay carries."""
+    return f"register:{run_id}"
+
+
+def _registered(ctx: HandlerContext, run_id: UUID) -> bool:
+    """Registered already: by the key, or (a database from before the key) by a manifest of the run."""
+    if ctx.done(registration_key(run_id)):
+        return True
+    return ctx.read(lambda s: s.exec(select(ManifestRecord).where(ManifestRecord.run_id == str(run_id))).first()
+                    is not None)
+
+
 def _register(cause: Event, ctx: HandlerContext, context: RunContext, model: ModelArtifact,
               measurement: Measurement, budget: MemoryBudget, adapter: AdapterArtifact | None) -> HandlerResult:
+    if _registered(ctx, cause.run_id):
+        return []
     _verified(ctx, [t for t in (model.tree_digest, model.base_tree_digest, adapter.tree_digest if adapter else None)
                     if t])
     baseline = _canary_baseline(ctx, context, model, adapter)
@@ -107,7 +125,7 @@ def _register(cause: Event, ctx: HandlerContext, context: RunContext, model: Mod
                                        runbook_digest=runbook_digest, requirements_version=context.version))
         return [registered, _promote(cause, session, deployment, manifest_id, context.version)]
 
-    return commit
+    return ctx.once(registration_key(cause.run_id), cause, commit)
 
 
 @service.handles(FitCompleted)
@@ -177,7 +195,8 @@ def on_rollback(event: RollbackRequested, ctx: HandlerContext) -> HandlerResult:
             return refuse(target.reason)
         return _moved(event, session, record, target, automatic=False, reason="requested by an operator")
 
-    return commit
+    # An operator's request is its own run: a replay of it under a fresh event id rolls back nothing more.
+    return ctx.once(f"rollback:{event.run_id}", event, commit)
 
 
 @service.handles(CanaryPassed, requires_run=False)

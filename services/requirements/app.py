@@ -45,10 +45,14 @@ ATTEMPTS = TypeAdapter(list[Attempt])
 
 
 def _accept(event: RequirementsSubmitted | RequirementsChanged, ctx: HandlerContext) -> HandlerResult:
-    """Validate (outside any transaction), then take the next version in publish order, or reject."""
+    """Validate (outside any transaction), then take the next version in publish order, or reject. A run is
+    answered once, whatever event id a replay of its submission carries."""
+    key = f"accept:{event.run_id}"
+    if ctx.done(key):
+        return []
     outcome = domain.validate(event, ctx.store)
     if isinstance(outcome, domain.Invalid):
-        return [RequirementsRejected.follow(event, errors=outcome.errors)]
+        return ctx.once(key, event, [RequirementsRejected.follow(event, errors=outcome.errors)])
     sequence = ctx.delivery.stream_sequence or 0
 
     def commit(session: Session) -> Sequence[Event]:
@@ -76,7 +80,7 @@ def _accept(event: RequirementsSubmitted | RequirementsChanged, ctx: HandlerCont
             new_run_id=event.run_id)
         return [reroute, accepted]
 
-    return commit
+    return ctx.once(key, event, commit)
 
 
 @service.handles(RequirementsSubmitted, requires_run=False)
@@ -146,7 +150,8 @@ def on_canary_failed(event: CanaryFailed, ctx: HandlerContext) -> HandlerResult:
                                         markdown_digest=ctx.store.put_bytes(markdown.encode())),
         ]
 
-    return commit
+    # One routing decision per canary that ran (its request is the cause): a replay reroutes nothing more.
+    return ctx.once(f"canary:{event.causation_id or event.event_id}", event, commit)
 
 
 @service.handles(CanaryPassed, requires_run=False)
@@ -246,4 +251,4 @@ def on_resume(event: ResumeRequested, ctx: HandlerContext) -> HandlerResult:
         session.add(state)
         return [WorkflowResumed.follow(event, deployment=event.deployment, requirements_version=current.version)]
 
-    return commit
+    return ctx.once(f"resume:{event.run_id}", event, commit)  # an operator's request is its own run

@@ -27,11 +27,15 @@ def on_fit_completed(event: FitCompleted, ctx: HandlerContext) -> HandlerResult:
     """Train a LoRA adapter on the fitted base, then gate it on the task set and the general set."""
     if event.next_stage != "tuning":
         return []
+    key = f"tune:{event.run_id}"  # one fit decision per run, so one training: a replay trains nothing
+    if ctx.done(key):
+        return []
     context = event.context
     req = context.requirements
     data = context.data
     if data.train is None or data.general is None:
-        return [TuningSkipped.follow(event, reason="data.train and data.general are needed to tune")]
+        skipped = TuningSkipped.follow(event, reason="data.train and data.general are needed to tune")
+        return ctx.once(key, event, [skipped])
     task = task_of(req.task)
     tuner = tuners.get(METHOD)
     base = load_tree(ctx.store, event.model.tree_digest, task, ctx.settings.device)
@@ -69,4 +73,4 @@ def on_fit_completed(event: FitCompleted, ctx: HandlerContext) -> HandlerResult:
                               general_before=general_before, general_after=general_after, passed=verdict.passed))
         return out
 
-    return commit
+    return ctx.once(key, event, commit)

@@ -3,6 +3,10 @@
 A handler computes first, outside any transaction, and commits last: it returns either the events it
 emits, or a `Commit` — a short function the bus runs inside the one transaction that also writes the
 inbox row and the outbox, so minutes of model work never hold a database transaction open.
+
+The inbox makes an event id count once; an effect that must happen once per *thing* (a run's benchmark,
+fit, training, registration) is keyed by that thing too (`HandlerContext.done` / `once`), because a replay
+under a fresh event id passes the inbox and JetStream's duplicate window alike.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from sqlmodel import Session
 from contracts import topology
 from contracts.base import Event
 from shared.artifacts import ArtifactStore
+from shared.db import EffectRecord
 from shared.settings import Settings
 
 E = TypeVar("E", bound=Event)
@@ -49,6 +54,25 @@ class HandlerContext:
         """Run `fn` in a short transaction of its own (reads only: writes belong in the Commit)."""
         with Session(self.engine, expire_on_commit=False) as session:
             return fn(session)
+
+    def done(self, key: str) -> bool:
+        """Whether the effect named `key` was committed already (checked before the model work, to skip it)."""
+        return self.read(lambda session: session.get(EffectRecord, (self.service, key)) is not None)
+
+    def once(self, key: str, cause: Event, result: HandlerResult) -> Commit:
+        """`result`, committed only if no event has claimed `key` yet; otherwise nothing and no events. The
+        claim is a row with `key` as its primary key in the same transaction, so two replicas racing with
+        different event ids cannot both commit: the loser's constraint error is retried and finds the key."""
+
+        def commit(session: Session) -> Sequence[Event]:
+            if session.get(EffectRecord, (self.service, key)) is not None:
+                return []
+            session.add(EffectRecord(service=self.service, key=key, event_id=str(cause.event_id),
+                                     run_id=str(cause.run_id)))
+            session.flush()
+            return result(session) if callable(result) else result
+
+        return commit
 
 
 Handler = Callable[[E, HandlerContext], HandlerResult]
