@@ -22,7 +22,7 @@ from contracts.base import utcnow
 # Bumped whenever a table changes shape; an older database is refused with what to do (no migrations
 # before 1.0: the embedded default's data directory is cheap to recreate). A new table is not a change of
 # shape: `create_tables` adds it to an existing database.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # 3: wf_outbox.trace_context
 
 
 class SchemaRecord(SQLModel, table=True):
@@ -52,6 +52,9 @@ class OutboxRecord(SQLModel, table=True):
     attempts: int = 0
     last_error: str | None = None
     parked_at: datetime | None = Field(default=None, description="given up on: the relay skips it")
+    trace_context: str | None = Field(default=None, description="W3C traceparent of the span that committed it: "
+                                      "whoever publishes the row (the handler, the relay after a crash) continues "
+                                      "that trace")
 
 
 class DeadLetterRecord(SQLModel, table=True):

@@ -83,17 +83,8 @@ class OpsServer:
         return self
 
     def announce(self, home: Path, labels: Mapping[str, str]) -> Path:
-        """Write this process's Prometheus file_sd target (atomically: Prometheus may read at any time)."""
-        folder = home / TARGETS_DIR
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{self.name}-{os.getpid()}.json"
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
-        entry = [{"targets": [f"{host}:{self.port}"], "labels": {**labels, "pid": str(os.getpid())}}]
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(entry))
-        os.replace(tmp, path)
-        self._target = path
-        return path
+        self._target = announce(home, self.name, self.host, self.port, labels)
+        return self._target
 
     def stop(self) -> None:
         if self._target is not None:
@@ -101,6 +92,20 @@ class OpsServer:
             self._target = None
         self._server.shutdown()
         self._server.server_close()
+
+
+def announce(home: Path, name: str, host: str, port: int, labels: Mapping[str, str]) -> Path:
+    """Write a process's Prometheus file_sd target, `<home>/ops/targets/<name>-<pid>.json` (atomically:
+    Prometheus may read it at any moment); the caller removes it when the process leaves."""
+    folder = home / TARGETS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}-{os.getpid()}.json"
+    address = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+    entry = [{"targets": [f"{address}:{port}"], "labels": {**labels, "pid": str(os.getpid())}}]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(entry))
+    os.replace(tmp, path)
+    return path
 
 
 def _alive(pid: int) -> bool:

@@ -13,16 +13,19 @@ is dropped and counted (`weightflow_spans_dropped_total`).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import IO, Any, TypeVar
 
-from opentelemetry import trace
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter, SpanExportResult
 
+from shared.genai import describe
 from shared.metrics import SPANS_DROPPED, SPANS_EXPORTED
 from shared.settings import Settings
 
@@ -119,6 +122,26 @@ def setup_tracing(service: str, settings: Settings) -> TracerProvider:
     return provider
 
 
+def current_traceparent() -> str | None:
+    """The W3C traceparent of the current span, to store beside work that another task finishes later."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier.get("traceparent")
+
+
+@contextlib.contextmanager
+def continued_trace(traceparent: str | None) -> Iterator[None]:
+    """Run the block as part of the trace `traceparent` names (nothing changes when it is None)."""
+    if not traceparent:
+        yield
+        return
+    token = otel_context.attach(propagate.extract({"traceparent": traceparent}))
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
+
+
 def current_trace_id() -> str | None:
     ctx = trace.get_current_span().get_span_context()
     return format(ctx.trace_id, "032x") if ctx.is_valid else None
@@ -134,8 +157,10 @@ def traced(name: str) -> Callable[[F], F]:
     def decorate(fn: F) -> F:
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            with trace.get_tracer("weightflow.modeling").start_as_current_span(name):
-                return fn(*args, **kwargs)
+            with trace.get_tracer("weightflow.modeling").start_as_current_span(name) as span:
+                result = fn(*args, **kwargs)
+                describe(span, name, args, result)  # GenAI conventions: model, usage, evaluation results
+                return result
 
         return wrapper  # type: ignore[return-value]
 

@@ -76,7 +76,7 @@ def http_receiver() -> Iterator[tuple[str, Spans]]:
     spans = Spans()
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+        def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
             if self.headers.get("Content-Encoding") == "gzip":
                 body = gzip.decompress(body)
@@ -116,7 +116,7 @@ def grpc_receiver() -> Iterator[tuple[str, Spans]]:
     spans = Spans()
 
     class Service(trace_service_pb2_grpc.TraceServiceServicer):
-        def Export(self, request: Any, context: Any) -> Any:  # noqa: N802 - the protocol's name
+        def Export(self, request: Any, context: Any) -> Any:
             spans.add(request)
             return trace_service_pb2.ExportTraceServiceResponse()
 

@@ -40,7 +40,7 @@ def settings(tmp_path: Path) -> Iterator[Settings]:
 
 def test_no_endpoint_no_exporter_and_a_wrong_protocol_says_which_variable(settings: Settings) -> None:
     assert otlp_exporter(settings, {}) is None
-    with pytest.raises(TelemetryConfigError, match="OTEL_EXPORTER_OTLP_PROTOCOL='http/json'.*grpc"):
+    with pytest.raises(TelemetryConfigError, match=r"OTEL_EXPORTER_OTLP_PROTOCOL='http/json'.*grpc"):
         otlp_exporter(settings, {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1",
                                  "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"})
 

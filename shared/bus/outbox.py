@@ -20,6 +20,7 @@ from contracts.base import utcnow
 from contracts.limits import MAX_ERROR_CHARS
 from shared.bus.streams import publish_with_retry, transient_publish_error
 from shared.db import OutboxRecord
+from shared.telemetry import continued_trace
 
 log = logging.getLogger("weightflow.bus.outbox")
 
@@ -51,7 +52,8 @@ async def relay(engine: Engine, service: str, publish: Publish, to_thread: Calla
     sent = 0
     for row in rows:
         try:
-            await publish_with_retry(publish, row.subject, row.payload, row.event_id)
+            with continued_trace(row.trace_context):  # the committing handler's trace, whoever publishes
+                await publish_with_retry(publish, row.subject, row.payload, row.event_id)
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]
             if transient_publish_error(exc):

@@ -21,6 +21,7 @@ from shared.bus.errors import PermanentError
 from shared.bus.service import HandlerResult
 from shared.bus.streams import run_subject
 from shared.db import InboxRecord, OutboxRecord
+from shared.telemetry import current_traceparent
 
 
 def already_processed(engine: Engine, service: str, event_id: str) -> bool:
@@ -36,6 +37,7 @@ def run_record(accepted: RequirementsAccepted) -> RunRecord:
 
 
 def stage_outbox(session: Session, service: str, events: Sequence[Event]) -> None:
+    trace = current_traceparent()
     for out in events:
         payload = out.to_bytes()
         if len(payload) > MAX_EVENT_BYTES:
@@ -43,8 +45,9 @@ def stage_outbox(session: Session, service: str, events: Sequence[Event]) -> Non
                                  "event cap; the input that produced it is too large")
         if isinstance(out, RequirementsAccepted):
             session.add(OutboxRecord(event_id=f"run-{out.run_id}", service=service, subject=run_subject(out.run_id),
-                                     payload=run_record(out).model_dump_json().encode()))
-        session.add(OutboxRecord(event_id=str(out.event_id), service=service, subject=out.subject(), payload=payload))
+                                     payload=run_record(out).model_dump_json().encode(), trace_context=trace))
+        session.add(OutboxRecord(event_id=str(out.event_id), service=service, subject=out.subject(), payload=payload,
+                                 trace_context=trace))
 
 
 def commit(engine: Engine, service: str, event: Event, result: HandlerResult,

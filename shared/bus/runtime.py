@@ -164,10 +164,9 @@ class ServiceRuntime(lifecycle.Lifecycle, Background):
             await msg.nack(delay=1.0)
             return "handed_back"
         if delivery.deliveries > budget:
-            await self.dead_letter(msg, "exhausted", (
+            return await self.dead_letter(msg, "exhausted", (
                 f"delivered {delivery.deliveries - 1} times without an ack: the {self.service.name} handler crashed, "
                 f"hung or was killed every time (see its log)"))
-            return "dead_lettered"
         with self.in_flight(msg):
             try:
                 if spec.requires_run:
@@ -175,15 +174,13 @@ class ServiceRuntime(lifecycle.Lifecycle, Background):
                     check_run(event, await lookup(self.runs, event.run_id))
                 handled = await asyncio.to_thread(self._process, spec, event, delivery)
             except PermanentError as exc:
-                await self.dead_letter(msg, exc.reason, f"{type(exc).__name__}: {exc}")
-                return "dead_lettered"
+                return await self.dead_letter(msg, exc.reason, f"{type(exc).__name__}: {exc}")
             except Exception as exc:
                 log.exception("%s failed on %s (delivery %d of %d)", self.service.name, event.type_name(),
                               delivery.deliveries, budget)
                 if delivery.deliveries >= budget:
-                    await self.dead_letter(msg, "exhausted",
-                                           f"{type(exc).__name__}: {exc} (after {delivery.deliveries} deliveries)")
-                    return "dead_lettered"
+                    return await self.dead_letter(
+                        msg, "exhausted", f"{type(exc).__name__}: {exc} (after {delivery.deliveries} deliveries)")
                 await msg.nack(delay=backoff_s(delivery.deliveries, self.settings.retry_backoff_cap_s))
                 return "retried"
         if self.released(msg):  # NAKed at shutdown; its redelivery will find the inbox row
@@ -208,15 +205,18 @@ class ServiceRuntime(lifecycle.Lifecycle, Background):
         return True
 
     # -- dead letters ------------------------------------------------------------------------
-    async def dead_letter(self, msg: NatsMessage, reason: str, error: str) -> None:
+    async def dead_letter(self, msg: NatsMessage, reason: str, error: str) -> str:
+        """Record and terminate; the outcome for the metrics (`retried` when the record could not be written)."""
         meta = msg.raw_message.metadata
         written = await self.dead_letter_raw(msg.raw_message.subject, msg.body, reason, error,
                                              meta.sequence.stream if meta.sequence else None,
                                              meta.num_delivered or 1)
         if written:
             await msg.reject()  # TERM: recorded, never redelivered
-        else:  # could not record it (a full disk, a locked database): keep the message and try again later
-            await msg.nack(delay=self.settings.retry_backoff_cap_s)
+            return "dead_lettered"
+        # could not record it (a full disk, a locked database): keep the message and try again later
+        await msg.nack(delay=self.settings.retry_backoff_cap_s)
+        return "retried"
 
     async def dead_letter_raw(self, subject: str, raw: bytes, reason: str, error: str, sequence: int | None,
                               deliveries: int, *, event_id: str | None = None, run_id: str | None = None) -> bool:

@@ -25,10 +25,21 @@ from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from opentelemetry import trace
+
 log = logging.getLogger("weightflow.serve")
+_TRACER = trace.get_tracer("weightflow.serve")
 R = TypeVar("R")
 # run(key, inputs) -> (tag, one result per input); the tag says what served them (the manifest id)
 Run = Callable[[Hashable, list[Any]], tuple[str, Sequence[R]]]
+
+
+def _batch_trace(callers: list[trace.SpanContext]) -> dict[str, Any]:
+    """A pass for one request is part of its trace; a pass for several (several traces) links to each
+    request's span, as OpenTelemetry prescribes for batches. The model's own span (task.*) sits inside."""
+    if len(callers) == 1:
+        return {"context": trace.set_span_in_context(trace.NonRecordingSpan(callers[0]))}
+    return {"links": [trace.Link(c) for c in callers]}
 
 
 class NotRunning(RuntimeError):
@@ -45,6 +56,7 @@ class _Job(Generic[R]):
     key: Hashable
     items: list[Any]
     future: asyncio.Future[tuple[str, list[R]]] = field(repr=False)
+    caller: trace.SpanContext | None = field(default=None, repr=False)  # the request's span, linked from the batch
 
 
 @dataclass
@@ -105,7 +117,7 @@ class Batcher(Generic[R]):
         future: asyncio.Future[tuple[str, list[R]]] = self._loop.create_future()
         watcher = None if gone is None else asyncio.ensure_future(gone())  # before queueing: gone() may raise
         with self._changed:
-            self._queue.append(_Job(key, list(items), future))
+            self._queue.append(_Job(key, list(items), future, trace.get_current_span().get_span_context()))
             self._changed.notify()
         if watcher is None:
             return await future
@@ -183,8 +195,12 @@ class Batcher(Generic[R]):
                 continue
             inputs = [item for job in jobs for item in job.items]
             start = time.perf_counter()
+            callers = [job.caller for job in jobs if job.caller is not None and job.caller.is_valid]
             try:
-                tag, results = self._run(jobs[0].key, inputs)
+                with _TRACER.start_as_current_span("serve.batch", **_batch_trace(callers),
+                                                   attributes={"weightflow.batch.inputs": len(inputs),
+                                                               "weightflow.batch.requests": len(jobs)}):
+                    tag, results = self._run(jobs[0].key, inputs)
                 if len(results) != len(inputs):
                     raise RuntimeError(f"the model answered {len(results)} of {len(inputs)} inputs")
             except Exception as exc:  # every request of the batch gets the error (they share its cause)
