@@ -138,7 +138,9 @@ class ApiEndpoint(Contract):
     route: Literal["chat", "completions", "embeddings", "classify"] | None = Field(
         default=None, description="which endpoint the task calls (default: the task's first)")
     max_concurrency: int = Field(default=4, ge=1, le=64)
-    timeout_s: float = Field(default=30.0, gt=0, le=600)
+    timeout_s: float = Field(default=30.0, gt=0, le=600, description=(
+        "seconds for one try, whole: connecting, waiting and reading the body (at most 4 MiB); one evaluation "
+        "gets timeout_s x (max_retries + 1) x ceil(rows / max_concurrency) in all, backoffs included"))
     max_retries: int = Field(default=4, ge=0, le=10, description="on 429, 5xx and connection errors, with backoff")
     size_class: Literal["xs", "s", "m", "l", "xl", "api"] = Field(
         default="api", description="where selection tries it; 'api' comes after every local size class")

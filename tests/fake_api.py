@@ -1,18 +1,20 @@
 """A real HTTP server that misbehaves on cue, for the API client's failure modes (429 storms, 5xx,
-malformed bodies, refused keys): uvicorn on a free port, in a thread."""
+malformed bodies, refused keys, answers that drip, never end or never stop growing): uvicorn on a free
+port, in a thread."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 import time
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from weightflow.serving.testing import free_port
@@ -35,6 +37,51 @@ def rate_limited(retry_after: str = "0") -> Response:
 
 def not_json() -> Response:
     return PlainTextResponse("<html>gateway says hi</html>", status_code=200)
+
+
+def drip(body: bytes, every_s: float, *, wait_s: float = 0.0, silence_s: float = 0.0) -> Response:
+    """HTTP 200 after `wait_s`, then `silence_s` of nothing, then `body` one byte every `every_s`: a server
+    that never stops answering slowly (per-read timeouts never fire)."""
+    time.sleep(wait_s)
+
+    def trickle() -> Iterator[bytes]:
+        time.sleep(silence_s)
+        for byte in body:
+            yield bytes([byte])
+            time.sleep(every_s)
+
+    return StreamingResponse(trickle(), media_type="application/json",
+                             headers={"content-length": str(len(body))})
+
+
+class Huge:
+    """A body of `size` bytes streamed a MiB at a time, counting what the server managed to send before the
+    client hung up; or gzipped (a decompression bomb: ~50 kB on the wire for 50 MB)."""
+
+    HEAD = b'{"choices": [{"message": {"content": "'
+
+    def __init__(self, size: int, *, status: int = 200, declare: bool = False, gzipped: bool = False) -> None:
+        self.size, self.status, self.declare = size, status, declare
+        self.sent = 0
+        self.packed: bytes | None = None
+        if gzipped:  # packed once, a MiB at a time, before anyone measures memory
+            packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+            parts = [packer.compress(self.HEAD)] + [packer.compress(b"x" * (1 << 20)) for _ in range(size >> 20)]
+            self.packed = b"".join([*parts, packer.flush()])
+
+    def __call__(self, n: int, body: dict[str, Any]) -> Response:
+        if self.packed is not None:
+            return Response(self.packed, status_code=self.status, media_type="application/json",
+                            headers={"content-encoding": "gzip"})
+
+        def stream() -> Iterator[bytes]:
+            yield self.HEAD
+            for _ in range(self.size >> 20):
+                self.sent += 1 << 20
+                yield b"x" * (1 << 20)
+
+        headers = {"content-length": str(len(self.HEAD) + (self.size >> 20 << 20))} if self.declare else {}
+        return StreamingResponse(stream(), status_code=self.status, media_type="application/json", headers=headers)
 
 
 class FakeApi:

@@ -4,8 +4,10 @@ skipped fitting and tuning, registration, promotion and canaries on the endpoint
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
+from typing import Any
 from uuid import uuid4
 
 import pytest
@@ -131,3 +133,96 @@ def test_an_unreachable_api_candidate_is_left_out_with_why(live_stack: LiveStack
     (none,) = [e for e in tracker.events if isinstance(e, NoCandidatePassed)]
     assert [d.action for d in none.decisions][:2] == ["exclude", "exclude"]
     assert "no candidate could be measured" in none.recommendation.reason
+
+
+def test_hostile_api_candidates_are_left_out_in_their_timeouts_with_flat_memory_and_no_key_fragment(
+        live_stack: LiveStack, example_dir: Path) -> None:
+    """Issue 19's hostile run, through the real benchmark service: a candidate that drips, one that answers
+    50 MB bodies, one that echoes the key after a long error (cut mid-key where the client used to cut),
+    one that fails every call with no retries. Each is left out within its own timeout, the service's memory
+    stays flat, the failing one is called at most max_concurrency times, and no 8 characters of the key
+    are anywhere under WEIGHTFLOW_HOME (events, database, traces, logs, artifacts)."""
+    import json as _json
+
+    import psutil
+    from starlette.responses import JSONResponse, PlainTextResponse, Response
+
+    from contracts.benchmark import CandidateUnavailable, NoCandidatePassed
+    from contracts.requirements import RequirementsAccepted
+
+    from .fake_api import FakeApi, Huge, drip
+
+    huge = Huge(50 << 20)
+    seen: dict[str, int] = {}
+
+    def hostile(n: int, body: dict[str, Any]) -> Response:
+        model = body["model"]
+        seen[model] = seen.get(model, 0) + 1
+        if model == "drip":
+            return drip(_json.dumps({"choices": [{"message": {"content": "billing" * 20}}]}).encode(), 0.2)
+        if model == "huge":
+            return huge(n, body)
+        if model == "echo":  # 20 of the key's characters land before the client's old 300-character cut
+            text = "x" * (300 - len(" Authorization: Bearer ") - 20)
+            return PlainTextResponse(f"{text} Authorization: {upstream.requests[n][2]['authorization']}",
+                                     status_code=401)
+        time.sleep(0.2)
+        return JSONResponse({"error": "down"}, status_code=500)
+
+    def api(model: str, **over: Any) -> dict[str, Any]:
+        return {"name": model, "api": {"base_url": upstream.url, "model": model, "api_key_env": E2E_API_KEY_ENV,
+                                       "route": "chat", "timeout_s": 2, "max_retries": 0, "max_concurrency": 4,
+                                       "price_per_1k_input_tokens": 0.001, "price_per_1k_output_tokens": 0.0,
+                                       **over}}
+
+    def submit(name: str, candidates: list[dict[str, Any]]) -> Any:
+        data = yaml.safe_load((example_dir / "requirements.yaml").read_text())
+        data["deployment"] = {"name": name, "mode": "api"}
+        data["candidates"] = candidates
+        doc = example_dir / f"{name}.yaml"
+        doc.write_text(yaml.safe_dump(data))
+        return live_stack.run(prepare(doc, live_stack.store).event, timeout=180)
+
+    benchmark = psutil.Process(live_stack.stack.procs["benchmark-0"].pid)
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            rss[1] = max(rss[1], benchmark.memory_info().rss)
+            time.sleep(0.01)
+
+    with FakeApi(hostile) as upstream:
+        assert submit("tr-warm", [api("echo")]).outcome == "failed"  # the service has imported what a run needs
+        rss = [benchmark.memory_info().rss] * 2
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        try:
+            tracker = submit("tr-hostile", [api("drip"), api("huge"), api("echo"), api("failing")])
+        finally:
+            done.set()
+            sampler.join()
+    after = benchmark.memory_info().rss
+
+    assert tracker.outcome == "failed"
+    unavailable = {e.candidate: e for e in tracker.events if isinstance(e, CandidateUnavailable)}
+    assert {k: e.kind for k, e in unavailable.items()} == {
+        "drip": "unreachable", "huge": "malformed", "echo": "refused", "failing": "unreachable"}, unavailable
+    assert "api.timeout_s" in unavailable["drip"].reason and "MiB" in unavailable["huge"].reason
+    accepted = next(e for e in tracker.events if isinstance(e, RequirementsAccepted))
+    (none,) = [e for e in tracker.events if isinstance(e, NoCandidatePassed)]
+    took = (none.occurred_at - accepted.occurred_at).total_seconds()
+    assert took < 20, f"the benchmark took {took:.1f} s for four candidates with timeout_s=2"
+    assert seen["failing"] <= 4 and seen["drip"] <= 4 and seen["echo"] <= 8, seen  # max_concurrency a run
+    assert huge.sent <= 4 * 24 << 20, huge.sent  # four calls cut at the cap (plus socket buffers), not 50 MB each
+    mb = 1 << 20
+    assert rss[1] - rss[0] < 96 * mb, f"benchmark RSS {rss[0] / mb:.0f} -> peak {rss[1] / mb:.0f} MB"
+    assert after - rss[0] < 64 * mb, f"benchmark RSS {rss[0] / mb:.0f} -> {after / mb:.0f} MB after"
+    print(f"hostile run: {took:.1f} s, benchmark RSS {rss[0] / mb:.0f} -> peak {rss[1] / mb:.0f} -> "
+          f"{after / mb:.0f} MB, requests {seen}")
+
+    pieces = {E2E_API_KEY[i:i + 8].encode() for i in range(len(E2E_API_KEY) - 7)}
+    for path in live_stack.stack.home.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            content = path.read_bytes()
+            found = sorted(p.decode() for p in pieces if p in content)
+            assert not found, f"{path} holds {found}"
