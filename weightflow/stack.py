@@ -2,22 +2,45 @@
 
 Each service is its own OS process (`weightflow service NAME`), exactly as it would run in a container,
 so killing or restarting one touches nothing else. A crashed service is restarted; JetStream redelivers
-what it held.
+what it held. The nats-server is supervised too: one that exited is restarted, and one whose JetStream
+store cannot be written (nats-server keeps a write error such as `no space left on device` until it
+restarts, even after space is freed) is restarted on the same port and store once space is back; the
+services reconnect and their outbox relays publish what waited, with the same event ids.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import shutil
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from contracts.topology import SERVICES
-from shared.natsd import EmbeddedNats
+from shared.natsd import EmbeddedNats, StoreHealth
 from shared.ops_server import targets
-from shared.settings import NATS_URL_FILE, Settings
+from shared.settings import NATS_MONITOR_FILE, NATS_URL_FILE, Settings
+
+log = logging.getLogger("weightflow.stack")
+
+NATS_KEY = "nats-server"
+NATS_CHECK_S = 2.0  # how often the store's health is read (one local HTTP request)
+NATS_RESTART_BACKOFF_S = 10.0  # at most one store restart this often, should the error come straight back
+# Free space under the store before a restart is worth it: nats-server's file store appends to blocks of up
+# to 8 MiB per stream; two of them, so the restarted server does not meet the same wall at its first write.
+STORE_RESTART_MIN_FREE_BYTES = 16 << 20
+
+
+def restart_store(health: StoreHealth, free_bytes: int, since_last_restart_s: float) -> bool:
+    """Restart nats-server when its store reports a write error, space is back, and it was not just restarted."""
+    return bool(health.store_errors) and free_bytes >= STORE_RESTART_MIN_FREE_BYTES \
+        and since_last_restart_s >= NATS_RESTART_BACKOFF_S
 
 
 def service_command(name: str) -> list[str]:
@@ -33,6 +56,10 @@ class Stack:
     nats: EmbeddedNats | None = None
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     restarts: dict[str, int] = field(default_factory=dict)
+    # The store's last reported write error (None while writable), for `up` to say what it waits for.
+    store_error: str | None = None
+    _nats_checked: float = field(default=0.0, repr=False)
+    _nats_restarted: float = field(default=0.0, repr=False)
 
     @property
     def home(self) -> Path:
@@ -56,6 +83,7 @@ class Stack:
         if not self.settings.nats_url:
             self.nats = EmbeddedNats(self.home / "nats").start()
             (self.home / NATS_URL_FILE).write_text(self.nats.url)
+            (self.home / NATS_MONITOR_FILE).write_text(self.nats.monitor_url)
             self.settings = self.settings.model_copy(update={"nats_url": self.nats.url})
         for name in self.services:
             for replica in range(self.replicas):
@@ -76,7 +104,8 @@ class Stack:
         return proc
 
     def supervise_once(self) -> list[str]:
-        """Restart any service process that exited; returns the keys restarted."""
+        """Restart any service process that exited, and the nats-server when it exited or its store cannot be
+        written while space is back; returns the keys restarted (`nats-server` for the broker)."""
         restarted = []
         for key, proc in list(self.procs.items()):
             if proc.poll() is not None:
@@ -84,7 +113,71 @@ class Stack:
                 self.restarts[key] = self.restarts.get(key, 0) + 1
                 self.spawn(name, int(replica))
                 restarted.append(key)
+        if self.supervise_nats():
+            restarted.append(NATS_KEY)
         return restarted
+
+    def supervise_nats(self) -> bool:
+        """True when the embedded nats-server was restarted now."""
+        nats = self.nats
+        if nats is None:
+            return False
+        now = time.monotonic()
+        if nats.process is None or nats.process.poll() is not None:
+            if now - self._nats_restarted < NATS_CHECK_S:
+                return False
+            log.error("nats-server exited (see %s); starting it again", nats.log_file)
+            return self._restart_nats(now)
+        if now - self._nats_checked < NATS_CHECK_S:
+            return False
+        self._nats_checked = now
+        health = nats.health()
+        if not health.store_errors:
+            if self.store_error is not None:
+                log.warning("JetStream store writable again")
+            self.store_error = None
+            return False
+        if self.store_error is None:
+            log.error("JetStream store not writable: %s", health.store_errors[0])
+        self.store_error = health.store_errors[0]
+        nats.store_dir.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(nats.store_dir).free
+        if not restart_store(health, free, now - self._nats_restarted):
+            return False
+        log.warning("JetStream store not writable (%s) with %d MiB free again: restarting nats-server on the "
+                    "same port and store", self.store_error, free >> 20)
+        return self._restart_nats(now)
+
+    def _restart_nats(self, now: float) -> bool:
+        assert self.nats is not None
+        self._nats_restarted = self._nats_checked = now
+        self.restarts[NATS_KEY] = self.restarts.get(NATS_KEY, 0) + 1
+        try:
+            self.nats.restart()
+        except (OSError, RuntimeError, TimeoutError):
+            log.exception("nats-server did not start again; the next supervision round retries")
+            return False
+        return True
+
+    @contextlib.contextmanager
+    def supervising(self, interval: float = 0.5) -> Iterator[None]:
+        """Supervise in a background thread while the block runs (for callers busy with something else)."""
+        stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.wait(interval):
+                try:
+                    self.supervise_once()
+                except Exception:
+                    log.exception("supervision round failed")
+
+        thread = threading.Thread(target=loop, name="weightflow-supervisor", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
 
     def stop(self, timeout: float = 20.0) -> None:
         for proc in self.procs.values():
@@ -101,4 +194,5 @@ class Stack:
         if self.nats is not None:
             self.nats.stop()
             (self.home / NATS_URL_FILE).unlink(missing_ok=True)
+            (self.home / NATS_MONITOR_FILE).unlink(missing_ok=True)
             self.nats = None

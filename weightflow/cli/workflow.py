@@ -20,7 +20,7 @@ from contracts.workflow import RequestRefused, ResumeRequested, WorkflowResumed
 from shared.settings import Settings
 from weightflow.cli.common import console, err, print_event, request, run, store
 from weightflow.client import Client, RunTracker, failure_reason, track
-from weightflow.stack import Stack
+from weightflow.stack import NATS_KEY, Stack
 from weightflow.submission import Prepared, prepare
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "support-tickets" / "requirements.yaml"
@@ -63,7 +63,10 @@ def up(replicas: int = typer.Option(1, help="processes per service (they share e
     try:
         while not stopping:
             for key in stack.supervise_once():
-                err.print(f"[yellow]restarted {key}[/] (see {stack.home / 'logs' / (key + '.log')})")
+                log = stack.nats.log_file if key == NATS_KEY and stack.nats else stack.home / "logs" / f"{key}.log"
+                why = f": its store could not be written ({stack.store_error})" if key == NATS_KEY and \
+                    stack.store_error else ""
+                err.print(f"[yellow]restarted {key}[/]{why} (see {log})", highlight=False)
             time.sleep(0.5)
     finally:
         console.print("stopping…")
@@ -158,7 +161,8 @@ def demo(
     event = _prepared(requirements, settings).event
     stack = _start_stack(settings)
     try:
-        tracker = run(_follow(stack.settings, event, timeout, False))
+        with stack.supervising():  # a service or nats-server that fails mid-run is restarted, as by `up`
+            tracker = run(_follow(stack.settings, event, timeout, False))
         _finish(tracker, False)
         if keep:
             console.print("stack keeps running; Ctrl-C stops it")
