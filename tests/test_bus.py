@@ -30,6 +30,9 @@ from shared.bus import HandlerContext, HandlerResult, Service
 from shared.db import DeadLetterRecord, InboxRecord, OutboxRecord, make_engine
 from shared.settings import Settings
 from weightflow.client import Client
+from weightflow.submission import prepare
+
+from .conftest import EXAMPLE_DIR
 
 
 @register
@@ -215,7 +218,10 @@ def test_the_bus_counts_deliveries_itself(settings: Settings) -> None:
         await app.start()  # declares the stream and the durable consumers, as a deployed service would
         await app.stop()
         async with Client(settings) as client:
-            poison = Ping(run_id=uuid4(), n=7)
+            # A run is what requirements start (`status` shows runs only): the poison is part of one.
+            started = prepare(EXAMPLE_DIR / "requirements.yaml", ArtifactStore(settings.resolved_artifacts_dir())).event
+            await client.publish(started)
+            poison = Ping(run_id=started.run_id, n=7)
             await client.publish(poison)
             crashing = await client.js.pull_subscribe(Ping.subject(), durable=svc.durable_name(Ping),
                                                       stream=settings.stream)

@@ -22,7 +22,12 @@ from contracts.benchmark import NoCandidatePassed
 from contracts.fitting import FitFailed
 from contracts.monitoring import CanaryPassed
 from contracts.registry import PromotionSkipped
-from contracts.requirements import RequirementsRejected
+from contracts.requirements import (
+    RequirementsAccepted,
+    RequirementsChanged,
+    RequirementsRejected,
+    RequirementsSubmitted,
+)
 from contracts.tuning import TuningGated, TuningSkipped
 from contracts.workflow import DeadLettered, RequestRefused, WorkflowHalted, WorkflowRerouted
 from shared.bus.streams import ensure_streams
@@ -162,11 +167,61 @@ def failure_reason(event: Event) -> str | None:
     return None
 
 
+NIL_RUN = UUID(int=0)  # what a dead letter of a payload with no readable run id carries
+
+
+def starts_a_run(event: Event) -> bool:
+    """A run is what requirements start: a submission or change, or an acceptance (a reroute starts with one).
+    Operator requests (rollback, resume, canary), served-endpoint announcements and rogue payloads carry run
+    ids of their own, but they are not runs."""
+    return isinstance(event, RequirementsSubmitted | RequirementsChanged | RequirementsAccepted) \
+        and event.run_id != NIL_RUN
+
+
 def runs_of(events: Iterable[Event]) -> dict[UUID, list[Event]]:
-    out: dict[UUID, list[Event]] = {}
+    """The events of each run, runs in the order they started; events of anything else are left out."""
+    by_id: dict[UUID, list[Event]] = {}
+    runs: set[UUID] = set()
     for e in events:
-        out.setdefault(e.run_id, []).append(e)
-    return out
+        by_id.setdefault(e.run_id, []).append(e)
+        if starts_a_run(e):
+            runs.add(e.run_id)
+    return {run_id: evs for run_id, evs in by_id.items() if run_id in runs}
+
+
+def run_state(run_id: UUID, events: Iterable[Event]) -> tuple[str, UUID | None]:
+    """One run's own state, from its own events: its outcome, "rerouted" (with the run it was rerouted into)
+    when the loop-back or a change moved its work on after its last outcome, else "in progress"."""
+    tracker = RunTracker({run_id})
+    state: tuple[str, UUID | None] = ("in progress", None)
+    for e in events:
+        if e.run_id != run_id:
+            continue
+        before = tracker.outcome
+        tracker.feed(e)
+        if isinstance(e, WorkflowRerouted):
+            state = ("rerouted", e.new_run_id)
+        elif tracker.outcome is not None and (tracker.outcome != before or state[0] == "in progress"):
+            state = (tracker.outcome, None)
+    return state
+
+
+def describe_state(state: tuple[str, UUID | None]) -> str:
+    word, to = state
+    return f"rerouted → {to}" if to is not None else word
+
+
+def find_run(events: list[Event], prefix: str) -> UUID | str:
+    """The run named by an id prefix (the latest run when empty), or why there is none."""
+    runs = list(runs_of(events))
+    if not runs:
+        return "no runs yet"
+    if not prefix:
+        return runs[-1]
+    matches = [r for r in runs if str(r).startswith(prefix)]
+    if len(matches) != 1:
+        return f"{'no' if not matches else 'several'} runs match {prefix!r}; see `weightflow runs`"
+    return matches[0]
 
 
 async def track(client: Client, event: Event, *, timeout: float,

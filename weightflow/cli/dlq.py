@@ -1,4 +1,8 @@
-"""Dead letters: messages a service could not handle, with why; show them and replay them."""
+"""Dead letters: messages a service could not handle, with why; show them and replay them.
+
+The list is the stream's `DeadLettered` events merged with those the database holds and could not publish
+yet (a full NATS store): a dead letter is never hidden because its announcement is stuck.
+"""
 
 from __future__ import annotations
 
@@ -9,18 +13,24 @@ import typer
 
 from contracts.workflow import DeadLettered
 from shared.settings import Settings
+from weightflow.backlog import backlog_of, merge_letters
 from weightflow.cli.common import console, err, history, run, store
 from weightflow.client import Client
 
 app = typer.Typer(help="Dead letters: messages a service could not handle.", no_args_is_help=True)
 
 
-def _letters(settings: Settings) -> list[DeadLettered]:
-    return [e for e in history(settings) if isinstance(e, DeadLettered)]
+def _letters(settings: Settings) -> list[tuple[DeadLettered, bool]]:
+    """Every dead letter once, oldest first, with whether it is on the stream."""
+    on_stream = [e for e in history(settings) if isinstance(e, DeadLettered)]
+    backlog, why_not = backlog_of(settings)
+    if why_not and backlog is None and settings.database_url:
+        err.print(f"[yellow]only the stream's dead letters:[/] {why_not}", highlight=False)
+    return merge_letters(on_stream, backlog)
 
 
 def _find(settings: Settings, letter_id: str) -> DeadLettered:
-    for e in _letters(settings):
+    for e, _ in _letters(settings):
         if str(e.event_id).startswith(letter_id):
             return e
     err.print(f"[red]error:[/] no dead letter {letter_id!r}; see `weightflow dlq ls`")
@@ -43,14 +53,46 @@ def _payload(settings: Settings, letter: DeadLettered) -> bytes:
 
 @app.command("ls")
 def dlq_ls(as_json: bool = typer.Option(False, "--json")) -> None:
-    """Dead letters, oldest first."""
+    """Dead letters, oldest first, one row each (`dlq show ID` for the whole error); "db" where the letter is
+    in the database but not yet on the stream."""
     letters = _letters(Settings())
     if as_json:
-        console.print_json(json.dumps([json.loads(e.model_dump_json(exclude={"payload_preview"})) for e in letters]))
+        console.print_json(json.dumps([json.loads(e.model_dump_json(exclude={"payload_preview"})) | {
+            "on_stream": on_stream} for e, on_stream in letters]))
         return
-    for e in letters:
-        console.print(f"{e.event_id}  {e.service:<13} {e.reason:<9} {e.original_subject:<36} run {str(e.run_id)[:8]} "
-                      f"{e.error[:80]}", markup=False)
+    if not letters:
+        console.print("no dead letters")
+        return
+    for line in letter_lines(letters, console.width):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+# (header, width) of the fixed columns; "when" is left out of narrow terminals. The rest of the line is the
+# subject and the error, cut with "…": one row per letter whatever the width (`dlq show ID` has it all).
+COLUMNS = (("id", 8), ("when", 11), ("service", 12), ("reason", 9), ("run", 8), ("on", 6))
+NARROW = 100
+
+
+def _cell(text: str, width: int) -> str:
+    text = " ".join(text.split())  # an error's own line breaks would break the row
+    return (text if len(text) <= width else text[:max(0, width - 1)] + "…").ljust(width)
+
+
+def letter_lines(letters: list[tuple[DeadLettered, bool]], width: int) -> list[str]:
+    """A header and one line per letter, none longer than `width` (at least 40)."""
+    width = max(width, 40)
+    columns = [(name, w) for name, w in COLUMNS if name != "when" or width >= NARROW]
+    rest = max(1, width - sum(w + 1 for _, w in columns))
+
+    def line(cells: dict[str, str], tail: str) -> str:
+        return " ".join([*(_cell(cells[name], w) for name, w in columns), _cell(tail, rest)]).rstrip()
+
+    out = [line({name: name for name, _ in columns}, "subject: error")]
+    for e, on_stream in letters:
+        cells = {"id": str(e.event_id)[:8], "when": e.occurred_at.strftime("%m-%d %H:%M"), "service": e.service,
+                 "reason": e.reason, "run": str(e.run_id)[:8], "on": "stream" if on_stream else "db"}  # id prefixes
+        out.append(line(cells, f"{e.original_subject}: {e.error}"))
+    return out
 
 
 @app.command("show")

@@ -1,4 +1,9 @@
-"""Look at what happened, from the event stream alone: `status`, `runs`, `events`."""
+"""Look at what happened, from the event stream: `status`, `runs`, `events`.
+
+Only runs are runs: what requirements started (operator requests, endpoint announcements and rogue payloads
+are not). A run that has not ended says why it waits, from what the stream cannot show while nats-server
+refuses writes: events still in an outbox, dead letters not yet announced, the store's own error.
+"""
 
 from __future__ import annotations
 
@@ -6,44 +11,93 @@ import contextlib
 import json
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import typer
 
+from contracts.base import Event
+from contracts.workflow import DeadLettered, WorkflowRerouted
+from shared.natsd import StoreHealth, store_health
 from shared.settings import Settings
-from weightflow.cli.common import console, history, print_event, report_skipped, run, tracked_run
-from weightflow.client import Client, RunTracker, runs_of
+from weightflow.backlog import backlog_of, why_waiting
+from weightflow.cli.common import console, err, history, print_event, report_skipped, run
+from weightflow.client import Client, RunTracker, describe_state, find_run, run_state, runs_of
+
+
+def _tracked(prefix: str) -> tuple[UUID, RunTracker] | None:
+    """The run named by `prefix` (default: the latest run) followed across its reroutes."""
+    events = history(Settings())
+    found = find_run(events, prefix)
+    if isinstance(found, str):
+        if found == "no runs yet":
+            console.print(found)
+            return None
+        err.print(f"[red]error:[/] {found}", highlight=False)
+        raise typer.Exit(2)
+    tracker = RunTracker({found})
+    for e in events:
+        tracker.feed(e)
+    return found, tracker
+
+
+def _store(settings: Settings) -> StoreHealth | None:
+    url = settings.resolved_nats_monitor_url()
+    return store_health(url) if url else None
 
 
 def status(run_id: str = typer.Argument("", metavar="RUN", help="run id (or a prefix); default: the latest run"),
            as_json: bool = typer.Option(False, "--json")) -> None:
-    """Every event of one run (and the runs it was rerouted into), in order, and where it stands."""
-    found = tracked_run(run_id)
+    """Every event of one run (and the runs it was rerouted into), in order, where it stands and, while it
+    has not ended, why it waits."""
+    settings = Settings()
+    found = _tracked(run_id)
     if found is None:
         return
     chosen, tracker = found
+    backlog, _ = backlog_of(settings)
+    # Dead letters the database holds that the stream does not have yet end the run all the same.
+    held: list[Event] = []
+    if backlog is not None:
+        seen = {e.event_id for e in tracker.events}
+        held = [e for e in backlog.letters if e.run_id in tracker.run_ids and e.event_id not in seen]
+        for letter in held:
+            tracker.feed(letter)
+    held_ids = {e.event_id for e in held}
+    waiting = why_waiting(tracker.run_ids, backlog, _store(settings)) if tracker.outcome is None else []
+    hops = [e for e in tracker.events if isinstance(e, WorkflowRerouted) and e.run_id in tracker.run_ids]
+    outcome = tracker.outcome or "in progress"
+    state = f"rerouted → {hops[-1].new_run_id}: {outcome}" if hops else outcome
     if as_json:
-        console.print_json(json.dumps({"run_id": str(chosen), "outcome": tracker.outcome or "in progress",
-                                       "events": [json.loads(e.model_dump_json()) for e in tracker.events]}))
+        console.print_json(json.dumps({
+            "run_id": str(chosen), "outcome": outcome, "rerouted_to": str(hops[-1].new_run_id) if hops else None,
+            "waiting": waiting, "events": [json.loads(e.model_dump_json()) for e in tracker.events],
+            "not_on_stream": [str(e.event_id) for e in held]}))
         return
     for e in tracker.events:
         print_event(e, False)
-    console.print(f"[bold]run {chosen}: {tracker.outcome or 'in progress'}[/]")
+        if isinstance(e, DeadLettered) and e.event_id in held_ids:
+            console.print("         (in the database; not on the stream yet)", style="dim")
+    console.print(f"[bold]run {chosen}: {state}[/]", highlight=False)
+    for line in waiting:
+        console.print(f"  {line}", style="yellow", markup=False, highlight=False)
 
 
 def runs(as_json: bool = typer.Option(False, "--json")) -> None:
-    """Runs seen on the bus, newest last."""
+    """Runs seen on the bus, newest last: each with its own state ("rerouted → RUN" where its work moved on)."""
     rows: list[dict[str, Any]] = []
     for run_id, events in runs_of(history(Settings())).items():
-        tracker = RunTracker({run_id})
-        for e in events:
-            tracker.feed(e)
+        state = run_state(run_id, events)
         rows.append({"run_id": str(run_id), "started": events[0].occurred_at.isoformat(), "events": len(events),
-                     "last": events[-1].type_name(), "outcome": tracker.outcome or "in progress"})
+                     "last": events[-1].type_name(), "outcome": state[0],
+                     "rerouted_to": str(state[1]) if state[1] else None, "state": describe_state(state)})
     if as_json:
         console.print_json(json.dumps(rows))
         return
+    if not rows:
+        console.print("no runs yet")
     for r in rows:
-        console.print(f"{r['run_id']}  {r['started'][:19]}  {r['events']:>3} events  {r['last']:<30} {r['outcome']}")
+        console.print(f"{r['run_id']}  {r['started'][:19]}  {r['events']:>3} events  {r['last']:<30} {r['state']}",
+                      markup=False, highlight=False)
 
 
 def events(follow: bool = typer.Option(False, "--follow", "-f"), as_json: bool = typer.Option(False, "--json")) -> None:
@@ -72,7 +126,7 @@ def report(run_id: str = typer.Argument("", metavar="RUN", help="run id (or a pr
     tuning, registration, canaries and the loop-back."""
     from weightflow.report import render
 
-    found = tracked_run(run_id)
+    found = _tracked(run_id)
     if found is None:
         return
     chosen, tracker = found

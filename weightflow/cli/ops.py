@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -12,12 +14,47 @@ from contracts.base import Event
 from contracts.requirements import RequirementsAccepted
 from contracts.topology import SERVICES
 from contracts.workflow import DeadLettered, WorkflowHalted, WorkflowResumed
+from shared.natsd import StoreHealth, store_health
 from shared.settings import Settings
+from weightflow.backlog import backlog_of, merge_letters
 from weightflow.cli.common import console, err, run
 from weightflow.client import Client
 
 STALE_OUTBOX_S = 60.0
-LOW_DISK_BYTES = 1 << 30
+# Free space the next step needs: its biggest write is a model-sized artifact (a quantized variant, a copy
+# materialized to load), at most the largest one stored so far, written beside a temporary copy; plus room
+# for JetStream blocks, the database's WAL and logs. Never less than the floor: a fresh store knows no sizes.
+DISK_MARGIN_BYTES = 64 << 20
+DISK_FLOOR_BYTES = 128 << 20
+
+
+def disk_needed(largest_artifact_bytes: int) -> int:
+    """What the next step needs free: 2 x the largest artifact + a margin, at least the floor."""
+    return max(DISK_FLOOR_BYTES, 2 * largest_artifact_bytes + DISK_MARGIN_BYTES)
+
+
+def largest_artifact(objects: Path) -> int:
+    """Size of the largest object in an artifact store's `objects/<2 hex>/<rest>` (0 when there is none)."""
+    largest = 0
+    with contextlib.suppress(OSError):
+        for shard in os.scandir(objects):
+            if shard.is_dir(follow_symlinks=False):
+                for entry in os.scandir(shard.path):
+                    if entry.is_file(follow_symlinks=False):
+                        largest = max(largest, entry.stat(follow_symlinks=False).st_size)
+    return largest
+
+
+def store_finding(monitor_url: str | None, health: StoreHealth | None) -> str | None:
+    """What nats-server's own health says about the JetStream store, when it says something is wrong."""
+    if monitor_url is None or health is None:
+        return None
+    if not health.reachable:
+        return f"nats-server's monitoring endpoint {monitor_url} did not answer: the store's state is unknown"
+    if health.store_errors:
+        return (f"JetStream store not writable: {health.store_errors[0]}. Free space under the store; nats-server "
+                "keeps this error until it restarts (`weightflow up` restarts it once space is back)")
+    return None
 
 
 def doctor() -> None:
@@ -52,13 +89,25 @@ def doctor() -> None:
         return notes, events, len(client.skipped)
 
     notes, events, skipped = run(stream_state())
-    for note in notes:
-        console.print(f"[green]ok[/]   {note}")
+    monitor_url = settings.resolved_nats_monitor_url()
+    store = store_finding(monitor_url, store_health(monitor_url) if monitor_url else None)
+    if store:
+        problems.append(store)
+    elif monitor_url is None:
+        notes.append("JetStream store health not read: set WEIGHTFLOW_NATS_MONITOR_URL (nats-server's monitoring "
+                     "port) to have it checked")
+    for note in notes:  # storage figures are no "ok" while the store refuses writes
+        console.print(f"{'[yellow]--[/]' if store else '[green]ok[/]'}   {note}", highlight=False)
     if skipped:
         problems.append(f"{skipped} message(s) on the stream are not readable events (see `weightflow events`)")
-    letters = Counter((e.service, e.reason) for e in events if isinstance(e, DeadLettered))
+    backlog, _ = backlog_of(settings)  # dead letters the database holds count, on the stream or not
+    merged = merge_letters((e for e in events if isinstance(e, DeadLettered)), backlog)
+    letters = Counter((e.service, e.reason) for e, _ in merged)
     for (service, reason), count in sorted(letters.items()):
         problems.append(f"{count} dead letter(s) from {service} ({reason}); see `weightflow dlq ls`")
+    unannounced = sum(1 for _, on_stream in merged if not on_stream)
+    if unannounced:
+        problems.append(f"{unannounced} of them in the database only: not yet published to the stream")
     halted: dict[str, str] = {}
     for e in events:
         if isinstance(e, WorkflowHalted):
@@ -80,8 +129,14 @@ def doctor() -> None:
     except Exception as exc:  # an unreachable or foreign database is a finding, not a crash
         problems.append(f"database: {type(exc).__name__}: {str(exc)[:200]}")
     free = shutil.disk_usage(settings.home if settings.home.exists() else Path(".")).free
-    if free < LOW_DISK_BYTES:
-        problems.append(f"only {free / 2**20:.0f} MiB free under {settings.home}: artifacts and JetStream will fail")
+    largest = largest_artifact(settings.resolved_artifacts_dir() / "objects")
+    needed = disk_needed(largest)
+    disk = (f"{free / 2**20:.0f} MiB free under {settings.home}; the next step needs about {needed / 2**20:.0f} MiB "
+            f"(2 x the largest artifact, {largest / 2**20:.0f} MiB, + {DISK_MARGIN_BYTES >> 20} MiB)")
+    if free < needed:
+        problems.append(f"only {disk}: artifacts and JetStream will fail")
+    else:
+        console.print(f"[green]ok[/]   disk: {disk}", highlight=False)
     for problem in problems:
         err.print(f"[red]FIND[/] {problem}", highlight=False)
     if problems:
