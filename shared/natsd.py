@@ -133,8 +133,8 @@ class EmbeddedNats:
             args += ["-c", str(self.config_file)]
         else:
             args += ["-js", "-sd", str(self.jetstream_dir)]
-        log = self.log_file.open("ab")
-        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        with self.log_file.open("ab") as log:  # the child keeps its own descriptor: a restart leaks none here
+            self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
