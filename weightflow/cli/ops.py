@@ -128,6 +128,13 @@ def doctor() -> None:
         console.print(f"[green]ok[/]   database {engine.url.render_as_string(hide_password=True)}")
     except Exception as exc:  # an unreachable or foreign database is a finding, not a crash
         problems.append(f"database: {type(exc).__name__}: {str(exc)[:200]}")
+    from weightflow.operations import readiness
+
+    for ok, line in readiness(settings.home):  # every announced process's own /readyz
+        if ok:
+            console.print(f"[green]ok[/]   {line}", highlight=False)
+        else:
+            problems.append(line)
     free = shutil.disk_usage(settings.home if settings.home.exists() else Path(".")).free
     largest = largest_artifact(settings.resolved_artifacts_dir() / "objects")
     needed = disk_needed(largest)
@@ -196,7 +203,21 @@ def setup_quantization(location: Path | None = typer.Option(None, help="where to
                                         f"; export WEIGHTFLOW_QUANT_PYTHON={python} for the services"))
 
 
+def prometheus_config(
+    out: Path = typer.Option(Path("prometheus"), "--out", help="folder for prometheus.yml and alert-rules.yml"),
+    interval_s: float = typer.Option(15.0, "--interval", min=1.0, help="scrape and rule evaluation interval, s"),
+) -> None:
+    """Write a Prometheus config that scrapes every weightflow process of this home (found through the
+    targets they announce under <home>/ops/targets/) and loads weightflow's alert rules."""
+    from weightflow.operations import write_prometheus_config
+
+    path = write_prometheus_config(out, Settings().home, interval_s=interval_s)
+    console.print(f"wrote {path} and {path.parent / 'alert-rules.yml'}; run: prometheus --config.file={path}",
+                  highlight=False)
+
+
 def register(app: typer.Typer) -> None:
     app.command()(doctor)
+    app.command("prometheus-config")(prometheus_config)
     app.command("setup-quantization")(setup_quantization)
     app.command("nats-config")(nats_config)
