@@ -43,6 +43,7 @@ __all__ = [
     "UnsafeArtifactError",
     "is_digest",
     "sha256_file",
+    "tree_entries",
 ]
 
 TREE_KIND = "weightflow.tree/v1"
@@ -103,6 +104,53 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
     else:
         path.unlink(missing_ok=True)
+
+
+def tree_entries(directory: Path, *, links_within: Path | None = None) -> list[tuple[str, Path]]:
+    """(name in the tree, path) of every file `put_tree` would store, or UnsafeArtifactError saying what to fix.
+
+    Public so a checkpoint is refused for a symlink, an odd name or a special file while its requirements are
+    checked, before anything is read from it or stored (a refusal mid-upload would leave the data files stored).
+    """
+    directory = Path(directory)
+    try:
+        mode = os.lstat(directory).st_mode
+    except FileNotFoundError:
+        raise UnsafeArtifactError(f"{directory} does not exist") from None
+    if not stat.S_ISDIR(mode):
+        raise UnsafeArtifactError(f"{directory} is not a directory (symlinks are refused)")
+    allowed = links_within.resolve() if links_within is not None else None
+    out: list[tuple[str, Path]] = []
+    stack: list[tuple[Path, tuple[str, ...]]] = [(directory, ())]
+    while stack:
+        folder, prefix = stack.pop()
+        for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+            if entry.name.startswith(".") or entry.name == "README.md":
+                continue
+            path = Path(entry.path)
+            if entry.is_symlink():
+                target = path.resolve()
+                if allowed is None or not target.is_relative_to(allowed):
+                    raise UnsafeArtifactError(
+                        f"{path} is a symlink; copy the model with links resolved (cp -rL) and store that copy")
+            if not _NAME_RE.fullmatch(entry.name):
+                raise UnsafeArtifactError(
+                    f"file name {entry.name!r} in {folder} is not allowed; rename it to match "
+                    f"{_NAME_RE.pattern} (letters, digits, '.', '_', '-')"
+                )
+            if path.is_dir():
+                if len(prefix) >= MAX_TREE_DEPTH - 1:
+                    raise UnsafeArtifactError(f"{path} is nested more than {MAX_TREE_DEPTH} folders deep")
+                stack.append((path, (*prefix, entry.name)))
+            elif path.is_file():
+                out.append(("/".join((*prefix, entry.name)), path))
+                if len(out) > MAX_TREE_FILES:
+                    raise UnsafeArtifactError(f"{directory} holds more than {MAX_TREE_FILES} files; is it a model?")
+            else:
+                raise UnsafeArtifactError(f"{path} is not a regular file")
+    if not out:
+        raise UnsafeArtifactError(f"{directory} has no files to store")
+    return sorted(out)
 
 
 class ArtifactStore:
@@ -265,49 +313,11 @@ class ArtifactStore:
         Hidden files and README.md are skipped. Symlinks are refused, except, with `links_within`, links
         whose target resolves inside that folder (the Hugging Face cache links snapshot files to blobs).
         """
-        directory = Path(directory)
-        if not stat.S_ISDIR(os.lstat(directory).st_mode):
-            raise UnsafeArtifactError(f"{directory} is not a directory (symlinks are refused)")
-        allowed = links_within.resolve() if links_within is not None else None
         files: dict[str, str] = {}
-        for name, path in self._tree_entries(directory, allowed):
-            if len(files) >= MAX_TREE_FILES:
-                raise UnsafeArtifactError(f"{directory} holds more than {MAX_TREE_FILES} files; is it a model?")
+        for name, path in tree_entries(directory, links_within=links_within):
             files[name] = self.put_file(path.resolve() if path.is_symlink() else path)
-        if not files:
-            raise UnsafeArtifactError(f"{directory} has no files to store")
         index = json.dumps({"kind": TREE_KIND, "files": files}, sort_keys=True, separators=(",", ":"))
         return self.put_bytes(index.encode(), suffix_hint=".json")
-
-    @staticmethod
-    def _tree_entries(directory: Path, allowed: Path | None) -> list[tuple[str, Path]]:
-        out: list[tuple[str, Path]] = []
-        stack: list[tuple[Path, tuple[str, ...]]] = [(directory, ())]
-        while stack:
-            folder, prefix = stack.pop()
-            for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-                if entry.name.startswith(".") or entry.name == "README.md":
-                    continue
-                path = Path(entry.path)
-                if entry.is_symlink():
-                    target = path.resolve()
-                    if allowed is None or not target.is_relative_to(allowed):
-                        raise UnsafeArtifactError(
-                            f"{path} is a symlink; copy the model with links resolved (cp -rL) and store that copy")
-                if not _NAME_RE.fullmatch(entry.name):
-                    raise UnsafeArtifactError(
-                        f"file name {entry.name!r} in {folder} is not allowed; rename it to match "
-                        f"{_NAME_RE.pattern} (letters, digits, '.', '_', '-')"
-                    )
-                if path.is_dir():
-                    if len(prefix) >= MAX_TREE_DEPTH - 1:
-                        raise UnsafeArtifactError(f"{path} is nested more than {MAX_TREE_DEPTH} folders deep")
-                    stack.append((path, (*prefix, entry.name)))
-                elif path.is_file():
-                    out.append(("/".join((*prefix, entry.name)), path))
-                else:
-                    raise UnsafeArtifactError(f"{path} is not a regular file")
-        return sorted(out)
 
     def tree_files(self, digest: str) -> dict[str, str]:
         """Read and schema-check a tree's index; return ``{file name: digest}``."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -33,6 +34,13 @@ from contracts.workflow import DeadLettered, RequestRefused, WorkflowHalted, Wor
 from shared.bus.streams import ensure_streams
 from shared.settings import Settings
 
+log = logging.getLogger("weightflow.client")
+
+
+async def _quiet(exc: Exception) -> None:
+    """nats-py's default error callback logs a traceback per failed attempt: the caller says it in one line."""
+    log.debug("nats: %s", exc)
+
 
 class Client:
     def __init__(self, settings: Settings | None = None) -> None:
@@ -44,9 +52,13 @@ class Client:
         self.skipped: list[tuple[int, str]] = []
 
     async def __aenter__(self) -> Client:
-        url = self.settings.resolved_nats_url()
         try:
-            self.nc = await nats.connect(url, connect_timeout=3, max_reconnect_attempts=3, allow_reconnect=True)
+            url = self.settings.resolved_nats_url()
+        except RuntimeError as exc:  # no URL set and no embedded stack: said as plainly as an unreachable one
+            raise ConnectionError(str(exc)) from None
+        try:
+            self.nc = await nats.connect(url, connect_timeout=3, max_reconnect_attempts=3, allow_reconnect=True,
+                                         error_cb=_quiet)
         except Exception as exc:
             raise ConnectionError(f"cannot reach NATS at {url}: {exc}; is `weightflow up` running?") from exc
         self.js = self.nc.jetstream()

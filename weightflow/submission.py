@@ -38,7 +38,8 @@ class Prepared:
 
 def read_document(path: Path) -> str:
     if not path.is_file():
-        raise RequirementsError([f"{path}: no such file"])
+        why = "is a folder; name the requirements YAML file in it" if path.is_dir() else "no such file"
+        raise RequirementsError([f"{path}: {why}"])
     if path.stat().st_size > MAX_DOCUMENT_BYTES:
         raise RequirementsError([f"{path} is {path.stat().st_size} bytes, over the {MAX_DOCUMENT_BYTES}-byte cap; "
                                  "a requirements file is one page"])

@@ -10,8 +10,10 @@ from __future__ import annotations
 import os
 
 import typer
+from rich.markup import escape
 
 from weightflow.cli import deployments, dlq, inspect, ops, workflow
+from weightflow.cli.common import err, refusal
 
 app = typer.Typer(help="weightflow: select, fit, tune, register and watch a model as an event-driven workflow.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -25,4 +27,11 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    app()
+    try:
+        app()
+    except Exception as exc:  # one place: a refusal of the user's input is exit 2 and one line, never a traceback
+        message = refusal(exc)
+        if message is None:
+            raise
+        err.print(f"[red]error:[/] {escape(message)}", highlight=False)
+        raise SystemExit(2) from None

@@ -6,15 +6,21 @@ Nothing here imports torch: only `predict` and `service` load models, and they i
 from __future__ import annotations
 
 import asyncio
+import errno
+import math
+import os
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 from uuid import UUID
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 
 from contracts.base import Event
-from shared.artifacts import ArtifactStore
+from shared.artifacts import ArtifactStore, IntegrityError, UnsafeArtifactError
+from shared.modeling.checkpoint import CheckpointError
+from shared.safe_paths import UnsafePathError
 from shared.settings import Settings
 from weightflow.client import Client, RunTracker, failure_reason, track
 from weightflow.render import summary
@@ -22,6 +28,46 @@ from weightflow.render import summary
 console = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 T = TypeVar("T")
+
+
+class Refused(Exception):
+    """What the user asked for cannot be done as given; the message says what to change (exit 2)."""
+
+
+# Exceptions whose message is written for the user and names what to fix: the user's input is refused.
+REFUSALS: tuple[type[Exception], ...] = (Refused, UnsafePathError, UnsafeArtifactError, CheckpointError,
+                                         IntegrityError)
+# An OSError with one of these about a named path is a path the user gave (or a setting) that cannot be used;
+# others (a full disk, an I/O error) are faults of the machine and keep their traceback.
+PATH_ERRNOS = {errno.ENOENT: "no such file or folder", errno.ENOTDIR: "a part of the path is a file, not a folder",
+               errno.EISDIR: "is a folder; name a file", errno.EACCES: "permission denied",
+               errno.EPERM: "not permitted", errno.ELOOP: "too many levels of symlinks",
+               errno.ENAMETOOLONG: "the name is too long", errno.EROFS: "on a read-only file system",
+               errno.EEXIST: "already exists", errno.ENXIO: "not a file (a socket or a FIFO with no writer?)"}
+
+
+def refusal(exc: BaseException) -> str | None:
+    """The one line that tells the user what to fix when `exc` refuses their input; None for a fault of ours.
+
+    `main` asks this of anything a command raises, so a command need not catch what it cannot fix itself."""
+    if isinstance(exc, REFUSALS):
+        return str(exc)
+    if isinstance(exc, ValidationError) and exc.title == Settings.__name__:  # a WEIGHTFLOW_* variable
+        return "; ".join(f"WEIGHTFLOW_{'_'.join(map(str, e['loc'])).upper()}={e.get('input')!r}: {e['msg']}"
+                         for e in exc.errors())
+    if isinstance(exc, OSError) and exc.errno in PATH_ERRNOS and exc.filename:
+        path = os.fsdecode(exc.filename)
+        home = os.path.abspath(os.environ.get("WEIGHTFLOW_HOME") or Settings.model_fields["home"].default)
+        hint = f" (the data folder is WEIGHTFLOW_HOME={home})" if path.startswith(home + os.sep) else ""
+        return f"{path}: {PATH_ERRNOS[exc.errno]}{hint}"
+    return None
+
+
+def positive(value: float | None) -> float | None:
+    """Typer callback for a number of seconds: above 0 and finite (a wait of 0 or less gives up before asking)."""
+    if value is not None and not 0 < value < math.inf:
+        raise typer.BadParameter("must be a number of seconds above 0")
+    return value
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:

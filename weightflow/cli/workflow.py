@@ -18,7 +18,7 @@ from contracts.requirements_doc import RequirementsError
 from contracts.topology import SERVICES
 from contracts.workflow import RequestRefused, ResumeRequested, WorkflowResumed
 from shared.settings import Settings
-from weightflow.cli.common import console, err, print_event, request, run, store
+from weightflow.cli.common import console, err, positive, print_event, request, run, store
 from weightflow.client import Client, RunTracker, failure_reason, track
 from weightflow.stack import NATS_KEY, Stack
 from weightflow.submission import Prepared, prepare
@@ -49,7 +49,8 @@ def _start_stack(settings: Settings, replicas: int = 1) -> Stack:
     return stack
 
 
-def up(replicas: int = typer.Option(1, help="processes per service (they share each durable consumer)")) -> None:
+def up(replicas: int = typer.Option(1, min=1, help="processes per service (they share each durable consumer)")
+       ) -> None:
     """Start the embedded stack: a private nats-server and every service, until Ctrl-C."""
     stack = _start_stack(Settings(), replicas)
     stopping = False
@@ -109,7 +110,7 @@ def _finish(tracker: RunTracker, as_json: bool) -> None:
 def submit(
     file: Path = typer.Argument(..., help="requirements YAML"),
     follow: bool = typer.Option(True, help="follow the run to its end"),
-    timeout: float = typer.Option(900, help="seconds to follow"),
+    timeout: float = typer.Option(900, callback=positive, help="seconds to follow"),
     as_json: bool = typer.Option(False, "--json", help="one JSON event per line"),
 ) -> None:
     """Validate a requirements file, publish it, and follow the run until the model is monitored."""
@@ -128,7 +129,7 @@ def submit(
 
 def change(
     file: Path = typer.Argument(..., help="the deployment's new requirements YAML"),
-    timeout: float = typer.Option(900, help="seconds to follow"),
+    timeout: float = typer.Option(900, callback=positive, help="seconds to follow"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Change a deployment's requirements: a new version (clearing a halt and its exclusions), rerouted
@@ -138,7 +139,8 @@ def change(
     _finish(run(_follow(settings, event, timeout, as_json)), as_json)
 
 
-def resume(deployment: str, timeout: float = typer.Option(60, help="seconds to wait for the answer")) -> None:
+def resume(deployment: str,
+           timeout: float = typer.Option(60, callback=positive, help="seconds to wait for the answer")) -> None:
     """Resume a deployment whose loop-back halted: a fresh reroute budget, and a canary now."""
     tracker = request(Settings(), ResumeRequested(run_id=uuid4(), deployment=deployment),
                       lambda e: isinstance(e, WorkflowResumed | RequestRefused), timeout)
@@ -153,7 +155,7 @@ def resume(deployment: str, timeout: float = typer.Option(60, help="seconds to w
 
 def demo(
     keep: bool = typer.Option(False, help="keep the stack running after the first canary"),
-    timeout: float = typer.Option(900, help="seconds before giving up"),
+    timeout: float = typer.Option(900, callback=positive, help="seconds before giving up"),
     requirements: Path = typer.Option(EXAMPLE, help="requirements file to run"),
 ) -> None:
     """Start the embedded stack, run the shipped example to a monitored deployment, then stop."""

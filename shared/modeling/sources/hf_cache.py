@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from contracts.requirements import CandidateRef, ResolvedCandidate
+from shared.artifacts import tree_entries
 from shared.modeling.checkpoint import inspect_checkpoint
 from shared.modeling.protocols import CandidateSource
 from shared.modeling.registry import sources
@@ -51,11 +52,13 @@ class HuggingFaceCache(CandidateSource):
 
     def local_dir(self, ref: CandidateRef, base_dir: Path | None) -> Path:
         assert ref.hf is not None
-        return snapshot(ref.hf)[0]
+        folder, repo = snapshot(ref.hf)
+        tree_entries(folder, links_within=repo)  # what put_tree refuses, refused before a byte is read
+        return folder
 
     def resolve(self, ref: CandidateRef, base_dir: Path | None, store: ArtifactStore | None) -> ResolvedCandidate:
         assert ref.hf is not None
-        folder, repo = snapshot(ref.hf)
+        folder, repo = self.local_dir(ref, base_dir), snapshot(ref.hf)[1]
         info = inspect_checkpoint(folder)
         tree = store.put_tree(folder, links_within=repo) if store is not None else None
         return describe(ref, info, ref.hf, self.name, tree)

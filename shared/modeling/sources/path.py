@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from contracts.requirements import CandidateRef, ResolvedCandidate
+from shared.artifacts import tree_entries
 from shared.modeling.checkpoint import CheckpointInfo, inspect_checkpoint
 from shared.modeling.protocols import CandidateSource
 from shared.modeling.registry import sources
@@ -36,7 +37,9 @@ class LocalPath(CandidateSource):
         if base_dir is None:
             raise ValueError(f"candidate path {ref.path!r} can only be read where the requirements file is "
                              "(submit it with the weightflow CLI)")
-        return resolve_inside(base_dir, ref.path, kind="dir", what="candidate path")
+        directory = resolve_inside(base_dir, ref.path, kind="dir", what="candidate path")
+        tree_entries(directory)  # a symlink, an odd name or a special file anywhere: refused before a byte is read
+        return directory
 
     def resolve(self, ref: CandidateRef, base_dir: Path | None, store: ArtifactStore | None) -> ResolvedCandidate:
         directory = self.local_dir(ref, base_dir)
