@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 NATS_URL_FILE = "nats.url"
@@ -54,6 +55,12 @@ class Settings(BaseSettings):
     # default: the one `weightflow setup-quantization` built.
     quant_python: Path | None = None
     trace_file: bool = True
+    # `weightflow serve`'s deadlines for slow clients (its --header-timeout, --body-timeout, --keep-alive-timeout):
+    # a request's headers from the connection (or its first byte), its body once the headers are in, and the wait
+    # for another request on an idle keep-alive connection. Without them, half a request held a socket forever.
+    serve_header_timeout_s: float = Field(10.0, gt=0, allow_inf_nan=False)
+    serve_body_timeout_s: float = Field(60.0, gt=0, allow_inf_nan=False)
+    serve_keep_alive_s: int = Field(5, ge=1)
 
     def resolved_nats_url(self) -> str:
         if self.nats_url:

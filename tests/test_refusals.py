@@ -10,19 +10,28 @@ idles on keep-alive, within its deadline, and names the field of a bad body in w
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from shared.artifacts import ArtifactStore
 from shared.natsd import EmbeddedNats
 from shared.settings import Settings
 from weightflow.client import Client
+from weightflow.serving.live import LiveDeployment
+from weightflow.serving.server import MAX_HEAD_BYTES, ClientTimeouts
+from weightflow.serving.testing import ServerThread, free_port, register_checkpoint
 from weightflow.submission import prepare
 
 from .conftest import EXAMPLE_DIR, ROOT
@@ -137,6 +146,9 @@ OPTIONS: dict[str, tuple[list[str], dict[str, str], str]] = {
     "a setting of the wrong type": (["runs"], {"WEIGHTFLOW_ACK_WAIT_S": "soon"},
                                     "WEIGHTFLOW_ACK_WAIT_S='soon': Input should be a valid number"),
     "requirements that are a folder": (["submit", "{tmp}"], {}, "is a folder; name the requirements YAML file"),
+    "rollback that waits 0 s": (["rollback", "x", "--timeout", "0"], {},
+                                "Invalid value for '--timeout': must be a number of seconds above 0"),
+    "canary that waits -1 s": (["canary", "x", "--timeout", "-1"], {}, "must be a number of seconds above 0"),
     "resume that waits forever": (["resume", "x", "--timeout", "inf"], {}, "must be a number of seconds above 0"),
     "up with no services": (["up", "--replicas", "0"], {}, "Invalid value for '--replicas'"),
 }
@@ -163,3 +175,196 @@ def test_no_reachable_bus_is_one_line_and_exit_3(nats_url: str, tmp_path: Path) 
     assert code == 3 and "Traceback" not in said, said[-3000:]
     assert ("cannot reach NATS at nats://127.0.0.1:1" if nats_url else "no NATS server: set WEIGHTFLOW_NATS_URL") \
         in said, said
+
+
+# -- `weightflow serve`: its address and its options, refused before the model loads ---------------------
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory, checkpoint: Path) -> tuple[Path, str]:
+    """(home, manifest id) of the tiny checkpoint registered as deployment `ticket-router`."""
+    base = tmp_path_factory.mktemp("served")
+    folder = example(base)
+    shutil.copytree(checkpoint, folder / "models" / "tiny")
+    replace(folder, "candidates: [minilm-l3, minilm-l6]", "candidates: [{path: models/tiny}]")
+    home = base / "home"
+    return home, register_checkpoint(ArtifactStore(Settings(home=home).resolved_artifacts_dir()),
+                                     folder / "requirements.yaml")
+
+
+SERVE: dict[str, tuple[list[str], dict[str, str], str]] = {
+    "port 180005": (["--port", "180005"], {}, "Invalid value for '--port': 180005 is not in the range 1<=x<=65535"),
+    "port 0": (["--port", "0"], {}, "Invalid value for '--port': 0 is not in the range"),
+    "port -1": (["--port", "-1"], {}, "Invalid value for '--port': -1 is not in the range"),
+    "a host no resolver knows": (["--host", "nowhere.invalid"], {}, "--host 'nowhere.invalid' is not an address of "
+                                                                  "this machine; use 127.0.0.1, 0.0.0.0"),
+    "another machine's address": (["--host", "192.0.2.1"], {}, "--host '192.0.2.1' is not an address of this"),
+    "a port in use": (["--port", "{busy}"], {}, "port {busy} on 127.0.0.1 is in use by another process; choose "
+                                                "another --port"),
+    "a public URL with no scheme": (["--public-url", "localhost:8000"], {},
+                                    "Invalid value for '--public-url': must be an http:// or https:// URL"),
+    "a body timeout of 0": (["--body-timeout", "0"], {}, "Invalid value for '--body-timeout': must be a number of"),
+    "a header timeout setting of 0": ([], {"WEIGHTFLOW_SERVE_HEADER_TIMEOUT_S": "0"},
+                                      "WEIGHTFLOW_SERVE_HEADER_TIMEOUT_S='0': Input should be greater than 0"),
+}
+
+
+@pytest.mark.parametrize("case", list(SERVE))
+def test_serve_refuses_an_address_or_option_it_cannot_use_before_loading_the_model(
+        case: str, served: tuple[Path, str]) -> None:
+    home, manifest = served
+    args, env, expected = SERVE[case]
+    with socket.socket() as busy:  # a port another process listens on
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        args = [a.replace("{busy}", port) for a in args]
+        started = time.monotonic()
+        code, said = cli(["serve", "ticket-router", "--manifest", manifest, "--port", str(free_port()), *args],
+                         {"WEIGHTFLOW_HOME": str(home), "WEIGHTFLOW_NATS_URL": "nats://127.0.0.1:1", **env},
+                         timeout=90)  # before the fix, port 180005 hung after "Application startup complete"
+    assert_refused(code, said, expected.replace("{busy}", port))
+    assert "Application startup" not in said, "refused before the model loads and the app starts"
+    assert time.monotonic() - started < 60
+
+
+def test_serve_closes_a_stalled_client_after_its_header_timeout(served: tuple[Path, str]) -> None:
+    """The deadlines reach the real command: --header-timeout 1 closes a half-sent request in about 1 s."""
+    home, manifest = served
+    port = free_port()
+    env = dict(os.environ, WEIGHTFLOW_HOME=str(home), WEIGHTFLOW_NATS_URL="nats://127.0.0.1:1")
+    proc = subprocess.Popen([sys.executable, "-m", "weightflow.cli", "serve", "ticket-router", "--manifest", manifest,
+                             "--port", str(port), "--header-timeout", "1", "--keep-alive-timeout", "1"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            assert time.monotonic() < deadline, "serve did not start"
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        took, answer = stalled(port, b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-")
+        assert 0.7 < took < 4 and answer.startswith(b"HTTP/1.1 408 "), (took, answer)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+
+
+# -- slow clients, on a real server on loopback ---------------------------------------------------------
+class Idle(LiveDeployment):
+    """No model: what these tests look at is answered (or refused) before a model is needed."""
+
+    async def start(self) -> None:
+        return None
+
+
+TIMEOUTS = ClientTimeouts(header_s=1.0, body_s=1.0, keep_alive_s=1)
+
+
+@pytest.fixture(scope="module")
+def idle_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
+    settings = Settings(home=tmp_path_factory.mktemp("idle") / "home", trace_file=False)
+    server = ServerThread(settings, "ticket-router", "0" * 64, timeouts=TIMEOUTS)
+    server.live = Idle(settings, "ticket-router")
+    with server:
+        yield server
+
+
+def connect(port: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.settimeout(10)
+    return sock
+
+
+def until_closed(sock: socket.socket) -> tuple[float, bytes]:
+    """Seconds until the server closed the connection, and what it sent."""
+    started, said = time.monotonic(), b""
+    try:
+        while chunk := sock.recv(65536):
+            said += chunk
+    except ConnectionResetError:
+        pass
+    finally:
+        sock.close()
+    return time.monotonic() - started, said
+
+
+def stalled(port: int, sent: bytes) -> tuple[float, bytes]:
+    sock = connect(port)
+    sock.sendall(sent)
+    return until_closed(sock)
+
+
+def body_of(answer: bytes) -> dict[str, object]:
+    return dict(json.loads(answer.split(b"\r\n\r\n", 1)[1]))
+
+
+def test_half_sent_headers_are_answered_408_and_closed_at_the_header_timeout(idle_server: ServerThread) -> None:
+    took, answer = stalled(idle_server.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nAccept: ")
+    assert 0.7 < took < 3.5, took
+    assert answer.startswith(b"HTTP/1.1 408 ") and b"connection: close" in answer
+    assert "headers did not arrive within 1 s" in str(body_of(answer)["error"])
+
+
+def test_a_connection_that_sends_nothing_is_closed_at_the_header_timeout(idle_server: ServerThread) -> None:
+    took, answer = until_closed(connect(idle_server.port))
+    assert 0.7 < took < 3.5 and answer == b"", (took, answer)
+
+
+def test_trickled_headers_do_not_extend_the_deadline(idle_server: ServerThread) -> None:
+    sock = connect(idle_server.port)
+    started = time.monotonic()
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nX-Slow: ")
+    with pytest.raises(OSError):  # the server closes while the client still trickles
+        for _ in range(40):
+            sock.sendall(b"a")
+            time.sleep(0.1)
+    took = time.monotonic() - started
+    assert 0.7 < took < 3.5, took
+    sock.close()
+
+
+def test_a_body_short_of_its_content_length_is_answered_408_at_the_body_timeout(idle_server: ServerThread) -> None:
+    took, answer = stalled(idle_server.port, b"POST /v1/classify HTTP/1.1\r\nHost: x\r\ncontent-type: application/json"
+                                             b"\r\ncontent-length: 1000\r\n\r\n0123456789")
+    assert 0.7 < took < 3.5, took
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    error = body_of(answer)["error"]
+    assert isinstance(error, dict) and error["code"] == "request_timeout"
+    assert error["message"] == "the request's body did not arrive within 1 s"
+
+
+def test_an_idle_keep_alive_connection_is_closed(idle_server: ServerThread) -> None:
+    sock = connect(idle_server.port)
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    took, answer = until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 200 ") and b"connection: close" not in answer  # kept alive, then closed
+    assert 0.7 < took < 3.5, took
+
+
+def test_a_head_over_the_cap_is_refused_before_its_deadline(idle_server: ServerThread) -> None:
+    """The parser keeps every header line it is sent: a head still incomplete past the cap is refused at once
+    (a 431, or a reset when the server closes on bytes it did not read), not held until the deadline."""
+    sock = connect(idle_server.port)
+    started = time.monotonic()
+    with contextlib.suppress(OSError):  # closed while the head was still coming
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nX-Big: " + b"a" * (MAX_HEAD_BYTES * 4))
+    _, answer = until_closed(sock)
+    assert time.monotonic() - started < 0.9, "refused before the 1 s header deadline"
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+
+
+def test_fifty_stalled_connections_are_all_closed_by_their_deadlines(idle_server: ServerThread) -> None:
+    stalls = [b"GET /healthz HTTP/1.1\r\nHost: x\r\n", b"POST /v1/embeddings HTTP/1.1\r\ncontent-length: 900\r\n\r\n{",
+              b"", b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"]
+    socks = [connect(idle_server.port) for _ in range(50)]
+    for i, sock in enumerate(socks):
+        sock.sendall(stalls[i % len(stalls)])
+    started = time.monotonic()
+    for sock in socks:
+        until_closed(sock)
+    assert time.monotonic() - started < 4.5
+    r = httpx.get(idle_server.url + "/healthz", timeout=10)  # and the server still answers
+    assert r.status_code == 200

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import socket
 from typing import Any
+from urllib.parse import urlsplit
 from uuid import uuid4
 
 import typer
@@ -13,7 +16,7 @@ from contracts.registry import DeploymentPromoted, ModelRegistered, RollbackRequ
 from contracts.workflow import RequestRefused
 from shared.artifacts import IntegrityError
 from shared.settings import Settings
-from weightflow.cli.common import console, err, history, request, store
+from weightflow.cli.common import Refused, console, err, history, positive, request, store
 from weightflow.render import summary
 
 registry_app = typer.Typer(help="Registered manifests.", no_args_is_help=True)
@@ -87,7 +90,7 @@ def runbook(deployment: str) -> None:
 
 
 def rollback(deployment: str, to: str = typer.Option("", help="manifest id; default: the release before the live one"),
-             timeout: float = typer.Option(60, help="seconds to wait for the answer")) -> None:
+             timeout: float = typer.Option(60, callback=positive, help="seconds to wait for the answer")) -> None:
     """Promote the release before the live one (walking back one step each time), or a named one."""
     event = RollbackRequested(run_id=uuid4(), deployment=deployment, to_manifest_id=to or None)
     tracker = request(Settings(), event, lambda e: isinstance(e, RolledBack | RequestRefused), timeout)
@@ -103,7 +106,8 @@ def rollback(deployment: str, to: str = typer.Option("", help="manifest id; defa
     raise typer.Exit(1)
 
 
-def canary(deployment: str, timeout: float = typer.Option(300, help="seconds to wait for the result")) -> None:
+def canary(deployment: str,
+           timeout: float = typer.Option(300, callback=positive, help="seconds to wait for the result")) -> None:
     """Run the deployment's evaluation canary now; exit 1 when it fails."""
     event = CanaryRequested(run_id=uuid4(), deployment=deployment)
     tracker = request(Settings(), event, lambda e: isinstance(e, CanaryPassed | CanaryFailed | RequestRefused), timeout)
@@ -136,14 +140,45 @@ def predict(deployment: str, texts: list[str] = typer.Argument(..., help="inputs
         console.print(f"{output}\t{text}", markup=False)
 
 
+def _listen(host: str, port: int) -> socket.socket:
+    """The server's socket, bound before the model loads: an address that cannot be used is refused in a
+    second, not after the load (uvicorn logged it and hung, or exited 1 with a traceback). Connections are
+    refused, not queued, until uvicorn listens on it."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)  # as uvicorn
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except (OSError, UnicodeError) as exc:
+        sock.close()
+        if isinstance(exc, socket.gaierror | UnicodeError) or getattr(exc, "errno", None) == errno.EADDRNOTAVAIL:
+            why = f"--host {host!r} is not an address of this machine"
+            raise Refused(f"{why}; use 127.0.0.1, 0.0.0.0 (every interface) or one of its addresses") from None
+        if exc.errno == errno.EADDRINUSE:
+            raise Refused(f"port {port} on {host} is in use by another process; choose another --port") from None
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            raise Refused(f"no permission to listen on port {port} (ports below 1024 need privileges); choose a "
+                          "--port from 1024") from None
+        raise Refused(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
+def _http_url(value: str) -> str:
+    """Typer callback: --public-url is where the canary sends requests, so it must be one."""
+    parts = urlsplit(value)
+    if value and (parts.scheme not in ("http", "https") or not parts.hostname):
+        raise typer.BadParameter("must be an http:// or https:// URL with a host, e.g. http://10.0.0.5:8000")
+    return value
+
+
 def serve(deployment: str,
           host: str = typer.Option("127.0.0.1", help="interface to listen on (0.0.0.0: every interface)"),
-          port: int = typer.Option(8000, help="TCP port"),
+          port: int = typer.Option(8000, min=1, max=65535, help="TCP port"),
           manifest: str = typer.Option("", help="serve this manifest and do not follow promotions"),
           max_batch: int = typer.Option(8, min=1, help="inputs per forward pass (the memory budget plans for 8)"),
-          max_wait_ms: float = typer.Option(0.0, min=0, help="how long a lone request waits for company (requests "
-                                                               "arriving while the model runs share the next pass)"),
-          public_url: str = typer.Option("", help="the URL the canary reaches this server at "
+          max_wait_ms: float = typer.Option(0.0, min=0, max=60_000,
+                                            help="how long a lone request waits for company (requests arriving "
+                                                 "while the model runs share the next pass)"),
+          public_url: str = typer.Option("", callback=_http_url, help="the URL the canary reaches this server at "
                                                   "(default: http://HOST:PORT)"),
           announce: bool = typer.Option(True, help="tell monitoring where the deployment is served, so the canary "
                                                    "probes this server (not with --manifest)"),
@@ -151,7 +186,15 @@ def serve(deployment: str,
                                                help="the server has its CPU cores to itself: OpenMP workers spin a "
                                                     "few ms between operations instead of sleeping (more throughput, "
                                                     "lower latency; far worse tails beside busy processes or under a "
-                                                    "CPU quota). An OMP_WAIT_POLICY you set wins")) -> None:
+                                                    "CPU quota). An OMP_WAIT_POLICY you set wins"),
+          header_timeout: float | None = typer.Option(None, callback=positive, help="seconds a client has to send "
+                                                      "a request's headers, from connecting or from the request's "
+                                                      "first byte (default: WEIGHTFLOW_SERVE_HEADER_TIMEOUT_S, 10)"),
+          body_timeout: float | None = typer.Option(None, callback=positive, help="seconds a client has to send a "
+                                                    "request's whole body once its headers are in; then 408 "
+                                                    "(default: WEIGHTFLOW_SERVE_BODY_TIMEOUT_S, 60)"),
+          keep_alive_timeout: int | None = typer.Option(None, min=1, help="seconds an idle keep-alive connection "
+                                                        "is kept (default: WEIGHTFLOW_SERVE_KEEP_ALIVE_S, 5)")) -> None:
     """Serve the live model over HTTP (OpenAI-compatible routes), swapping on promotion and rollback.
 
     With WEIGHTFLOW_SERVE_API_KEY set, clients must send `Authorization: Bearer <key>`.
@@ -168,8 +211,13 @@ def serve(deployment: str,
     from shared.telemetry import setup_tracing
     from weightflow.serving.app import create_app
     from weightflow.serving.live import LiveDeployment, announce_endpoint
+    from weightflow.serving.server import ClientTimeouts, server_config
 
     settings = Settings()
+    timeouts = ClientTimeouts(header_s=header_timeout or settings.serve_header_timeout_s,
+                              body_s=body_timeout or settings.serve_body_timeout_s,
+                              keep_alive_s=keep_alive_timeout or settings.serve_keep_alive_s)
+    sock = _listen(host, port)
     setup_tracing("serve", settings)
     live = LiveDeployment(settings, deployment, pinned=manifest or None)
     url = public_url or f"http://{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{port}"
@@ -183,7 +231,8 @@ def serve(deployment: str,
             raise typer.Exit(2) from exc
         app = create_app(live, max_batch=max_batch, max_wait_s=max_wait_ms / 1000,
                          api_key=os.environ.get("WEIGHTFLOW_SERVE_API_KEY") or None)
-        config = uvicorn.Config(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=30)
+        config = server_config(app, host=host, port=port, timeouts=timeouts, log_level="info",
+                               timeout_graceful_shutdown=30)
 
         class AnnouncingServer(uvicorn.Server):
             """Announces itself once listening and withdraws on a graceful stop (inside `serve`, before
@@ -199,7 +248,7 @@ def serve(deployment: str,
                 if announcing:
                     await announce_endpoint(settings, live, url, online=False)
 
-        await AnnouncingServer(config).serve()
+        await AnnouncingServer(config).serve(sockets=[sock])
 
     asyncio.run(main())
 

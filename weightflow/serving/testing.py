@@ -2,7 +2,8 @@
 
 `register_checkpoint` stores a real manifest (content-addressed, every file pinned and verified on load)
 without running the workflow; its measurements are placeholders, since what serving tests and benches
-look at is the HTTP layer over real weights. `ServerThread` is `weightflow serve --manifest` on a free port.
+look at is the HTTP layer over real weights. `ServerThread` is `weightflow serve --manifest` on a free port,
+with the same slow-client deadlines.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from shared.modeling.stored import budget_for
 from shared.settings import Settings
 from weightflow.serving.app import create_app
 from weightflow.serving.live import LiveDeployment
+from weightflow.serving.server import ClientTimeouts, server_config
 from weightflow.submission import prepare
 
 
@@ -61,8 +63,10 @@ def free_port() -> int:
 class ServerThread:
     """`weightflow serve --manifest` in a thread: a real uvicorn on a real port."""
 
-    def __init__(self, settings: Settings, deployment: str, manifest_id: str, **app_options: Any) -> None:
+    def __init__(self, settings: Settings, deployment: str, manifest_id: str, *,
+                 timeouts: ClientTimeouts | None = None, **app_options: Any) -> None:
         self.live = LiveDeployment(settings, deployment, pinned=manifest_id)
+        self.timeouts = timeouts or ClientTimeouts()
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.options = app_options
@@ -77,8 +81,8 @@ class ServerThread:
         try:
             await self.live.start()
             self.app = create_app(self.live, **self.options)
-            self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port,
-                                                        log_level="warning"))
+            self.server = uvicorn.Server(server_config(self.app, host="127.0.0.1", port=self.port,
+                                                       timeouts=self.timeouts, log_level="warning"))
             await self.server.serve()
         except BaseException as exc:
             self._error = exc
