@@ -25,6 +25,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from contracts.limits import MAX_TEXT_CHARS
 from shared.artifacts import ArtifactStore
 from shared.natsd import EmbeddedNats
 from shared.settings import Settings
@@ -368,3 +369,45 @@ def test_fifty_stalled_connections_are_all_closed_by_their_deadlines(idle_server
     assert time.monotonic() - started < 4.5
     r = httpx.get(idle_server.url + "/healthz", timeout=10)  # and the server still answers
     assert r.status_code == 200
+
+
+# -- validation errors name the field in words ----------------------------------------------------------
+BAD_BODIES: list[tuple[str, object, str, str | None]] = [
+    ("/v1/chat/completions", {"model": "m", "messages": [{"role": "user", "content": "x" * (MAX_TEXT_CHARS + 1)}]},
+     f"messages[0].content: must be a string of at most {MAX_TEXT_CHARS} characters", "messages[0].content"),
+    ("/v1/chat/completions", {"model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]},
+     "messages[0].content[0].text: must be a string", "messages[0].content[0].text"),
+    ("/v1/chat/completions", {"model": "m", "messages": [{"role": "user", "content": 5}]},
+     "messages[0].content: must be a string or a list of objects", "messages[0].content"),
+    ("/v1/chat/completions", {"model": "m", "messages": [{"role": "robot", "content": "hi"}]},
+     "messages[0].role: must be one of 'system', 'user', 'assistant' or 'developer'", "messages[0].role"),
+    ("/v1/completions", {"model": "m", "prompt": 42}, "prompt: must be a string or a list of strings", "prompt"),
+    ("/v1/completions", {"model": "m", "prompt": ["fine", 7]}, "prompt[1]: must be a string", "prompt[1]"),
+    ("/v1/completions", {"model": "m", "prompt": "x", "stop": ["a"] * 5}, "stop: must have at most 4 items", "stop"),
+    ("/v1/completions", {"model": "m", "prompt": "x", "temperature": "hot"}, "temperature: must be a number",
+     "temperature"),
+    ("/v1/embeddings", {"model": "m", "input": "x", "encoding_format": "hex"},
+     "encoding_format: must be one of 'float' or 'base64'", "encoding_format"),
+    ("/v1/embeddings", {"model": "m", "input": "x", "colour": "red"},
+     "colour: is not a field of this request; remove it", "colour"),
+    ("/v1/classify", {"model": "m", "input": []}, "input: must have at least 1 item", "input"),
+    ("/v1/classify", {"input": "x"}, "model: is required", "model"),
+    ("/v1/classify", [1, 2], "body: must be an object", None),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "expected", "param"), BAD_BODIES)
+def test_a_bad_body_is_400_naming_the_field_in_words(idle_server: ServerThread, path: str, body: object,
+                                                     expected: str, param: str | None) -> None:
+    r = httpx.post(idle_server.url + path, json=body, timeout=30)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["message"] == expected and error["param"] == param, error
+    assert not any(internal in error["message"] for internal in ("function-", "constrained", "list[", "Input should"))
+
+
+def test_malformed_json_says_where(idle_server: ServerThread) -> None:
+    r = httpx.post(idle_server.url + "/v1/classify", content=b'{"model": "m", "input": ',
+                   headers={"content-type": "application/json"}, timeout=30)
+    assert r.status_code == 400
+    assert r.json()["error"]["message"].startswith("body: is not valid JSON (") and "at character" in r.text

@@ -35,6 +35,7 @@ from shared.modeling.protocols import CompletionParams, NotServed
 from weightflow.serving import schemas as s
 from weightflow.serving.batching import Abandoned, Batcher, NotRunning
 from weightflow.serving.live import LiveDeployment, ServedModel
+from weightflow.serving.problems import problems
 
 log = logging.getLogger("weightflow.serve")
 
@@ -172,12 +173,10 @@ def create_app(live: LiveDeployment, *, max_batch: int = 8, max_wait_s: float = 
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-        problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body') or 'body'}: {e.get('msg')}"
-                             for e in exc.errors()[:5])
-        return JSONResponse(s.error(problems or "invalid request", param=where or None, code="invalid_request"),
-                            status_code=400)
+        found = problems(exc.errors())  # each field named as the client wrote it, and what it must be
+        message = "; ".join(f"{where}: {what}" for where, what in found[:5]) or "invalid request"
+        param = found[0][0] if found and found[0][0] != "body" else None
+        return JSONResponse(s.error(message, param=param, code="invalid_request"), status_code=400)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
