@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import socket
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 from uuid import uuid4
@@ -208,6 +209,7 @@ def serve(deployment: str,
         openmp_spins()  # before torch loads
     import uvicorn
 
+    from shared.ops_server import announce as announce_target
     from shared.telemetry import setup_tracing
     from weightflow.serving.app import create_app
     from weightflow.serving.live import LiveDeployment, announce_endpoint
@@ -238,13 +240,20 @@ def serve(deployment: str,
             """Announces itself once listening and withdraws on a graceful stop (inside `serve`, before
             uvicorn re-raises the signal that stopped it)."""
 
+            target: Path | None = None
+
             async def startup(self, sockets: Any = None) -> None:
                 await super().startup(sockets)
+                if self.started and settings.ops_port is not None:  # /metrics: a Prometheus file_sd target
+                    self.target = announce_target(settings.home, "serve", host, port,
+                                                  {"service": "serve", "kind": "serve", "deployment": deployment})
                 if announcing and self.started:
                     await announce_endpoint(settings, live, url, online=True)
 
             async def shutdown(self, sockets: Any = None) -> None:
                 await super().shutdown(sockets)
+                if self.target is not None:
+                    self.target.unlink(missing_ok=True)
                 if announcing:
                     await announce_endpoint(settings, live, url, online=False)
 

@@ -26,12 +26,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.telemetry import TelemetryConfig
+from opentelemetry import trace
 from opentelemetry.trace import TracerProvider
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from shared import genai
 from shared.modeling.protocols import CompletionParams, NotServed
+from weightflow.serving import metrics
 from weightflow.serving import schemas as s
 from weightflow.serving.batching import Abandoned, Batcher, NotRunning
 from weightflow.serving.live import LiveDeployment, ServedModel
@@ -47,7 +50,7 @@ MANIFEST_HEADER = "x-weightflow-manifest"
 # step: FastAPI's operation spans cost the model thread about a fifth of its speed under load (the CPU
 # they take is taken from the model's cores, bench §8); health probes are not traced at all.
 TELEMETRY: TelemetryConfig = {"operation_spans": False,
-                              "exclude": lambda scope: scope.get("path") in ("/healthz", "/readyz")}
+                              "exclude": lambda scope: scope.get("path") in ("/healthz", "/readyz", "/metrics")}
 # With `stream: true` the 200 is server-sent events; in OpenAPI 3.1 a stream's schema describes one event.
 STREAM_DOC: dict[int | str, dict[str, Any]] = {200: {"content": {"text/event-stream": {"schema": {
     "type": "object", "required": ["data"], "properties": {"data": {
@@ -71,30 +74,45 @@ class Prompt:
 
 
 def _run_batch(live: LiveDeployment) -> Any:
+    measured = [""]  # the manifest whose parameter bytes the gauge holds
+
     def run(key: Hashable, inputs: list[Any]) -> tuple[str, Sequence[Any]]:
         served = live.current  # one snapshot per batch: a swap takes effect at the next batch
         if served is None:
             raise ApiError(503, "no model is loaded yet", type_="server_error")
+        if measured[0] != served.manifest_id:
+            measured[0] = served.manifest_id
+            metrics.MODEL_BYTES.set(metrics.parameter_bytes(getattr(served.loaded, "model", None)))
         parts = cast(tuple[Any, ...], key)  # ("classify",) | ("embeddings",) | ("completions", params, templated)
         kind: str = parts[0]
         if kind not in served.task.serves:
             raise NotServed(f"the live model (task {served.spec.type}) no longer serves {kind}")
-        if kind == "classify":
-            return served.manifest_id, served.task.classify(served.loaded, served.spec, inputs)
-        if kind == "embeddings":
-            return served.manifest_id, served.task.embeddings(served.loaded, served.spec, inputs)
-        params, templated = parts[1], parts[2]
-        prompts = cast(list[Prompt], inputs)
-        sinks = [p.sink for p in prompts]
+        metrics.BATCH_SIZE.labels(kind).observe(len(inputs))
+        started = time.perf_counter()
+        try:
+            if kind == "classify":
+                return served.manifest_id, served.task.classify(served.loaded, served.spec, inputs)
+            if kind == "embeddings":
+                return served.manifest_id, served.task.embeddings(served.loaded, served.spec, inputs)
+            params, templated = parts[1], parts[2]
+            prompts = cast(list[Prompt], inputs)
+            sinks = [p.sink for p in prompts]
+            first: list[float] = []
 
-        def on_text(row: int, piece: str) -> None:
-            sink = sinks[row]
-            if sink is not None:
-                sink(piece)
+            def on_text(row: int, piece: str) -> None:
+                if not first:
+                    first.append(time.perf_counter())
+                sink = sinks[row]
+                if sink is not None:
+                    sink(piece)
 
-        return served.manifest_id, served.task.complete(
-            served.loaded, served.spec, [p.text for p in prompts], params, templated=templated,
-            on_text=on_text if any(sinks) else None)
+            completions = served.task.complete(
+                served.loaded, served.spec, [p.text for p in prompts], params, templated=templated,
+                on_text=on_text if any(sinks) else None)
+            metrics.observe_generation(started, first[0] if first else None, completions)
+            return served.manifest_id, completions
+        finally:
+            metrics.MODEL_SECONDS.labels(kind).observe(time.perf_counter() - started)
 
     return run
 
@@ -193,6 +211,9 @@ def create_app(live: LiveDeployment, *, max_batch: int = 8, max_wait_s: float = 
                             status_code=500)
 
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
+    app.add_middleware(metrics.RequestMetrics, routes=lambda: {getattr(r, "path", "") for r in app.routes})
+    metrics.QUEUED.set_function(lambda: batcher.queued)
+    app.add_route("/metrics", metrics.metrics_endpoint, include_in_schema=False)
 
     # -- shared checks ------------------------------------------------------------------------
     async def authorized(request: Request) -> None:  # async: a sync dependency costs a threadpool hop
@@ -298,11 +319,16 @@ def create_app(live: LiveDeployment, *, max_batch: int = 8, max_wait_s: float = 
                                  headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
 
     def answer(body: BaseModel, manifest_id: str) -> Response:
+        trace.get_current_span().set_attributes(genai.response_attributes(body, manifest_id))
         # pydantic's own JSON encoder: one pass in Rust instead of model_dump() then json.dumps
         return Response(body.model_dump_json(), media_type="application/json", headers={MANIFEST_HEADER: manifest_id})
 
     def completion_params(req: s.CompletionRequest | s.ChatRequest, served: ServedModel, limit: int | None,
                           prompt_tokens: int) -> CompletionParams:
+        trace.get_current_span().set_attributes({
+            "gen_ai.operation.name": "chat" if isinstance(req, s.ChatRequest) else "text_completion",
+            "gen_ai.request.model": req.model, "gen_ai.request.temperature": float(req.temperature or 0.0),
+            **({"gen_ai.request.max_tokens": limit} if limit else {})})
         for name in ("max_tokens", "max_completion_tokens"):  # each one given must be possible on its own
             given = getattr(req, name, None)
             if given is not None and given >= served.context_tokens:
