@@ -8,21 +8,18 @@ between commit and publish never loses the announcement.
 
 from __future__ import annotations
 
-import time
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import event as sa_event
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
-from sqlmodel import Field, Session, SQLModel, create_engine
+from sqlmodel import Field, SQLModel, create_engine
 
 from contracts.base import utcnow
 
-# Bumped whenever a table changes shape; an older database is refused with what to do (no migrations
-# before 1.0: the embedded default's data directory is cheap to recreate). A new table is not a change of
-# shape: `create_tables` adds it to an existing database.
-SCHEMA_VERSION = 3  # 3: wf_outbox.trace_context
+# The last table schema from before migrations. The `wf_schema` row holds it so that those releases refuse a
+# database they cannot use; what a database is now is its Alembic revision (shared.migrations).
+SCHEMA_VERSION = 3
 
 
 class SchemaRecord(SQLModel, table=True):
@@ -120,49 +117,13 @@ def make_engine(url: str) -> Engine:
 
 
 class SchemaMismatchError(RuntimeError):
-    pass
+    """The database is not at this release's schema revision; the message says what to run."""
 
 
-def create_tables(engine: Engine, attempts: int = 5) -> None:
-    """Create every table the imported models define (idempotent); run by each service at start.
+def create_tables(engine: Engine) -> None:
+    """What every service does at start: an empty database is made at the head revision (every table, so the
+    embedded default needs no extra command); one at head is used as is; any other is refused with the
+    command that upgrades it (SchemaMismatchError). See shared.migrations."""
+    from shared import migrations
 
-    Services start together: two may both see a table missing and race to create it. The loser's
-    error says the table already exists; trying again sees it and moves on.
-    """
-    for attempt in range(attempts):
-        try:
-            SQLModel.metadata.create_all(engine)
-            break
-        except (OperationalError, ProgrammingError, IntegrityError) as exc:
-            if ("already exists" not in str(exc) and "duplicate key" not in str(exc)) or attempt == attempts - 1:
-                raise
-            time.sleep(0.1 * (attempt + 1))
-    _check_schema(engine)
-
-
-def _check_schema(engine: Engine) -> None:
-    with Session(engine) as session:
-        row = session.get(SchemaRecord, 1)
-        if row is None:
-            session.add(SchemaRecord(id=1, version=SCHEMA_VERSION))
-            try:
-                session.commit()
-            except IntegrityError:
-                session.rollback()
-            row = session.get(SchemaRecord, 1)
-        assert row is not None
-        if row.version != SCHEMA_VERSION:
-            raise SchemaMismatchError(
-                f"the database {engine.url.render_as_string(hide_password=True)} was created by a weightflow with "
-                f"table schema {row.version}; this one needs {SCHEMA_VERSION}. Start with a fresh WEIGHTFLOW_HOME "
-                "(or WEIGHTFLOW_DATABASE_URL), or keep running the older release against it")
-    legacy = [t for t in ("wf_dead_letters",) if _has_column(engine, t, "payload")]
-    if legacy:
-        raise SchemaMismatchError(f"tables {legacy} predate schema {SCHEMA_VERSION}; use a fresh database")
-
-
-def _has_column(engine: Engine, table: str, column: str) -> bool:
-    from sqlalchemy import inspect
-
-    return any(c["name"] == column for c in inspect(engine).get_columns(table))
-
+    migrations.ensure_current(engine)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -88,7 +89,8 @@ E2E_API_KEY = "sk-e2e-7d3b-must-never-be-logged"
 
 
 def start_stack(home: Path, **env: Any) -> LiveStack:
-    settings = Settings(home=home)
+    """The embedded stack in `home`; WEIGHTFLOW_DATABASE_URL among `env` points it (and the test) at that database."""
+    settings = Settings(home=home, database_url=env.get("WEIGHTFLOW_DATABASE_URL"))
     stack = Stack(settings, env={k: str(v) for k, v in env.items()})
     return LiveStack(stack.start())
 
@@ -118,12 +120,9 @@ def example_script(path: Path) -> Any:
 PG_ADMIN_URL = os.environ.get("WEIGHTFLOW_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """The same persistence tests on SQLite and on PostgreSQL (a fresh database per test)."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'wf.db'}"
-        return
+@contextlib.contextmanager
+def postgres_database() -> Iterator[str]:
+    """A fresh PostgreSQL database, dropped afterwards; the test is skipped, with the reason, where none answers."""
     import uuid
 
     import psycopg
@@ -139,3 +138,28 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
             yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
         finally:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# `-m postgres` runs the PostgreSQL half alone.
+BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The same persistence tests on SQLite and on PostgreSQL (a fresh database per test)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'wf.db'}"
+        return
+    with postgres_database() as url:
+        yield url
+
+
+@pytest.fixture(params=BACKENDS)
+def stack_database(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
+    """The environment that puts a stack's state in SQLite (the embedded default: a file in its home) or in a
+    fresh PostgreSQL database: pass it to `start_stack`."""
+    if request.param == "sqlite":
+        yield {}
+        return
+    with postgres_database() as url:
+        yield {"WEIGHTFLOW_DATABASE_URL": url}

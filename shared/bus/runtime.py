@@ -34,7 +34,7 @@ from shared.bus.processing import already_processed, commit
 from shared.bus.runs import NatsRuns, check_run, lookup
 from shared.bus.service import Delivery, HandlerContext, HandlerSpec, Service
 from shared.bus.sweeper import Sweeper
-from shared.db import create_tables, make_engine
+from shared.db import SchemaMismatchError, create_tables, make_engine
 from shared.ops_server import OpsServer
 from shared.settings import Settings
 from shared.telemetry import current_trace_id, setup_tracing
@@ -87,6 +87,16 @@ class ServiceRuntime(lifecycle.Lifecycle, Background):
                           specification=AsyncAPI(title=f"weightflow {service.name}", version="2"))
 
     def run(self) -> None:
+        """Serve until stopped. A database this release cannot use (behind its schema revision) ends the process
+        before it touches NATS, with the one line that says what to run and exit code 2: no traceback to read."""
+        self.engine = make_engine(self.settings.resolved_database_url())
+        try:
+            create_tables(self.engine)
+        except SchemaMismatchError as exc:
+            if not self._exit_process_on_stop:
+                raise
+            log.error("%s", exc)
+            raise SystemExit(2) from None
         asyncio.run(self.build().run())
 
     def _callback(self, spec: HandlerSpec[Any]) -> Callable[..., Any]:
@@ -115,8 +125,9 @@ class ServiceRuntime(lifecycle.Lifecycle, Background):
         return DeadLetterUndecodable
 
     async def _on_startup(self) -> None:
-        self.engine = make_engine(self.settings.resolved_database_url())
-        await asyncio.to_thread(create_tables, self.engine)
+        if self.engine is None:  # built without run(): a test's app
+            self.engine = make_engine(self.settings.resolved_database_url())
+            await asyncio.to_thread(create_tables, self.engine)
         self.store = ArtifactStore(self.settings.resolved_artifacts_dir())
 
     async def _after_startup(self) -> None:

@@ -12,7 +12,7 @@ import os
 import typer
 from rich.markup import escape
 
-from weightflow.cli import deployments, dlq, inspect, ops, workflow
+from weightflow.cli import db, deployments, dlq, inspect, ops, workflow
 from weightflow.cli.common import err, refusal
 
 app = typer.Typer(help="weightflow: select, fit, tune, register and watch a model as an event-driven workflow.",
@@ -21,6 +21,7 @@ for module in (workflow, inspect, deployments, ops):
     module.register(app)
 app.add_typer(deployments.registry_app, name="registry")
 app.add_typer(dlq.app, name="dlq")
+app.add_typer(db.app, name="db")
 
 
 def main() -> None:

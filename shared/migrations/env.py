@@ -1,0 +1,24 @@
+"""Alembic's entry point for weightflow's revisions: always handed a connection by shared.migrations, which holds
+the schema lock around it (there is no alembic.ini and no offline mode)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from alembic import context
+
+from shared import migrations
+
+
+def include_name(name: str | None, type_: str, _parent: Any) -> bool:
+    """Autogenerate compares our tables only: a plugin's or a test's are not ours to migrate."""
+    return type_ != "table" or (name is not None and migrations.managed(name))
+
+
+connection = context.config.attributes.get("connection")
+if connection is None:
+    raise RuntimeError("run migrations through `weightflow db upgrade` (shared.migrations.upgrade), not alembic's CLI")
+context.configure(connection=connection, target_metadata=migrations.metadata(), render_as_batch=True,
+                  include_name=include_name, compare_type=True)
+with context.begin_transaction():
+    context.run_migrations()
