@@ -3,7 +3,8 @@
 Each service process is SIGKILLed while handling its first event, once in the middle of its database
 transaction and once after the commit but before the ack; the nats-server is SIGKILLed and restarted
 mid-run. The supervisor restarts what died, JetStream redelivers, the inbox absorbs the repeats, and
-the outbox relay publishes what the crash held back.
+the outbox relay publishes what the crash held back. Each test runs with the state in SQLite (the embedded
+default) and in PostgreSQL (`-m postgres` runs that half alone).
 """
 
 from __future__ import annotations
@@ -89,6 +90,8 @@ def assert_exactly_once(live: LiveStack, events: list[Event], run_id: UUID) -> N
     for e in events:
         mine.feed(e)
     assert Counter(e.type_name() for e in mine.events) == EXPECTED
+    if live.settings.database_url:  # the state was where the test put it, not in the home's SQLite file
+        assert not (live.stack.home / "weightflow.db").exists()
     engine = make_engine(live.settings.resolved_database_url())
     with Session(engine) as session:
         for table, rows in EXPECTED_ROWS.items():
@@ -99,9 +102,10 @@ def assert_exactly_once(live: LiveStack, events: list[Event], run_id: UUID) -> N
         assert canaries == 1
 
 
-def test_every_service_killed_mid_handling_loses_and_repeats_nothing(tmp_path: Path) -> None:
+def test_every_service_killed_mid_handling_loses_and_repeats_nothing(tmp_path: Path,
+                                                                   stack_database: dict[str, str]) -> None:
     live = start_stack(tmp_path / "home", WEIGHTFLOW_CRASH_POINTS=",".join(CRASH_POINTS), WEIGHTFLOW_ACK_WAIT_S=6,
-                       WEIGHTFLOW_CANARY_INTERVAL_S=3600)
+                       WEIGHTFLOW_CANARY_INTERVAL_S=3600, **stack_database)
     try:
         with supervised(live):
             event = prepare(EXAMPLE_DIR / "requirements.yaml", live.store).event
@@ -117,13 +121,13 @@ def test_every_service_killed_mid_handling_loses_and_repeats_nothing(tmp_path: P
         live.stack.stop()
 
 
-def test_nats_server_restart_and_sigterm_mid_training(tmp_path: Path) -> None:
+def test_nats_server_restart_and_sigterm_mid_training(tmp_path: Path, stack_database: dict[str, str]) -> None:
     """The broker dies mid-run and comes back: services reconnect by themselves. Then the tuning service
     gets SIGTERM while it trains: it exits within its grace period, handing the work back, and its
     restart trains the adapter once."""
     grace = 2.0
     live = start_stack(tmp_path / "home", WEIGHTFLOW_ACK_WAIT_S=6, WEIGHTFLOW_CANARY_INTERVAL_S=3600,
-                       WEIGHTFLOW_SHUTDOWN_GRACE_S=grace)
+                       WEIGHTFLOW_SHUTDOWN_GRACE_S=grace, **stack_database)
     try:
         event = prepare(EXAMPLE_DIR / "requirements.yaml", live.store).event
         live.publish(event)

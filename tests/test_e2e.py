@@ -1,7 +1,8 @@
 """The whole workflow through six service processes on a real nats-server, SQLite and real weights.
 
 The shipped example's first run is a module fixture that the tests reading it share; a test that changes
-a deployment's state (a change, a rollback) works on a deployment of its own, so any test runs alone.
+a deployment's state (a change, a rollback) works on a deployment of its own, so any test runs alone. The
+same first run on PostgreSQL is a test of its own (`-m postgres`), on a stack of its own.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from pathlib import Path
 from uuid import uuid4
 
 import pytest
+from sqlalchemy import text
 
 from contracts.base import Event
 from contracts.benchmark import CandidateBenchmarked, SelectionDecided, VariantBenchmarked
@@ -20,10 +22,11 @@ from contracts.requirements import RequirementsAccepted, RequirementsRejected, R
 from contracts.tuning import TuningGated, TuningSkipped
 from contracts.workflow import WorkflowRerouted
 from shared.artifacts import sha256_file
+from shared.db import make_engine
 from shared.modeling.stored import read_manifest
 from weightflow.submission import prepare
 
-from .conftest import EXAMPLE_DIR, ROOT, LiveStack, example_script
+from .conftest import EXAMPLE_DIR, ROOT, LiveStack, example_script, postgres_database, start_stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -36,15 +39,45 @@ def of(events: list[Event], cls: type[Event]) -> list[Event]:
     return [e for e in events if isinstance(e, cls)]
 
 
-@pytest.fixture(scope="module")
-def first_run(live_stack: LiveStack) -> list[Event]:
-    event = prepare(EXAMPLE_DIR / "requirements.yaml", live_stack.store).event
-    tracker = live_stack.run(event)
-    assert tracker.outcome == "succeeded", f"{types(tracker.events)}\n{live_stack.logs()}"
+def example_run(live: LiveStack) -> list[Event]:
+    event = prepare(EXAMPLE_DIR / "requirements.yaml", live.store).event
+    tracker = live.run(event)
+    assert tracker.outcome == "succeeded", f"{types(tracker.events)}\n{live.logs()}"
     return tracker.events
 
 
+@pytest.fixture(scope="module")
+def first_run(live_stack: LiveStack) -> list[Event]:
+    return example_run(live_stack)
+
+
+@pytest.mark.postgres
+def test_example_reaches_a_monitored_deployment_on_postgresql(tmp_path: Path) -> None:
+    """The main run with the services' state in PostgreSQL; the tests below run on the embedded default (SQLite).
+    First in the module, so its stack is gone before theirs starts."""
+    with postgres_database() as url:
+        live = start_stack(tmp_path / "home", WEIGHTFLOW_DATABASE_URL=url, WEIGHTFLOW_CANARY_INTERVAL_S=3600,
+                           WEIGHTFLOW_ACK_WAIT_S=20)
+        try:
+            run = example_run(live)
+            assert_a_monitored_deployment(run, live)
+            assert not (live.stack.home / "weightflow.db").exists(), "no service fell back to SQLite"
+            engine = make_engine(url)
+            with engine.connect() as conn:
+                for table in ("requirements_versions", "benchmark_results", "registry_manifests", "wf_inbox"):
+                    assert conn.execute(text(f"SELECT count(*) FROM {table} WHERE run_id = :r"),
+                                        {"r": str(run[0].run_id)}).scalar_one() > 0, table
+                assert conn.execute(text("SELECT count(*) FROM monitoring_canaries")).scalar_one() == 1
+            engine.dispose()
+        finally:
+            live.stack.stop()
+
+
 def test_example_reaches_a_monitored_deployment(first_run: list[Event], live_stack: LiveStack) -> None:
+    assert_a_monitored_deployment(first_run, live_stack)
+
+
+def assert_a_monitored_deployment(first_run: list[Event], live_stack: LiveStack) -> None:
     seq = types(first_run)
     # every stage, in causal order
     for earlier, later in [("requirements.accepted", "benchmark.candidate_benchmarked"),
