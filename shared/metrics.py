@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram, Info
 
-from contracts.base import EVENT_TYPES, SUBJECT_PREFIX, Event, parse_event
+from contracts.base import EVENT_TYPES, SUBJECT_PREFIX, decode_json
 from contracts.benchmark import NoCandidatePassed
 from contracts.fitting import FitFailed
 from contracts.monitoring import CanaryFailed, CanaryPassed, DriftDetected
@@ -29,6 +31,10 @@ PREFIX = "weightflow"
 _SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 BUILD = Info(f"{PREFIX}_build", "weightflow's version in this process")
+try:
+    BUILD.info({"version": version("weightflow")})
+except PackageNotFoundError:  # run from a source tree that was never installed
+    BUILD.info({"version": "unknown"})
 
 # -- the bus ----------------------------------------------------------------------------------------
 EVENTS_CONSUMED = Counter(f"{PREFIX}_events_consumed_total",
@@ -88,6 +94,12 @@ CANARY_COST = Gauge(f"{PREFIX}_canary_cost_per_1k_usd", "The last canary's cost 
 CANARY_ROWS = Gauge(f"{PREFIX}_canary_rows", "Rows the last canary's score rests on", ["deployment"])
 CANARY_LAST = Gauge(f"{PREFIX}_canary_last_timestamp_seconds",
                     "When the deployment's last canary ended (time() - this: seconds since)", ["deployment"])
+# Timestamps, not a pass/fail gauge, decide the alert: with several monitoring replicas (or one restarted) the
+# newest verdict is the one with the newest timestamp, whichever process holds it.
+CANARY_LAST_PASSED = Gauge(f"{PREFIX}_canary_last_passed_timestamp_seconds", "When a canary last passed",
+                           ["deployment"])
+CANARY_LAST_FAILED = Gauge(f"{PREFIX}_canary_last_failed_timestamp_seconds", "When a canary last failed",
+                           ["deployment"])
 
 
 def event_label(subject: str) -> str:
@@ -97,51 +109,62 @@ def event_label(subject: str) -> str:
     return name if name in EVENT_TYPES else "other"
 
 
-def _run_ended(outcome: str) -> Callable[[Event], None]:
+Fields = dict[str, Any]  # a published event's JSON: the projections read a few fields, no model is built
+
+
+def _run_ended(outcome: str) -> Callable[[Fields], None]:
     return lambda _: RUNS_ENDED.labels(outcome).inc()
 
 
-def _accepted(e: Event) -> None:
-    RUNS_STARTED.labels("submitted" if getattr(getattr(e, "context", None), "attempt", 0) == 0 else "rerouted").inc()
+def _deployment(e: Fields) -> str:
+    return str(e.get("deployment", ""))
 
 
-def _rerouted(e: Event) -> None:
-    REROUTES.labels(getattr(e, "deployment", "")).inc()
+def _accepted(e: Fields) -> None:
+    attempt = (e.get("context") or {}).get("attempt", 0)
+    RUNS_STARTED.labels("submitted" if not attempt else "rerouted").inc()
+
+
+def _rerouted(e: Fields) -> None:
+    REROUTES.labels(_deployment(e)).inc()
     RUNS_ENDED.labels("rerouted").inc()
 
 
-def _halted(e: Event) -> None:
-    deployment = getattr(e, "deployment", "")
-    HALTS.labels(deployment).inc()
-    HALTED.labels(deployment).set(1)
+def _halted(e: Fields) -> None:
+    HALTS.labels(_deployment(e)).inc()
+    HALTED.labels(_deployment(e)).set(1)
     RUNS_ENDED.labels("halted").inc()
 
 
-def _canary(e: Event) -> None:
-    deployment = getattr(e, "deployment", "")
-    passed = isinstance(e, CanaryPassed)
-    CANARIES.labels(deployment, "passed" if passed else str(getattr(e, "kind", "failed"))).inc()
-    CANARY_PASSED.labels(deployment).set(1 if passed else 0)
-    CANARY_LAST.labels(deployment).set(time.time())
-    m = getattr(e, "measurement", None)
-    if m is None:
-        return
-    CANARY_SCORE.labels(deployment).set(m.score)
-    CANARY_P95.labels(deployment).set(m.latency_ms_p95 / 1000.0)
-    CANARY_COST.labels(deployment).set(m.cost_per_1k_usd)
-    CANARY_ROWS.labels(deployment).set(m.n)
-    low, high = (m.interval.low, m.interval.high) if m.interval is not None else (m.score, m.score)
-    CANARY_SCORE_LOW.labels(deployment).set(low)
-    CANARY_SCORE_HIGH.labels(deployment).set(high)
+def _canary(passed: bool) -> Callable[[Fields], None]:
+    def observe(e: Fields) -> None:
+        deployment, now = _deployment(e), time.time()
+        CANARIES.labels(deployment, "passed" if passed else str(e.get("kind", "failed"))).inc()
+        CANARY_PASSED.labels(deployment).set(1 if passed else 0)
+        CANARY_LAST.labels(deployment).set(now)
+        (CANARY_LAST_PASSED if passed else CANARY_LAST_FAILED).labels(deployment).set(now)
+        m = e.get("measurement")
+        if not isinstance(m, dict):
+            return
+        score = float(m["score"])
+        interval = m.get("interval") or {"low": score, "high": score}
+        CANARY_SCORE.labels(deployment).set(score)
+        CANARY_SCORE_LOW.labels(deployment).set(float(interval["low"]))
+        CANARY_SCORE_HIGH.labels(deployment).set(float(interval["high"]))
+        CANARY_P95.labels(deployment).set(float(m["latency_ms_p95"]) / 1000.0)
+        CANARY_COST.labels(deployment).set(float(m["cost_per_1k_usd"]))
+        CANARY_ROWS.labels(deployment).set(int(m["n"]))
+
+    return observe
 
 
-def _tuning_gated(e: Event) -> None:
-    if not getattr(e, "passed", True):
+def _tuning_gated(e: Fields) -> None:
+    if not e.get("passed", True):
         RUNS_ENDED.labels("tuning_failed").inc()
 
 
 # What each published event means for the workflow's metrics.
-_PROJECTIONS: dict[str, Callable[[Event], None]] = {cls.type_name(): fn for cls, fn in (
+_PROJECTIONS: dict[str, Callable[[Fields], None]] = {cls.type_name(): fn for cls, fn in (
     (RequirementsAccepted, _accepted),
     (RequirementsRejected, _run_ended("rejected")),
     (NoCandidatePassed, _run_ended("no_candidate")),
@@ -150,26 +173,28 @@ _PROJECTIONS: dict[str, Callable[[Event], None]] = {cls.type_name(): fn for cls,
     (TuningSkipped, _run_ended("tuning_skipped")),
     (DeploymentPromoted, _run_ended("promoted")),
     (PromotionSkipped, _run_ended("promotion_skipped")),
-    (RolledBack, lambda e: ROLLBACKS.labels(getattr(e, "deployment", "")).inc()),
+    (RolledBack, lambda e: ROLLBACKS.labels(_deployment(e)).inc()),
     (WorkflowRerouted, _rerouted),
     (WorkflowHalted, _halted),
-    (WorkflowResumed, lambda e: HALTED.labels(getattr(e, "deployment", "")).set(0)),
+    (WorkflowResumed, lambda e: HALTED.labels(_deployment(e)).set(0)),
     (DeadLettered, _run_ended("dead_lettered")),
-    (CanaryPassed, _canary),
-    (CanaryFailed, _canary),
-    (DriftDetected, lambda e: DRIFTS.labels(getattr(e, "deployment", ""), str(getattr(e, "kind", ""))).inc()),
+    (CanaryPassed, _canary(True)),
+    (CanaryFailed, _canary(False)),
+    (DriftDetected, lambda e: DRIFTS.labels(_deployment(e), str(e.get("kind", ""))).inc()),
 )}
 
 
 def observe_published(service: str, subject: str, payload: bytes) -> None:
     """Count an event this process put on the stream, and project it onto the workflow's metrics. Never
-    raises: a metric must not fail a publish."""
+    raises: a metric must not fail a publish. Runs on the event loop, so it reads the JSON, not the model."""
     event = event_label(subject)
     EVENTS_PUBLISHED.labels(service, event).inc()
     project = _PROJECTIONS.get(event)
     if project is None:
         return
     try:
-        project(parse_event(payload))
+        fields = decode_json(payload)
+        if isinstance(fields, dict):
+            project(fields)
     except Exception:  # an event we published is valid; if not, the metric is what is lost, not the event
         return

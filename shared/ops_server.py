@@ -7,6 +7,8 @@ blocked loop is exactly what `/healthz` reports. Each check is a callable return
 A process started with `WEIGHTFLOW_OPS_PORT=0` takes a free port and says where in a Prometheus
 file-based service discovery file, `<home>/ops/targets/<name>-<pid>.json`, which Prometheus
 (`file_sd_configs`), `weightflow doctor` and the embedded stack read; the file goes when the process does.
+A port that was chosen is not announced: whoever chose it configures the scrape (a container's address is
+not the loopback its process sees).
 """
 
 from __future__ import annotations

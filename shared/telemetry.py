@@ -1,7 +1,8 @@
 """OpenTelemetry setup: one tracer provider per process, spans carried across NATS by faststream.
 
 Spans go to `<home>/traces.jsonl` (one JSON span per line) by default, which an operator can read
-offline, and over OTLP to a collector when one is configured: `WEIGHTFLOW_OTLP_ENDPOINT`, or
+offline, and over OTLP to a collector when one is configured: `WEIGHTFLOW_OTLP_ENDPOINT` (first; a base URL
+like `OTEL_EXPORTER_OTLP_ENDPOINT`: over HTTP `/v1/traces` is added unless it already ends so), or
 OpenTelemetry's own `OTEL_EXPORTER_OTLP_ENDPOINT` / `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` with
 `OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL` (`http/protobuf`, the default, or `grpc`) and the other standard
 `OTEL_EXPORTER_OTLP_*` variables (headers, timeout, certificates), which the exporters read themselves.
@@ -99,7 +100,7 @@ def otlp_exporter(settings: Settings, env: Mapping[str, str] | None = None) -> S
     if protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
 
-        return GrpcExporter(endpoint=traces_url or base_url)
+        return GrpcExporter(endpoint=settings.otlp_endpoint or traces_url or base_url)  # ours first, as for HTTP
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
 
     if traces_url and not settings.otlp_endpoint:

@@ -40,9 +40,10 @@ class Background:
             self._relay_lock = asyncio.Lock()
 
         async def publish(subject: str, payload: bytes, headers: dict[str, str]) -> None:
-            await broker.publish(payload, subject, headers=headers, stream=stream_for(subject, self.settings),
-                                 timeout=2.0)
-            self.observe_published(subject, payload)
+            ack = await broker.publish(payload, subject, headers=headers, stream=stream_for(subject, self.settings),
+                                       timeout=2.0)
+            if not getattr(ack, "duplicate", False):  # a relay's retry of a row JetStream already has: not new
+                self.observe_published(subject, payload)
 
         async with self._relay_lock:
             await outbox.relay(self.engine, self.service.name, publish, asyncio.to_thread)

@@ -86,12 +86,19 @@ def oldest_unpublished_age_s(engine: Engine, service: str | None = None, now: da
     return max(0.0, (now - oldest).total_seconds())
 
 
-def unpublished_count(engine: Engine, service: str) -> int:
-    """Rows committed and still waiting to be published (parked rows are not waiting)."""
+def waiting(engine: Engine, service: str, now: datetime | None = None) -> tuple[int, float]:
+    """(rows committed and still waiting to be published, seconds the oldest has waited): one query, for the
+    metrics. Parked rows are not waiting."""
     with Session(engine) as session:
-        return int(session.exec(
-            select(func.count()).select_from(OutboxRecord).where(OutboxRecord.service == service)
-            .where(col(OutboxRecord.published_at).is_(None)).where(col(OutboxRecord.parked_at).is_(None))).one())
+        count, oldest = session.exec(
+            select(func.count(), func.min(OutboxRecord.created_at)).where(OutboxRecord.service == service)
+            .where(col(OutboxRecord.published_at).is_(None)).where(col(OutboxRecord.parked_at).is_(None))).one()
+    if oldest is None:
+        return int(count), 0.0
+    now = now or utcnow()
+    if oldest.tzinfo is None:
+        now = now.replace(tzinfo=None)
+    return int(count), max(0.0, (now - oldest).total_seconds())
 
 
 def parked(engine: Engine) -> list[OutboxRecord]:

@@ -29,7 +29,7 @@ from shared.bus.background import Background
 from shared.bus.dead_letters import write_dead_letter
 from shared.bus.decoding import bounded_decoder
 from shared.bus.errors import PermanentError, UndecodableMessage
-from shared.bus.outbox import oldest_unpublished_age_s, unpublished_count
+from shared.bus.outbox import waiting
 from shared.bus.processing import already_processed, commit
 from shared.bus.runs import NatsRuns, check_run, lookup
 from shared.bus.service import Delivery, HandlerContext, HandlerSpec, Service
@@ -140,11 +140,13 @@ class ServiceRuntime(lifecycle.Lifecycle, Background):
         sweeper = Sweeper(self.service, self.settings, self.engine, js, self.dead_letter_raw)
         self.start_task(sweeper.loop())
         self._bound = True
+        self.start_task(self.tick_loop())
         self.start_task(self.observe_loop())
         if self.settings.ops_port is not None:
             self.ops = OpsServer(self.service.name, self.settings.ops_host, self.settings.ops_port,
                                  live={"event_loop": self._loop_alive}, ready=self.readiness_checks()).start()
-            self.ops.announce(self.settings.home, {"service": self.service.name, "kind": "service"})
+            if self.settings.ops_port == 0:  # a port nobody chose: say where it is (a chosen one is configured)
+                self.ops.announce(self.settings.home, {"service": self.service.name, "kind": "service"})
             log.info("service %s: /metrics, /healthz, /readyz on %s:%d", self.service.name, self.ops.host,
                      self.ops.port)
         log.info("service %s consuming %s", self.service.name, [s.event_type.subject() for s in self.service.handlers])
@@ -277,28 +279,29 @@ class ServiceRuntime(lifecycle.Lifecycle, Background):
 
         return {"nats": nats, "database": database, "consumers": consumers, "not_draining": draining}
 
-    async def observe_loop(self) -> None:
-        """Keep the gauges a scrape reads current: readiness, consumer lag, outbox depth; and tick for /healthz."""
-        name = self.service.name
-        next_read = 0.0
+    async def tick_loop(self) -> None:
+        """The loop's heartbeat for /healthz: a task of its own, so slow metric reads never look like a hang."""
         while True:
-            self._loop_tick = now = time.monotonic()
-            if now >= next_read:
-                next_read = now + self.settings.metrics_interval_s
-                try:
-                    await self._observe_once()
-                except Exception as exc:  # NATS away, database locked: the gauges keep their last values
-                    log.debug("%s: metrics refresh failed: %s", name, exc)
+            self._loop_tick = time.monotonic()
             await asyncio.sleep(1.0)
+
+    async def observe_loop(self) -> None:
+        """Keep the gauges a scrape reads current: readiness, consumer lag, outbox depth."""
+        while True:
+            try:
+                await self._observe_once()
+            except Exception as exc:  # NATS away, database locked: the gauges keep their last values
+                log.debug("%s: metrics refresh failed: %s", self.service.name, exc)
+            await asyncio.sleep(self.settings.metrics_interval_s)
 
     async def _observe_once(self) -> None:
         assert self.broker is not None and self.engine is not None
         name = self.service.name
         ready = self.broker.connection.is_connected and self._bound and not self.stopping
         metrics.SERVICE_READY.labels(name).set(1 if ready else 0)
-        metrics.OUTBOX_UNPUBLISHED.labels(name).set(await asyncio.to_thread(unpublished_count, self.engine, name))
-        metrics.OUTBOX_OLDEST_AGE.labels(name).set(
-            await asyncio.to_thread(oldest_unpublished_age_s, self.engine, name))
+        count, age = await asyncio.to_thread(waiting, self.engine, name)
+        metrics.OUTBOX_UNPUBLISHED.labels(name).set(count)
+        metrics.OUTBOX_OLDEST_AGE.labels(name).set(age)
         js = self.broker.connection.jetstream()
         for spec in self.service.handlers:
             info = await js.consumer_info(self.settings.stream, self.service.durable_name(spec.event_type),

@@ -244,7 +244,7 @@ def serve(deployment: str,
 
             async def startup(self, sockets: Any = None) -> None:
                 await super().startup(sockets)
-                if self.started and settings.ops_port is not None:  # /metrics: a Prometheus file_sd target
+                if self.started and settings.ops_port == 0:  # /metrics found through the home's file_sd targets
                     self.target = announce_target(settings.home, "serve", host, port,
                                                   {"service": "serve", "kind": "serve", "deployment": deployment})
                 if announcing and self.started:

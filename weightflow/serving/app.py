@@ -82,7 +82,9 @@ def _run_batch(live: LiveDeployment) -> Any:
             raise ApiError(503, "no model is loaded yet", type_="server_error")
         if measured[0] != served.manifest_id:
             measured[0] = served.manifest_id
-            metrics.MODEL_BYTES.set(metrics.parameter_bytes(getattr(served.loaded, "model", None)))
+            size = metrics.parameter_bytes(getattr(served.loaded, "model", None))
+            if size is not None:
+                metrics.MODEL_BYTES.set(size)
         parts = cast(tuple[Any, ...], key)  # ("classify",) | ("embeddings",) | ("completions", params, templated)
         kind: str = parts[0]
         if kind not in served.task.serves:
@@ -260,6 +262,11 @@ def create_app(live: LiveDeployment, *, max_batch: int = 8, max_wait_s: float = 
         """Server-sent events in OpenAI's streaming shape: pieces as the model makes them, then each
         choice's rest and finish reason, the usage when asked for, and `data: [DONE]`. An error after
         the stream began is an `error` event (the status line is already sent)."""
+        span = trace.get_current_span()
+        if span.is_recording():
+            span.set_attributes({"gen_ai.operation.name": "chat" if head["object"].startswith("chat") else
+                                 "text_completion", "gen_ai.request.model": str(head["model"]),
+                                 "gen_ai.response.id": str(head["id"])})
         loop = asyncio.get_running_loop()
         pieces: asyncio.Queue[tuple[int, str] | None] = asyncio.Queue()
 
@@ -319,16 +326,18 @@ def create_app(live: LiveDeployment, *, max_batch: int = 8, max_wait_s: float = 
                                  headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
 
     def answer(body: BaseModel, manifest_id: str) -> Response:
-        trace.get_current_span().set_attributes(genai.response_attributes(body, manifest_id))
+        span = trace.get_current_span()
+        if span.is_recording():  # sampled out, or no tracing: build nothing
+            span.set_attributes(genai.response_attributes(body, manifest_id))
         # pydantic's own JSON encoder: one pass in Rust instead of model_dump() then json.dumps
         return Response(body.model_dump_json(), media_type="application/json", headers={MANIFEST_HEADER: manifest_id})
 
     def completion_params(req: s.CompletionRequest | s.ChatRequest, served: ServedModel, limit: int | None,
                           prompt_tokens: int) -> CompletionParams:
-        trace.get_current_span().set_attributes({
-            "gen_ai.operation.name": "chat" if isinstance(req, s.ChatRequest) else "text_completion",
-            "gen_ai.request.model": req.model, "gen_ai.request.temperature": float(req.temperature or 0.0),
-            **({"gen_ai.request.max_tokens": limit} if limit else {})})
+        span = trace.get_current_span()
+        if span.is_recording():
+            span.set_attributes({"gen_ai.request.temperature": float(req.temperature or 0.0),
+                                 **({"gen_ai.request.max_tokens": limit} if limit else {})})
         for name in ("max_tokens", "max_completion_tokens"):  # each one given must be possible on its own
             given = getattr(req, name, None)
             if given is not None and given >= served.context_tokens:

@@ -84,8 +84,9 @@ def observe_generation(started: float, first_text: float | None, completions: li
         TTFT.observe(first_text - started)
 
 
-def parameter_bytes(model: Any) -> int:
+def parameter_bytes(model: Any) -> int | None:
+    """Bytes of a torch module's parameters and buffers; None for anything else (the gauge is left alone)."""
     try:
-        return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
-    except Exception:  # an API-backed or unusual model: the gauge stays as it was
-        return 0
+        return int(sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers())))
+    except Exception:
+        return None
