@@ -5,6 +5,8 @@ port, in a thread."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import threading
 import time
 import zlib
@@ -52,6 +54,62 @@ def drip(body: bytes, every_s: float, *, wait_s: float = 0.0, silence_s: float =
 
     return StreamingResponse(trickle(), media_type="application/json",
                              headers={"content-length": str(len(body))})
+
+
+class Scripted:
+    """A raw loopback server below HTTP, for what uvicorn will not do (send a head a byte at a time): on each
+    connection it reads a request, then follows `script`, (pause in seconds, bytes to send, or None: read the
+    next request on this kept-alive connection) by turns, then holds the connection silent. Every pause ends at
+    `__exit__`, so a test lasts as long as its client, not its script."""
+
+    def __init__(self, script: list[tuple[float, bytes | None]]) -> None:
+        self.script = script
+        self.connections = 0
+        self._stop = threading.Event()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.05)
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}/v1"
+        self._threads = [threading.Thread(target=self._accept, daemon=True)]
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            self.connections += 1
+            answer = threading.Thread(target=self._answer, args=(conn,), daemon=True)
+            self._threads.append(answer)
+            answer.start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):  # the client hung up
+            conn.settimeout(5)
+            conn.recv(65536)  # the request's head, at least
+            for pause, data in self.script:
+                if self._stop.wait(pause):
+                    return
+                if data is None:
+                    conn.recv(65536)
+                else:
+                    conn.sendall(data)
+            self._stop.wait()
+
+    def __enter__(self) -> Scripted:
+        self._threads[0].start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._threads[0].join(timeout=10)  # accepts no more: the list is whole
+        for thread in self._threads[1:]:
+            thread.join(timeout=10)
+        self._listener.close()
+
+
+def dripped(data: bytes, every_s: float) -> list[tuple[float, bytes | None]]:
+    """`data` one byte every `every_s`, as a Scripted script."""
+    return [(every_s, bytes([byte])) for byte in data]
 
 
 class Huge:

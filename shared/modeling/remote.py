@@ -7,9 +7,10 @@ what a client sees: status codes, latency per request including retries, token u
 
 A server is not trusted to end its answers (issue 19: one that drips a byte a second held each call for
 as long as it liked; one that sent 50 MB bodies took the benchmark service to 12 GB):
-- each try has a deadline, `timeout_s`, for the whole exchange, body included: the body is streamed and
-  the deadline checked between reads, and a watchdog shuts the socket under a read that would outlast it
-  (a thread cannot be killed; a socket shut down under it wakes it at once);
+- each try has a deadline, `timeout_s`, for the whole exchange, headers and body included: the body is
+  streamed and the deadline checked between reads, and a watchdog, armed before the request is sent, shuts
+  the socket under a read that would outlast it (a thread cannot be killed; a socket shut down under it wakes
+  it at once);
 - each body is counted as it arrives and cut at `MAX_RESPONSE_BYTES` (`ResponseTooLarge`), an error body
   at `ERROR_BODY_BYTES`; compressed bodies are inflated within the same count;
 - a batch (`map`: one candidate's evaluation) has a budget, `timeout_s x (max_retries + 1) x
@@ -283,26 +284,48 @@ class _Answer:
 
 
 class _Flight:
-    """One try's socket, shut down by a timer at the try's deadline: a blocked read wakes at once. `landed`
-    (under the lock) keeps a late timer off a connection the pool has since lent to another try."""
+    """One try's deadline over whichever socket it ends up on. The timer is armed before the request is sent, and
+    the socket attached when the try first writes on one (new or from the pool): a server that drips its headers
+    is cut like one that drips its body (httpx times each read alone). A blocked read wakes at once when its
+    socket is shut; `landed` (under the lock) keeps a late timer off a connection the pool has since lent to
+    another try."""
 
-    def __init__(self, sock: socket.socket | None) -> None:
-        self._sock, self._lock, self.cut = sock, threading.Lock(), False
+    def __init__(self) -> None:
+        self._sock: socket.socket | None = None
+        self._lock, self.cut, self._landed = threading.Lock(), False, False
+
+    def attach(self, sock: socket.socket) -> None:
+        with self._lock:
+            if not self._landed:
+                self._sock = sock
+                if self.cut:  # expired while it waited for a connection
+                    _shut(sock)
 
     def expire(self) -> None:
         with self._lock:
-            if self._sock is not None:
+            if not self._landed:
                 self.cut = True
-                _shut(self._sock)
+                if self._sock is not None:
+                    _shut(self._sock)
 
     def landed(self) -> None:
         with self._lock:
-            self._sock = None
+            self._landed, self._sock = True, None
 
 
 def _shut(sock: socket.socket) -> None:
     with suppress(OSError):  # closed already, or never connected
         sock.shutdown(socket.SHUT_RDWR)
+
+
+def _attaching(write: Callable[..., None], sock: socket.socket, flights: threading.local) -> Callable[..., None]:
+    """A connection's `write`, attaching its socket to the try running in this thread first (holds no Caller)."""
+    def attach_then_write(buffer: bytes, timeout: float | None = None) -> None:
+        flight = getattr(flights, "current", None)
+        if flight is not None:
+            flight.attach(sock)
+        write(buffer, timeout)
+    return attach_then_write
 
 
 class Caller:
@@ -325,6 +348,7 @@ class Caller:
         self._stop = threading.Event()
         self._failure: EndpointError | None = None
         self._sockets: weakref.WeakSet[socket.socket] = weakref.WeakSet()  # every connection's, to cut on stop
+        self._flights = threading.local()  # .current: the try this thread runs, if any
 
     def __enter__(self) -> Caller:
         return self
@@ -338,14 +362,18 @@ class Caller:
             self.retries += int(retried)
 
     def _trace(self, event: str, info: dict[str, Any]) -> None:
-        """httpcore's trace hook: note each new connection's socket (TLS included) so `_fail` can cut it."""
+        """httpcore's trace hook: note each new connection's socket (TLS included) so `_fail` can cut it, and
+        make the connection's writes attach it to the try that writes. A pooled connection is named by no trace
+        event, and every request starts with a write in its own thread."""
         if event in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
-            sock = info["return_value"].get_extra_info("socket")
+            stream = info["return_value"]
+            sock = stream.get_extra_info("socket")
             if isinstance(sock, socket.socket):
                 with self._lock:
                     self._sockets.add(sock)
                 if self._stop.is_set():
                     _shut(sock)
+                stream.write = _attaching(stream.write, sock, self._flights)
 
     def _fail(self, exc: EndpointError) -> EndpointError:
         """The first failure for good stops the caller: tries not yet sent are not, tries in flight are cut
@@ -386,27 +414,28 @@ class Caller:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise _Late
-        flight = _Flight(None)
+        flight = _Flight()
+        timer = threading.Timer(remaining, flight.expire)  # armed before the request: headers are inside it too
+        timer.daemon = True
+        timer.start()
+        self._flights.current = flight
         try:
             with self._client.stream("POST", path.lstrip("/"), json=payload, timeout=remaining,
                                      extensions={"trace": self._trace}) as response:
-                stream = response.extensions.get("network_stream")
-                sock = stream.get_extra_info("socket") if stream is not None else None
-                flight = _Flight(sock if isinstance(sock, socket.socket) else None)
-                timer = threading.Timer(max(0.0, deadline - time.monotonic()), flight.expire)
-                timer.daemon = True
-                timer.start()
                 try:
                     return self._read(response, deadline)
                 finally:
-                    flight.landed()
-                    timer.cancel()
+                    flight.landed()  # before the connection goes back to the pool
         except httpx.HTTPError:  # before the headers too: a socket cut on stop fails the wait for them
             if self._stop.is_set():
                 raise _Stopped from None
             if flight.cut or time.monotonic() >= deadline:
                 raise _Late from None
             raise
+        finally:
+            self._flights.current = None
+            flight.landed()
+            timer.cancel()
 
     def _read(self, response: httpx.Response, deadline: float) -> _Answer:
         status = response.status_code
