@@ -264,13 +264,23 @@ class Idle(LiveDeployment):
 TIMEOUTS = ClientTimeouts(header_s=1.0, body_s=1.0, keep_alive_s=1)
 
 
-@pytest.fixture(scope="module")
-def idle_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
+def idle(tmp_path_factory: pytest.TempPathFactory, timeouts: ClientTimeouts) -> Iterator[ServerThread]:
     settings = Settings(home=tmp_path_factory.mktemp("idle") / "home", trace_file=False)
-    server = ServerThread(settings, "ticket-router", "0" * 64, timeouts=TIMEOUTS)
+    server = ServerThread(settings, "ticket-router", "0" * 64, timeouts=timeouts)
     server.live = Idle(settings, "ticket-router")
     with server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def idle_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
+    yield from idle(tmp_path_factory, TIMEOUTS)
+
+
+@pytest.fixture(scope="module")
+def patient_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
+    """A 10 s header deadline: what is refused at once is told apart from what waits for it on any machine."""
+    yield from idle(tmp_path_factory, ClientTimeouts(header_s=10.0))
 
 
 def connect(port: int) -> socket.socket:
@@ -345,15 +355,16 @@ def test_an_idle_keep_alive_connection_is_closed(idle_server: ServerThread) -> N
     assert 0.7 < took < 3.5, took
 
 
-def test_a_head_over_the_cap_is_refused_before_its_deadline(idle_server: ServerThread) -> None:
+def test_a_head_over_the_cap_is_refused_before_its_deadline(patient_server: ServerThread) -> None:
     """The parser keeps every header line it is sent: a head still incomplete past the cap is refused at once
     (a 431, or a reset when the server closes on bytes it did not read), not held until the deadline."""
-    sock = connect(idle_server.port)
+    sock = connect(patient_server.port)
     started = time.monotonic()
     with contextlib.suppress(OSError):  # closed while the head was still coming
         sock.sendall(b"GET /healthz HTTP/1.1\r\nX-Big: " + b"a" * (MAX_HEAD_BYTES * 4))
     _, answer = until_closed(sock)
-    assert time.monotonic() - started < 0.9, "refused before the 1 s header deadline"
+    took = time.monotonic() - started
+    assert took < 3.0, f"refused after {took:.2f} s: held toward the 10 s header deadline"
     assert answer == b"" or answer.startswith(b"HTTP/1.1 431 "), answer[:200]
 
 
