@@ -1,10 +1,10 @@
 """Refusals of user input through the real CLI, and `weightflow serve` against slow clients and bad bodies.
 
 Whatever a user gets wrong (a symlink or a special file anywhere in a `path:` checkpoint, a folder or a
-missing folder where a file goes, a WEIGHTFLOW_* setting of the wrong type, a wait of zero seconds, an
-impossible port, a host that is not this machine's, a port in use) is exit 2 with the line that says what
-to fix, never a traceback (issue 19). `serve` closes a client that stalls in its headers or its body, or
-idles on keep-alive, within its deadline, and names the field of a bad body in words.
+missing folder where a file goes, a WEIGHTFLOW_* setting of the wrong type, an OTLP protocol no exporter
+speaks, a wait of zero seconds, an impossible port, a host that is not this machine's, a port in use) is exit 2
+with the line that says what to fix, never a traceback (issue 19). `serve` closes a client that stalls in its
+headers or its body, or idles on keep-alive, within its deadline, and names the field of a bad body in words.
 """
 
 from __future__ import annotations
@@ -191,6 +191,9 @@ def served(tmp_path_factory: pytest.TempPathFactory, checkpoint: Path) -> tuple[
                                      folder / "requirements.yaml")
 
 
+OTLP_JSON = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"}
+OTLP_REFUSED = "OTEL_EXPORTER_OTLP_PROTOCOL='http/json' is not supported: use one of http/protobuf, grpc"
+
 SERVE: dict[str, tuple[list[str], dict[str, str], str]] = {
     "port 180005": (["--port", "180005"], {}, "Invalid value for '--port': 180005 is not in the range 1<=x<=65535"),
     "port 0": (["--port", "0"], {}, "Invalid value for '--port': 0 is not in the range"),
@@ -205,6 +208,7 @@ SERVE: dict[str, tuple[list[str], dict[str, str], str]] = {
     "a body timeout of 0": (["--body-timeout", "0"], {}, "Invalid value for '--body-timeout': must be a number of"),
     "a header timeout setting of 0": ([], {"WEIGHTFLOW_SERVE_HEADER_TIMEOUT_S": "0"},
                                       "WEIGHTFLOW_SERVE_HEADER_TIMEOUT_S='0': Input should be greater than 0"),
+    "an OTLP protocol no exporter speaks": ([], OTLP_JSON, OTLP_REFUSED),
 }
 
 
@@ -225,6 +229,12 @@ def test_serve_refuses_an_address_or_option_it_cannot_use_before_loading_the_mod
     assert_refused(code, said, expected.replace("{busy}", port))
     assert "Application startup" not in said, "refused before the model loads and the app starts"
     assert time.monotonic() - started < 60
+
+
+def test_a_service_refuses_an_otlp_protocol_no_exporter_speaks(tmp_path: Path) -> None:
+    code, said = cli(["service", "benchmark"], {"WEIGHTFLOW_HOME": str(tmp_path / "home"),
+                                                "WEIGHTFLOW_NATS_URL": "nats://127.0.0.1:1", **OTLP_JSON}, timeout=90)
+    assert_refused(code, said, OTLP_REFUSED)
 
 
 def test_serve_closes_a_stalled_client_after_its_header_timeout(served: tuple[Path, str]) -> None:
