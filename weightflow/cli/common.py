@@ -11,7 +11,6 @@ import math
 import os
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
-from uuid import UUID
 
 import typer
 from pydantic import ValidationError
@@ -119,24 +118,3 @@ def request(settings: Settings, event: Event, done: Callable[[Event], bool], tim
             return await track(client, event, timeout=timeout, done=done)
 
     return run(go())
-
-
-def tracked_run(prefix: str) -> tuple[UUID, RunTracker] | None:
-    """The run named by `prefix` (default: the latest) followed across its reroutes; None when there is none."""
-    events = history(Settings())
-    if not events:
-        console.print("no runs yet")
-        return None
-    chosen = match_run(events, prefix) if prefix else events[-1].run_id
-    tracker = RunTracker({chosen})
-    for e in events:
-        tracker.feed(e)
-    return chosen, tracker
-
-
-def match_run(events: list[Event], prefix: str) -> UUID:
-    ids = {e.run_id for e in events if str(e.run_id).startswith(prefix)}
-    if len(ids) != 1:
-        err.print(f"[red]error:[/] {'no' if not ids else 'several'} runs match {prefix!r}; see `weightflow runs`")
-        raise typer.Exit(2)
-    return ids.pop()
