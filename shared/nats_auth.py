@@ -96,6 +96,7 @@ def service_permissions(grant: ServiceGrant, stream: str) -> dict[str, Any]:
         publish += consumer_api_subjects(consumer_stream, durable, filter_subject)
     runs = runs_stream_name(Settings(stream=stream))
     publish.append(f"$JS.API.DIRECT.GET.{runs}.{RUNS_PREFIX}.*")  # read the run registry, one run at a time
+    publish.append(f"$JS.API.STREAM.MSG.GET.{runs}")  # and from its leader, when a replica knew nothing (runs.py)
     return {
         "publish": {"allow": publish},
         "subscribe": {"allow": [f"{grant.inbox_prefix}.>"]},

@@ -24,6 +24,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from shared.settings import split_urls
+
 
 def find_nats_server() -> Path:
     try:
@@ -85,7 +87,13 @@ def parse_health(status: int, body: bytes) -> StoreHealth:
 
 
 def store_health(monitor_url: str, timeout: float = 1.0) -> StoreHealth:
-    """Ask nats-server's monitoring endpoint; never raises."""
+    """Ask nats-server's monitoring endpoint; never raises. Several (a cluster's, comma-separated): each node's
+    errors, named by its URL; reachable when any answered (a node that did not is an error, not a store error)."""
+    urls = split_urls(monitor_url)
+    if len(urls) > 1:
+        healths = [(url, store_health(url, timeout)) for url in urls]
+        return StoreHealth(any(h.reachable for _, h in healths), tuple(
+            f"{url}: {e}" for url, h in healths for e in (h.errors if h.reachable else ("did not answer",))))
     try:
         with urllib.request.urlopen(f"{monitor_url.rstrip('/')}/healthz?details=true", timeout=timeout) as resp:
             return parse_health(resp.status, resp.read(64 * 1024))
@@ -167,6 +175,95 @@ class EmbeddedNats:
         return store_health(self.monitor_url)
 
     def __enter__(self) -> EmbeddedNats:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+# The file store's fsync policy for clustered nodes. nats-server's default syncs every 2 minutes, and an ack means
+# a quorum holds the message in memory: Jepsen (nats-server 2.12) lost acknowledged writes when nodes crashed
+# together under that default. "always" fsyncs each write before the ack (docs/reliability.md has its cost here).
+CLUSTER_SYNC_INTERVAL = "always"
+
+
+def node_config(name: str, cluster: str, cluster_port: int, routes: list[int], store_dir: Path,
+                sync_interval: str | None) -> dict[str, object]:
+    """One clustered node's config (nats-server reads JSON); client and monitoring ports come as flags."""
+    jetstream: dict[str, object] = {"store_dir": str(store_dir)}
+    if sync_interval:
+        jetstream["sync_interval"] = sync_interval
+    return {"server_name": name, "jetstream": jetstream,
+            "cluster": {"name": cluster, "listen": f"127.0.0.1:{cluster_port}",
+                        "routes": [f"nats://127.0.0.1:{p}" for p in routes]}}
+
+
+@dataclass
+class EmbeddedCluster:
+    """`size` nats-servers as one JetStream cluster on loopback, each with its own store, client, cluster and
+    monitoring ports (kept across `kill`/`start` of a node, so clients and routes find it again)."""
+
+    root: Path
+    size: int = 3
+    name: str = "weightflow"
+    sync_interval: str | None = CLUSTER_SYNC_INTERVAL
+    nodes: dict[str, EmbeddedNats] = field(default_factory=dict, init=False)
+
+    @property
+    def urls(self) -> list[str]:
+        return [node.url for node in self.nodes.values()]
+
+    @property
+    def url(self) -> str:
+        """Every node's client URL, comma-separated: what WEIGHTFLOW_NATS_URL takes."""
+        return ",".join(self.urls)
+
+    @property
+    def monitor_url(self) -> str:
+        return ",".join(node.monitor_url for node in self.nodes.values())
+
+    def start(self, timeout: float = 30.0) -> EmbeddedCluster:
+        names = [f"n{i + 1}" for i in range(self.size)]
+        cluster_ports = {name: free_port() for name in names}
+        for name in names:
+            store = self.root / name
+            store.mkdir(parents=True, exist_ok=True)
+            config = store / "nats-server.conf"
+            config.write_text(json.dumps(node_config(
+                name, self.name, cluster_ports[name], [p for n, p in cluster_ports.items() if n != name],
+                store / "jetstream", self.sync_interval), indent=2))
+            self.nodes[name] = EmbeddedNats(store, config_file=config)
+        for node in self.nodes.values():
+            node.start()
+        self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 30.0, names: list[str] | None = None) -> None:
+        """Until each running node (or those named) says JetStream is healthy: the meta group has a leader and
+        the node has caught up with it."""
+        deadline = time.monotonic() + timeout
+        waiting = [n for n in names or self.nodes if self.nodes[n].process is not None]
+        while waiting:
+            waiting = [n for n in waiting if not self.nodes[n].health().ok]
+            if waiting and time.monotonic() > deadline:
+                raise TimeoutError(f"nats-server {', '.join(waiting)} not healthy within {timeout}s; see "
+                                   f"{', '.join(str(self.nodes[n].log_file) for n in waiting)}")
+            if waiting:
+                time.sleep(0.1)
+
+    def kill(self, name: str) -> None:
+        """SIGKILL one node: no goodbye to its peers, its unsynced writes die with it."""
+        self.nodes[name].stop(kill=True)
+
+    def restart(self, name: str, timeout: float = 30.0) -> None:
+        self.nodes[name].start()
+        self.wait_ready(timeout, [name])
+
+    def stop(self) -> None:
+        for node in self.nodes.values():
+            node.stop()
+
+    def __enter__(self) -> EmbeddedCluster:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

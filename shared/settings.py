@@ -16,17 +16,28 @@ NATS_URL_FILE = "nats.url"
 NATS_MONITOR_FILE = "nats-monitor.url"
 
 
+def split_urls(urls: str) -> list[str]:
+    """A comma-separated list of URLs, blanks dropped."""
+    return [u.strip() for u in urls.split(",") if u.strip()]
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="WEIGHTFLOW_", extra="ignore")
 
     home: Path = Path(".weightflow")
+    # One URL, or a cluster's URLs comma-separated (nats://n1:4222,nats://n2:4222,...): clients start with whichever
+    # answers and reconnect to the survivors when a node dies (they also learn the cluster's other nodes from it).
     nats_url: str | None = None
     # nats-server's HTTP monitoring endpoint (e.g. http://nats:8222): where `doctor` and `status` read whether
-    # the JetStream store can be written; the embedded stack writes its own to a file beside nats.url.
+    # the JetStream store can be written; the embedded stack writes its own to a file beside nats.url. For a
+    # cluster, every node's, comma-separated: `doctor` then lists the nodes and says which did not answer.
     nats_monitor_url: str | None = None
     database_url: str | None = None
     artifacts_dir: Path | None = None
     stream: str = "WF"
+    # Copies JetStream keeps of each stream (and so of its consumers): 1 for the embedded single server, 3 on a
+    # three-node cluster (a quorum of 2 acknowledges each write; one node may die). At most the cluster's size.
+    stream_replicas: int = Field(1, ge=1, le=5)
     duplicate_window_s: float = 120.0
     ack_wait_s: float = 30.0
     # Deliveries before a failing event is dead-lettered; with the backoff (2, 4, 8, … capped at
@@ -72,6 +83,10 @@ class Settings(BaseSettings):
             f"no NATS server: set WEIGHTFLOW_NATS_URL or start the embedded stack with `weightflow up` "
             f"(it writes {url_file})"
         )
+
+    def resolved_nats_servers(self) -> list[str]:
+        """The NATS URL(s) as the list nats-py and faststream take: every server of a cluster."""
+        return split_urls(self.resolved_nats_url())
 
     def resolved_nats_monitor_url(self) -> str | None:
         if self.nats_monitor_url:

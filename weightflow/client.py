@@ -32,7 +32,7 @@ from contracts.requirements import (
 from contracts.tuning import TuningGated, TuningSkipped
 from contracts.workflow import DeadLettered, RequestRefused, WorkflowHalted, WorkflowRerouted
 from shared.bus.streams import ensure_streams
-from shared.settings import Settings
+from shared.settings import Settings, split_urls
 
 log = logging.getLogger("weightflow.client")
 
@@ -57,7 +57,8 @@ class Client:
         except RuntimeError as exc:  # no URL set and no embedded stack: said as plainly as an unreachable one
             raise ConnectionError(str(exc)) from None
         try:
-            self.nc = await nats.connect(url, connect_timeout=3, max_reconnect_attempts=3, allow_reconnect=True,
+            servers = split_urls(url)  # a cluster's every server: whichever answers first, then the survivors
+            self.nc = await nats.connect(servers, connect_timeout=3, max_reconnect_attempts=3, allow_reconnect=True,
                                          error_cb=_quiet)
         except Exception as exc:
             raise ConnectionError(f"cannot reach NATS at {url}: {exc}; is `weightflow up` running?") from exc

@@ -26,18 +26,25 @@ class MemoryRuns:
 
 
 class NatsRuns:
-    """Reads the registry stream with direct gets (last message of `wfruns.<run_id>`)."""
+    """Reads the registry stream with direct gets (last message of `wfruns.<run_id>`).
+
+    With replicas, any replica answers a direct get, and a follower may not have applied a registration its
+    leader acknowledged a moment ago (or may be a node back from a crash, catching up): a miss is confirmed by
+    the stream leader before the run is called unknown, so a lagging replica cannot turn a run into an orphan.
+    """
 
     def __init__(self, js: Any, settings: Settings) -> None:
         self.js = js
         self.stream = runs_stream_name(settings)
 
     async def fetch(self, run_id: UUID) -> RunRecord | None:
-        try:
-            msg = await self.js.get_last_msg(self.stream, run_subject(run_id), direct=True)
-        except NotFoundError:
-            return None
-        return RunRecord.model_validate_json(msg.data)
+        for direct in (True, False):
+            try:
+                msg = await self.js.get_last_msg(self.stream, run_subject(run_id), direct=direct)
+            except NotFoundError:
+                continue
+            return RunRecord.model_validate_json(msg.data)
+        return None
 
 
 def check_run(event: Event, record: RunRecord | None) -> None:

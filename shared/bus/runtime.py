@@ -33,10 +33,11 @@ from shared.bus.outbox import waiting
 from shared.bus.processing import already_processed, commit
 from shared.bus.runs import NatsRuns, check_run, lookup
 from shared.bus.service import Delivery, HandlerContext, HandlerSpec, Service
+from shared.bus.streams import ensure_streams
 from shared.bus.sweeper import Sweeper
 from shared.db import SchemaMismatchError, create_tables, make_engine
 from shared.ops_server import OpsServer
-from shared.settings import Settings
+from shared.settings import Settings, split_urls
 from shared.telemetry import current_trace_id, setup_tracing
 
 log = logging.getLogger("weightflow.bus")
@@ -61,13 +62,17 @@ class ServiceRuntime(lifecycle.Lifecycle, Background):
         service, settings = self.service, self.settings
         service.check_complete()
         provider = setup_tracing(service.name, settings)
+        # Every server of a cluster: the client starts on one that answers and reconnects to a survivor forever.
         broker = NatsBroker(
-            url or settings.resolved_nats_url(), name=f"weightflow-{service.name}", max_reconnect_attempts=-1,
+            split_urls(url) if url else settings.resolved_nats_servers(), name=f"weightflow-{service.name}",
+            max_reconnect_attempts=-1,
             reconnect_time_wait=1, graceful_timeout=1.0, drain_timeout=5, inbox_prefix=service.inbox_prefix(),
             middlewares=[NatsTelemetryMiddleware(tracer_provider=provider), self._dead_letter_middleware()])
         self.broker = broker
+        # Declared by _declare_streams, not by faststream: faststream "updates" a stream whose config differs to its
+        # own, so one process started without WEIGHTFLOW_STREAM_REPLICAS would shrink a cluster's replicas to 1.
         stream = JStream(name=settings.stream, subjects=[f"{SUBJECT_PREFIX}.>"],
-                         duplicate_window=settings.duplicate_window_s, declare=settings.declare_stream)
+                         duplicate_window=settings.duplicate_window_s, declare=False)
         for spec in service.handlers:
             subscriber = broker.subscriber(
                 spec.event_type.subject(), stream=stream, durable=service.durable_name(spec.event_type),
@@ -82,7 +87,8 @@ class ServiceRuntime(lifecycle.Lifecycle, Background):
         for event_type in service.publishes:
             broker.publisher(event_type.subject(), schema=event_type, title=f"{service.name}>{event_type.type_name()}",
                              description=" ".join((event_type.__doc__ or "").split()))
-        return FastStream(broker, on_startup=[self._on_startup], after_startup=[self._after_startup],
+        return FastStream(broker, on_startup=[self._on_startup, self._declare_streams],
+                          after_startup=[self._after_startup],
                           on_shutdown=[self.on_shutdown], after_shutdown=[self._after_shutdown],
                           specification=AsyncAPI(title=f"weightflow {service.name}", version="2"))
 
@@ -129,6 +135,13 @@ class ServiceRuntime(lifecycle.Lifecycle, Background):
             self.engine = make_engine(self.settings.resolved_database_url())
             await asyncio.to_thread(create_tables, self.engine)
         self.store = ArtifactStore(self.settings.resolved_artifacts_dir())
+
+    async def _declare_streams(self) -> None:
+        """Create the streams before the consumers bind (one config for every process: `ensure_streams`); left to
+        the operator where NATS permissions forbid it (`declare_stream` false)."""
+        if self.settings.declare_stream:
+            assert self.broker is not None
+            await ensure_streams((await self.broker.connect()).jetstream(), self.settings)
 
     async def _after_startup(self) -> None:
         assert self.broker is not None and self.engine is not None

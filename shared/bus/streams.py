@@ -10,11 +10,12 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Any
 from uuid import UUID
 
 from nats.js.api import StreamConfig
-from nats.js.errors import NotFoundError
+from nats.js.errors import APIError, NotFoundError
 
 from contracts.base import SUBJECT_PREFIX
 from shared.settings import Settings
@@ -36,21 +37,41 @@ def stream_for(subject: str, settings: Settings) -> str:
 
 
 def stream_configs(settings: Settings) -> list[StreamConfig]:
+    """Both streams with `stream_replicas` copies (consumers inherit it): 3 on a three-node cluster."""
+    replicas = settings.stream_replicas
     return [
         StreamConfig(name=settings.stream, subjects=[f"{SUBJECT_PREFIX}.>"],
-                     duplicate_window=settings.duplicate_window_s),
+                     duplicate_window=settings.duplicate_window_s, num_replicas=replicas),
         StreamConfig(name=runs_stream_name(settings), subjects=[f"{RUNS_PREFIX}.>"], max_msgs_per_subject=1,
-                     allow_direct=True, duplicate_window=settings.duplicate_window_s),
+                     allow_direct=True, duplicate_window=settings.duplicate_window_s, num_replicas=replicas),
     ]
 
 
+class StreamSetupError(RuntimeError):
+    """nats-server refused to create or scale a stream; the message says which setting to change."""
+
+
 async def ensure_streams(js: Any, settings: Settings) -> None:
-    """Create the streams if missing (idempotent; safe from any process)."""
+    """Create the streams if missing (idempotent; safe from any process), and raise an existing stream's replicas
+    to `stream_replicas`, never lower them: a process started without the setting must not shrink a cluster's
+    copies (`weightflow doctor` reports a stream with fewer replicas than the setting)."""
     for config in stream_configs(settings):
+        replicas = config.num_replicas or 1
         try:
-            await js.stream_info(config.name)
-        except NotFoundError:
-            await js.add_stream(config)
+            try:
+                info = await js.stream_info(config.name)
+            except NotFoundError:
+                await js.add_stream(config)
+                continue
+            if (info.config.num_replicas or 1) < replicas:
+                await js.update_stream(dataclasses.replace(info.config, num_replicas=replicas))
+        except APIError as exc:
+            if replicas == 1:
+                raise
+            raise StreamSetupError(
+                f"nats-server refused stream {config.name} with {replicas} replicas ({exc.description}): "
+                f"WEIGHTFLOW_STREAM_REPLICAS={replicas} needs a JetStream cluster of at least {replicas} "
+                f"nodes (use 1 for a single nats-server)") from exc
 
 
 async def publish_with_retry(publish: Any, subject: str, payload: bytes, msg_id: str) -> None:
