@@ -58,13 +58,15 @@ def store_finding(monitor_url: str | None, health: StoreHealth | None) -> str | 
 
 
 def doctor() -> None:
-    """Check the stack: NATS and its storage, stuck outboxes, parked events, dead letters, halted
-    deployments, disk space. Exit 1 when something needs an operator."""
+    """Check the stack: NATS and its storage (on a cluster: every node, and each stream's and consumer's leader
+    and replicas), stuck outboxes, parked events, dead letters, halted deployments, disk space. Exit 1 when
+    something needs an operator."""
     from nats.js.errors import NotFoundError
 
     from shared.bus.outbox import oldest_unpublished_age_s, parked
     from shared.bus.streams import stream_configs
     from shared.db import make_engine
+    from weightflow.cluster_health import cluster_health
 
     settings = Settings()
     problems: list[str] = []
@@ -85,6 +87,12 @@ def doctor() -> None:
                     notes.append(f"stream {config.name}: {s.state.messages} messages, {s.state.bytes / 2**20:.1f} MiB")
                 except NotFoundError:
                     problems.append(f"stream {config.name} is missing (any weightflow CLI command creates it)")
+                except TimeoutError:  # its replicas are electing a leader (seconds), or too few of them are up
+                    problems.append(f"stream {config.name} did not answer: it has no leader; on a cluster, start the "
+                                    "nats-server nodes that are down")
+            cluster_notes, cluster_problems = await cluster_health(client.js, settings)  # nodes, leaders, lag
+            notes.extend(cluster_notes)
+            problems.extend(cluster_problems)
             events = await client.history()
         return notes, events, len(client.skipped)
 
