@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 COMPARISONS = ("eval_throughput", "orchestration", "hashing", "memory_budget", "quantization", "scale", "lm_schemes",
-               "serving")
+               "serving", "cluster")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
