@@ -51,14 +51,18 @@ class HuggingFaceCache(CandidateSource):
     name: ClassVar[str] = "hf"
 
     def local_dir(self, ref: CandidateRef, base_dir: Path | None) -> Path:
+        return self._checked(ref)[0]
+
+    def _checked(self, ref: CandidateRef) -> tuple[Path, Path]:
+        """`snapshot`, its tree checked: what put_tree refuses, refused before a byte is read."""
         assert ref.hf is not None
         folder, repo = snapshot(ref.hf)
-        tree_entries(folder, links_within=repo)  # what put_tree refuses, refused before a byte is read
-        return folder
+        tree_entries(folder, links_within=repo)
+        return folder, repo
 
     def resolve(self, ref: CandidateRef, base_dir: Path | None, store: ArtifactStore | None) -> ResolvedCandidate:
         assert ref.hf is not None
-        folder, repo = self.local_dir(ref, base_dir), snapshot(ref.hf)[1]
+        folder, repo = self._checked(ref)
         info = inspect_checkpoint(folder)
         tree = store.put_tree(folder, links_within=repo) if store is not None else None
         return describe(ref, info, ref.hf, self.name, tree)
