@@ -16,16 +16,18 @@ from pathlib import Path
 from uuid import UUID, uuid4
 
 import pytest
+from sqlmodel import Session, select
 
-from contracts.base import Event
+from contracts.base import Event, utcnow
 from contracts.monitoring import ServingEndpointAnnounced
 from contracts.registry import RollbackRequested
 from contracts.workflow import DeadLettered, RequestRefused, WorkflowRerouted
 from shared.artifacts import ArtifactStore
 from shared.bus.dead_letters import write_dead_letter
-from shared.db import create_tables, make_engine
+from shared.db import OutboxRecord, create_tables, make_engine
 from shared.natsd import EmbeddedNats
 from shared.settings import Settings
+from weightflow.backlog import read_backlog
 from weightflow.client import Client
 
 from .test_workflow_unit import build_workflow, of
@@ -109,6 +111,24 @@ def test_dlq_ls_is_one_row_per_letter_and_shows_the_databases_own(tmp_path: Path
     assert str(held.event_id)[:8] in wide and " db " in wide and "[bold]x[/]" in wide, wide
     shown = cli(home, nats_server, "dlq", "show", str(held.event_id)[:8])
     assert shown.returncode == 0 and json.loads(json.loads(shown.stdout)["payload"]) == {"n": 1}, shown.stdout
+
+
+def test_the_backlog_reads_only_the_dead_letters_not_yet_on_the_stream(tmp_path: Path) -> None:
+    """A published letter is on the stream: its outbox row is not read (every one ever written was, unbounded)."""
+    settings = Settings(home=tmp_path / "home")
+    engine = make_engine(settings.resolved_database_url())
+    create_tables(engine)
+    store = ArtifactStore(settings.resolved_artifacts_dir())
+    sent, held = (write_dead_letter(engine, store, "fitting", subject="wf.benchmark.selection_decided", raw=b'{"n": 1}',
+                                    reason="invalid", error=MULTI_LINE_ERROR, stream_sequence=n, deliveries=1)
+                  for n in (1, 2))
+    assert sent is not None and held is not None
+    with Session(engine) as session:  # the relay published the first
+        row = session.exec(select(OutboxRecord).where(OutboxRecord.event_id == str(sent.event_id))).one()
+        row.published_at = utcnow()
+        session.add(row)
+        session.commit()
+    assert [letter.event_id for letter in read_backlog(engine).letters] == [held.event_id]
 
 
 @contextmanager

@@ -45,8 +45,7 @@ class Waiting:
 @dataclass
 class Backlog:
     waiting: list[Waiting] = field(default_factory=list)
-    letters: list[DeadLettered] = field(default_factory=list)  # every dead letter, published or not
-    unpublished: set[UUID] = field(default_factory=set)  # event ids of the letters not published yet
+    letters: list[DeadLettered] = field(default_factory=list)  # not published yet: the stream has the others
 
 
 def database_engine(settings: Settings) -> Engine | None:
@@ -69,15 +68,14 @@ def read_backlog(engine: Engine) -> Backlog:
             backlog.waiting.append(Waiting(row.service, row.event_id, row.subject, run_id, row.created_at,
                                            row.attempts, row.last_error, row.parked_at is not None))
         for row in session.exec(select(OutboxRecord).where(OutboxRecord.subject == letter_subject)
-                                .order_by(col(OutboxRecord.id))):
+                                .where(col(OutboxRecord.published_at).is_(None))
+                                .order_by(col(OutboxRecord.id)).limit(MAX_ROWS)):
             try:
                 letter = parse_event(row.payload, DeadLettered)
             except ValueError:
                 continue
             assert isinstance(letter, DeadLettered)
             backlog.letters.append(letter)
-            if row.published_at is None:
-                backlog.unpublished.add(letter.event_id)
     return backlog
 
 
@@ -117,7 +115,7 @@ def why_waiting(run_ids: set[UUID], backlog: Backlog | None, store: StoreHealth 
                      f"{_clock(first.created_at)} ({first.attempts} attempt(s)"
                      f"{f', {parked} parked' if parked else ''}): {cause}")
     for letter in backlog.letters:
-        if letter.run_id in run_ids and letter.event_id in backlog.unpublished:
+        if letter.run_id in run_ids:
             lines.append(f"dead-lettered by {letter.service} ({letter.reason}) at {_clock(letter.occurred_at)}, "
                          f"in the database, not yet on the stream: {' '.join(letter.error.split())[:300]}")
     if store_errors and not lines:
