@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -200,3 +201,18 @@ def test_the_store_health_nats_server_reports_and_when_to_restart() -> None:
     assert not restart_store(broken, STORE_RESTART_MIN_FREE_BYTES - 1, NATS_RESTART_BACKOFF_S), "still full"
     assert not restart_store(broken, STORE_RESTART_MIN_FREE_BYTES, NATS_RESTART_BACKOFF_S - 1), "just restarted"
     assert not restart_store(parse_health(200, b'{"status":"ok"}'), 1 << 40, 1e9)
+
+
+def test_a_restarted_service_leaks_no_descriptor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each spawn opens the service's log for the child; the parent's copy is closed at once (as EmbeddedNats's
+    is), not left to the garbage collector on every restart of a crashing service."""
+    monkeypatch.setattr("weightflow.stack.service_command", lambda name: [sys.executable, "-c", f"print({name!r})"])
+    stack = Stack(Settings(home=tmp_path / "home", nats_url="nats://127.0.0.1:1"), services=("requirements",))
+    before = len(os.listdir("/proc/self/fd"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        for _ in range(3):
+            stack.spawn("requirements").wait(timeout=60)
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)], [str(w.message) for w in caught]
+    assert len(os.listdir("/proc/self/fd")) == before
+    assert (stack.home / "logs" / "requirements-0.log").read_text().split() == ["requirements"] * 3

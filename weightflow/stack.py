@@ -97,9 +97,9 @@ class Stack:
         targets(self.home, prune=True)  # a killed process leaves its target behind: Prometheus would alert on it
         logs = self.home / "logs"
         logs.mkdir(parents=True, exist_ok=True)
-        log = (logs / f"{self.key(name, replica)}.log").open("ab")
-        proc = subprocess.Popen(service_command(name), env=self.service_env(), stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL)
+        with (logs / f"{self.key(name, replica)}.log").open("ab") as log:  # the child keeps its own descriptor
+            proc = subprocess.Popen(service_command(name), env=self.service_env(), stdout=log,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         self.procs[self.key(name, replica)] = proc
         return proc
 
