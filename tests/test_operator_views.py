@@ -131,6 +131,18 @@ def test_the_backlog_reads_only_the_dead_letters_not_yet_on_the_stream(tmp_path:
     assert [letter.event_id for letter in read_backlog(engine).letters] == [held.event_id]
 
 
+def test_doctor_calls_nothing_ok_that_it_did_not_check(tmp_path: Path, nats_server: EmbeddedNats) -> None:
+    """With no monitoring URL the store's health is not read: a `--` note saying so, not `ok`."""
+    home = tmp_path / "home"
+    create_tables(make_engine(Settings(home=home).resolved_database_url()))
+    env = {k: v for k, v in os.environ.items() if k != "WEIGHTFLOW_NATS_MONITOR_URL"}
+    env |= {"WEIGHTFLOW_HOME": str(home), "WEIGHTFLOW_NATS_URL": nats_server.url, "COLUMNS": "200"}
+    said = subprocess.run([sys.executable, "-m", "weightflow.cli", "doctor"], env=env, capture_output=True, text=True,
+                          timeout=120, check=False).stdout
+    assert "--   JetStream store health not read: set WEIGHTFLOW_NATS_MONITOR_URL" in said, said
+    assert "ok   JetStream store health" not in said and "ok   JetStream storage" in said, said
+
+
 @contextmanager
 def disk_of(path: Path, size_mb: int) -> Iterator[Path]:
     path.mkdir(parents=True, exist_ok=True)

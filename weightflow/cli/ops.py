@@ -101,11 +101,11 @@ def doctor() -> None:
     store = store_finding(monitor_url, store_health(monitor_url) if monitor_url else None)
     if store:
         problems.append(store)
-    elif monitor_url is None:
-        notes.append("JetStream store health not read: set WEIGHTFLOW_NATS_MONITOR_URL (nats-server's monitoring "
-                     "port) to have it checked")
     for note in notes:  # storage figures are no "ok" while the store refuses writes
         console.print(f"{'[yellow]--[/]' if store else '[green]ok[/]'}   {note}", highlight=False)
+    if monitor_url is None:  # nothing was checked: no "ok", and no problem either
+        console.print("[yellow]--[/]   JetStream store health not read: set WEIGHTFLOW_NATS_MONITOR_URL (nats-server's "
+                      "monitoring port) to have it checked", highlight=False)
     if skipped:
         problems.append(f"{skipped} message(s) on the stream are not readable events (see `weightflow events`)")
     backlog, _ = backlog_of(settings)  # dead letters the database holds count, on the stream or not
