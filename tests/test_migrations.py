@@ -37,12 +37,12 @@ def cli(url: str, *args: str) -> tuple[int, str]:
 
 def at_revision(url: str, revision: str, *, before_migrations: bool = False) -> Engine:
     """A database at `revision`; `before_migrations`: as the release before migrations left it (revision 0001's
-    tables and `wf_schema` row 2, and no `alembic_version`: that release had none)."""
+    tables and `wf_schema` row 2, and no revision record: that release had none)."""
     engine = make_engine(url)
     with migrations.locked(engine) as conn:
         command.upgrade(migrations.config(conn), revision)
         if before_migrations:
-            conn.execute(sa.text("DROP TABLE alembic_version"))
+            conn.execute(sa.text(f"DROP TABLE {migrations.VERSION_TABLE}"))
     return engine
 
 
@@ -170,10 +170,15 @@ def test_the_revisions_build_what_the_models_describe(database_url: str) -> None
     engine = make_engine(database_url)
     with migrations.locked(engine) as conn:
         command.upgrade(migrations.config(conn), "head")
+    models = sa.MetaData()  # ours, and a plugin's table that migrations leave alone
+    for table in migrations.metadata().sorted_tables:
+        table.to_metadata(models)
+    sa.Table("plugin_things", models, sa.Column("id", sa.Integer, primary_key=True))
     with engine.connect() as conn:
-        context = MigrationContext.configure(conn, opts={"compare_type": True, "include_name": lambda name, kind, _: (
-            kind != "table" or migrations.managed(name))})
-        assert compare_metadata(context, migrations.metadata()) == [], "a model changed without a revision"
+        context = MigrationContext.configure(conn, opts={
+            "compare_type": True, "version_table": migrations.VERSION_TABLE,
+            "include_object": lambda _, name, kind, *__: kind != "table" or migrations.managed(name)})
+        assert compare_metadata(context, models) == [], "a model changed without a revision"
     made = shape(engine)
     assert made == fresh_shape(database_url)
     with migrations.locked(engine) as conn:
@@ -188,8 +193,13 @@ def test_the_revisions_build_what_the_models_describe(database_url: str) -> None
 
 
 def test_services_starting_together_on_a_fresh_database_make_it_once(database_url: str) -> None:
-    """Six services start at once on an empty database: one makes it, the others wait and find it made."""
+    """Six services start at once on an empty database: one makes it, the others wait and find it made. The
+    database is shared with another application that Alembic manages too: its tables and revision are its own."""
     engines = [make_engine(database_url) for _ in range(6)]
+    with engines[0].begin() as conn:
+        conn.execute(sa.text("CREATE TABLE alembic_version (version_num VARCHAR(32) PRIMARY KEY)"))
+        conn.execute(sa.text("INSERT INTO alembic_version VALUES ('theirs1')"))
+        conn.execute(sa.text("CREATE TABLE orders (id INTEGER PRIMARY KEY)"))
     start = threading.Barrier(len(engines))
     errors: list[BaseException] = []
 
@@ -207,9 +217,10 @@ def test_services_starting_together_on_a_fresh_database_make_it_once(database_ur
         thread.join(timeout=120)
     assert not errors, errors
     with engines[0].connect() as conn:
-        assert [tuple(r) for r in conn.execute(sa.text("SELECT version_num FROM alembic_version"))] == \
+        assert [tuple(r) for r in conn.execute(sa.text(f"SELECT version_num FROM {migrations.VERSION_TABLE}"))] == \
             [(migrations.head(),)]
         assert [tuple(r) for r in conn.execute(sa.text("SELECT id, version FROM wf_schema"))] == [(1, SCHEMA_VERSION)]
+        assert [tuple(r) for r in conn.execute(sa.text("SELECT version_num FROM alembic_version"))] == [("theirs1",)]
     assert shape(engines[0]) == fresh_shape(database_url)
     for engine in engines:
         engine.dispose()
@@ -218,13 +229,13 @@ def test_services_starting_together_on_a_fresh_database_make_it_once(database_ur
 def test_a_database_this_release_cannot_upgrade_is_refused_with_what_to_do(database_url: str) -> None:
     newer = at_revision(database_url, "head")
     with newer.begin() as conn:
-        conn.execute(sa.text("UPDATE alembic_version SET version_num = '9999'"))
+        conn.execute(sa.text(f"UPDATE {migrations.VERSION_TABLE} SET version_num = '9999'"))
     with pytest.raises(SchemaMismatchError, match="upgraded by a newer release"):
         create_tables(newer)
     code, said = cli(database_url, "db", "upgrade")
     assert code == 2 and "upgraded by a newer release" in said and "Traceback" not in said, said
     with newer.begin() as conn:  # a database from long before migrations (table schema 1)
-        conn.execute(sa.text("DROP TABLE alembic_version"))
+        conn.execute(sa.text(f"DROP TABLE {migrations.VERSION_TABLE}"))
         conn.execute(sa.text("UPDATE wf_schema SET version = 1"))
     with pytest.raises(SchemaMismatchError, match="start with a fresh WEIGHTFLOW_HOME"):
         migrations.upgrade(newer)

@@ -39,6 +39,9 @@ from shared.db import SCHEMA_VERSION, SchemaMismatchError, SchemaRecord
 
 SCRIPTS = Path(__file__).resolve().parent
 UPGRADE = "weightflow db upgrade"
+# Our own name for Alembic's revision record: a database shared with another Alembic-managed application keeps
+# its `alembic_version` to itself, and we never read that application's revision as ours.
+VERSION_TABLE = "wf_alembic_version"
 # Table schemas of releases from before migrations (the `wf_schema` row) that revision 0001 adopts.
 ADOPTABLE = (2, 3)
 # Our tables, which only migrations change; others in the metadata (a plugin's, a test's) are created as found.
@@ -67,7 +70,11 @@ class SchemaState:
 
 
 def managed(table_name: str) -> bool:
-    return table_name.startswith(MANAGED_PREFIXES)
+    return table_name.startswith(MANAGED_PREFIXES) and table_name != VERSION_TABLE
+
+
+def migration_context(conn: Connection) -> MigrationContext:
+    return MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
 
 
 def metadata() -> MetaData:
@@ -103,8 +110,8 @@ def where(engine: Engine) -> str:
 
 def state(conn: Connection) -> SchemaState:
     tables = set(inspect(conn).get_table_names())
-    if "alembic_version" in tables:
-        revisions = MigrationContext.configure(conn).get_current_heads()
+    if VERSION_TABLE in tables:
+        revisions = migration_context(conn).get_current_heads()
         if len(revisions) == 1:
             revision = revisions[0]
             if revision == head():
@@ -161,7 +168,7 @@ def _create_at_head(conn: Connection) -> None:
     metadata().create_all(conn)
     if conn.execute(text("SELECT count(*) FROM wf_schema")).scalar_one() == 0:
         conn.execute(SchemaRecord.__table__.insert().values(id=1, version=SCHEMA_VERSION))  # type: ignore[attr-defined]
-    MigrationContext.configure(conn).stamp(scripts(), "head")
+    migration_context(conn).stamp(scripts(), "head")
 
 
 def _create_unmanaged(engine: Engine) -> None:

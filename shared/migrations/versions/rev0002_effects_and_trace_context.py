@@ -7,7 +7,7 @@ Create Date: 2026-12-06
 
 Both are added only where missing: a database made between those commits and migrations has them already.
 The `wf_schema` row goes to 3, which the releases from before migrations refuse; from here on the revision
-in `alembic_version` says what a database is, and that row stays 3.
+in `wf_alembic_version` says what a database is, and that row stays 3.
 """
 
 from __future__ import annotations
