@@ -171,5 +171,9 @@ class FakeApi:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """Stop serving and wait for it (again: a no-op), freeing what the server still held, a chunk it was sending."""
         self.server.should_exit = True
         self._thread.join(timeout=30)
