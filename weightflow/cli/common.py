@@ -18,6 +18,7 @@ from rich.console import Console
 
 from contracts.base import Event
 from shared.artifacts import ArtifactStore, IntegrityError, UnsafeArtifactError
+from shared.bus.streams import StreamSetupError
 from shared.modeling.checkpoint import CheckpointError
 from shared.safe_paths import UnsafePathError
 from shared.settings import Settings
@@ -36,7 +37,7 @@ class Refused(Exception):
 
 # Exceptions whose message is written for the user and names what to fix: the user's input is refused.
 REFUSALS: tuple[type[Exception], ...] = (Refused, UnsafePathError, UnsafeArtifactError, CheckpointError,
-                                         IntegrityError, TelemetryConfigError)
+                                         IntegrityError, TelemetryConfigError, StreamSetupError)
 # An OSError with one of these about a named path is a path the user gave (or a setting) that cannot be used;
 # others (a full disk, an I/O error) are faults of the machine and keep their traceback.
 PATH_ERRNOS = {errno.ENOENT: "no such file or folder", errno.ENOTDIR: "a part of the path is a file, not a folder",
