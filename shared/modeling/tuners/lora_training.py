@@ -82,6 +82,7 @@ def train_lora(task: Task, loaded: LoadedModel, spec: TaskSpec, rows: Sequence[A
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     peft_model.save_pretrained(str(out_dir), safe_serialization=True)
+    _drop_base_path(out_dir)
     recorded: dict[str, float | int | str | list[str]] = {
         **settings.model_dump(), "target_modules": targets, "modules_to_save": heads}
     return TrainResult(steps=sum(len(e) for e in losses), epochs=settings.epochs,
@@ -89,6 +90,15 @@ def train_lora(task: Task, loaded: LoadedModel, spec: TaskSpec, rows: Sequence[A
                        loss_last=sum(losses[-1]) / len(losses[-1]),
                        trainable_params=sum(p.numel() for _, p in trainable),
                        total_params=sum(p.numel() for p in peft_model.parameters()), settings=recorded)
+
+
+def _drop_base_path(adapter_dir: Path) -> None:
+    """peft records where the base was loaded from: a folder of this host's artifact store. The manifest pins the
+    base by digest, and a pinned file must not name a host path (a release moves between hosts unchanged)."""
+    path = adapter_dir / ADAPTER_CONFIG
+    config = json.loads(path.read_text())
+    config["base_model_name_or_path"] = None
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 class LoraWrapped(nn.Module):
