@@ -17,6 +17,12 @@ A model directory is stored as a *tree*: each file is an object, plus a JSON ind
 plain directory from it (hard links when possible) for libraries that want a path. Objects are
 made read-only, but a hard-linked materialized file shares its inode with the object: writing
 into it in place corrupts the object too, which the next verification detects.
+
+Where services share no disk, the store is given a :class:`RemoteObjects` (a JetStream Object Store bucket,
+``shared.nats_objects``) and its own directory becomes a cache of it (:func:`open_store` picks by settings): every
+put is written through to the bucket before it returns, so an event never names an artifact another host cannot
+fetch; a read that misses the cache streams the object from the bucket into ``root/tmp``, checks its sha256 against
+the name and sniffs it like any input, then moves it into place, after which it is read (and verified) as before.
 """
 
 from __future__ import annotations
@@ -29,19 +35,25 @@ import re
 import shutil
 import stat
 import tempfile
+import threading
 import uuid
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from shared.safetensors_check import UnsafeArtifactError, sniff_kind, strict_json_loads
+
+if TYPE_CHECKING:
+    from shared.settings import Settings
 
 __all__ = [
     "TREE_KIND",
     "ArtifactNotFoundError",
     "ArtifactStore",
     "IntegrityError",
+    "RemoteObjects",
     "UnsafeArtifactError",
     "is_digest",
+    "open_store",
     "sha256_file",
     "tree_entries",
 ]
@@ -153,10 +165,50 @@ def tree_entries(directory: Path, *, links_within: Path | None = None) -> list[t
     return sorted(out)
 
 
+class RemoteObjects(Protocol):
+    """Where objects live when processes share no disk; the store's own directory is then a cache of it.
+
+    A name is an object's sha256, or ``quarantine/<sha256>`` for a payload kept as evidence. Calls block, stream
+    (memory stays flat whatever the size) and may come from any thread."""
+
+    where: str  # for messages: which bucket
+
+    def has(self, name: str) -> bool:
+        """True when the remote holds `name` whole under its own digest."""
+        ...
+
+    def put(self, name: str, path: Path) -> None:
+        """Store the file at `path` as `name`, unless it is there intact already."""
+        ...
+
+    def get(self, name: str, dest: Path) -> str:
+        """Write `name` into the file `dest`; return the sha256 of what was written (ArtifactNotFoundError naming
+        the name and the remote when absent)."""
+        ...
+
+
+def open_store(settings: Settings) -> ArtifactStore:
+    """The store the settings choose: the filesystem under `artifacts_dir` (the embedded default), or, with
+    `artifact_backend` "nats", that directory as a cache of the JetStream Object Store bucket `artifact_bucket`."""
+    root = settings.resolved_artifacts_dir()
+    if settings.artifact_backend == "filesystem":
+        return ArtifactStore(root)
+    from shared.nats_objects import for_settings
+
+    return ArtifactStore(root, remote=for_settings(settings))
+
+
+def _quarantine_name(digest: str) -> str:
+    return f"quarantine/{digest}"
+
+
 class ArtifactStore:
     """Objects live at ``root/objects/<digest[:2]>/<digest[2:]>``; see the module docstring."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, remote: RemoteObjects | None = None) -> None:
+        self.remote = remote
+        self._fetching: dict[str, threading.Lock] = {}  # one download per object at a time in this process
+        self._fetching_guard = threading.Lock()
         self.root: Path = Path(root).resolve()
         self.objects = self.root / "objects"
         self.tmp = self.root / "tmp"
@@ -179,7 +231,17 @@ class ArtifactStore:
         return shard / digest[2:]
 
     def path_of(self, digest: str) -> Path:
-        """Path of an existing object (unverified); refuses anything that is not a plain digest."""
+        """Path of an existing object (unverified; fetched from the remote on a miss); refuses anything that is
+        not a plain digest."""
+        try:
+            return self._local_path(digest)
+        except ArtifactNotFoundError:
+            if self.remote is None:
+                raise
+        self._fetch(digest)
+        return self._local_path(digest)
+
+    def _local_path(self, digest: str) -> Path:
         path = self._object_path(digest)
         if path.is_symlink():
             raise UnsafeArtifactError(f"object {digest} is a symlink; re-register the original file")
@@ -190,11 +252,36 @@ class ArtifactStore:
         return path
 
     def exists(self, digest: str) -> bool:
+        """In this store, or in its remote (without fetching it)."""
         try:
-            self.path_of(digest)
+            self._local_path(digest)
         except ArtifactNotFoundError:
-            return False
+            return self.remote is not None and self.remote.has(digest)
         return True
+
+    def _fetch(self, digest: str) -> None:
+        """Stream a missing object from the remote into the cache: checked against its name and sniffed before it
+        is placed, like anything else that enters the store."""
+        assert self.remote is not None
+        with self._fetching_guard:
+            lock = self._fetching.setdefault(digest, threading.Lock())
+        with lock:
+            if self._object_path(digest).is_file():  # another thread fetched it meanwhile
+                return
+            fd, name = tempfile.mkstemp(dir=self.tmp, prefix="get-")
+            os.close(fd)
+            tmp = Path(name)
+            try:
+                actual = self.remote.get(digest, tmp)
+                if actual != digest:
+                    raise IntegrityError(f"artifact {digest} from {self.remote.where} is corrupt: expected sha256 "
+                                         f"{digest}, actual {actual}; store the original file again (put_file)")
+                sniff_kind(tmp)
+                self._place(tmp, digest)
+            finally:
+                tmp.unlink(missing_ok=True)
+                with self._fetching_guard:
+                    self._fetching.pop(digest, None)
 
     def size_of(self, digest: str) -> int:
         return self.path_of(digest).stat().st_size
@@ -254,6 +341,8 @@ class ArtifactStore:
             sniff_kind(tmp)  # sniff the copy too: what we store is exactly what was checked
             digest = h.hexdigest()
             self._place(tmp, digest)
+            if self.remote is not None:  # before the digest is returned, so no event names what others cannot fetch
+                self.remote.put(digest, self._local_path(digest))
             return digest
         finally:
             tmp.unlink(missing_ok=True)
@@ -279,24 +368,36 @@ class ArtifactStore:
         quarantine is ever sniffed, materialized or loaded, so any content may go there."""
         digest = hashlib.sha256(data).hexdigest()
         target = self.quarantined / digest
-        if target.is_file() and not target.is_symlink():
-            return digest
-        fd, name = tempfile.mkstemp(dir=self.tmp, prefix="quarantine-")
-        try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(data)
-                out.flush()
-                os.fsync(out.fileno())
-            os.chmod(name, 0o444)
-            os.replace(name, target)
-        finally:
-            Path(name).unlink(missing_ok=True)
+        if not (target.is_file() and not target.is_symlink()):
+            fd, name = tempfile.mkstemp(dir=self.tmp, prefix="quarantine-")
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    out.write(data)
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.chmod(name, 0o444)
+                os.replace(name, target)
+            finally:
+                Path(name).unlink(missing_ok=True)
+        if self.remote is not None:  # `dlq show` and `replay` run elsewhere
+            self.remote.put(_quarantine_name(digest), target)
         return digest
 
     def read_quarantined(self, digest: str) -> bytes:
         if not is_digest(digest):
             raise ValueError(f"{digest!r} is not an artifact digest (64 lowercase hex characters)")
         path = self.quarantined / digest
+        if self.remote is not None and not path.is_symlink() and not path.is_file():
+            fd, name = tempfile.mkstemp(dir=self.tmp, prefix="get-quarantine-")
+            os.close(fd)
+            try:  # never sniffed or loaded (any content may be quarantined): only its digest is checked
+                actual = self.remote.get(_quarantine_name(digest), Path(name))
+                if actual != digest:
+                    raise _integrity_error(digest, actual)
+                os.chmod(name, 0o444)
+                os.replace(name, path)
+            finally:
+                Path(name).unlink(missing_ok=True)
         if path.is_symlink() or not path.is_file():
             raise ArtifactNotFoundError(f"no quarantined payload {digest} in {self.quarantined}")
         data = path.read_bytes()

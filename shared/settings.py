@@ -8,6 +8,7 @@ WEIGHTFLOW_NATS_URL and WEIGHTFLOW_DATABASE_URL.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -34,6 +35,13 @@ class Settings(BaseSettings):
     nats_monitor_url: str | None = None
     database_url: str | None = None
     artifacts_dir: Path | None = None
+    # Where artifacts live (shared.artifacts.open_store): "filesystem" under artifacts_dir, the embedded default, for
+    # processes that share that disk; "nats" in a JetStream Object Store bucket replicated with the cluster, each
+    # process keeping only a local cache in its own artifacts_dir (nothing shared but NATS and the database).
+    artifact_backend: Literal["filesystem", "nats"] = "filesystem"
+    artifact_bucket: str = Field("WF_ARTIFACTS", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    # Copies the bucket keeps (at most the cluster's size); unset, it follows stream_replicas.
+    artifact_replicas: int | None = Field(None, ge=1, le=5)
     stream: str = "WF"
     # Copies JetStream keeps of each stream (and so of its consumers): 1 for the embedded single server, 3 on a
     # three-node cluster (a quorum of 2 acknowledges each write; one node may die). At most the cluster's size.

@@ -16,7 +16,7 @@ from sqlmodel import Session
 
 from contracts.base import Event, parse_event
 from contracts.workflow import RunRecord
-from shared.artifacts import ArtifactStore
+from shared.artifacts import open_store
 from shared.bus.dead_letters import write_dead_letter
 from shared.bus.errors import PermanentError
 from shared.bus.outbox import pending
@@ -36,7 +36,7 @@ class InProcessRunner:
         self.settings = settings
         self.engine = make_engine(settings.resolved_database_url())
         create_tables(self.engine)
-        self.store = ArtifactStore(settings.resolved_artifacts_dir())
+        self.store = open_store(settings)
         self.runs = MemoryRuns()
         self.log: list[Event] = []
         self._queue: deque[tuple[int, str, bytes]] = deque()

@@ -23,7 +23,7 @@ from faststream.specification import AsyncAPI
 
 from contracts.base import SUBJECT_PREFIX, Event
 from shared import metrics
-from shared.artifacts import ArtifactStore
+from shared.artifacts import open_store
 from shared.bus import lifecycle
 from shared.bus.background import Background
 from shared.bus.dead_letters import write_dead_letter
@@ -134,7 +134,7 @@ class ServiceRuntime(lifecycle.Lifecycle, Background):
         if self.engine is None:  # built without run(): a test's app
             self.engine = make_engine(self.settings.resolved_database_url())
             await asyncio.to_thread(create_tables, self.engine)
-        self.store = ArtifactStore(self.settings.resolved_artifacts_dir())
+        self.store = open_store(self.settings)
 
     async def _declare_streams(self) -> None:
         """Create the streams before the consumers bind (one config for every process: `ensure_streams`); left to

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from contracts.base import Event
-from shared.artifacts import ArtifactStore, IntegrityError, UnsafeArtifactError
+from shared.artifacts import ArtifactStore, IntegrityError, UnsafeArtifactError, open_store
 from shared.bus.streams import StreamSetupError
 from shared.modeling.checkpoint import CheckpointError
 from shared.safe_paths import UnsafePathError
@@ -80,7 +80,7 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 
 
 def store(settings: Settings) -> ArtifactStore:
-    return ArtifactStore(settings.resolved_artifacts_dir())
+    return open_store(settings)
 
 
 def print_event(e: Event, as_json: bool) -> None:

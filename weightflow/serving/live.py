@@ -23,7 +23,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from contracts.base import parse_event
 from contracts.registry import DeploymentPromoted, Manifest
 from contracts.requirements import TaskSpec
-from shared.artifacts import ArtifactStore
+from shared.artifacts import ArtifactStore, open_store
 from shared.modeling.protocols import LoadedModel, Task
 from shared.settings import Settings
 from weightflow.client import Client
@@ -66,7 +66,7 @@ def load_served(store: ArtifactStore, deployment: str, manifest_id: str, device:
 class LiveDeployment:
     def __init__(self, settings: Settings, deployment: str, *, pinned: str | None = None) -> None:
         self.settings, self.deployment, self.pinned = settings, deployment, pinned
-        self.store = ArtifactStore(settings.resolved_artifacts_dir())
+        self.store = open_store(settings)
         self.current: ServedModel | None = None
         self.following = False
         self.last_error: str | None = None
