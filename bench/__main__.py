@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 COMPARISONS = ("eval_throughput", "orchestration", "hashing", "memory_budget", "quantization", "scale", "lm_schemes",
-               "serving", "cluster")
+               "serving", "cluster", "artifact_store")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -32,12 +32,12 @@ def test_statistics() -> None:
 def test_smoke_mode_writes_results(tmp_path: Path) -> None:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     proc = subprocess.run(
-        [sys.executable, "-m", "bench", "--smoke", "--only", "hashing,quantization,serving", "--reps", "1",
+        [sys.executable, "-m", "bench", "--smoke", "--only", "hashing,quantization,serving,artifact_store", "--reps", "1",
          "--out", str(tmp_path)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    for name in ("hashing", "quantization", "serving"):
+    for name in ("hashing", "quantization", "serving", "artifact_store"):
         doc = json.loads((tmp_path / f"{name}.json").read_text())
         assert doc["name"] == name
         assert doc["config"]["smoke"] is True
