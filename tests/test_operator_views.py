@@ -10,8 +10,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from uuid import UUID, uuid4
 
@@ -30,6 +28,7 @@ from shared.settings import Settings
 from weightflow.backlog import read_backlog
 from weightflow.client import Client
 
+from .test_disk_full import small_filesystem
 from .test_workflow_unit import build_workflow, of
 
 MULTI_LINE_ERROR = ("ValidationError: 2 validation errors for RequirementsSubmitted\ndocument\n  Input should be a "
@@ -143,21 +142,6 @@ def test_doctor_calls_nothing_ok_that_it_did_not_check(tmp_path: Path, nats_serv
     assert "ok   JetStream store health" not in said and "ok   JetStream storage" in said, said
 
 
-@contextmanager
-def disk_of(path: Path, size_mb: int) -> Iterator[Path]:
-    path.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small filesystem needs root")
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(path)],
-                             capture_output=True, text=True, check=False)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
 def stored_artifact(home: Path, size_mb: int) -> None:
     """An object of `size_mb` in the artifact store (doctor reads sizes only)."""
     shard = home / "artifacts" / "objects" / "ab"
@@ -167,13 +151,13 @@ def stored_artifact(home: Path, size_mb: int) -> None:
 
 
 def test_doctor_judges_free_space_by_what_the_next_step_needs(tmp_path: Path, nats_server: EmbeddedNats) -> None:
-    with disk_of(tmp_path / "roomy", 400) as home:
+    with small_filesystem(tmp_path / "roomy", 400) as home:
         create_tables(make_engine(Settings(home=home).resolved_database_url()))  # as the services leave it
         stored_artifact(home, 90)  # MiniLM's weights are about this size
         healthy = cli(home, nats_server, "doctor")
         assert healthy.returncode == 0, healthy.stdout + healthy.stderr
         assert "ok   disk" in healthy.stdout and "ok   JetStream storage" in healthy.stdout, healthy.stdout
-    with disk_of(tmp_path / "tight", 200) as home:
+    with small_filesystem(tmp_path / "tight", 200) as home:
         create_tables(make_engine(Settings(home=home).resolved_database_url()))
         stored_artifact(home, 90)
         (home / "taken").write_bytes(b"\0" * (100 << 20))  # 100 MiB free; the next step needs 2 x 90 + 64
