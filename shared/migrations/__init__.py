@@ -30,7 +30,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import MetaData, inspect, text
+from sqlalchemy import MetaData, insert, inspect, text
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import SQLModel
 
@@ -167,7 +167,7 @@ def locked(engine: Engine) -> Iterator[Connection]:
 def _create_at_head(conn: Connection) -> None:
     metadata().create_all(conn)
     if conn.execute(text("SELECT count(*) FROM wf_schema")).scalar_one() == 0:
-        conn.execute(SchemaRecord.__table__.insert().values(id=1, version=SCHEMA_VERSION))  # type: ignore[attr-defined]
+        conn.execute(insert(SchemaRecord).values(id=1, version=SCHEMA_VERSION))
     migration_context(conn).stamp(scripts(), "head")
 
 
