@@ -159,6 +159,7 @@ def assert_exactly_once(live: LiveStack, events: list[Event], run_id: UUID) -> N
 @pytest.mark.e2e
 @pytest.mark.slow
 @pytest.mark.cluster
+@pytest.mark.timeout(900)  # two leader elections and two node restarts: 1.5-3.5 min on a busy 2-core machine
 def test_stream_and_consumer_leaders_die_mid_run_and_every_effect_happens_once(
         tmp_path: Path, cluster: EmbeddedCluster) -> None:
     settings = Settings(home=tmp_path / "home", nats_url=cluster.url, nats_monitor_url=cluster.monitor_url,

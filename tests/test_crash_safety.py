@@ -33,7 +33,9 @@ from weightflow.submission import prepare
 
 from .conftest import EXAMPLE_DIR, LiveStack, start_stack
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+# Twelve kills, each waiting out ack_wait and a process restart (a torch import): minutes, and on a loaded
+# 2-core machine close to pytest's default 600 s; these runs get 1200 s before they count as hung.
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(1200)]
 
 CRASH_POINTS = ("mid_transaction", "after_commit")
 

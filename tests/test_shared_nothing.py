@@ -296,6 +296,7 @@ def logs(homes: dict[str, Path]) -> str:
 @pytest.mark.e2e
 @pytest.mark.slow
 @pytest.mark.cluster
+@pytest.mark.timeout(1200)  # 4-5 min on a busy 2-core machine: a whole run with LoRA, a node killed
 def test_six_services_in_six_homes_share_nothing_but_the_cluster_and_the_database(tmp_path: Path) -> None:
     """The example run (LoRA tuning and the canary included) with each service in a folder of its own, artifacts in
     a 3-replica bucket whose stream leader is SIGKILLed once tuning has started; the run completes, each folder holds

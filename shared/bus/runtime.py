@@ -20,6 +20,10 @@ from faststream.nats import ConsumerConfig, JStream, NatsBroker, PullSub
 from faststream.nats.annotations import NatsMessage
 from faststream.nats.opentelemetry import NatsTelemetryMiddleware
 from faststream.specification import AsyncAPI
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js.errors import ServiceUnavailableError
+from opentelemetry.sdk.trace import TracerProvider
 
 from contracts.base import SUBJECT_PREFIX, Event
 from shared import metrics
@@ -41,6 +45,7 @@ from shared.settings import Settings, split_urls
 from shared.telemetry import current_trace_id, setup_tracing
 
 log = logging.getLogger("weightflow.bus")
+STARTUP_PATIENCE_S = 120.0
 
 
 def backoff_s(deliveries: int, cap: float) -> float:
@@ -54,6 +59,7 @@ class ServiceRuntime(lifecycle.Lifecycle, Background):
         self.broker: NatsBroker | None = None
         self.runs: NatsRuns | None = None
         self.ops: OpsServer | None = None
+        self._provider: TracerProvider | None = None
         self._bound = False  # every consumer subscribed
         self._loop_tick = time.monotonic()  # the event loop's last sign of life, for /healthz
 
@@ -61,7 +67,7 @@ class ServiceRuntime(lifecycle.Lifecycle, Background):
     def build(self, url: str | None = None) -> FastStream:
         service, settings = self.service, self.settings
         service.check_complete()
-        provider = setup_tracing(service.name, settings)
+        provider = self._provider = self._provider or setup_tracing(service.name, settings)  # once per process
         # Every server of a cluster: the client starts on one that answers and reconnects to a survivor forever.
         broker = NatsBroker(
             split_urls(url) if url else settings.resolved_nats_servers(), name=f"weightflow-{service.name}",
@@ -103,7 +109,19 @@ class ServiceRuntime(lifecycle.Lifecycle, Background):
                 raise
             log.error("%s", exc)
             raise SystemExit(2) from None
-        asyncio.run(self.build().run())
+        # JetStream may not answer in time while a cluster forms or elects leaders (seconds, more on a loaded
+        # machine): a start that times out before the consumers are bound is tried again, not a crash.
+        deadline = time.monotonic() + STARTUP_PATIENCE_S
+        while True:
+            try:
+                asyncio.run(self.build().run())
+                return
+            except (NatsTimeout, NoRespondersError, ServiceUnavailableError) as exc:
+                if self._bound or time.monotonic() > deadline:
+                    raise
+                log.warning("%s: JetStream did not answer while starting (%s: a cluster electing leaders?); "
+                            "starting again", self.service.name, type(exc).__name__)
+                time.sleep(2.0)
 
     def _callback(self, spec: HandlerSpec[Any]) -> Callable[..., Any]:
         async def on_message(event: Event, msg: NatsMessage) -> None:
