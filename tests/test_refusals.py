@@ -146,6 +146,8 @@ OPTIONS: dict[str, tuple[list[str], dict[str, str], str]] = {
                                   "a part of the path is a file, not a folder (the data folder is WEIGHTFLOW_HOME="),
     "a setting of the wrong type": (["runs"], {"WEIGHTFLOW_ACK_WAIT_S": "soon"},
                                     "WEIGHTFLOW_ACK_WAIT_S='soon': Input should be a valid number"),
+    "more artifact copies than a cluster has": (["runs"], {"WEIGHTFLOW_ARTIFACT_REPLICAS": "9"},
+                                                "WEIGHTFLOW_ARTIFACT_REPLICAS='9': Input should be less than or equal"),
     "requirements that are a folder": (["submit", "{tmp}"], {}, "is a folder; name the requirements YAML file"),
     "rollback that waits 0 s": (["rollback", "x", "--timeout", "0"], {},
                                 "Invalid value for '--timeout': must be a number of seconds above 0"),
@@ -208,6 +210,10 @@ SERVE: dict[str, tuple[list[str], dict[str, str], str]] = {
     "a body timeout of 0": (["--body-timeout", "0"], {}, "Invalid value for '--body-timeout': must be a number of"),
     "a header timeout setting of 0": ([], {"WEIGHTFLOW_SERVE_HEADER_TIMEOUT_S": "0"},
                                       "WEIGHTFLOW_SERVE_HEADER_TIMEOUT_S='0': Input should be greater than 0"),
+    "a body timeout setting of infinity": ([], {"WEIGHTFLOW_SERVE_BODY_TIMEOUT_S": "inf"},
+                                           "WEIGHTFLOW_SERVE_BODY_TIMEOUT_S='inf': Input should be a finite number"),
+    "a keep-alive setting of 0": ([], {"WEIGHTFLOW_SERVE_KEEP_ALIVE_S": "0"},
+                                  "WEIGHTFLOW_SERVE_KEEP_ALIVE_S='0': Input should be greater than or equal to 1"),
     "an OTLP protocol no exporter speaks": ([], OTLP_JSON, OTLP_REFUSED),
 }
 
