@@ -32,8 +32,8 @@ def test_statistics() -> None:
 def test_smoke_mode_writes_results(tmp_path: Path) -> None:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     proc = subprocess.run(
-        [sys.executable, "-m", "bench", "--smoke", "--only", "hashing,quantization,serving,artifact_store", "--reps", "1",
-         "--out", str(tmp_path)],
+        [sys.executable, "-m", "bench", "--smoke", "--only", "hashing,quantization,serving,artifact_store",
+         "--reps", "1", "--out", str(tmp_path)],
         # four comparisons at tiny sizes: 300 s ran out on a loaded 2-core machine
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=540, check=False,
     )
