@@ -187,15 +187,16 @@ class RemoteObjects(Protocol):
         ...
 
 
-def open_store(settings: Settings) -> ArtifactStore:
+def open_store(settings: Settings, inbox_prefix: str = "_INBOX") -> ArtifactStore:
     """The store the settings choose: the filesystem under `artifacts_dir` (the embedded default), or, with
-    `artifact_backend` "nats", that directory as a cache of the JetStream Object Store bucket `artifact_bucket`."""
+    `artifact_backend` "nats", that directory as a cache of the JetStream Object Store bucket `artifact_bucket`
+    (a service names its own `inbox_prefix`: its NATS user reads replies there only)."""
     root = settings.resolved_artifacts_dir()
     if settings.artifact_backend == "filesystem":
         return ArtifactStore(root)
     from shared.nats_objects import for_settings
 
-    return ArtifactStore(root, remote=for_settings(settings))
+    return ArtifactStore(root, remote=for_settings(settings, inbox_prefix))
 
 
 def _quarantine_name(digest: str) -> str:

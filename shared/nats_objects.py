@@ -112,10 +112,14 @@ class NatsObjects:
     """A JetStream Object Store bucket as `shared.artifacts.RemoteObjects`; see the module docstring."""
 
     def __init__(self, servers: list[str], bucket: str, *, replicas: int = 1, create: bool = True,
-                 request_timeout_s: float = 10.0, stall_s: float = 120.0, chunk_size: int = CHUNK_SIZE) -> None:
+                 request_timeout_s: float = 10.0, stall_s: float = 120.0, chunk_size: int = CHUNK_SIZE,
+                 inbox_prefix: str = "_INBOX") -> None:
         if not servers:
             raise ValueError("no NATS server for the artifact bucket: set WEIGHTFLOW_NATS_URL")
         self.servers, self.bucket, self.replicas, self.create = servers, bucket, replicas, create
+        # Where JetStream's answers come back: a service's NATS user may subscribe only to its own inbox
+        # (`Service.inbox_prefix()`, shared.nats_auth), so its requests must name replies there.
+        self.inbox_prefix = inbox_prefix
         self.request_timeout_s, self.stall_s, self.chunk_size = request_timeout_s, stall_s, chunk_size
         self.stream = f"OBJ_{bucket}"
         self.where = f"JetStream Object Store bucket {bucket}"
@@ -204,7 +208,8 @@ class NatsObjects:
                     try:
                         self._nc = await asyncio.wait_for(nats.connect(
                             self.servers, name="weightflow-artifacts", max_reconnect_attempts=-1,
-                            reconnect_time_wait=1, connect_timeout=min(5.0, self.request_timeout_s), error_cb=_quiet),
+                            reconnect_time_wait=1, connect_timeout=min(5.0, self.request_timeout_s), error_cb=_quiet,
+                            inbox_prefix=self.inbox_prefix),
                             timeout=self.request_timeout_s)
                     except TRANSIENT as exc:
                         raise ArtifactRemoteError(
@@ -332,23 +337,24 @@ class NatsObjects:
         return h.hexdigest()
 
 
-_SHARED: dict[tuple[tuple[str, ...], str, int, bool], NatsObjects] = {}
+_SHARED: dict[tuple[tuple[str, ...], str, int, bool, str], NatsObjects] = {}
 _SHARED_LOCK = threading.Lock()
 
 
-def for_settings(settings: Settings) -> NatsObjects:
-    """The process's backend for the settings' NATS servers and bucket (one connection, one thread per bucket).
+def for_settings(settings: Settings, inbox_prefix: str = "_INBOX") -> NatsObjects:
+    """The process's backend for the settings' NATS servers and bucket (one connection, one thread per bucket);
+    a service passes its own inbox prefix, the only one its NATS user may read replies on.
 
     The bucket keeps `artifact_replicas` copies, or as many as the streams (`stream_replicas`); it is created on
     first use unless `declare_stream` is false (then the operator creates it)."""
     servers = tuple(u.strip() for u in settings.resolved_nats_url().split(",") if u.strip())
     replicas = settings.artifact_replicas or settings.stream_replicas
-    key = (servers, settings.artifact_bucket, replicas, settings.declare_stream)
+    key = (servers, settings.artifact_bucket, replicas, settings.declare_stream, inbox_prefix)
     with _SHARED_LOCK:
         backend = _SHARED.get(key)
         if backend is None or backend._loop.is_closed():
             backend = _SHARED[key] = NatsObjects(list(servers), settings.artifact_bucket, replicas=replicas,
-                                                 create=settings.declare_stream)
+                                                 create=settings.declare_stream, inbox_prefix=inbox_prefix)
         return backend
 
 

@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import hashlib
 import importlib
 import inspect
 import json
+import os
 import re
+import time
+import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +36,7 @@ from contracts.requirements import RequirementsRejected, RequirementsSubmitted
 from contracts.workflow import DeadLettered
 from shared import nats_auth
 from shared.bus import Service
+from shared.nats_objects import NatsObjects
 from shared.natsd import EmbeddedNats, free_port
 from shared.settings import Settings
 from weightflow.client import Client
@@ -84,15 +89,19 @@ def test_generated_permissions_are_narrow() -> None:
     perms = {name: user["permissions"] for name, user in nats_auth.users_of(config).items()}
     assert len(set(nats_auth.generate_passwords(users).values())) == len(users)
     runs_reads = {"$JS.API.DIRECT.GET.WF_RUNS.wfruns.*", "$JS.API.STREAM.MSG.GET.WF_RUNS"}
+    artifacts = set(nats_auth.artifact_subjects("WF_ARTIFACTS"))
+    assert {s for s in artifacts if s.startswith("$O.")} == {"$O.WF_ARTIFACTS.C.*", "$O.WF_ARTIFACTS.M.*"}
+    assert not [s for s in artifacts if re.search(r"\.(CREATE|UPDATE|DELETE|PURGE|CONSUMER)\b", s)]
     for service in SERVICE_DEFS:
         publish = perms[service.name]["publish"]["allow"]
-        assert not [s for s in publish if s in (">", "$JS.>", "$JS.API.>")]
-        stream_subjects = {s for s in publish if not s.startswith("$JS.")}
+        assert not [s for s in publish if s in (">", "$JS.>", "$JS.API.>", "$O.>")]
+        assert artifacts <= set(publish), "every service reads and writes artifacts"
+        stream_subjects = {s for s in publish if not s.startswith("$")}
         emitted: list[type[Event]] = [*service.publishes, DeadLettered]
         registers_runs = {"wfruns.*"} if service.name == "requirements" else set()
         assert stream_subjects == {e.subject() for e in emitted} | registers_runs, service.name
         own = {f".{stream}.{durable}" for stream, durable, _ in service.consumers(Settings())}
-        api = [s for s in publish if s.startswith("$JS.") and s not in runs_reads]
+        api = [s for s in publish if s.startswith("$JS.") and s not in runs_reads | artifacts]
         assert api and all(any(o in s for o in own) for s in api), "only its own consumers"
         assert runs_reads <= set(publish)
         assert perms[service.name]["subscribe"] == {"allow": [f"_INBOX.{service.name}.>"]}
@@ -400,3 +409,246 @@ def test_reply_subject_injection_is_contained(secured: SecuredNats) -> None:
             await admin.close()
 
     asyncio.run(scenario())
+
+
+# -- the artifact bucket (JetStream Object Store) ----------------------------------------------------
+
+BUCKET = Settings().artifact_bucket
+
+
+def _artifact(folder: Path, size: int) -> tuple[str, Path]:
+    """A file of `size` random bytes and its artifact name (its sha256)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    data = os.urandom(size)
+    path = folder / f"{uuid4()}.bin"
+    path.write_bytes(data)
+    return hashlib.sha256(data).hexdigest(), path
+
+
+def _bucket(urls: list[str], user: str = "admin", *, create: bool = False, replicas: int = 1) -> NatsObjects:
+    # As the runtime opens it (open_store with the service's inbox prefix). Small chunks, so a few KiB take several
+    # chunk publishes and direct gets; short deadlines, so a refusal (which JetStream answers with silence) fails
+    # the test in seconds, not minutes.
+    inbox = BY_NAME[user].inbox_prefix() if user in BY_NAME else "_INBOX"
+    return NatsObjects(urls, BUCKET, replicas=replicas, create=create, request_timeout_s=5.0, stall_s=30.0,
+                       chunk_size=1024, inbox_prefix=inbox)
+
+
+def _fetched(objects: NatsObjects, name: str, folder: Path) -> str:
+    folder.mkdir(parents=True, exist_ok=True)
+    dest = folder / f"{uuid4()}.got"
+    digest = objects.get(name, dest)
+    assert dest.stat().st_size > 0
+    return digest
+
+
+def test_every_service_puts_and_gets_artifacts(secured: SecuredNats, tmp_path: Path) -> None:
+    """As the object-store backend runs them (WEIGHTFLOW_ARTIFACT_BACKEND=nats, WEIGHTFLOW_DECLARE_STREAM=false):
+    the admin creates the bucket; then each service user stores its own artifact and reads the admin's and the
+    previous service's, chunk by chunk, without one permission violation."""
+    admin = _bucket([secured.url("admin")], create=True)
+    opened = [admin]
+    try:
+        first, path = _artifact(tmp_path / "admin", 5000)
+        admin.put(first, path)
+        previous = first
+        for name in SERVICES:
+            objects = _bucket([secured.url(name)], name)
+            opened.append(objects)
+            own, path = _artifact(tmp_path / name, 3000)
+            objects.put(own, path)
+            assert objects.has(own) and objects.has(previous)
+            assert _fetched(objects, first, tmp_path / name) == first
+            assert _fetched(objects, previous, tmp_path / name) == previous
+            previous = own
+        assert _fetched(admin, previous, tmp_path / "admin") == previous
+    finally:
+        for objects in opened:
+            objects.close()
+    assert secured.violations() == ""
+
+
+def test_service_denied_what_the_bucket_does_not_need(secured: SecuredNats, tmp_path: Path) -> None:
+    """A service user may not purge, delete or create buckets, read the bucket through a consumer, write into
+    another bucket or listen on the bucket's subjects; the alerting user may not even open it."""
+    admin_objects = _bucket([secured.url("admin")], create=True)
+    try:
+        name, path = _artifact(tmp_path, 2000)
+        admin_objects.put(name, path)
+    finally:
+        admin_objects.close()
+    stream = f"OBJ_{BUCKET}"
+
+    async def scenario() -> None:
+        user = await Conn().connect(secured.url("tuning"), inbox_prefix="_INBOX.tuning")
+        alerting = await Conn().connect(secured.url("alerting"))
+        try:
+            js = user.nc.jetstream(timeout=DENIED_WAIT)
+            assert (await user.nc.jetstream(timeout=5).stream_info(stream)).state.messages > 0  # allowed
+            for call, subject in (
+                (js.purge_stream(stream), f"$JS.API.STREAM.PURGE.{stream}"),
+                (js.delete_stream(stream), f"$JS.API.STREAM.DELETE.{stream}"),
+                (js.create_object_store("STOLEN"), "$JS.API.STREAM.CREATE.OBJ_STOLEN"),
+                (user.nc.request(f"$JS.API.CONSUMER.CREATE.{stream}", b"{}", timeout=DENIED_WAIT),
+                 f"$JS.API.CONSUMER.CREATE.{stream}"),
+            ):
+                with pytest.raises(nats.errors.TimeoutError):
+                    await call
+                await user.denied("publish", subject)
+            await user.nc.publish("$O.STOLEN.C.x", b"x")
+            await user.denied("publish", "$O.STOLEN.C.x")
+            await user.nc.subscribe(f"$O.{BUCKET}.>")
+            await user.denied("subscription", f"$O.{BUCKET}.>")
+            with pytest.raises(nats.errors.TimeoutError):
+                await alerting.nc.jetstream(timeout=DENIED_WAIT).stream_info(stream)
+            await alerting.denied("publish", f"$JS.API.STREAM.INFO.{stream}")
+        finally:
+            await alerting.close()
+            await user.close()
+
+    asyncio.run(scenario())
+    readback = _bucket([secured.url("admin")])
+    try:
+        assert readback.has(name), "the refused purge and delete changed nothing"
+    finally:
+        readback.close()
+
+
+# -- a three-node cluster from the generated per-node configs -----------------------------------------
+
+
+@pytest.mark.cluster
+def test_generated_cluster_config_runs_a_secured_cluster(tmp_path: Path) -> None:
+    """`weightflow nats-config --cluster-nodes` as three loopback nodes: they form one JetStream cluster over
+    password-protected routes; the admin creates the streams and the bucket with 3 replicas; a service user
+    stores an artifact that another reads back after the node leading the bucket's stream is SIGKILLed."""
+    names = ["n1", "n2", "n3"]
+    client_ports = {n: free_port() for n in names}
+    nodes = [nats_auth.ClusterNode(n, "127.0.0.1", free_port()) for n in names]
+    passwords = nats_auth.generate_passwords(nats_auth.user_names(SERVICE_DEFS))
+    route_password = nats_auth.generate_passwords([nats_auth.ROUTE_USER])[nats_auth.ROUTE_USER]
+    servers: dict[str, EmbeddedNats] = {}
+    for node in nodes:
+        config = nats_auth.build_config(SERVICE_DEFS, passwords, host="127.0.0.1", port=client_ports[node.name],
+                                        store_dir=tmp_path / node.name / "jetstream")
+        node_config = nats_auth.cluster_node_config(config, node, nodes, route_password, listen_host="127.0.0.1")
+        assert node_config["jetstream"]["sync_interval"] == "always"
+        config_file = tmp_path / node.name / "nats-server.conf"
+        config_file.parent.mkdir(parents=True)
+        config_file.write_text(nats_auth.render_config(node_config))
+        servers[node.name] = EmbeddedNats(tmp_path / node.name, port=client_ports[node.name], config_file=config_file)
+
+    def url(user: str) -> list[str]:
+        return [nats_auth.nats_url(user, passwords[user], "127.0.0.1", client_ports[n]) for n in names]
+
+    opened: list[NatsObjects] = []
+    try:
+        for server in servers.values():
+            server.start()
+        deadline = time.monotonic() + 60
+        while not all(server.health().ok for server in servers.values()):
+            assert time.monotonic() < deadline, "the generated cluster did not become healthy within 60 s"
+            time.sleep(0.2)
+        admin_settings = Settings(home=tmp_path / "home", nats_url=",".join(url("admin")), trace_file=False,
+                                  stream_replicas=3)
+
+        async def admin_creates_streams() -> str:
+            async with Client(admin_settings):
+                pass
+            nc = await nats.connect(url("admin"))
+            try:
+                info = await nc.jetstream().stream_info("WF")
+                assert info.cluster is not None and len(info.cluster.replicas or []) == 2
+                return info.cluster.leader or ""
+            finally:
+                await nc.close()
+
+        asyncio.run(admin_creates_streams())
+        admin = _bucket(url("admin"), create=True, replicas=3)
+        writer, reader = _bucket(url("registry"), "registry"), _bucket(url("monitoring"), "monitoring")
+        opened += [admin, writer, reader]
+        seed, path = _artifact(tmp_path / "admin", 3000)
+        admin.put(seed, path)
+        name, path = _artifact(tmp_path / "registry", 6000)
+        writer.put(name, path)
+        assert _fetched(reader, name, tmp_path / "monitoring") == name
+
+        async def bucket_leader() -> str:
+            nc = await nats.connect(url("admin"))
+            try:
+                info = await nc.jetstream().stream_info(f"OBJ_{BUCKET}")
+                assert info.cluster is not None and len(info.cluster.replicas or []) == 2
+                return info.cluster.leader or ""
+            finally:
+                await nc.close()
+
+        routes_before = _routes(servers["n1"])
+        rogue_conf = tmp_path / "rogue" / "nats-server.conf"  # a node that knows the routes but not their password
+        rogue_conf.parent.mkdir()
+        routes = [f"nats://127.0.0.1:{n.cluster_port}" for n in nodes]
+        rogue_conf.write_text(json.dumps({
+            "server_name": "rogue", "jetstream": {"store_dir": str(tmp_path / "rogue")},
+            "cluster": {"name": "weightflow", "listen": f"127.0.0.1:{free_port()}", "routes": routes}}))
+        with EmbeddedNats(tmp_path / "rogue", config_file=rogue_conf):
+            time.sleep(2.0)
+            assert _routes(servers["n1"]) == routes_before, "a node without the route password joined the cluster"
+        assert "Router connection closed: Authentication Failure" in servers["n1"].log_file.read_text()
+
+        leader = asyncio.run(bucket_leader())
+        servers[leader].stop(kill=True)
+        assert _fetched(reader, name, tmp_path / "monitoring") == name
+        after, path = _artifact(tmp_path / "registry", 4000)
+        writer.put(after, path)  # on the two survivors, once they elect a leader
+        assert _fetched(reader, after, tmp_path / "monitoring") == after
+    finally:
+        for objects in opened:
+            objects.close()
+        for server in servers.values():
+            server.stop()
+    log = "\n".join(server.log_file.read_text() for server in servers.values())
+    assert "Permissions Violation" not in log and "Publish Violation" not in log
+
+
+def _routes(server: EmbeddedNats) -> set[str]:
+    """The names of the nodes `server` has routes to (its monitoring endpoint's /routez)."""
+    with urllib.request.urlopen(f"{server.monitor_url}/routez", timeout=5) as response:
+        return {r.get("remote_name", r.get("remote_id")) for r in json.load(response).get("routes") or []}
+
+
+def test_nats_config_writes_one_config_per_cluster_node(tmp_path: Path) -> None:
+    """The CLI's --cluster-nodes: one config per node (its name, routes to the others, the same users), .env files
+    whose URLs list every node; a second run keeps every password, the route password included."""
+    from typer.testing import CliRunner
+
+    from weightflow.cli import app
+
+    out = tmp_path / "nats" / "nats-server.conf"
+    args = ["nats-config", "--out", str(out), "--cluster-nodes", "nats-1,nats-2,nats-3:10.0.0.9:7222"]
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 0, first.output
+    configs = {n: _read_config(out.parent / f"{n}.conf") for n in ("nats-1", "nats-2", "nats-3")}
+    assert not out.exists()
+    route_password = configs["nats-1"]["cluster"]["authorization"]["password"]
+    assert configs["nats-2"]["server_name"] == "nats-2"
+    assert configs["nats-2"]["cluster"]["routes"] == [
+        f"nats://route:{route_password}@nats-1:6222", f"nats://route:{route_password}@10.0.0.9:7222"]
+    assert configs["nats-3"]["cluster"]["listen"] == "0.0.0.0:7222"
+    assert all(c["accounts"] == configs["nats-1"]["accounts"] for c in configs.values())
+    env = (out.parent / "registry.env").read_text()
+    password = nats_auth.read_password(out.parent / "registry.env")
+    assert password
+    urls = nats_auth.nats_url("registry", password, ["nats-1", "nats-2", "10.0.0.9"], 4222)
+    assert f"WEIGHTFLOW_NATS_URL={urls}\n" in env and urls.count("nats://") == 3
+    assert (out.parent / "nats-1.conf").stat().st_mode & 0o077 == 0, "the configs hold passwords"
+
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert _read_config(out.parent / "nats-1.conf") == configs["nats-1"]
+    refused = CliRunner().invoke(app, [*args[:3], "--cluster-nodes", "nats-1,nats-2"])
+    assert refused.exit_code == 2 and "at least 3 nodes" in " ".join(refused.output.replace("│", " ").split())
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    config: dict[str, Any] = json.loads("\n".join(line for line in path.read_text().splitlines()
+                                                  if not line.startswith("#")))
+    return config

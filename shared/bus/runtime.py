@@ -152,7 +152,7 @@ class ServiceRuntime(lifecycle.Lifecycle, Background):
         if self.engine is None:  # built without run(): a test's app
             self.engine = make_engine(self.settings.resolved_database_url())
             await asyncio.to_thread(create_tables, self.engine)
-        self.store = open_store(self.settings)
+        self.store = open_store(self.settings, self.service.inbox_prefix())
 
     async def _declare_streams(self) -> None:
         """Create the streams before the consumers bind (one config for every process: `ensure_streams`); left to

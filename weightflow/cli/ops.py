@@ -168,21 +168,35 @@ def nats_config(
     store_dir: str = typer.Option("/js", help="JetStream store directory inside the NATS container"),
     monitor_port: int = typer.Option(8222, help="HTTP monitoring port (0: none)"),
     rotate: bool = typer.Option(False, help="new passwords for all (default: keep those in existing .env files)"),
+    cluster_nodes: str | None = typer.Option(
+        None, "--cluster-nodes", help="a JetStream cluster instead of one server: its nodes as name[:host[:route "
+        "port]],... (e.g. nats-1,nats-2,nats-3); writes one <name>.conf per node next to --out, and .env files "
+        "whose URLs list every node"),
+    cluster_port: int = typer.Option(6222, help="route (cluster) port of the nodes that name none"),
+    cluster_name: str = typer.Option("weightflow", help="the cluster's name"),
 ) -> None:
-    """Write a nats-server config where each service may touch only its own subjects and consumers.
+    """Write a nats-server config where each service may touch only its own subjects and consumers (and the
+    artifact bucket), one per node with --cluster-nodes.
 
     Also writes one `<user>.env` per user (WEIGHTFLOW_NATS_URL with its password; services also get
     WEIGHTFLOW_DECLARE_STREAM=false) for compose `env_file:` or a Kubernetes secret. The `admin` user
-    (CLI) creates the streams and reads history; `alerting` may only subscribe to alert events.
+    (CLI) creates the streams and the artifact bucket and reads history; `alerting` may only subscribe to alert
+    events. A cluster's routes admit only a route user whose password the node configs carry.
     """
     from shared import nats_auth
 
     env_dir = env_dir or out.parent
+    try:
+        nodes = nats_auth.parse_cluster_nodes(cluster_nodes, cluster_port) if cluster_nodes else []
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--cluster-nodes") from None
     services = nats_auth.load_services(SERVICES)
     users = nats_auth.user_names(services)
     existing = {} if rotate else {u: p for u in users if (p := nats_auth.read_password(env_dir / f"{u}.env"))}
     passwords = nats_auth.generate_passwords(users, existing)
-    config = nats_auth.build_config(services, passwords, stream=Settings().stream, host=listen_host, port=port,
+    settings = Settings()
+    config = nats_auth.build_config(services, passwords, stream=settings.stream,
+                                    artifact_bucket=settings.artifact_bucket, host=listen_host, port=port,
                                     store_dir=store_dir, http_port=monitor_port or None)
 
     def write_private(path: Path, text: str) -> None:
@@ -191,14 +205,33 @@ def nats_config(
         path.chmod(0o600)
         path.write_text(text)
 
-    write_private(out, nats_auth.render_config(config))
+    written: list[Path] = []
+    if nodes:
+        files = [out.parent / f"{node.name}.conf" for node in nodes]
+        route_password = None if rotate else next(
+            (p for f in files if (p := nats_auth.read_route_password(f))), None)
+        route_password = route_password or nats_auth.generate_passwords(["route"])["route"]
+        try:
+            for node, path in zip(nodes, files, strict=True):
+                node_config = nats_auth.cluster_node_config(config, node, nodes, route_password,
+                                                            cluster_name=cluster_name, listen_host=listen_host)
+                write_private(path, nats_auth.render_config(node_config))
+                written.append(path)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--cluster-nodes") from None
+        hosts: str | list[str] = [node.host for node in nodes]
+    else:
+        write_private(out, nats_auth.render_config(config))
+        written.append(out)
+        hosts = url_host
     service_names = {s.name for s in services}
     for user in users:
         write_private(env_dir / f"{user}.env", nats_auth.credentials_env(
-            user, passwords[user], url_host, port, service=user in service_names))
+            user, passwords[user], hosts, port, service=user in service_names))
     kept = sorted(existing)
-    console.print(f"wrote {out} and {len(users)} credential files in {env_dir} ({', '.join(users)}); "
-                  f"{'kept passwords of ' + ', '.join(kept) if kept else 'new passwords'}")
+    console.print(f"wrote {', '.join(map(str, written))} and {len(users)} credential files in {env_dir} "
+                  f"({', '.join(users)}); {'kept passwords of ' + ', '.join(kept) if kept else 'new passwords'}",
+                  highlight=False)
 
 
 def setup_quantization(location: Path | None = typer.Option(None, help="where to build it (default: "
