@@ -25,12 +25,32 @@ class MemoryBudget(Contract):
     fits: bool
 
 
+class MeasuredPeak(Contract):
+    """A variant's peak memory measured at the serving shape in a process of its own: what the fit decision
+    rests on. The prediction (`MemoryBudget.total_bytes`) only orders what is tried."""
+
+    peak_bytes: int = Field(description="peak growth over load, warm-up and one serving batch")
+    predicted_bytes: int = Field(description="the budget's prediction for the same variant")
+    error: float = Field(description="(predicted - measured) / measured: negative under-predicts")
+    budget_bytes: int
+    fits: bool = Field(description="measured peak <= budget: the fit decision")
+    device: str = Field(description="where it was measured (cpu, cuda, cuda:N)")
+    target_device: str = Field(description="the hardware profile's device")
+    method: str = Field(description="VmHWM growth on CPU, torch.cuda.max_memory_allocated on CUDA")
+    batch: int
+    context: int = Field(description="tokens per request at the serving shape")
+    serve_s: float = Field(description="wall time of the serving batch")
+    note: str = Field(default="", description="e.g. measured on another device than the target")
+
+
 @register
 class MemoryBudgetComputed(Event):
     STAGE = "fitting"
     NAME = "memory_budget_computed"
-    SCHEMA_VERSION = 2
+    SCHEMA_VERSION = 3
     budget: MemoryBudget
+    measured: MeasuredPeak | None = Field(default=None, description=(
+        "the variant's measured peak (v3); None when the prediction ruled it out by more than its error"))
 
 
 @register
@@ -52,11 +72,13 @@ class FitCompleted(Event):
 
     STAGE = "fitting"
     NAME = "completed"
-    SCHEMA_VERSION = 3
+    SCHEMA_VERSION = 4
     context: RunContext
     model: ModelArtifact
     measurement: Measurement
     budget: MemoryBudget
+    measured: MeasuredPeak | None = Field(default=None, description=(
+        "the fitted variant's measured peak, which decided the fit (v4); None for a hosted API"))
     quality_gap: float
     steps: list[str]
     next_stage: Literal["tuning", "registry"]

@@ -13,12 +13,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from uuid import uuid5
 
+from pydantic import BaseModel
 from sqlmodel import Session
 
 from contracts.base import Event, utcnow
 from contracts.benchmark import UNQUANTIZED, BenchmarkRequested, ModelArtifact, SelectionDecided, VariantBenchmarked
-from contracts.fitting import FitCompleted, FitFailed, FitSkipped, MemoryBudget, MemoryBudgetComputed
+from contracts.fitting import FitCompleted, FitFailed, FitSkipped, MeasuredPeak, MemoryBudget, MemoryBudgetComputed
 from contracts.measurement import Measurement
+from contracts.requirements import Requirements
 from services.fitting import domain
 from services.fitting.tables import FitAttempt
 from shared.bus import HandlerContext, HandlerResult, OrphanError, Service
@@ -35,15 +37,36 @@ def _stored_weight_bytes(ctx: HandlerContext, tree_digest: str) -> int:
                if name.endswith(".safetensors"))
 
 
+class _Fitted(BaseModel):
+    """What a fit attempt keeps of its variant's memory while the re-benchmark runs (`budget_json`)."""
+
+    budget: MemoryBudget
+    measured: MeasuredPeak | None = None
+
+
+def _load_fitted(text: str) -> _Fitted:
+    data = json.loads(text)
+    # rows written before the measured peak was kept hold a bare MemoryBudget
+    return _Fitted.model_validate(data if "budget" in data else {"budget": data})
+
+
+def _measure(ctx: HandlerContext, model_dir: Path, req: Requirements, predicted: MemoryBudget) -> MeasuredPeak:
+    """The variant's peak at the serving shape, in a child process, judged against the budget."""
+    peak = task_of(req.task).measure_peak(model_dir, req.task, str(pick_device(ctx.settings.device)))
+    return domain.judge_peak(predicted, peak_bytes=peak.peak_bytes, device=peak.device,
+                             target_device=req.deployment.hardware.device, method=peak.method, batch=peak.batch,
+                             context=peak.context, serve_s=peak.serve_s)
+
+
 def _complete(cause: Event, selection: SelectionDecided, model: ModelArtifact, m: Measurement, b: MemoryBudget,
-              gap: float, steps: list[str]) -> Event:
+              gap: float, steps: list[str], measured: MeasuredPeak | None) -> Event:
     context = selection.context
     decision = domain.next_stage(gap, context, selection.plan,
                                  lambda adapter: context.excluded(model.candidate, model.variant, adapter))
     if isinstance(decision, domain.Fail):
         return FitFailed.follow(cause, reason=f"{model.candidate} {model.variant}: {decision.reason}", steps=steps)
-    return FitCompleted.follow(cause, context=context, model=model, measurement=m, budget=b, quality_gap=gap,
-                               steps=[*steps, f"next: {decision.stage} ({decision.reason})"],
+    return FitCompleted.follow(cause, context=context, model=model, measurement=m, budget=b, measured=measured,
+                               quality_gap=gap, steps=[*steps, f"next: {decision.stage} ({decision.reason})"],
                                next_stage=decision.stage,
                                tune_reason=decision.reason if decision.stage == "tuning" else "")
 
@@ -67,24 +90,31 @@ def _try_schemes(cause: Event, selection: SelectionDecided, schemes: list[str], 
             quantizer.quantize(task, ctx.store.materialize_tree(selection.model.tree_digest), Path(tmp) / scheme,
                                req.task, calibration, pick_device(ctx.settings.device))
             tree = ctx.store.put_tree(Path(tmp) / scheme)
+            b = budget_for(ctx.store, selection.model.tree_digest, selection.model.params, scheme, req,
+                           weight_bytes=_stored_weight_bytes(ctx, tree))
+            steps.append(f"quantized to {scheme}: predicted {budget.describe(b)}")
+            # the prediction rules a variant out, never in: one it puts within the budget is measured
+            measured = _measure(ctx, Path(tmp) / scheme, req, b) if b.fits else None
         variant = selection.model.model_copy(update={"variant": scheme, "tree_digest": tree})
-        b = budget_for(ctx.store, selection.model.tree_digest, selection.model.params, scheme, req,
-                       weight_bytes=_stored_weight_bytes(ctx, tree))
-        out.append(MemoryBudgetComputed.follow(cause, budget=b))
-        steps.append(f"quantized to {scheme}: {budget.describe(b)}")
-        if not b.fits:
+        out.append(MemoryBudgetComputed.follow(cause, budget=b, measured=measured))
+        if measured is None:
+            continue
+        steps.append(f"{scheme}: {domain.describe_peak(measured)}")
+        if not measured.fits:
             continue
         request_id = str(uuid5(cause.event_id, scheme))
         attempt = FitAttempt(request_id=request_id, run_id=str(cause.run_id),
                              selection_json=selection.model_dump_json(), model_json=variant.model_dump_json(),
-                             budget_json=b.model_dump_json(), steps_json=json.dumps(steps),
+                             budget_json=_Fitted(budget=b, measured=measured).model_dump_json(),
+                             steps_json=json.dumps(steps),
                              remaining_json=json.dumps(schemes[i + 1:]))
         out.append(BenchmarkRequested.follow(cause, context=selection.context, model=variant, request_id=request_id))
         return out, attempt
     out.append(FitFailed.follow(cause, steps=steps, reason=(
         f"no variant of {selection.model.candidate} fits {hw.memory_mb:g} MB and meets the requirements "
-        f"(tried: {', '.join(schemes) or 'nothing: no quantization scheme left to try'}); this release does not "
-        "shard or offload: choose hardware with more memory, allow more schemes or a smaller candidate")))
+        f"as measured at the serving shape (tried: {', '.join(schemes) or 'nothing: no scheme left to try'}); "
+        "this release does not shard or offload: choose hardware with more memory, allow more schemes or a "
+        "smaller candidate")))
     return out, None
 
 
@@ -121,9 +151,15 @@ def on_selected(event: SelectionDecided, ctx: HandlerContext) -> HandlerResult:
     out: list[Event] = [MemoryBudgetComputed.follow(event, budget=fp32)]
     steps = [budget.describe(fp32)]
     if domain.keep_unquantized(fp32.fits, event.context, event.plan):
-        steps.append("no change needed: the unquantized model fits")
-        out.append(_complete(event, event, event.model, event.measurement, fp32, event.quality_gap, steps))
-        return ctx.once(key, event, out)
+        measured = _measure(ctx, ctx.store.materialize_tree(event.model.tree_digest), req, fp32)
+        out = [MemoryBudgetComputed.follow(event, budget=fp32, measured=measured)]
+        steps.append(domain.describe_peak(measured))
+        if measured.fits:
+            steps.append("no change needed: the unquantized model fits")
+            out.append(_complete(event, event, event.model, event.measurement, fp32, event.quality_gap, steps,
+                                 measured))
+            return ctx.once(key, event, out)
+        steps.append("the unquantized model does not fit as measured: quantize")
     infos = []
     for scheme in domain.candidate_schemes(event.context, event.plan):
         q = quantizers.get(scheme)
@@ -150,7 +186,8 @@ def on_benchmarked(event: VariantBenchmarked, ctx: HandlerContext) -> HandlerRes
         return []
     selection = SelectionDecided.model_validate_json(attempt.selection_json)
     model = ModelArtifact.model_validate_json(attempt.model_json)
-    b = MemoryBudget.model_validate_json(attempt.budget_json)
+    fitted = _load_fitted(attempt.budget_json)
+    b = fitted.budget
     steps: list[str] = json.loads(attempt.steps_json)
     m = event.measurement
     steps.append(f"re-benchmarked {model.variant}: score {m.score:.3f}, p95 {m.latency_ms_p95:.1f} ms, "
@@ -159,7 +196,7 @@ def on_benchmarked(event: VariantBenchmarked, ctx: HandlerContext) -> HandlerRes
     # then the next scheme is tried. Otherwise the fit completes (or fails for a reason no scheme changes).
     blocking = [miss for miss in event.verdict.misses if miss.kind != "quality"]
     remaining: list[str] = json.loads(attempt.remaining_json)
-    completion = _complete(event, selection, model, m, b, event.quality_gap, steps)
+    completion = _complete(event, selection, model, m, b, event.quality_gap, steps, fitted.measured)
     follow_up: FitAttempt | None = None
     if blocking or (isinstance(completion, FitFailed) and event.quality_gap > 0 and remaining):
         missed = blocking or event.verdict.misses

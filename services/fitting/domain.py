@@ -2,9 +2,10 @@
 
 Schemes are tried in order of expected quality loss among those predicted to fit (nominal bytes per
 parameter), then the rest by how much memory they save; each one tried is re-benchmarked before the fit
-may complete. Where the fitted model goes next is decided here, once, and carried in `FitCompleted`:
-tuning when a quality gap remains that tuning may close (or a failed canary asked for it), else the
-registry.
+may complete. The prediction only orders and rules out: a variant it puts within the budget fits only if
+its peak, measured at the serving shape in a process of its own, does (`judge_peak`). Where the fitted
+model goes next is decided here, once, and carried in `FitCompleted`: tuning when a quality gap remains
+that tuning may close (or a failed canary asked for it), else the registry.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from contracts.benchmark import UNQUANTIZED, FitPlan
+from contracts.fitting import MeasuredPeak, MemoryBudget
 from contracts.requirements import RunContext
 
 
@@ -71,3 +73,29 @@ def next_stage(gap: float, context: RunContext, plan: FitPlan,
     if not has_data:
         return Fail(f"a quality gap of {gap:.3f} remains but data.train/data.general are missing to tune it")
     return Next("tuning", f"quality gap {gap:.3f} ≤ {req.quality.tunable_gap:.3f}: train a LoRA adapter")
+
+
+def judge_peak(predicted: MemoryBudget, *, peak_bytes: int, device: str, target_device: str, method: str,
+               batch: int, context: int, serve_s: float) -> MeasuredPeak:
+    """The fit decision: the measured peak against the budget, with the prediction's error beside it and a
+    note when the peak was measured on another kind of device than the target (no GPU here for a GPU
+    target: CPU's RSS also counts the tokenizer and host buffers that CUDA's allocator never sees, but not
+    the CUDA allocator's rounding)."""
+    measured_on = device.split(":")[0]
+    note = ""
+    if measured_on != target_device:
+        note = (f"measured on {device}, the target is {target_device}: no {target_device} device here, so the "
+                f"peak is {method}, not the target's own")
+    return MeasuredPeak(peak_bytes=peak_bytes, predicted_bytes=predicted.total_bytes,
+                        error=round((predicted.total_bytes - peak_bytes) / max(peak_bytes, 1), 4),
+                        budget_bytes=predicted.budget_bytes, fits=peak_bytes <= predicted.budget_bytes,
+                        device=device, target_device=target_device, method=method, batch=batch, context=context,
+                        serve_s=serve_s, note=note)
+
+
+def describe_peak(m: MeasuredPeak) -> str:
+    verdict = "fits" if m.fits else "does not fit"
+    mib = 1024 * 1024
+    note = f" ({m.note})" if m.note else ""
+    return (f"measured peak {m.peak_bytes / mib:.1f} MB at {m.batch} x {m.context} tokens {verdict} in "
+            f"{m.budget_bytes / mib:.0f} MB; predicted {m.predicted_bytes / mib:.1f} MB ({m.error:+.0%}){note}")

@@ -27,6 +27,7 @@ from shared.telemetry import traced
 if TYPE_CHECKING:
     from shared.artifacts import ArtifactStore
     from shared.modeling.checkpoint import CheckpointInfo
+    from shared.modeling.peak import PeakMeasured
     from shared.modeling.remote import Endpoint
 
 
@@ -190,6 +191,13 @@ class Task(ABC):
     def serving_context(self, spec: TaskSpec) -> int:
         """Tokens per request at serving time: the sequence length the memory budget plans for."""
         return 128
+
+    def measure_peak(self, model_dir: Path, spec: TaskSpec, device: str) -> PeakMeasured:
+        """Peak memory of this checkpoint at the serving shape, measured in a process of its own (what
+        fitting decides on); a seam so a scripted test world can say what its tiny models would take."""
+        from shared.modeling.peak import measure_peak
+
+        return measure_peak(model_dir, spec, device)
 
     def lora_targets(self, loaded: LoadedModel) -> tuple[list[str], list[str]]:
         """(target_modules, modules_to_save) for LoRA on this task's model."""

@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 
 from contracts.measurement import Measurement
 from contracts.requirements import HardwareProfile, TaskSpec
+from shared.modeling.peak import PeakMeasured
 from shared.modeling.protocols import LoadedModel, Quantizer, Task
 from shared.modeling.registry import quantizers, tasks
 from shared.modeling.tasks.base import measurement
@@ -113,6 +114,20 @@ class ScriptedClassification(ZeroShotClassification):
     def training_loss(self, loaded: LoadedModel, spec: TaskSpec, rows: Sequence[Any]) -> Any:
         inputs = self.inputs(loaded, [r.text for r in rows])
         return loaded.model(**inputs).last_hidden_state.pow(2).mean()
+
+    def measure_peak(self, model_dir: Path, spec: TaskSpec, device: str) -> PeakMeasured:
+        """The script's `name/variant/*/peak` (MB) when set, else the stored weights: the tiny models' real
+        peak is the interpreter's noise, and the scripted budgets are a few MB."""
+        config = json.loads((Path(model_dir) / "config.json").read_text())
+        variant = ("scripted-int8" if (Path(model_dir) / "scripted.json").is_file() else
+                   "int8" if (Path(model_dir) / "quantization.json").is_file() else "fp32")
+        try:
+            peak = int(_lookup((str(config.get("scripted_name", "?")), variant, "0", "peak")) * 2**20)
+        except KeyError:
+            peak = sum(p.stat().st_size for p in Path(model_dir).glob("*.safetensors"))
+        return PeakMeasured(peak_bytes=peak, load_peak_bytes=peak, serve_peak_bytes=peak, device=device,
+                            method="scripted", batch=8, context=self.serving_context(spec), new_tokens=0,
+                            serve_s=0.001)
 
 
 tasks.register(NAME, ScriptedClassification())

@@ -1,0 +1,70 @@
+"""Fitting decides on the measured peak: the prediction orders and rules out, the measurement rules in.
+
+The unit tests drive the real fitting handler through the in-process runner with the scripted task, whose
+peaks the test sets; the slow test measures a real tiny Llama in a process of its own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from contracts.fitting import FitCompleted, FitFailed, MemoryBudgetComputed
+from contracts.requirements import TaskSpec
+from services.fitting.domain import judge_peak
+from shared.modeling.budget import Architecture, memory_budget
+
+from .test_workflow_unit import build_workflow, of
+
+MB = 2**20
+
+
+def test_a_variant_predicted_to_fit_but_measured_over_budget_does_not_fit(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    workflow = build_workflow(tmp_path, monkeypatch)
+    workflow.scores(a_eval=0.95, b_eval=0.9, a_canary=0.95, b_canary=0.95, a_int8_0_peak=5.0)
+    events = workflow.submit()
+    budgets = [e for e in of(events, MemoryBudgetComputed) if e.budget.variant == "int8"]
+    assert budgets and budgets[0].budget.fits, "the prediction put int8 within the 3 MB budget"
+    measured = budgets[0].measured
+    assert measured is not None and not measured.fits and measured.peak_bytes == 5 * MB
+    assert measured.error < 0 and measured.method == "scripted", "predicted below what was measured"
+    failed = of(events, FitFailed)
+    assert failed and "as measured at the serving shape" in failed[0].reason
+    assert any("measured peak 5.0 MB" in step and "does not fit" in step for step in failed[0].steps)
+    assert not of(events, FitCompleted)
+
+
+def test_the_fit_carries_predicted_and_measured_peaks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    workflow = build_workflow(tmp_path, monkeypatch)
+    workflow.scores(a_eval=0.95, b_eval=0.9, a_canary=0.95, b_canary=0.95, a_int8_0_peak=2.5)
+    fit = of(workflow.submit(), FitCompleted)[0]
+    assert fit.model.variant == "int8" and fit.measured is not None and fit.measured.fits
+    assert fit.measured.peak_bytes == int(2.5 * MB) and fit.measured.predicted_bytes == fit.budget.total_bytes
+
+
+def test_a_peak_measured_on_another_device_says_so() -> None:
+    arch = Architecture(hidden=64, layers=2, heads=4, intermediate=128, is_decoder=False)
+    predicted = memory_budget("int8", 1_000_000, arch, 512 * MB, bytes_per_param=1.0)
+    on_cpu = judge_peak(predicted, peak_bytes=600 * MB, device="cpu", target_device="cuda", method="VmHWM growth",
+                        batch=8, context=128, serve_s=0.1)
+    assert not on_cpu.fits and "measured on cpu, the target is cuda" in on_cpu.note
+    assert on_cpu.error == pytest.approx((predicted.total_bytes - 600 * MB) / (600 * MB), abs=1e-4)
+    same = judge_peak(predicted, peak_bytes=100 * MB, device="cuda:0", target_device="cuda", method="allocator",
+                      batch=8, context=128, serve_s=0.1)
+    assert same.fits and same.note == ""
+
+
+@pytest.mark.slow
+def test_a_tiny_llama_peak_is_measured_in_a_process_of_its_own(tmp_path: Path) -> None:
+    from shared.modeling.peak import measure_peak
+    from tests.lm_fixtures import tiny_llama
+
+    model = tiny_llama(tmp_path / "tiny")
+    spec = TaskSpec(type="generation", prompt="Q: {input}\nA:", max_new_tokens=8)
+    peak = measure_peak(model, spec, "cpu")
+    assert peak.new_tokens == 8 and peak.context == 256 + 8 and peak.batch == 8
+    # the interpreter and torch are not counted (~400 MiB); a KV cache and logits for 8 x 264 tokens are
+    assert 1 * MB < peak.peak_bytes < 120 * MB, peak.describe()
+    assert peak.serve_peak_bytes <= peak.peak_bytes and peak.method.startswith("VmHWM")
