@@ -47,9 +47,12 @@ class CanaryPassed(Event):
 
 @register
 class CanaryFailed(Event):
+    """A canary missed the canary rule: on the live model (monitoring), or on a release before promotion
+    (the registry's baseline; `before_promotion`), which then never goes live."""
+
     STAGE = "monitoring"
     NAME = "canary_failed"
-    SCHEMA_VERSION = 3
+    SCHEMA_VERSION = 4
     deployment: str
     manifest_id: str
     manifest_run_id: UUID = Field(description="the run that registered and promoted the manifest")
@@ -59,6 +62,12 @@ class CanaryFailed(Event):
     verdict: Verdict
     measurement: Measurement | None = None
     baseline: Measurement | None = None
+    before_promotion: bool = Field(
+        default=False, description="true when the registry ran it on a release before it could go live (the "
+                                   "registration baseline): the release was registered, not promoted")
+    eval_measurement: Measurement | None = Field(
+        default=None, description="before promotion: the eval-set measurement the release was chosen on, so the "
+                                  "loop-back can tell a canary set that disagrees with the eval set")
 
     @property
     def reasons(self) -> list[str]:

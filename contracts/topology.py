@@ -82,7 +82,7 @@ STAGES: tuple[Stage, ...] = (
           emits=(AdapterTrained, TuningGated, TuningSkipped)),
     Stage(5, "registry", "pin, promote, roll back",
           consumes=(FitCompleted, TuningGated, RollbackRequested, RequirementsAccepted, CanaryPassed, CanaryFailed),
-          emits=(ModelRegistered, DeploymentPromoted, PromotionSkipped, RolledBack, RequestRefused)),
+          emits=(ModelRegistered, DeploymentPromoted, PromotionSkipped, CanaryFailed, RolledBack, RequestRefused)),
     Stage(6, "monitoring", "canaries and drift alerts",
           consumes=(DeploymentPromoted, CanaryRequested, WorkflowResumed, ServingEndpointAnnounced),
           emits=(CanaryRequested, CanaryPassed, CanaryFailed, DriftDetected, RequestRefused)),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from uuid import UUID
 
 from pydantic import Field
@@ -35,6 +36,19 @@ class RunRecord(Contract):
     attempt: int = 0
 
 
+class Ending(StrEnum):
+    """How one attempt of the loop-back ended, typed so that no decision reads a reason string."""
+
+    CANARY_FAILED = "canary_failed"  # it went live and failed its canary
+    FAILED_BEFORE_PROMOTION = "failed_before_promotion"  # its registration baseline failed the canary's rule
+    NO_CANDIDATE = "no_candidate"
+    FIT_FAILED = "fit_failed"
+    TUNING_IMPOSSIBLE = "tuning_impossible"
+    ADAPTER_REFUSED = "adapter_refused"
+    NOT_PROMOTED = "not_promoted"
+    DEAD_LETTERED = "dead_lettered"
+
+
 class Attempt(Contract):
     run_id: UUID
     manifest_id: str | None = None
@@ -42,6 +56,10 @@ class Attempt(Contract):
     variant: str | None = None
     adapter_digest: str | None = None
     reason: str
+    ending: Ending | None = Field(default=None, description="None: recorded before endings were typed")
+    canary_disagrees_with_eval: bool = Field(
+        default=False, description="passed quality on the eval set, missed it on the canary set by more than "
+                                   "tuning may close")
 
 
 @register
@@ -50,6 +68,7 @@ class WorkflowHalted(Event):
 
     STAGE = "workflow"
     NAME = "halted"
+    SCHEMA_VERSION = 2
     deployment: str
     requirements_version: int
     live_manifest_id: str | None = None

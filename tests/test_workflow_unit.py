@@ -172,22 +172,23 @@ def test_a_canary_gap_tuning_may_close_is_tuned(workflow: Workflow) -> None:
     assert of(events, CanaryPassed)[-1].model.adapter_digest == gated.adapter.tree_digest
 
 
-def test_when_nothing_is_left_the_loop_halts_and_waits_for_an_operator(workflow: Workflow) -> None:
+def test_when_every_candidate_fails_its_canary_before_promotion_the_loop_halts_at_once(workflow: Workflow) -> None:
     workflow.scores(a_eval=0.95, b_eval=0.9, a_canary=0.3, b_canary=0.3)
     events = workflow.submit()
     (halted,) = of(events, WorkflowHalted)
     assert halted.deployment == "scripted" and halted.requirements_version == 1
     assert [a.candidate for a in halted.attempts if a.candidate] == ["a", "b"]
     assert any("data.canary" in advice for advice in halted.advice)
-    assert len(of(events, WorkflowRerouted)) == 2 and of(events, NoCandidatePassed)
+    assert "every candidate passed the eval set and failed the canary set" in halted.reason
+    assert len(of(events, WorkflowRerouted)) == 1 and not of(events, NoCandidatePassed), "no budget spent on b"
+    assert not of(events, DeploymentPromoted), "a release that failed before promotion never goes live"
     assert len(events) < 80, "bounded"
-    # halted: another failing canary changes nothing
-    again = workflow.canary()
-    assert of(again, CanaryFailed) and not of(again, WorkflowRerouted) and not of(again, WorkflowHalted)
-    # resume: a fresh budget, a canary now; still nothing to try, so it halts again
+    # nothing is live: a canary is refused, and a resume has nothing to watch
+    (refused,) = of(workflow.canary(), RequestRefused)
+    assert "no live manifest" in refused.reason
     workflow.runner.publish(ResumeRequested(run_id=uuid4(), deployment="scripted"))
     resumed = workflow.settle()
-    assert of(resumed, WorkflowResumed) and of(resumed, WorkflowHalted)
+    assert of(resumed, WorkflowResumed) and not of(resumed, DeploymentPromoted)
     # a change is a new version: its exclusions start empty, and a fixed canary set converges
     workflow.scores(a_eval=0.95, b_eval=0.9, a_canary=0.95, b_canary=0.95)
     changed = workflow.submit(workflow.requirements(quality__threshold=0.81), changed=True)

@@ -107,6 +107,11 @@ def summary(e: Event) -> str:
         return f"canary passed on {e.deployment}{via}: {score(m)}, p95 {m.latency_ms_p95:.1f} ms"
     if isinstance(e, CanaryFailed):
         measured = f" ({score(e.measurement)})" if e.measurement is not None else ""
+        if e.before_promotion:
+            chosen = f", {score(e.eval_measurement)} on the eval set" if e.eval_measurement is not None else ""
+            return (f"canary FAILED before promotion on {e.deployment} [{e.kind}]{measured}{chosen}: "
+                    + "; ".join(e.reasons) + f" — {e.manifest_id[:12]} registered, not promoted; the live "
+                    "release keeps serving")
         return f"canary FAILED on {e.deployment} [{e.kind}]{measured}: " + "; ".join(e.reasons)
     if isinstance(e, DriftDetected):
         return f"{e.kind} drift on {e.deployment}: {e.baseline:.4g} → {e.observed:.4g} (limit {e.limit:.4g})"

@@ -1,7 +1,10 @@
 """Registry service: pins every artifact of a passing model in a manifest, promotes it, rolls back.
 
 At registration the canary set is run once on the exact model being pinned; that baseline goes into
-the manifest, and every later canary is judged against it.
+the manifest, and every later canary is judged against it. The baseline is also a canary before going
+live: a release whose baseline already fails the canary's rule (shared.canary) is registered but not
+promoted (the live release keeps serving), and its `CanaryFailed` (`before_promotion`) goes to the
+loop-back as a live canary's would.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from contracts.base import Event, utcnow
 from contracts.benchmark import UNQUANTIZED, ModelArtifact
 from contracts.fitting import FitCompleted, MemoryBudget
 from contracts.measurement import Measurement
-from contracts.monitoring import CanaryFailed, CanaryPassed
+from contracts.monitoring import CanaryFailed, CanaryPassed, DeployedModel
 from contracts.registry import (
     DeploymentPromoted,
     Manifest,
@@ -33,6 +36,7 @@ from services.registry import domain
 from services.registry.tables import DeploymentRecord, ManifestRecord
 from shared.artifacts import IntegrityError
 from shared.bus import HandlerContext, HandlerResult, OrphanError, Service
+from shared.canary import judge_canary
 from shared.modeling.stored import measure, rows, task_of
 
 service = Service("registry")
@@ -60,7 +64,10 @@ def _canary_baseline(ctx: HandlerContext, context: RunContext, model: ModelArtif
                    adapter_method=adapter.method if adapter else "lora", device=ctx.settings.device)
 
 
-def _promote(cause: Event, session: Session, deployment: str, manifest_id: str, version: int) -> Event:
+def _promote(cause: Event, session: Session, deployment: str, manifest_id: str, version: int,
+             failed_canary: CanaryFailed | None) -> Event:
+    """Promote, or say why not: superseded requirements (`PromotionSkipped`), or a registration baseline that
+    failed the canary's rule (`failed_canary`, which the loop-back answers; the live release stays)."""
     record = session.get(DeploymentRecord, deployment) or DeploymentRecord(name=deployment)
     live = record.live
     live_version = None
@@ -71,6 +78,8 @@ def _promote(cause: Event, session: Session, deployment: str, manifest_id: str, 
     if refusal is not None:
         session.add(record)
         return PromotionSkipped.follow(cause, deployment=deployment, manifest_id=manifest_id, reason=refusal)
+    if failed_canary is not None:
+        return failed_canary
     releases = [*record.releases, manifest_id]
     record.releases_json, record.position, record.updated_at = json.dumps(releases), len(releases) - 1, utcnow()
     record.latest_version = max(record.latest_version, version)
@@ -118,12 +127,21 @@ def _register(cause: Event, ctx: HandlerContext, context: RunContext, model: Mod
     registered = ModelRegistered.follow(cause, manifest_id=manifest_id, deployment=deployment,
                                         requirements_version=context.version, checksums=manifest.checksums(),
                                         runbook_digest=runbook_digest, canary_baseline=baseline)
+    # The baseline judged as the live canary would judge it (no earlier baseline to fall from).
+    judgement = judge_canary(baseline, context.requirements, None)
+    failed_canary = None if judgement.passed else CanaryFailed.follow(
+        cause, deployment=deployment, manifest_id=manifest_id, manifest_run_id=cause.run_id,
+        model=DeployedModel(candidate=model.candidate, variant=model.variant,
+                            adapter_digest=adapter.tree_digest if adapter else None,
+                            requirements_version=context.version),
+        kind=judgement.kind, verdict=judgement.verdict, measurement=baseline, before_promotion=True,
+        eval_measurement=measurement)
 
     def commit(session: Session) -> Sequence[Event]:
         if session.get(ManifestRecord, manifest_id) is None:
             session.add(ManifestRecord(manifest_id=manifest_id, deployment=deployment, run_id=str(cause.run_id),
                                        runbook_digest=runbook_digest, requirements_version=context.version))
-        return [registered, _promote(cause, session, deployment, manifest_id, context.version)]
+        return [registered, _promote(cause, session, deployment, manifest_id, context.version, failed_canary)]
 
     return ctx.once(registration_key(cause.run_id), cause, commit)
 
@@ -220,8 +238,9 @@ def on_canary_passed(event: CanaryPassed, ctx: HandlerContext) -> HandlerResult:
 def on_canary_failed(event: CanaryFailed, ctx: HandlerContext) -> HandlerResult:
     """Keep serving a good model: the live release failed its canary, so go back to the newest earlier one
     that passed its canary under the current requirements (an integrity failure also checks its files).
-    An unreachable endpoint is an outage, not the model's fault: rolling back would not bring it back."""
-    if event.kind == "unreachable":
+    An unreachable endpoint is an outage, not the model's fault: rolling back would not bring it back. A
+    release that failed before promotion never went live: there is nothing to roll back from."""
+    if event.kind == "unreachable" or event.before_promotion:
         return []
 
     def intact(manifest_id: str) -> bool:

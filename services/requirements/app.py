@@ -30,6 +30,7 @@ from contracts.tuning import TuningGated, TuningSkipped
 from contracts.workflow import (
     Attempt,
     DeadLettered,
+    Ending,
     RequestRefused,
     ResumeRequested,
     WorkflowHalted,
@@ -108,7 +109,9 @@ def _halt(cause: Event, state: tables.LoopState, current: tables.RequirementsVer
 
 @service.handles(CanaryFailed, requires_run=False)
 def on_canary_failed(event: CanaryFailed, ctx: HandlerContext) -> HandlerResult:
-    """A failed canary re-enters stage 2 with what failed excluded, within the reroute budget."""
+    """A failed canary (of the live release, or of a release before promotion) re-enters stage 2 with what
+    failed excluded, within the reroute budget; when every candidate passed eval and failed the canary set,
+    it halts at once instead."""
 
     def commit(session: Session) -> Sequence[Event]:
         current = tables.latest_version(session, event.deployment)
@@ -117,11 +120,12 @@ def on_canary_failed(event: CanaryFailed, ctx: HandlerContext) -> HandlerResult:
         state = tables.loop_state(session, event.deployment, current.version)
         context = current.context()
         exclusions = EXCLUSIONS.validate_json(state.exclusions_json)
-        attempts = [*ATTEMPTS.validate_json(state.attempts_json), routing.attempt_of(event)]
+        attempts = [*ATTEMPTS.validate_json(state.attempts_json), routing.attempt_of(event, context.requirements)]
         decision = routing.on_canary_failure(
             event, live_version=current.version, reroutes=state.reroutes,
             max_reroutes=context.requirements.monitoring.max_reroutes, halted=state.halted,
-            in_flight=state.in_flight_run_id, exclusions=exclusions)
+            in_flight=state.in_flight_run_id, exclusions=exclusions,
+            candidates=[c.key for c in context.candidates], attempts=attempts)
         if isinstance(decision, routing.Ignore):
             return []
         state.attempts_json = ATTEMPTS.dump_json(attempts).decode()
@@ -178,7 +182,7 @@ def _close(session: Session, run_id: str, outcome: str) -> tables.LoopState | No
     return state
 
 
-def _run_failed(event: Event, reason: str) -> Commit:
+def _run_failed(event: Event, ending: Ending, reason: str) -> Commit:
     """A run ended without a model: a reroute that does so halts the loop (nothing better was found)."""
 
     def commit(session: Session) -> Sequence[Event]:
@@ -188,7 +192,8 @@ def _run_failed(event: Event, reason: str) -> Commit:
         current = tables.latest_version(session, state.deployment)
         if current is None or current.version != state.version:
             return []
-        attempts = [*ATTEMPTS.validate_json(state.attempts_json), Attempt(run_id=event.run_id, reason=reason)]
+        attempts = [*ATTEMPTS.validate_json(state.attempts_json),
+                    Attempt(run_id=event.run_id, reason=reason, ending=ending)]
         state.attempts_json = ATTEMPTS.dump_json(attempts).decode()
         halted = _halt(event, state, current, f"reroute attempt {state.reroutes} found no model: {reason}")
         session.add(state)
@@ -200,37 +205,40 @@ def _run_failed(event: Event, reason: str) -> Commit:
 @service.handles(NoCandidatePassed, requires_run=False)
 def on_no_candidate(event: NoCandidatePassed, ctx: HandlerContext) -> HandlerResult:
     """Closes a reroute that found no candidate."""
-    return _run_failed(event, "no candidate passed: " + event.recommendation.reason)
+    return _run_failed(event, Ending.NO_CANDIDATE, "no candidate passed: " + event.recommendation.reason)
 
 
 @service.handles(FitFailed, requires_run=False)
 def on_fit_failed(event: FitFailed, ctx: HandlerContext) -> HandlerResult:
     """Closes a reroute whose model could not be fitted."""
-    return _run_failed(event, "fit failed: " + event.reason)
+    return _run_failed(event, Ending.FIT_FAILED, "fit failed: " + event.reason)
 
 
 @service.handles(TuningSkipped, requires_run=False)
 def on_tuning_skipped(event: TuningSkipped, ctx: HandlerContext) -> HandlerResult:
     """Closes a reroute that needed tuning it could not do."""
-    return _run_failed(event, "tuning impossible: " + event.reason)
+    return _run_failed(event, Ending.TUNING_IMPOSSIBLE, "tuning impossible: " + event.reason)
 
 
 @service.handles(TuningGated, requires_run=False)
 def on_tuning_gated(event: TuningGated, ctx: HandlerContext) -> HandlerResult:
     """Closes a reroute whose adapter failed its gate (a passed gate goes on to registration)."""
-    return [] if event.passed else _run_failed(event, "adapter refused: " + "; ".join(event.verdict.messages()))
+    if event.passed:
+        return []
+    return _run_failed(event, Ending.ADAPTER_REFUSED, "adapter refused: " + "; ".join(event.verdict.messages()))
 
 
 @service.handles(PromotionSkipped, requires_run=False)
 def on_promotion_skipped(event: PromotionSkipped, ctx: HandlerContext) -> HandlerResult:
     """Closes a run whose manifest must not go live."""
-    return _run_failed(event, "not promoted: " + event.reason)
+    return _run_failed(event, Ending.NOT_PROMOTED, "not promoted: " + event.reason)
 
 
 @service.handles(DeadLettered, requires_run=False)
 def on_dead_lettered(event: DeadLettered, ctx: HandlerContext) -> HandlerResult:
     """Closes a reroute whose work was dead-lettered (the letter names the run when it could be read)."""
-    return _run_failed(event, f"dead-lettered by {event.service} ({event.reason}): {event.error[:200]}")
+    return _run_failed(event, Ending.DEAD_LETTERED,
+                       f"dead-lettered by {event.service} ({event.reason}): {event.error[:200]}")
 
 
 @service.handles(ResumeRequested, requires_run=False)

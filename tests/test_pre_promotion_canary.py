@@ -1,0 +1,171 @@
+"""Never promote what already failed (issue 23, part 1): the registration baseline is a canary run before
+going live. A release whose baseline fails the canary's rule is registered but never promoted, the live
+release keeps serving, and the failure goes to the loop-back; when every candidate passes the eval set and
+fails the canary set, the loop halts at once with the data finding instead of spending its budget.
+
+The unit lane (all six services' real handlers, tiny real checkpoints, scripted scores), plus the pure rules.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from uuid import uuid4
+
+import pytest
+from sqlmodel import Session
+
+from contracts.measurement import Measurement
+from contracts.monitoring import CanaryFailed, CanaryPassed, DeployedModel
+from contracts.registry import DeploymentPromoted, ModelRegistered, RolledBack
+from contracts.requirements_doc import parse_requirements
+from contracts.verdict import Miss, Verdict
+from contracts.workflow import Attempt, Ending, WorkflowHalted, WorkflowRerouted
+from services.registry.tables import DeploymentRecord
+from services.requirements import routing
+from weightflow.render import summary
+
+from .test_workflow_unit import Workflow, build_workflow, of
+
+
+@pytest.fixture
+def workflow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Workflow:
+    return build_workflow(tmp_path, monkeypatch)
+
+
+def live_manifest(workflow: Workflow) -> str | None:
+    with Session(workflow.runner.engine) as session:
+        record = session.get(DeploymentRecord, "scripted")
+        return record.live if record else None
+
+
+def test_first_release_whose_canary_set_disagrees_never_goes_live(workflow: Workflow) -> None:
+    """No model live yet: every candidate passes eval and fails the canary set; nothing is promoted."""
+    workflow.scores(a_eval=0.95, b_eval=0.9, a_canary=0.3, b_canary=0.25)
+    events = workflow.submit()
+    registered = of(events, ModelRegistered)
+    failed = of(events, CanaryFailed)
+    assert len(registered) == 2, "registered, so the evidence is kept"
+    assert [e.model.candidate for e in failed] == ["a", "b"] and all(e.before_promotion for e in failed)
+    assert {e.manifest_id for e in failed} == {e.manifest_id for e in registered}
+    assert all(e.eval_measurement is not None and e.eval_measurement.score >= 0.8 for e in failed)
+    assert not of(events, DeploymentPromoted) and live_manifest(workflow) is None
+    assert not of(events, CanaryPassed), "nothing went live, so no live canary ran"
+    (halted,) = of(events, WorkflowHalted)
+    assert "every candidate passed the eval set and failed the canary set" in halted.reason
+    assert [a.ending for a in halted.attempts] == [Ending.FAILED_BEFORE_PROMOTION] * 2
+    assert all(a.canary_disagrees_with_eval for a in halted.attempts)
+    finding = next(a for a in halted.advice if "data.canary" in a)
+    assert "drawn like data.eval" in finding and "a, b" in finding
+    assert len(of(events, WorkflowRerouted)) == 1, "halted as soon as every candidate was known to disagree"
+    said = summary(failed[0])  # what `weightflow status` shows
+    assert "before promotion" in said and "not promoted" in said and "on the eval set" in said, said
+
+
+def test_a_later_release_that_fails_before_promotion_leaves_the_live_one_serving(workflow: Workflow) -> None:
+    """A good v1 is live; v2's canary set disagrees with its eval set: v1 keeps serving, no rollback needed."""
+    workflow.scores(a_eval=0.95, b_eval=0.9, a_canary=0.95, b_canary=0.95)
+    workflow.submit()
+    first = workflow.live()
+    workflow.scores(a_eval=0.95, b_eval=0.9, a_canary=0.3, b_canary=0.3)
+    events = workflow.submit(workflow.requirements(quality__threshold=0.81), changed=True)
+    assert [e.before_promotion for e in of(events, CanaryFailed)] == [True, True]
+    assert not of(events, DeploymentPromoted) and not of(events, RolledBack)
+    assert live_manifest(workflow) == first == workflow.live(), "the previous live deployment keeps serving"
+    (halted,) = of(events, WorkflowHalted)
+    assert halted.requirements_version == 2 and any("data.canary" in a for a in halted.advice)
+    # the live v1 release is still watched: its canary still runs and passes
+    workflow.scores(a_eval=0.95, b_eval=0.9, a_canary=0.95, b_canary=0.95)
+    (passed,) = of(workflow.canary(), CanaryPassed)
+    assert passed.manifest_id == first
+
+
+def test_one_candidate_failing_before_promotion_reroutes_to_the_next_without_going_live(workflow: Workflow) -> None:
+    workflow.scores(a_eval=0.95, b_eval=0.9, a_canary=0.3, b_canary=0.9)
+    events = workflow.submit()
+    (failed,) = of(events, CanaryFailed)
+    assert failed.before_promotion and failed.model.candidate == "a"
+    (reroute,) = of(events, WorkflowRerouted)
+    assert reroute.failed is not None and reroute.failed.candidate == "a"
+    promoted = of(events, DeploymentPromoted)
+    assert promoted and failed.manifest_id not in {p.manifest_id for p in promoted}, "a is never put live"
+    assert of(events, CanaryPassed)[-1].model.candidate == "b" and not of(events, WorkflowHalted)
+
+
+# -- the pure rules -------------------------------------------------------------------------------------------
+
+
+def _measured(score: float) -> Measurement:
+    return Measurement(
+        metric="accuracy",
+        score=score,
+        n=200,
+        latency_ms_p50=1.0,
+        latency_ms_p95=1.0,
+        cost_per_1k_usd=0.0,
+        throughput_per_s=100.0,
+    )
+
+
+def _failed(candidate: str, canary: float, chosen_on: float | None, *, before: bool = True) -> CanaryFailed:
+    return CanaryFailed(
+        run_id=uuid4(),
+        deployment="d",
+        manifest_id=f"m-{candidate}",
+        manifest_run_id=uuid4(),
+        model=DeployedModel(candidate=candidate, variant="int8", requirements_version=1),
+        kind="quality",
+        verdict=Verdict(misses=[Miss(kind="quality", observed=canary, limit=0.8, detail="canary accuracy")]),
+        measurement=_measured(canary),
+        before_promotion=before,
+        eval_measurement=_measured(chosen_on) if chosen_on is not None else None,
+    )
+
+
+def test_a_canary_gap_tuning_may_close_is_not_a_disagreement_of_the_data(workflow: Workflow) -> None:
+    req = parse_requirements((workflow.folder / "requirements.yaml").read_text())
+    assert req.quality.tunable_gap == 0.15
+    assert routing.disagrees_with_eval(_failed("a", 0.3, 0.95), req)
+    assert not routing.disagrees_with_eval(_failed("a", 0.7, 0.95), req), "within tunable_gap: tuning may close it"
+    assert not routing.disagrees_with_eval(_failed("a", 0.3, 0.7), req), "it did not pass the eval set either"
+    assert not routing.disagrees_with_eval(_failed("a", 0.3, None, before=False), req), "live: no eval score"
+
+
+def test_the_loop_halts_only_when_every_candidate_disagrees() -> None:
+    def attempt(candidate: str, disagrees: bool) -> Attempt:
+        return Attempt(
+            run_id=uuid4(),
+            candidate=candidate,
+            reason="r",
+            ending=Ending.FAILED_BEFORE_PROMOTION,
+            canary_disagrees_with_eval=disagrees,
+        )
+
+    assert routing.every_candidate_disagrees(["a", "b"], [attempt("a", True), attempt("b", True)])
+    assert not routing.every_candidate_disagrees(["a", "b"], [attempt("a", True)])
+    assert not routing.every_candidate_disagrees(["a", "b"], [attempt("a", True), attempt("b", False)])
+    assert not routing.every_candidate_disagrees([], [attempt("a", True)])
+    event = _failed("b", 0.3, 0.95)
+    decision = routing.on_canary_failure(
+        event,
+        live_version=1,
+        reroutes=0,
+        max_reroutes=3,
+        halted=False,
+        in_flight=None,
+        exclusions=[],
+        candidates=["a", "b"],
+        attempts=[attempt("a", True), attempt("b", True)],
+    )
+    assert isinstance(decision, routing.Halt) and "no model was promoted" in decision.reason
+    decision = routing.on_canary_failure(
+        event,
+        live_version=1,
+        reroutes=0,
+        max_reroutes=3,
+        halted=False,
+        in_flight=None,
+        exclusions=[],
+        candidates=["a", "b", "c"],
+        attempts=[attempt("a", True), attempt("b", True)],
+    )
+    assert isinstance(decision, routing.Reroute) and decision.attempt == 1
