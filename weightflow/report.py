@@ -1,4 +1,4 @@
-"""The run report: what an operator would rather look at than read the event stream (Markdown tables).
+"""The run report as Markdown tables (`weightflow report`; `--html` writes the page with plots, `weightflow.pages`).
 
 Built from the events alone, like `status`: the requirements, every candidate measured (score with its
 interval, the other metrics, per-label precision and recall, latency, cost, verdict), the selection's
@@ -20,6 +20,8 @@ from contracts.registry import DeploymentPromoted, ModelRegistered, RolledBack
 from contracts.requirements import RequirementsAccepted
 from contracts.tuning import AdapterTrained, TuningGated
 from contracts.workflow import WorkflowHalted, WorkflowRerouted
+from weightflow.pages.figures import benchmarked
+from weightflow.pages.page import other_metrics
 from weightflow.render import score
 
 MB = 1024 * 1024
@@ -30,31 +32,36 @@ def _of(events: Sequence[Event], *types: type[Event]) -> list[Event]:
 
 
 def _candidates(events: Sequence[Event]) -> list[str]:
-    rows = ["| candidate | variant | size | params | score | accuracy | macro-F1 | p50 / p95 ms | $ / 1k | verdict |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
-    for e in _of(events, CandidateBenchmarked, VariantBenchmarked):
-        assert isinstance(e, CandidateBenchmarked | VariantBenchmarked)
+    # The other metrics are the ones this task reported (a generation run has no accuracy or macro-F1: no NaN).
+    rows = [
+        "| candidate | variant | size | params | score | other metrics | p50 / p95 ms | $ / 1k | verdict |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for e in benchmarked(events):
         m = e.measurement
         verdict = "pass" if e.verdict.passed else "; ".join(e.verdict.messages())
-        rows.append(f"| {e.model.candidate} | {e.model.variant} | {e.model.size_class} | {e.model.params / 1e6:.1f}M "
-                    f"| {score(m)} | {m.extra.get('accuracy', float('nan')):.3f} "
-                    f"| {m.extra.get('macro_f1', float('nan')):.3f} | {m.latency_ms_p50:.1f} / {m.latency_ms_p95:.1f} "
-                    f"| {m.cost_per_1k_usd:.4f} | {verdict} |")
+        rows.append(
+            f"| {e.model.candidate} | {e.model.variant} | {e.model.size_class} | {e.model.params / 1e6:.1f}M "
+            f"| {score(m)} | {other_metrics(m)} | {m.latency_ms_p50:.1f} / {m.latency_ms_p95:.1f} "
+            f"| {m.cost_per_1k_usd:.4f} | {verdict} |"
+        )
     return rows
 
 
 def _per_label(events: Sequence[Event]) -> list[str]:
-    measured = [(f"{e.model.candidate} {e.model.variant}", e.measurement)
-                for e in _of(events, CandidateBenchmarked, VariantBenchmarked)
-                if isinstance(e, CandidateBenchmarked | VariantBenchmarked)]
+    measured = [
+        (f"{e.model.candidate} {e.model.variant}", e.measurement)
+        for e in _of(events, CandidateBenchmarked, VariantBenchmarked)
+        if isinstance(e, CandidateBenchmarked | VariantBenchmarked)
+    ]
     labels = sorted({k.split("/", 1)[1] for _, m in measured for k in m.extra if k.startswith("recall/")})
     if not labels:
         return []
-    rows = ["| model | " + " | ".join(f"{label} P / R" for label in labels) + " |",
-            "|---|" + "---|" * len(labels)]
+    rows = ["| model | " + " | ".join(f"{label} P / R" for label in labels) + " |", "|---|" + "---|" * len(labels)]
     for name, m in measured:
-        cells = [f"{m.extra.get(f'precision/{label}', 0):.2f} / {m.extra.get(f'recall/{label}', 0):.2f}"
-                 for label in labels]
+        cells = [
+            f"{m.extra.get(f'precision/{label}', 0):.2f} / {m.extra.get(f'recall/{label}', 0):.2f}" for label in labels
+        ]
         rows.append(f"| {name} | " + " | ".join(cells) + " |")
     return rows
 
@@ -63,14 +70,17 @@ def _canaries(events: Sequence[Event]) -> list[str]:
     rows = ["| when | manifest | candidate | result | score | p95 ms | reasons |", "|---|---|---|---|---|---|---|"]
     for e in _of(events, CanaryPassed, CanaryFailed):
         measured: Measurement | None = e.measurement if isinstance(e, CanaryPassed | CanaryFailed) else None
-        result = "passed" if isinstance(e, CanaryPassed) else f"FAILED ({e.kind})" if isinstance(
-            e, CanaryFailed) else ""
+        result = (
+            "passed" if isinstance(e, CanaryPassed) else f"FAILED ({e.kind})" if isinstance(e, CanaryFailed) else ""
+        )
         reasons = "; ".join(e.reasons) if isinstance(e, CanaryFailed) else ""
         assert isinstance(e, CanaryPassed | CanaryFailed)
-        rows.append(f"| {e.occurred_at:%H:%M:%S} | {e.manifest_id[:12]} | {e.model.candidate} {e.model.variant}"
-                    f"{' +adapter' if e.model.adapter_digest else ''} | {result} "
-                    f"| {score(measured) if measured else '—'} "
-                    f"| {f'{measured.latency_ms_p95:.1f}' if measured else '—'} | {reasons} |")
+        rows.append(
+            f"| {e.occurred_at:%H:%M:%S} | {e.manifest_id[:12]} | {e.model.candidate} {e.model.variant}"
+            f"{' +adapter' if e.model.adapter_digest else ''} | {result} "
+            f"| {score(measured) if measured else '—'} "
+            f"| {f'{measured.latency_ms_p95:.1f}' if measured else '—'} | {reasons} |"
+        )
     return rows
 
 
@@ -80,11 +90,15 @@ def render(run_id: UUID, events: Sequence[Event], outcome: str) -> str:
     if accepted and isinstance(accepted[0], RequirementsAccepted):
         c = accepted[0].context
         r = c.requirements
-        out += ["## Requirements", "",
-                f"`{r.name}` v{c.version} for deployment `{r.deployment.name}`: task {r.task.type}, "
-                f"{r.quality.metric} ≥ {r.quality.threshold:.3f} on the eval set, p95 ≤ {r.latency.p95_ms:g} ms, "
-                f"≤ ${r.cost.per_1k_tasks_usd:g} per 1k tasks on `{r.deployment.hardware.profile}` "
-                f"({r.deployment.hardware.memory_mb:g} MB).", ""]
+        out += [
+            "## Requirements",
+            "",
+            f"`{r.name}` v{c.version} for deployment `{r.deployment.name}`: task {r.task.type}, "
+            f"{r.quality.metric} ≥ {r.quality.threshold:.3f} on the eval set, p95 ≤ {r.latency.p95_ms:g} ms, "
+            f"≤ ${r.cost.per_1k_tasks_usd:g} per 1k tasks on `{r.deployment.hardware.profile}` "
+            f"({r.deployment.hardware.memory_mb:g} MB).",
+            "",
+        ]
     out += ["## Candidates, smallest size class first", "", *_candidates(events), ""]
     per_label = _per_label(events)
     if per_label:
@@ -98,11 +112,18 @@ def render(run_id: UUID, events: Sequence[Event], outcome: str) -> str:
         out.append("")
     budgets = [e.budget for e in _of(events, MemoryBudgetComputed) if isinstance(e, MemoryBudgetComputed)]
     if budgets:
-        out += ["## Memory budget", "", "| variant | weights MB | × overhead | activations MB | total MB | budget MB "
-                "| fits |", "|---|---|---|---|---|---|---|"]
-        out += [f"| {b.variant} | {b.weight_bytes / MB:.1f} | {1 + b.overhead_fraction:.2f} | "
-                f"{b.activation_bytes / MB:.1f} | {b.total_bytes / MB:.1f} | {b.budget_bytes / MB:.0f} | "
-                f"{'yes' if b.fits else 'no'} |" for b in budgets]
+        out += [
+            "## Memory budget",
+            "",
+            "| variant | weights MB | × overhead | activations MB | total MB | budget MB | fits |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        out += [
+            f"| {b.variant} | {b.weight_bytes / MB:.1f} | {1 + b.overhead_fraction:.2f} | "
+            f"{b.activation_bytes / MB:.1f} | {b.total_bytes / MB:.1f} | {b.budget_bytes / MB:.0f} | "
+            f"{'yes' if b.fits else 'no'} |"
+            for b in budgets
+        ]
         out.append("")
     for e in _of(events, FitCompleted, FitFailed):
         steps = e.steps if isinstance(e, FitCompleted | FitFailed) else []
@@ -112,21 +133,34 @@ def render(run_id: UUID, events: Sequence[Event], outcome: str) -> str:
         out.append("")
     for e in _of(events, AdapterTrained, TuningGated):
         if isinstance(e, AdapterTrained):
-            out += ["## Tuning", "", f"LoRA adapter `{e.adapter.tree_digest[:12]}`: {e.steps} steps in "
-                    f"{e.seconds:.1f} s, loss {e.loss_first:.3f} → {e.loss_last:.3f}."]
+            out += [
+                "## Tuning",
+                "",
+                f"LoRA adapter `{e.adapter.tree_digest[:12]}`: {e.steps} steps in "
+                f"{e.seconds:.1f} s, loss {e.loss_first:.3f} → {e.loss_last:.3f}.",
+            ]
         elif isinstance(e, TuningGated):
             verdict = "passed" if e.passed else "refused: " + "; ".join(e.verdict.messages())
-            out += [f"Gate {verdict}: task {e.task_score_before:.3f} → {e.task_score:.3f}, general "
-                    f"{e.general_score_before:.3f} → {e.general_score:.3f}.", ""]
+            out += [
+                f"Gate {verdict}: task {e.task_score_before:.3f} → {e.task_score:.3f}, general "
+                f"{e.general_score_before:.3f} → {e.general_score:.3f}.",
+                "",
+            ]
     for e in _of(events, ModelRegistered, DeploymentPromoted, RolledBack):
         if isinstance(e, ModelRegistered):
-            out += ["## Registry", "", f"- registered manifest `{e.manifest_id}` (canary baseline "
-                    f"{score(e.canary_baseline)}); `weightflow runbook {e.deployment}`"]
+            out += [
+                "## Registry",
+                "",
+                f"- registered manifest `{e.manifest_id}` (canary baseline "
+                f"{score(e.canary_baseline)}); `weightflow runbook {e.deployment}`",
+            ]
         elif isinstance(e, DeploymentPromoted):
             out.append(f"- promoted `{e.manifest_id[:12]}` on {e.deployment}")
         elif isinstance(e, RolledBack):
-            out.append(f"- rolled back {'automatically' if e.automatic else 'on request'} to "
-                       f"`{e.to_manifest_id[:12]}`: {e.reason}")
+            out.append(
+                f"- rolled back {'automatically' if e.automatic else 'on request'} to "
+                f"`{e.to_manifest_id[:12]}`: {e.reason}"
+            )
     canaries = _canaries(events)
     if len(canaries) > 2:
         out += ["", "## Canaries", "", *canaries]

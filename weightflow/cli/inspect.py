@@ -20,13 +20,13 @@ from contracts.workflow import DeadLettered, WorkflowRerouted
 from shared.natsd import StoreHealth, store_health
 from shared.settings import Settings
 from weightflow.backlog import backlog_of, why_waiting
-from weightflow.cli.common import console, err, history, print_event, report_skipped, run
+from weightflow.cli.common import Refused, console, err, history, print_event, report_skipped, run, store
 from weightflow.client import Client, RunTracker, describe_state, find_run, run_state, runs_of
 
 
-def _tracked(prefix: str) -> tuple[UUID, RunTracker] | None:
+def _tracked(prefix: str, events: list[Event] | None = None) -> tuple[UUID, RunTracker] | None:
     """The run named by `prefix` (default: the latest run) followed across its reroutes."""
-    events = history(Settings())
+    events = history(Settings()) if events is None else events
     found = find_run(events, prefix)
     if isinstance(found, str):
         if found == "no runs yet":
@@ -120,22 +120,47 @@ def events(follow: bool = typer.Option(False, "--follow", "-f"), as_json: bool =
 
 
 def report(run_id: str = typer.Argument("", metavar="RUN", help="run id (or a prefix); default: the latest run"),
-           out: Path | None = typer.Option(None, "--out", help="write the Markdown here, not to the terminal")
-           ) -> None:
-    """A Markdown report of one run: candidates with their scores and intervals, decisions, memory,
-    tuning, registration, canaries and the loop-back."""
+           out: Path | None = typer.Option(None, "--out", help="write the Markdown here, not to the terminal"),
+           html: Path | None = typer.Option(None, "--html", help="write one self-contained HTML page with plots here "
+                                            "(plotly.js embedded: it opens offline)"),
+           deployment: str = typer.Option("", "--deployment", help="the page of a deployment's whole history "
+                                          "across runs, not of one run (with --html)")) -> None:
+    """A report of one run: candidates with their scores and intervals, decisions, memory, tuning, registration,
+    canaries and the loop-back. Markdown by default; `--html PATH` writes the page with plots."""
+    from weightflow.pages import PageOptions, deployment_scope, render_deployment_page, render_run_page, run_scope
     from weightflow.report import render
 
-    found = _tracked(run_id)
+    if deployment and html is None:
+        raise Refused("--deployment writes an HTML page: add --html PATH")
+    settings = Settings()
+    options = PageOptions(read_text=lambda digest: store(settings).read_bytes(digest).decode())
+    events = history(settings)
+    if deployment:
+        assert html is not None
+        picked = deployment_scope(events, deployment)
+        if not picked:
+            raise Refused(f"no events of deployment {deployment!r} on the stream; see `weightflow registry ls`")
+        _write(html, render_deployment_page(deployment, picked, options))
+        return
+    found = _tracked(run_id, events)
     if found is None:
         return
     chosen, tracker = found
+    if html is not None:
+        picked, outcome = run_scope(events, chosen)
+        _write(html, render_run_page(chosen, picked, outcome, options))
+        if out is None:
+            return
     text = render(chosen, tracker.events, tracker.outcome or "in progress")
     if out is None:
         console.print(text, markup=False, highlight=False)
         return
-    out.write_text(text)
-    console.print(f"wrote {out}")
+    _write(out, text)
+
+
+def _write(path: Path, text: str) -> None:
+    path.write_text(text)
+    console.print(f"wrote {path}", markup=False, highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -1,0 +1,86 @@
+"""Which events belong on a page: a run followed across its reroutes, or a deployment's whole history.
+
+A run's own events are not its whole story: the canaries that later watch the release it registered carry
+their own run ids (the schedule's or an operator's), so they are joined by the manifest's run; rollbacks,
+drift and halts of the same deployment after the run started are joined by the deployment's name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from uuid import UUID
+
+from contracts.base import Event
+from contracts.monitoring import CanaryFailed, CanaryPassed, DriftDetected
+from contracts.registry import DeploymentPromoted, ModelRegistered, RolledBack
+from contracts.requirements import RequirementsAccepted
+from contracts.workflow import WorkflowHalted, WorkflowResumed
+from weightflow.client import RunTracker
+
+# Events that name a deployment and belong to its history whichever run id they carry.
+DEPLOYMENT_EVENTS = (
+    CanaryPassed,
+    CanaryFailed,
+    DriftDetected,
+    RolledBack,
+    WorkflowHalted,
+    WorkflowResumed,
+    DeploymentPromoted,
+    ModelRegistered,
+)
+
+
+def deployment_of(events: Sequence[Event]) -> str | None:
+    """The deployment these events are about: the first accepted requirements' (None before acceptance)."""
+    for e in events:
+        if isinstance(e, RequirementsAccepted):
+            return e.context.requirements.deployment.name
+    return None
+
+
+def run_scope(events: Sequence[Event], run_id: UUID) -> tuple[list[Event], str]:
+    """One run's events (across its reroutes), the canaries of what it registered and its deployment's later
+    rollbacks, drift and halts, in stream order; with the run's outcome ("in progress" until it ends)."""
+    tracker = RunTracker({run_id})
+    for e in events:
+        tracker.feed(e)
+    own = {e.event_id for e in tracker.events}
+    deployment = deployment_of(tracker.events)
+    started = tracker.events[0].occurred_at if tracker.events else None
+    picked: list[Event] = []
+    for e in events:
+        if (
+            e.event_id in own
+            or (isinstance(e, CanaryPassed | CanaryFailed) and e.manifest_run_id in tracker.run_ids)
+            or (
+                deployment is not None
+                and started is not None
+                and isinstance(e, DEPLOYMENT_EVENTS)
+                and getattr(e, "deployment", None) == deployment
+                and e.occurred_at >= started
+                and not isinstance(e, DeploymentPromoted | ModelRegistered)
+            )
+        ):
+            picked.append(e)
+    return picked, tracker.outcome or "in progress"
+
+
+def deployment_scope(events: Sequence[Event], name: str) -> list[Event]:
+    """Every event of every run that targeted deployment `name`, and everything that names it, in order."""
+    runs: set[UUID] = set()
+    picked: list[Event] = []
+    for e in events:
+        if isinstance(e, RequirementsAccepted) and e.context.requirements.deployment.name == name:
+            runs.add(e.run_id)
+        if e.run_id in runs or getattr(e, "deployment", None) == name:
+            picked.append(e)
+    return picked
+
+
+def deployments(events: Sequence[Event]) -> list[str]:
+    """Deployment names in the order they were first accepted."""
+    seen: dict[str, None] = {}
+    for e in events:
+        if isinstance(e, RequirementsAccepted):
+            seen.setdefault(e.context.requirements.deployment.name, None)
+    return list(seen)
