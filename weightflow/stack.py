@@ -2,7 +2,10 @@
 
 Each service is its own OS process (`weightflow service NAME`), exactly as it would run in a container,
 so killing or restarting one touches nothing else. A crashed service is restarted; JetStream redelivers
-what it held. The nats-server is supervised too: one that exited is restarted, and one whose JetStream
+what it held. One that exits with code 2 refused to start (a database behind this release's schema, a setting
+it cannot use: `weightflow service` says which in one line, and what to run) and is not restarted, since it
+would only refuse again: the stack keeps that line in `refused` for `up` and `demo` to report once.
+The nats-server is supervised too: one that exited is restarted, and one whose JetStream
 store cannot be written (nats-server keeps a write error such as `no space left on device` until it
 restarts, even after space is freed) is restarted on the same port and store once space is back; the
 services reconnect and their outbox relays publish what waited, with the same event ids.
@@ -43,6 +46,28 @@ def restart_store(health: StoreHealth, free_bytes: int, since_last_restart_s: fl
         and since_last_restart_s >= NATS_RESTART_BACKOFF_S
 
 
+# `weightflow service` exits with this code when it refuses its settings or database (the CLI's refusals, a
+# SchemaMismatchError): restarting cannot help until a person acts.
+REFUSED_EXIT = 2
+
+
+def refusal_line(log_file: Path, tail_bytes: int = 16 << 10) -> str:
+    """What a refused service said: the message of the last ERROR line of its log (the CLI's `error:` line for a
+    refused setting), else its last line."""
+    try:
+        with log_file.open("rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - tail_bytes))
+            lines = [line.strip() for line in f.read().decode(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        lines = []
+    for line in reversed(lines):
+        if " ERROR " in line:
+            return line.split(" ERROR ", 1)[1].split(": ", 1)[-1]
+        if line.startswith("error:"):
+            return line.removeprefix("error:").strip()
+    return lines[-1] if lines else f"no message; see {log_file}"
+
+
 def service_command(name: str) -> list[str]:
     return [sys.executable, "-m", "weightflow.cli", "service", name]
 
@@ -56,6 +81,8 @@ class Stack:
     nats: EmbeddedNats | None = None
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     restarts: dict[str, int] = field(default_factory=dict)
+    # Processes that exited with REFUSED_EXIT, not restarted: key -> what they said (see `refusal_line`).
+    refused: dict[str, str] = field(default_factory=dict)
     # The store's last reported write error (None while writable), for `up` to say what it waits for.
     store_error: str | None = None
     _nats_checked: float = field(default=0.0, repr=False)
@@ -93,26 +120,41 @@ class Stack:
     def key(self, name: str, replica: int = 0) -> str:
         return f"{name}-{replica}"
 
+    def log_file(self, key: str) -> Path:
+        return self.home / "logs" / f"{key}.log"
+
+    def running(self) -> list[str]:
+        """The keys of the service processes still running."""
+        return [key for key, proc in self.procs.items() if proc.poll() is None]
+
     def spawn(self, name: str, replica: int = 0) -> subprocess.Popen[bytes]:
         targets(self.home, prune=True)  # a killed process leaves its target behind: Prometheus would alert on it
-        logs = self.home / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
-        with (logs / f"{self.key(name, replica)}.log").open("ab") as log:  # the child keeps its own descriptor
+        key = self.key(name, replica)
+        self.refused.pop(key, None)
+        self.log_file(key).parent.mkdir(parents=True, exist_ok=True)
+        with self.log_file(key).open("ab") as log:  # the child keeps its own descriptor
             proc = subprocess.Popen(service_command(name), env=self.service_env(), stdout=log,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        self.procs[self.key(name, replica)] = proc
+        self.procs[key] = proc
         return proc
 
     def supervise_once(self) -> list[str]:
-        """Restart any service process that exited, and the nats-server when it exited or its store cannot be
-        written while space is back; returns the keys restarted (`nats-server` for the broker)."""
+        """Restart any service process that exited, except one that refused to start (recorded in `refused`), and
+        the nats-server when it exited or its store cannot be written while space is back; returns the keys
+        restarted (`nats-server` for the broker)."""
         restarted = []
         for key, proc in list(self.procs.items()):
-            if proc.poll() is not None:
-                name, replica = key.rsplit("-", 1)
-                self.restarts[key] = self.restarts.get(key, 0) + 1
-                self.spawn(name, int(replica))
-                restarted.append(key)
+            code = proc.poll()
+            if code is None or key in self.refused:
+                continue
+            if code == REFUSED_EXIT:
+                self.refused[key] = refusal_line(self.log_file(key))
+                log.info("%s refused to start and is not restarted: %s", key, self.refused[key])  # callers report
+                continue
+            name, replica = key.rsplit("-", 1)
+            self.restarts[key] = self.restarts.get(key, 0) + 1
+            self.spawn(name, int(replica))
+            restarted.append(key)
         if self.supervise_nats():
             restarted.append(NATS_KEY)
         return restarted

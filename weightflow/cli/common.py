@@ -19,6 +19,7 @@ from rich.console import Console
 from contracts.base import Event
 from shared.artifacts import ArtifactStore, IntegrityError, UnsafeArtifactError, open_store
 from shared.bus.streams import StreamSetupError
+from shared.db import SchemaMismatchError
 from shared.modeling.checkpoint import CheckpointError
 from shared.safe_paths import UnsafePathError
 from shared.settings import Settings
@@ -37,7 +38,8 @@ class Refused(Exception):
 
 # Exceptions whose message is written for the user and names what to fix: the user's input is refused.
 REFUSALS: tuple[type[Exception], ...] = (Refused, UnsafePathError, UnsafeArtifactError, CheckpointError,
-                                         IntegrityError, TelemetryConfigError, StreamSetupError)
+                                         IntegrityError, TelemetryConfigError, StreamSetupError,
+                                         SchemaMismatchError)  # says to run `weightflow db upgrade`
 # An OSError with one of these about a named path is a path the user gave (or a setting) that cannot be used;
 # others (a full disk, an I/O error) are faults of the machine and keep their traceback.
 PATH_ERRNOS = {errno.ENOENT: "no such file or folder", errno.ENOTDIR: "a part of the path is a file, not a folder",

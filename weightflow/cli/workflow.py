@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import logging
 import os
 import signal
 import time
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any, TypeVar
 from uuid import uuid4
 
 import typer
+from rich.markup import escape
 
 from contracts.base import Event
 from contracts.registry import DeploymentPromoted
@@ -18,12 +22,13 @@ from contracts.requirements_doc import RequirementsError
 from contracts.topology import SERVICES
 from contracts.workflow import RequestRefused, ResumeRequested, WorkflowResumed
 from shared.settings import Settings
-from weightflow.cli.common import console, err, positive, print_event, request, run, store
+from weightflow.cli.common import Refused, console, err, positive, print_event, request, run, store
 from weightflow.client import Client, RunTracker, failure_reason, track
 from weightflow.stack import NATS_KEY, Stack
 from weightflow.submission import Prepared, prepare
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "support-tickets" / "requirements.yaml"
+T = TypeVar("T")
 
 
 def service(name: str = typer.Argument(..., help=f"one of {', '.join(SERVICES)}")) -> None:
@@ -49,6 +54,21 @@ def _start_stack(settings: Settings, replicas: int = 1) -> Stack:
     return stack
 
 
+def supervise_round(stack: Stack, reported: set[str]) -> None:
+    """One round of `up`: restart what crashed and say so; say once what refused to start (not restarted: it would
+    only refuse again), and stop, with exit 2, when every service process refused."""
+    for key in stack.supervise_once():
+        log = stack.nats.log_file if key == NATS_KEY and stack.nats else stack.log_file(key)
+        why = f": its store could not be written ({stack.store_error})" if key == NATS_KEY and stack.store_error else ""
+        err.print(f"[yellow]restarted {key}[/]{why} (see {log})", highlight=False)
+    for key, line in list(stack.refused.items()):
+        if key not in reported:
+            reported.add(key)
+            err.print(f"[red]{key} refused to start[/] (exit 2, not restarted): {escape(line)}", highlight=False)
+    if stack.procs and len(stack.refused) == len(stack.procs):
+        raise Refused("every service refused to start (above): do what they say, then `weightflow up` again")
+
+
 def up(replicas: int = typer.Option(1, min=1, help="processes per service (they share each durable consumer)")
        ) -> None:
     """Start the embedded stack: a private nats-server and every service, until Ctrl-C."""
@@ -61,13 +81,10 @@ def up(replicas: int = typer.Option(1, min=1, help="processes per service (they 
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    reported: set[str] = set()
     try:
         while not stopping:
-            for key in stack.supervise_once():
-                log = stack.nats.log_file if key == NATS_KEY and stack.nats else stack.home / "logs" / f"{key}.log"
-                why = f": its store could not be written ({stack.store_error})" if key == NATS_KEY and \
-                    stack.store_error else ""
-                err.print(f"[yellow]restarted {key}[/]{why} (see {log})", highlight=False)
+            supervise_round(stack, reported)
             time.sleep(0.5)
     finally:
         console.print("stopping…")
@@ -153,6 +170,21 @@ def resume(deployment: str,
     raise typer.Exit(1)
 
 
+async def _unless_refused(stack: Stack, work: Coroutine[Any, Any, T], poll_s: float = 0.5) -> T:
+    """`work`, given up as soon as a service of the stack refuses to start: the run could never finish, and the
+    service's one line says what to do (a database behind the schema: `weightflow db upgrade`)."""
+    task = asyncio.ensure_future(work)
+    try:
+        while not task.done():
+            if stack.refused:
+                key, line = next(iter(stack.refused.items()))
+                raise Refused(f"{key} refused to start (exit 2, not restarted): {line}")
+            await asyncio.wait({task}, timeout=poll_s)
+        return task.result()
+    finally:
+        task.cancel()
+
+
 def demo(
     keep: bool = typer.Option(False, help="keep the stack running after the first canary"),
     timeout: float = typer.Option(900, callback=positive, help="seconds before giving up"),
@@ -164,7 +196,7 @@ def demo(
     stack = _start_stack(settings)
     try:
         with stack.supervising():  # a service or nats-server that fails mid-run is restarted, as by `up`
-            tracker = run(_follow(stack.settings, event, timeout, False))
+            tracker = run(_unless_refused(stack, _follow(stack.settings, event, timeout, False)))
         _finish(tracker, False)
         if keep:
             console.print("stack keeps running; Ctrl-C stops it")
