@@ -169,3 +169,41 @@ def test_the_loop_halts_only_when_every_candidate_disagrees() -> None:
         attempts=[attempt("a", True), attempt("b", True)],
     )
     assert isinstance(decision, routing.Reroute) and decision.attempt == 1
+
+
+# -- as a new user would: the shipped example, real models, a canary set labelled unlike the eval set --------
+
+
+@pytest.mark.slow
+def test_a_canary_set_labelled_unlike_the_eval_set_puts_no_model_live(tmp_path: Path) -> None:
+    """The support-tickets example with its canary labels rotated (billing -> technical -> shipping -> account ->
+    billing): the real MiniLM candidates pass the eval set and score near zero on the canary set."""
+    import importlib
+    import json
+    import shutil
+
+    from contracts.topology import SERVICES
+    from shared.bus.inprocess import InProcessRunner
+    from shared.settings import Settings
+    from weightflow.submission import prepare
+
+    from .conftest import EXAMPLE_DIR
+
+    folder = tmp_path / "example"
+    shutil.copytree(EXAMPLE_DIR, folder, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    rotate = {"billing": "technical", "technical": "shipping", "shipping": "account", "account": "billing"}
+    canary = [json.loads(line) for line in (folder / "canary.jsonl").read_text().splitlines() if line.strip()]
+    (folder / "canary.jsonl").write_text("".join(json.dumps({**r, "label": rotate[r["label"]]}) + "\n" for r in canary))
+    # A lighter eval set (every fourth row, all four labels) keeps real model work to a minute or two on 2 cores.
+    rows = (folder / "eval.jsonl").read_text().splitlines(keepends=True)
+    (folder / "eval.jsonl").write_text("".join(rows[::4]))
+    services = [importlib.import_module(f"services.{name}.app").service for name in SERVICES]
+    runner = InProcessRunner(services, Settings(home=tmp_path / "home", trace_file=False, device="cpu"))
+    runner.publish(prepare(folder / "requirements.yaml", runner.store).event)
+    events = runner.run_until_idle()
+    failed = of(events, CanaryFailed)
+    assert failed and all(e.before_promotion and e.kind == "quality" for e in failed), [summary(e) for e in events]
+    assert all(e.eval_measurement.score >= 0.8 > e.measurement.score for e in failed), [summary(e) for e in failed]
+    assert not of(events, DeploymentPromoted), "a canary set that disagrees with the eval set never puts a model live"
+    (halted,) = of(events, WorkflowHalted)
+    assert any("drawn like data.eval" in advice for advice in halted.advice), halted.advice
