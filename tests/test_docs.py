@@ -1,5 +1,5 @@
-"""What is derived from the code must match it: the AsyncAPI document, the README's stage table,
-compose.yaml's services, the declared dependencies; and commands that run no model load no torch."""
+"""What is derived from the code must match it: the AsyncAPI document, the README's stage table, the declared
+dependencies; and commands that run no model load no torch. (compose.yaml: tests/test_compose.py.)"""
 
 from __future__ import annotations
 
@@ -10,8 +10,6 @@ import sys
 import time
 from importlib.metadata import packages_distributions
 from pathlib import Path
-
-import yaml
 
 from contracts.topology import SERVICES, markdown_table
 
@@ -36,14 +34,6 @@ def test_asyncapi_document_is_generated_from_the_code() -> None:
 def test_readme_stage_table_is_the_topology() -> None:
     readme = (ROOT / "README.md").read_text()
     assert markdown_table() in readme, "README's table: print(contracts.topology.markdown_table())"
-
-
-def test_compose_runs_every_service_of_the_topology() -> None:
-    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
-    services = {name: spec for name, spec in compose["services"].items() if "profiles" not in spec}
-    assert set(services) - {"nats", "postgres", "nats-setup"} == set(SERVICES)
-    for name in SERVICES:
-        assert services[name]["command"] == ["service", name]
 
 
 def test_commands_that_run_no_model_load_no_torch() -> None:
