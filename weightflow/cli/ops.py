@@ -162,7 +162,8 @@ def doctor() -> None:
 def nats_config(
     out: Path = typer.Option(Path("nats/nats-server.conf"), "--out", help="nats-server config file to write"),
     env_dir: Path | None = typer.Option(None, help="where the per-user <user>.env files go; default: next to --out"),
-    url_host: str = typer.Option("nats", help="host the services and CLI reach NATS at (the compose service name)"),
+    url_host: str = typer.Option("nats", help="host the services and CLI reach a single server at (with "
+                                 "--cluster-nodes: the nodes' hosts)"),
     port: int = typer.Option(4222, help="client port"),
     listen_host: str = typer.Option("0.0.0.0", help="address nats-server listens on"),
     store_dir: str = typer.Option("/js", help="JetStream store directory inside the NATS container"),
