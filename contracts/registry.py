@@ -73,6 +73,21 @@ class RolledBack(Event):
         return self.to_requirements_version < self.live_requirements_version
 
 
+@register
+class RollbackCommanded(Event):
+    """The loop-back's command (its process manager decides; the registry carries it out): the live release
+    failed its canary, so go back to the newest earlier release that passed its canary under
+    `requirements_version`, checking their files first when the failure was `integrity`."""
+
+    STAGE = "registry"
+    NAME = "rollback_commanded"
+    deployment: str
+    failed_manifest_id: str = Field(description="the release that failed; nothing happens when it is no longer live")
+    requirements_version: int = Field(description="the failed release's requirements version")
+    kind: Literal["quality", "latency", "cost", "integrity"]
+    reason: str
+
+
 class ManifestEntry(Contract):
     tree_digest: str
     files: dict[str, str] = Field(description="file name -> sha256, as stored")

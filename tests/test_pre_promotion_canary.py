@@ -16,7 +16,7 @@ from sqlmodel import Session
 
 from contracts.measurement import Measurement
 from contracts.monitoring import CanaryFailed, CanaryPassed, DeployedModel
-from contracts.registry import DeploymentPromoted, ModelRegistered, RolledBack
+from contracts.registry import DeploymentPromoted, ModelRegistered, RollbackCommanded, RolledBack
 from contracts.requirements_doc import parse_requirements
 from contracts.verdict import Miss, Verdict
 from contracts.workflow import Attempt, Ending, WorkflowHalted, WorkflowRerouted
@@ -89,6 +89,35 @@ def test_one_candidate_failing_before_promotion_reroutes_to_the_next_without_goi
     promoted = of(events, DeploymentPromoted)
     assert promoted and failed.manifest_id not in {p.manifest_id for p in promoted}, "a is never put live"
     assert of(events, CanaryPassed)[-1].model.candidate == "b" and not of(events, WorkflowHalted)
+
+
+def test_the_registry_rolls_back_on_the_loop_backs_command_not_on_its_own_reading(workflow: Workflow) -> None:
+    """One owner decides: the loop-back commands the rollback of a live release that failed; the registry only
+    finds where to go. A failure before promotion commands nothing (nothing went live)."""
+    workflow.scores(a_eval=0.95, b_eval=0.9, a_canary=0.95, b_canary=0.95)
+    workflow.submit()
+    first = workflow.live()
+    workflow.scores(a_eval=0.95, b_eval=0.9, a_canary=0.3, b_canary=0.95)
+    workflow.canary()
+    second = workflow.live()
+    workflow.scores(a_eval=0.95, b_eval=0.9, a_canary=0.95, b_canary=0.3)
+    events = workflow.canary()
+    (failed,) = of(events, CanaryFailed)
+    (command,) = of(events, RollbackCommanded)
+    assert command.causation_id == failed.event_id and command.failed_manifest_id == second
+    (rolled,) = of(events, RolledBack)
+    assert rolled.causation_id == command.event_id and rolled.to_manifest_id == first
+    # a replayed CanaryFailed reaches the registry no more: it neither rolls back nor answers
+    workflow.runner.publish(failed.model_copy(update={"event_id": uuid4()}))
+    assert not of(workflow.settle(), RolledBack)
+
+
+def test_no_rollback_is_commanded_for_an_outage_or_before_promotion() -> None:
+    assert routing.rollback_of(_failed("a", 0.3, 0.95, before=True)) is None
+    live = _failed("a", 0.3, None, before=False)
+    command = routing.rollback_of(live)
+    assert command is not None and command.kind == "quality" and "canary failed" in command.reason
+    assert routing.rollback_of(live.model_copy(update={"kind": "unreachable"})) is None
 
 
 # -- the pure rules -------------------------------------------------------------------------------------------

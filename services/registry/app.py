@@ -26,6 +26,7 @@ from contracts.registry import (
     ManifestEntry,
     ModelRegistered,
     PromotionSkipped,
+    RollbackCommanded,
     RollbackRequested,
     RolledBack,
 )
@@ -234,14 +235,11 @@ def on_canary_passed(event: CanaryPassed, ctx: HandlerContext) -> HandlerResult:
     return commit
 
 
-@service.handles(CanaryFailed, requires_run=False)
-def on_canary_failed(event: CanaryFailed, ctx: HandlerContext) -> HandlerResult:
-    """Keep serving a good model: the live release failed its canary, so go back to the newest earlier one
-    that passed its canary under the current requirements (an integrity failure also checks its files).
-    An unreachable endpoint is an outage, not the model's fault: rolling back would not bring it back. A
-    release that failed before promotion never went live: there is nothing to roll back from."""
-    if event.kind == "unreachable" or event.before_promotion:
-        return []
+@service.handles(RollbackCommanded, requires_run=False)
+def on_rollback_commanded(event: RollbackCommanded, ctx: HandlerContext) -> HandlerResult:
+    """Keep serving a good model, on the loop-back's command: the live release failed its canary, so go back to
+    the newest earlier one that passed its canary under the same requirements version (an integrity failure
+    also checks its files). Whether to roll back is the loop-back's decision; where to is the registry's."""
 
     def intact(manifest_id: str) -> bool:
         try:
@@ -255,22 +253,19 @@ def on_canary_failed(event: CanaryFailed, ctx: HandlerContext) -> HandlerResult:
     releases = ctx.read(lambda s: (s.get(DeploymentRecord, event.deployment) or DeploymentRecord(name="")).releases)
     verified = {m: intact(m) for m in set(releases)} if event.kind == "integrity" else {}
 
-    def good(manifest_id: str, session: Session, version: int) -> bool:
+    def good(manifest_id: str, session: Session) -> bool:
         row = session.get(ManifestRecord, manifest_id)
-        if row is None or not row.canary_passed or row.requirements_version != version:
+        if row is None or not row.canary_passed or row.requirements_version != event.requirements_version:
             return False
         return verified.get(manifest_id, False) if event.kind == "integrity" else True
 
     def commit(session: Session) -> Sequence[Event]:
         record = session.get(DeploymentRecord, event.deployment)
-        if record is None or record.live != event.manifest_id:
+        if record is None or record.live != event.failed_manifest_id:
             return []  # not live any more: already rolled back or replaced
-        failing = session.get(ManifestRecord, event.manifest_id)
-        version = failing.requirements_version if failing else record.latest_version
-        target = domain.last_good(record.releases, record.position, lambda m: good(m, session, version))
+        target = domain.last_good(record.releases, record.position, lambda m: good(m, session))
         if target is None:
             return []
-        return _moved(event, session, record, target, automatic=True,
-                      reason=f"canary failed ({event.kind}): " + "; ".join(event.reasons))
+        return _moved(event, session, record, target, automatic=True, reason=event.reason)
 
     return commit

@@ -18,7 +18,7 @@ from contracts.base import Event, utcnow
 from contracts.benchmark import NoCandidatePassed
 from contracts.fitting import FitFailed
 from contracts.monitoring import CanaryFailed, CanaryPassed
-from contracts.registry import PromotionSkipped
+from contracts.registry import PromotionSkipped, RollbackCommanded
 from contracts.requirements import (
     Exclusion,
     RequirementsAccepted,
@@ -111,9 +111,17 @@ def _halt(cause: Event, state: tables.LoopState, current: tables.RequirementsVer
 def on_canary_failed(event: CanaryFailed, ctx: HandlerContext) -> HandlerResult:
     """A failed canary (of the live release, or of a release before promotion) re-enters stage 2 with what
     failed excluded, within the reroute budget; when every candidate passed eval and failed the canary set,
-    it halts at once instead."""
+    it halts at once instead. A live release that failed is also rolled back, by command to the registry
+    (the registry knows which earlier release passed; whether to go back is decided here, once)."""
+    command = routing.rollback_of(event)
 
     def commit(session: Session) -> Sequence[Event]:
+        rollback: list[Event] = [] if command is None else [RollbackCommanded.follow(
+            event, deployment=event.deployment, failed_manifest_id=event.manifest_id,
+            requirements_version=event.model.requirements_version, kind=command.kind, reason=command.reason)]
+        return [*rollback, *route(session)]
+
+    def route(session: Session) -> list[Event]:
         current = tables.latest_version(session, event.deployment)
         if current is None:
             raise OrphanError(f"canary of {event.deployment!r}, a deployment with no accepted requirements")
@@ -146,7 +154,7 @@ def on_canary_failed(event: CanaryFailed, ctx: HandlerContext) -> HandlerResult:
         markdown = domain.render_markdown(context.requirements, context.version, context.requirements_digest)
         max_reroutes = context.requirements.monitoring.max_reroutes
         return [
-            WorkflowRerouted.follow(event, deployment=event.deployment, from_stage="monitoring.canary_failed",
+            WorkflowRerouted.follow(event, deployment=event.deployment, from_stage=routing.from_stage(event),
                                     to_stage="benchmark", reason="; ".join(event.reasons), new_run_id=new_run,
                                     attempt=decision.attempt, max_reroutes=max_reroutes,
                                     failed=routing.exclusion(event)),

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from contracts.monitoring import CanaryFailed
 from contracts.requirements import Exclusion, Requirements
@@ -46,6 +47,25 @@ def exclusion(event: CanaryFailed) -> Exclusion:
     return Exclusion(manifest_id=event.manifest_id, candidate=event.model.candidate, variant=event.model.variant,
                      adapter_digest=event.model.adapter_digest, kind=event.kind, reasons=event.reasons,
                      canary_gap=gap)
+
+
+@dataclass(frozen=True)
+class Rollback:
+    kind: Literal["quality", "latency", "cost", "integrity"]
+    reason: str
+
+
+def rollback_of(event: CanaryFailed) -> Rollback | None:
+    """Roll the deployment back when its live release failed, except on an outage (an unreachable endpoint is
+    not the model's fault: going back would not bring it back) and before promotion (it never went live)."""
+    if event.before_promotion or event.kind == "unreachable":
+        return None
+    return Rollback(event.kind, f"canary failed ({event.kind}): " + "; ".join(event.reasons))
+
+
+def from_stage(event: CanaryFailed) -> str:
+    """Where the failure was seen: the registry's pre-promotion canary, or the monitoring of the live release."""
+    return "registry.canary_failed_before_promotion" if event.before_promotion else "monitoring.canary_failed"
 
 
 def disagrees_with_eval(event: CanaryFailed, req: Requirements) -> bool:
