@@ -23,6 +23,7 @@ from contracts.workflow import WorkflowHalted, WorkflowRerouted
 
 MB = 1024 * 1024
 PASS, MISS, LINE, MUTED = "#1a7f37", "#cf222e", "#57606a", "#8c959f"
+BEFORE, AFTER = MUTED, "#0969da"  # unquantized, quantized
 LAYOUT = {
     "template": "plotly_white",
     "margin": {"l": 60, "r": 20, "t": 50, "b": 50},
@@ -31,7 +32,7 @@ LAYOUT = {
 }
 
 Benchmarked = CandidateBenchmarked | VariantBenchmarked
-SPREAD = ("top right", "bottom right", "top left", "bottom left")
+SPREAD = ("middle right", "top right", "bottom right")  # labels right of the point, never over the axis
 
 
 def _errors(ms: Sequence[Measurement]) -> dict[str, object]:
@@ -123,7 +124,7 @@ def candidates(events: Sequence[Event], req: Requirements | None) -> go.Figure |
             row=1,
             col="all",
             annotation_text=f"threshold {req.quality.threshold:g}",
-            annotation_position="bottom left",
+            annotation_position="bottom right",
         )
         fig.add_vline(
             x=req.latency.p95_ms,
@@ -235,7 +236,7 @@ def quantization(events: Sequence[Event]) -> go.Figure | None:
             pairs.append(base)
         pairs.append(v)
     labels = [f"{e.model.candidate} {e.model.variant}" for e in pairs]
-    colors = [PASS if e.verdict.passed else MISS for e in pairs]
+    colors = [BEFORE if isinstance(e, CandidateBenchmarked) else AFTER for e in pairs]
     fig = make_subplots(rows=1, cols=2, subplot_titles=(f"{pairs[0].measurement.metric}", "p95 latency (ms)"))
     ms = [e.measurement for e in pairs]
     fig.add_trace(

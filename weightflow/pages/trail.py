@@ -83,8 +83,7 @@ def _steps(e: Event) -> list[Step]:
     if isinstance(e, MemoryBudgetComputed):
         return one("budget", summary(e), "neutral" if e.budget.fits else "bad")
     if isinstance(e, FitCompleted):
-        why = f" ({e.tune_reason})" if e.tune_reason else ""
-        return one("fit", f"{'; '.join(e.steps)} → {e.next_stage}{why}", "good")
+        return one("fit", "; ".join(e.steps), "good")  # the last step says where it goes next, and why
     if isinstance(e, FitSkipped | FitFailed | TuningSkipped | PromotionSkipped | RequestRefused):
         bad = isinstance(e, FitFailed | PromotionSkipped | RequestRefused)
         word = {

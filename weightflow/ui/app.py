@@ -7,6 +7,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from functools import cache
 from uuid import UUID
 
@@ -101,7 +102,13 @@ def create_app(settings: Settings, read_text: Callable[[str], str] | None = None
         picked, outcome = run_scope(list(feed.events), chosen)
         if not picked:
             raise HTTPException(404, f"no run {run_id} on the event stream")
-        return render_run_page(chosen, picked, outcome, options)
+        return render_run_page(chosen, picked, outcome, replace(options, refresh_url=f"/runs/{chosen}/version"))
+
+    @app.get("/runs/{run_id}/version", response_class=PlainTextResponse)
+    def run_version(run_id: UUID) -> str:
+        """Changes when this run's page would: the page reloads then, not on every event of the stream."""
+        picked, outcome = run_scope(list(feed.events), run_id)
+        return f"{len(picked)}:{outcome}"
 
     @app.get("/deployments/{name}", response_class=HTMLResponse)
     def deployment_page(name: str) -> str:
