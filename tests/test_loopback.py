@@ -112,9 +112,13 @@ def test_nothing_left_halts_then_resume_and_change_take_over(scripted: Scripted)
     tracker = scripted.run(path)
     (halted,) = of(tracker.events, WorkflowHalted)
     assert tracker.outcome == "failed" and halted.deployment == "loop-halt"
-    assert len(of(tracker.events, WorkflowRerouted)) <= 3 and len(tracker.events) < 80
+    assert any("data.canary" in advice for advice in halted.advice), halted.advice
+    # both failed their canary before promotion: halted at once (one reroute of three), nothing went live
+    assert len(of(tracker.events, WorkflowRerouted)) == 1 and len(tracker.events) < 80
+    assert [e.before_promotion for e in of(tracker.events, CanaryFailed)] == [True, True]
+    assert not [e for e in scripted.live.history() if isinstance(e, DeploymentPromoted) and e.deployment == "loop-halt"]
     code, said = scripted.cli("canary", "loop-halt")
-    assert code == 1 and "canary FAILED" in said and "quality" in said
+    assert code == 1 and "no live manifest" in said, said
     history = scripted.live.history()
     assert not [e for e in history if isinstance(e, WorkflowRerouted) and e.deployment == "loop-halt"
                 and e.occurred_at > halted.occurred_at], "halted: no reroute until an operator acts"
