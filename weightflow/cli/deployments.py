@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import socket
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -262,6 +263,49 @@ def serve(deployment: str,
     asyncio.run(main())
 
 
+def _moment(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        err.print(f"[red]error:[/] --at {text!r} is not a time; write it as ISO 8601, e.g. 2026-12-07T01:30:00Z",
+                  highlight=False)
+        raise typer.Exit(2) from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def history_command(deployment: str,
+                    at: str | None = typer.Option(None, "--at", help="ISO time (UTC unless it says): what was live"),
+                    as_json: bool = typer.Option(False, "--json")) -> None:
+    """What was live on a deployment and why it changed (promotions, rollbacks, releases kept from going live);
+    with --at, the release that was live at that time."""
+    from weightflow.live_history import changes, live_at
+
+    moment = _moment(at)
+    found = changes(history(Settings()), deployment)
+    if not found:
+        err.print(f"[red]error:[/] deployment {deployment!r} has no registered release; see `weightflow registry ls`")
+        raise typer.Exit(1)
+    shown = found
+    if moment is not None:
+        live = live_at(found, moment)
+        if live is None:
+            err.print(f"nothing of {deployment!r} was live at {moment.isoformat()} (its first promotion was "
+                      f"{next((c.at.isoformat() for c in found if c.changed_live), 'never')})", highlight=False)
+            raise typer.Exit(1)
+        shown = [live]
+    if as_json:
+        console.print_json(json.dumps([{"at": c.at.isoformat(), "kind": c.kind, "manifest_id": c.manifest_id,
+                                        "why": c.why, "run_id": c.run_id} for c in shown]))
+        return
+    for c in shown:
+        prefix = f"live at {moment.isoformat()}: " if moment is not None else ""
+        console.print(f"{prefix}{c.at.isoformat()[:19]}  {c.kind:<12} {c.manifest_id[:12]}  {c.why}", markup=False,
+                      highlight=False)
+
+
 def register(app: typer.Typer) -> None:
     for command in (runbook, rollback, canary, predict, serve):
         app.command()(command)
+    app.command("history")(history_command)
