@@ -245,6 +245,26 @@ def test_int8_linear_never_builds_the_whole_float_weight() -> None:
     assert torch.allclose(wide(x), expected, atol=1e-4)
 
 
+def test_int8_linear_serves_with_int8_kernels_and_saves_the_same_bytes() -> None:
+    """Without gradients a CPU forward packs the weight for fbgemm's dynamic int8 linear and frees the int8
+    buffer; the state dict (what is saved and hashed) is the same before and after."""
+    from shared.modeling.quantizers.int8_modules import int8_kernels
+
+    torch.manual_seed(0)
+    linear = nn.Linear(64, 48)
+    q = Int8Linear.from_float(linear)
+    before = {k: v.clone() for k, v in q.state_dict().items()}
+    x = torch.randn(5, 64)
+    with torch.inference_mode():
+        y, expected = q(x), linear(x)
+    assert (y - expected).abs().max() < 0.05 * expected.abs().max()
+    if int8_kernels():
+        assert q.packed_bytes() == 64 * 48 and q.weight_int8.numel() == 0
+    after = q.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert torch.equal(q.to_float().weight, Int8Linear.from_float(linear).dequantized_weight())
+
+
 def test_int8_embedding_dequantizes_only_looked_up_rows() -> None:
     torch.manual_seed(0)
     embedding = nn.Embedding(100, 16, padding_idx=0)
@@ -395,14 +415,18 @@ def test_int8_reloads_identically_at_a_quarter_of_the_bytes(
     assert _params(int8) == _params(l6)
     assert 3.5 <= weight_bytes(l6.model) / weight_bytes(int8.model) <= 4.0
     error = (1 - (_embed(l6, texts) * _embed(int8, texts)).sum(dim=1)).mean()
-    assert 0 < float(error) < 0.01
+    # int8 runs fbgemm's dynamic int8 linear: activations are quantized too (per tensor, 7 bits on x86), so
+    # the embeddings move ~0.02 in cosine where weight-only int8 moved 5e-4 (accuracy: bench/RESULTS.md §5)
+    assert 0 < float(error) < 0.05
 
     from transformers import AutoModel
 
     unpacked = load_int8(int8_dir, AutoModel, l6.device, dequantize=True)
     assert not any(isinstance(m, Int8Linear | Int8Embedding) for m in unpacked.modules())
+    name = "encoder.layer.5.output.dense"  # the float twin holds exactly the int8 weights (packed or not)
+    assert torch.equal(unpacked.get_submodule(name).weight, int8.model.get_submodule(name).dequantized_weight())
     as_float = LoadedModel(unpacked, int8.tokenizer, int8.device, int8.task, int8_dir)
-    assert (_embed(as_float, texts) - _embed(int8, texts)).abs().max() < 1e-5
+    assert (1 - (_embed(as_float, texts) * _embed(int8, texts)).sum(dim=1)).mean() < 0.05
 
 
 @pytest.fixture(scope="module")

@@ -55,7 +55,8 @@ def attention_projections(model: nn.Module) -> list[str]:
 
 
 def weight_bytes(model: nn.Module) -> int:
-    """Bytes held by parameters and buffers at their stored dtypes (int8 = 1 byte), each tensor once."""
+    """Bytes held by parameters and buffers at their stored dtypes (int8 = 1 byte), each tensor once, and by
+    int8 weights packed for their kernels."""
     seen: set[int] = set()
     total = 0
     for tensor in [*model.parameters(), *model.buffers()]:
@@ -63,4 +64,8 @@ def weight_bytes(model: nn.Module) -> int:
             continue
         seen.add(tensor.data_ptr())
         total += tensor.numel() * tensor.element_size()
+    # int8 linear layers packed for fbgemm hold their weight outside any buffer
+    for module in model.modules():
+        packed = getattr(module, "packed_bytes", None)
+        total += int(packed()) if callable(packed) else 0
     return total
