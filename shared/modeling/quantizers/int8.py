@@ -1,7 +1,8 @@
 """The `int8` scheme: weight-only INT8 that runs anywhere torch runs and serialises with safetensors.
 
-Weights are stored as int8 with one fp32 scale per output channel (per row for embeddings) and are
-dequantized on the fly, so memory for weights drops ~4x while activations stay in float. Written here
+Weights are stored as int8 with one fp32 scale per output channel (per row for embeddings), so memory for
+weights drops ~4x; on an x86 CPU linear layers serve with PyTorch's dynamic int8 kernels (activations
+quantized per call), elsewhere by blocks of dequantized rows. Written here
 rather than taken from torchao because torchao's int8 weight-only leaves embeddings in fp32, and for a
 small encoder the embedding table is half the parameters. The torch code lives in `int8_modules`, so
 registering the scheme (and validating requirements) imports no torch.
