@@ -150,10 +150,8 @@ def candidates(events: Sequence[Event], req: Requirements | None) -> go.Figure |
 
 
 def measured_peak_mb(e: MemoryBudgetComputed) -> float | None:
-    """The variant's measured peak where the event carries one (newer fitting services measure it)."""
-    measured = getattr(e, "measured", None)
-    peak = getattr(measured, "peak_bytes", None)
-    return peak / MB if isinstance(peak, int | float) else None
+    """The variant's measured peak, where fitting measured one (not when the prediction ruled the variant out)."""
+    return e.measured.peak_bytes / MB if e.measured is not None else None
 
 
 def memory(computed: Sequence[MemoryBudgetComputed], hardware_mb: float | None) -> go.Figure | None:

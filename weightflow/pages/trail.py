@@ -81,7 +81,14 @@ def _steps(e: Event) -> list[Step]:
             )
         return steps
     if isinstance(e, MemoryBudgetComputed):
-        return one("budget", summary(e), "neutral" if e.budget.fits else "bad")
+        if e.measured is None:
+            return one("budget", summary(e), "neutral" if e.budget.fits else "bad")
+        peak = e.measured  # what the fit decision rests on; the prediction only ordered what was tried
+        return one(
+            "budget",
+            f"{summary(e)}; measured peak {peak.peak_bytes / 2**20:.1f} MB ({'fits' if peak.fits else 'does not fit'})",
+            "neutral" if peak.fits else "bad",
+        )
     if isinstance(e, FitCompleted):
         return one("fit", "; ".join(e.steps), "good")  # the last step says where it goes next, and why
     if isinstance(e, FitSkipped | FitFailed | TuningSkipped | PromotionSkipped | RequestRefused):
