@@ -26,27 +26,24 @@ import nats
 import pytest
 from nats.js.api import ClusterInfo, PeerInfo, RawStreamMsg
 from nats.js.errors import NotFoundError
-from sqlalchemy import text
-from sqlmodel import Session
 
 from contracts.base import Event
 from contracts.fitting import FitCompleted
 from contracts.monitoring import CanaryPassed, CanaryRequested
 from contracts.registry import DeploymentPromoted
 from contracts.requirements import RequirementsAccepted
-from contracts.workflow import DeadLettered, RunRecord
+from contracts.workflow import RunRecord
 from shared.bus.runs import NatsRuns
 from shared.bus.service import Service
 from shared.bus.streams import StreamSetupError, ensure_streams
-from shared.db import make_engine
 from shared.natsd import EmbeddedCluster, EmbeddedNats
 from shared.settings import Settings
-from weightflow.client import RunTracker
 from weightflow.cluster_health import Node, Replicas, consumer_summary, nodes_report, stream_findings
 from weightflow.stack import Stack
 from weightflow.submission import prepare
 
 from .conftest import LiveStack
+from .exactly_once import assert_exactly_once
 from .lm_fixtures import tiny_lm_deployment
 
 # The tiny LM's run with its threshold at 0: it passes at once, so no tuning; each event exactly once.
@@ -137,25 +134,6 @@ def doctor(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=120)
 
 
-def assert_exactly_once(live: LiveStack, events: list[Event], run_id: UUID) -> None:
-    ids = [e.event_id for e in events]
-    assert len(ids) == len(set(ids)), "an event was stored twice in the stream"
-    mine = RunTracker({run_id})
-    for e in events:
-        mine.feed(e)
-    assert Counter(e.type_name() for e in mine.events) == EXPECTED
-    assert not [e for e in events if isinstance(e, DeadLettered)], live.logs()
-    with Session(make_engine(live.settings.resolved_database_url())) as session:
-        for table, rows in EXPECTED_ROWS.items():
-            count = session.execute(text(f"SELECT count(*) FROM {table} WHERE run_id = :r"),
-                                    {"r": str(run_id)}).scalar_one()
-            assert count == rows, f"{table}: {count} rows for the run, expected {rows}"
-        effects = session.execute(text("SELECT service FROM wf_effects WHERE run_id = :r"), {"r": str(run_id)})
-        assert Counter(row[0] for row in effects) == EXPECTED_EFFECTS
-        assert session.execute(text("SELECT count(*) FROM monitoring_canaries")).scalar_one() == 1
-        assert session.execute(text("SELECT count(*) FROM wf_dead_letters")).scalar_one() == 0
-
-
 @pytest.mark.e2e
 @pytest.mark.slow
 @pytest.mark.cluster
@@ -194,7 +172,8 @@ def test_stream_and_consumer_leaders_die_mid_run_and_every_effect_happens_once(
         wait_for(live, run_id, CanaryPassed)
         time.sleep(2.0)  # a late duplicate would land now
         history = live.history()
-        assert_exactly_once(live, history, run_id)
+        assert_exactly_once(live, history, run_id, expected=EXPECTED, rows=EXPECTED_ROWS, effects=EXPECTED_EFFECTS,
+                            dead_letters=False)
         when = {e.type_name(): e.occurred_at.timestamp() for e in history if e.run_id == run_id}
         assert when["benchmark.selection_decided"] > first_kill, "the stream leader died mid-run"
         assert when["monitoring.canary_passed"] > second_kill, "the consumer leader died mid-run"

@@ -10,28 +10,22 @@ default) and in PostgreSQL (`-m postgres` runs that half alone).
 from __future__ import annotations
 
 import signal
-import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
-from uuid import UUID
 
 import pytest
-from sqlalchemy import text
-from sqlmodel import Session
 
 from contracts.base import Event
 from contracts.benchmark import CandidateBenchmarked
 from contracts.fitting import FitCompleted
 from contracts.monitoring import CanaryPassed
 from contracts.topology import SERVICES
-from shared.db import make_engine
-from weightflow.client import RunTracker
 from weightflow.submission import prepare
 
 from .conftest import EXAMPLE_DIR, LiveStack, start_stack
+from .exactly_once import assert_exactly_once
 
 # Twelve kills, each waiting out ack_wait and a process restart (a torch import): minutes, and on a loaded
 # 2-core machine close to pytest's default 600 s; these runs get 1200 s before they count as hung.
@@ -52,25 +46,6 @@ EXPECTED_ROWS = {"requirements_versions": 1, "benchmark_results": 3, "fitting_at
                  "registry_manifests": 1}
 
 
-@contextmanager
-def supervised(live: LiveStack) -> Iterator[None]:
-    """Restart dead service processes, as `weightflow up` does."""
-    stop = threading.Event()
-
-    def loop() -> None:
-        while not stop.is_set():
-            live.stack.supervise_once()
-            time.sleep(0.3)
-
-    thread = threading.Thread(target=loop, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
-
-
 def wait_for_history(live: LiveStack, predicate: Callable[[list[Event]], bool], timeout: float) -> list[Event]:
     deadline = time.monotonic() + timeout
     while True:
@@ -85,31 +60,12 @@ def wait_for_history(live: LiveStack, predicate: Callable[[list[Event]], bool], 
         time.sleep(1.0)
 
 
-def assert_exactly_once(live: LiveStack, events: list[Event], run_id: UUID) -> None:
-    ids = [e.event_id for e in events]
-    assert len(ids) == len(set(ids)), "an event was stored twice in the stream"
-    mine = RunTracker({run_id})
-    for e in events:
-        mine.feed(e)
-    assert Counter(e.type_name() for e in mine.events) == EXPECTED
-    if live.settings.database_url:  # the state was where the test put it, not in the home's SQLite file
-        assert not (live.stack.home / "weightflow.db").exists()
-    engine = make_engine(live.settings.resolved_database_url())
-    with Session(engine) as session:
-        for table, rows in EXPECTED_ROWS.items():
-            count = session.execute(text(f"SELECT count(*) FROM {table} WHERE run_id = :r"),
-                                    {"r": str(run_id)}).scalar_one()
-            assert count == rows, f"{table}: {count} rows for the run, expected {rows}"
-        canaries = session.execute(text("SELECT count(*) FROM monitoring_canaries")).scalar_one()
-        assert canaries == 1
-
-
 def test_every_service_killed_mid_handling_loses_and_repeats_nothing(tmp_path: Path,
                                                                    stack_database: dict[str, str]) -> None:
     live = start_stack(tmp_path / "home", WEIGHTFLOW_CRASH_POINTS=",".join(CRASH_POINTS), WEIGHTFLOW_ACK_WAIT_S=6,
                        WEIGHTFLOW_CANARY_INTERVAL_S=3600, **stack_database)
     try:
-        with supervised(live):
+        with live.stack.supervising(interval=0.3):  # restart dead services, as `weightflow up` does
             event = prepare(EXAMPLE_DIR / "requirements.yaml", live.store).event
             tracker = live.run(event, timeout=900)
             assert tracker.outcome == "succeeded", live.logs()
@@ -118,7 +74,7 @@ def test_every_service_killed_mid_handling_loses_and_repeats_nothing(tmp_path: P
         fired = sorted(p.name for p in (live.stack.home / "crash-points").iterdir())
         assert fired == sorted(f"{s}.{p}" for s in SERVICES for p in CRASH_POINTS), fired
         assert sum(live.stack.restarts.values()) == len(SERVICES) * len(CRASH_POINTS)
-        assert_exactly_once(live, history, event.run_id)
+        assert_exactly_once(live, history, event.run_id, expected=EXPECTED, rows=EXPECTED_ROWS)
     finally:
         live.stack.stop()
 
@@ -150,9 +106,9 @@ def test_nats_server_restart_and_sigterm_mid_training(tmp_path: Path, stack_data
         assert time.monotonic() - started < grace + 20
         log = (live.stack.home / "logs" / "tuning-0.log").read_text()
         assert "NAKed in-flight wf.fitting.completed" in log, "it was interrupted mid-training, not idle"
-        with supervised(live):
+        with live.stack.supervising(interval=0.3):  # restart dead services, as `weightflow up` does
             history = wait_for_history(live, lambda es: any(isinstance(e, CanaryPassed) and e.run_id == event.run_id
                                                             for e in es), timeout=600)
-        assert_exactly_once(live, history, event.run_id)
+        assert_exactly_once(live, history, event.run_id, expected=EXPECTED, rows=EXPECTED_ROWS)
     finally:
         live.stack.stop()
