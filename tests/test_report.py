@@ -27,7 +27,7 @@ from contracts.workflow import WorkflowHalted
 from shared.natsd import EmbeddedNats
 from weightflow.cli import app as cli
 from weightflow.client import Client
-from weightflow.pages import render_run_page, run_scope
+from weightflow.pages import deployment_scope, render_deployment_page, render_run_page, run_scope
 from weightflow.pages.figures import benchmarked, measured_peak_mb
 from weightflow.pages.trail import trail
 from weightflow.report import render
@@ -221,3 +221,16 @@ def test_a_halted_run_in_a_browser_shows_the_halt_and_what_to_relax(runs: Runs, 
     assert advice == halt.advice and any("data.canary" in a for a in advice)
     assert driver.find_element("id", "halt").is_displayed()
     full_screenshot(driver, artifacts_dir(tmp_path) / "report-halted.png")
+
+
+@pytest.mark.browser
+def test_a_deployment_page_in_a_browser_has_every_canary_of_its_runs(runs: Runs, driver: Any, tmp_path: Path) -> None:
+    picked = deployment_scope(runs.tuned, "scripted")
+    path = tmp_path / "deployment.html"
+    path.write_text(render_deployment_page("scripted", picked))
+    open_page(driver, path, plots=6)
+    assert console_errors(driver) == []
+    canaries = [e for e in runs.tuned if isinstance(e, CanaryPassed | CanaryFailed) and e.measurement is not None]
+    assert drawn_points(driver)["canary-plot"] == (len(canaries), 0)
+    assert driver.find_element("tag name", "h1").text == "Deployment scripted"
+    full_screenshot(driver, artifacts_dir(tmp_path) / "report-deployment.png")
