@@ -1,48 +1,30 @@
-"""Requirements service: accepts versioned requirements, and routes loop-backs into new runs.
+"""Requirements service: accepts versioned requirements; its process also runs the loop-back.
 
-Routing lives here because this stage owns what a deployment requires: a failed canary re-enters
-stage 2 under the deployment's current requirements, with what failed excluded (services.requirements
-.routing); changed requirements re-enter stage 1 then 2. Every route taken is an event
-(`WorkflowRerouted`, `WorkflowHalted`, `WorkflowResumed`), so an operator sees why work restarted.
+Intake is here: validate, version in publish order, accept or reject; changed requirements re-enter
+stage 1 then 2 (`WorkflowRerouted` from `requirements.changed`). The loop-back's process manager
+(reroute, rollback, halt, resume) is services.requirements.loopback: it runs in this process because it
+reads the requirements versions this service owns, but it is its own module with its own state.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from uuid import UUID, uuid5
+from uuid import UUID
 
-from pydantic import TypeAdapter
 from sqlmodel import Session
 
-from contracts.base import Event, utcnow
-from contracts.benchmark import NoCandidatePassed
-from contracts.fitting import FitFailed
-from contracts.monitoring import CanaryFailed, CanaryPassed
-from contracts.registry import PromotionSkipped, RollbackCommanded
+from contracts.base import Event
 from contracts.requirements import (
-    Exclusion,
     RequirementsAccepted,
     RequirementsChanged,
     RequirementsRejected,
     RequirementsSubmitted,
 )
-from contracts.tuning import TuningGated, TuningSkipped
-from contracts.workflow import (
-    Attempt,
-    DeadLettered,
-    Ending,
-    RequestRefused,
-    ResumeRequested,
-    WorkflowHalted,
-    WorkflowRerouted,
-    WorkflowResumed,
-)
-from services.requirements import domain, routing, tables
-from shared.bus import Commit, HandlerContext, HandlerResult, OrphanError, Service
+from contracts.workflow import WorkflowRerouted
+from services.requirements import domain, loopback, tables
+from shared.bus import HandlerContext, HandlerResult, Service
 
 service = Service("requirements")
-EXCLUSIONS = TypeAdapter(list[Exclusion])
-ATTEMPTS = TypeAdapter(list[Attempt])
 
 
 def _accept(event: RequirementsSubmitted | RequirementsChanged, ctx: HandlerContext) -> HandlerResult:
@@ -97,174 +79,4 @@ def on_changed(event: RequirementsChanged, ctx: HandlerContext) -> HandlerResult
     return _accept(event, ctx)
 
 
-def _halt(cause: Event, state: tables.LoopState, current: tables.RequirementsVersion, reason: str) -> WorkflowHalted:
-    state.halted = True
-    state.in_flight_run_id = None
-    exclusions = EXCLUSIONS.validate_json(state.exclusions_json)
-    attempts = ATTEMPTS.validate_json(state.attempts_json)
-    return WorkflowHalted.follow(cause, deployment=state.deployment, requirements_version=state.version,
-                                 attempts=attempts, reason=reason,
-                                 advice=routing.advice(current.context().requirements, exclusions, attempts))
-
-
-@service.handles(CanaryFailed, requires_run=False)
-def on_canary_failed(event: CanaryFailed, ctx: HandlerContext) -> HandlerResult:
-    """A failed canary (of the live release, or of a release before promotion) re-enters stage 2 with what
-    failed excluded, within the reroute budget; when every candidate passed eval and failed the canary set,
-    it halts at once instead. A live release that failed is also rolled back, by command to the registry
-    (the registry knows which earlier release passed; whether to go back is decided here, once)."""
-    command = routing.rollback_of(event)
-
-    def commit(session: Session) -> Sequence[Event]:
-        rollback: list[Event] = [] if command is None else [RollbackCommanded.follow(
-            event, deployment=event.deployment, failed_manifest_id=event.manifest_id,
-            requirements_version=event.model.requirements_version, kind=command.kind, reason=command.reason)]
-        return [*rollback, *route(session)]
-
-    def route(session: Session) -> list[Event]:
-        current = tables.latest_version(session, event.deployment)
-        if current is None:
-            raise OrphanError(f"canary of {event.deployment!r}, a deployment with no accepted requirements")
-        state = tables.loop_state(session, event.deployment, current.version)
-        context = current.context()
-        exclusions = EXCLUSIONS.validate_json(state.exclusions_json)
-        attempts = [*ATTEMPTS.validate_json(state.attempts_json), routing.attempt_of(event, context.requirements)]
-        decision = routing.on_canary_failure(
-            event, live_version=current.version, reroutes=state.reroutes,
-            max_reroutes=context.requirements.monitoring.max_reroutes, halted=state.halted,
-            in_flight=state.in_flight_run_id, exclusions=exclusions,
-            candidates=[c.key for c in context.candidates], attempts=attempts)
-        if isinstance(decision, routing.Ignore):
-            return []
-        state.attempts_json = ATTEMPTS.dump_json(attempts).decode()
-        state.updated_at = utcnow()
-        if isinstance(decision, routing.Halt):
-            state.exclusions_json = EXCLUSIONS.dump_json(routing.with_failure(exclusions, event)).decode()
-            halted = _halt(event, state, current, decision.reason)
-            session.add(state)
-            return [halted]
-        new_run = uuid5(event.event_id, "reroute")
-        state.reroutes = decision.attempt
-        state.in_flight_run_id = str(new_run)
-        state.exclusions_json = EXCLUSIONS.dump_json(decision.exclusions).decode()
-        session.add(state)
-        session.add(tables.RunRow(run_id=str(new_run), deployment=event.deployment, version=current.version,
-                                 attempt=decision.attempt))
-        rerouted_context = context.model_copy(update={"attempt": decision.attempt, "exclusions": decision.exclusions})
-        markdown = domain.render_markdown(context.requirements, context.version, context.requirements_digest)
-        max_reroutes = context.requirements.monitoring.max_reroutes
-        return [
-            WorkflowRerouted.follow(event, deployment=event.deployment, from_stage=routing.from_stage(event),
-                                    to_stage="benchmark", reason="; ".join(event.reasons), new_run_id=new_run,
-                                    attempt=decision.attempt, max_reroutes=max_reroutes,
-                                    failed=routing.exclusion(event)),
-            RequirementsAccepted.follow(event, run_id=new_run, context=rerouted_context, reroute_of=event.run_id,
-                                        markdown_digest=ctx.store.put_bytes(markdown.encode())),
-        ]
-
-    # One routing decision per canary that ran (its request is the cause): a replay reroutes nothing more.
-    return ctx.once(f"canary:{event.causation_id or event.event_id}", event, commit)
-
-
-@service.handles(CanaryPassed, requires_run=False)
-def on_canary_passed(event: CanaryPassed, ctx: HandlerContext) -> HandlerResult:
-    """The manifest a reroute produced passed its canary: the loop-back converged."""
-
-    def commit(session: Session) -> Sequence[Event]:
-        _close(session, str(event.manifest_run_id), "canary passed")
-        return []
-
-    return commit
-
-
-def _close(session: Session, run_id: str, outcome: str) -> tables.LoopState | None:
-    row = session.get(tables.RunRow, run_id)
-    if row is not None and row.open:
-        row.open, row.outcome = False, outcome
-        session.add(row)
-    state = tables.open_reroute(session, run_id)
-    if state is not None:
-        state.in_flight_run_id = None
-        state.updated_at = utcnow()
-        session.add(state)
-    return state
-
-
-def _run_failed(event: Event, ending: Ending, reason: str) -> Commit:
-    """A run ended without a model: a reroute that does so halts the loop (nothing better was found)."""
-
-    def commit(session: Session) -> Sequence[Event]:
-        state = _close(session, str(event.run_id), reason)
-        if state is None:
-            return []  # a submitted run (or one already closed): its own events tell the operator
-        current = tables.latest_version(session, state.deployment)
-        if current is None or current.version != state.version:
-            return []
-        attempts = [*ATTEMPTS.validate_json(state.attempts_json),
-                    Attempt(run_id=event.run_id, reason=reason, ending=ending)]
-        state.attempts_json = ATTEMPTS.dump_json(attempts).decode()
-        halted = _halt(event, state, current, f"reroute attempt {state.reroutes} found no model: {reason}")
-        session.add(state)
-        return [halted]
-
-    return commit
-
-
-@service.handles(NoCandidatePassed, requires_run=False)
-def on_no_candidate(event: NoCandidatePassed, ctx: HandlerContext) -> HandlerResult:
-    """Closes a reroute that found no candidate."""
-    return _run_failed(event, Ending.NO_CANDIDATE, "no candidate passed: " + event.recommendation.reason)
-
-
-@service.handles(FitFailed, requires_run=False)
-def on_fit_failed(event: FitFailed, ctx: HandlerContext) -> HandlerResult:
-    """Closes a reroute whose model could not be fitted."""
-    return _run_failed(event, Ending.FIT_FAILED, "fit failed: " + event.reason)
-
-
-@service.handles(TuningSkipped, requires_run=False)
-def on_tuning_skipped(event: TuningSkipped, ctx: HandlerContext) -> HandlerResult:
-    """Closes a reroute that needed tuning it could not do."""
-    return _run_failed(event, Ending.TUNING_IMPOSSIBLE, "tuning impossible: " + event.reason)
-
-
-@service.handles(TuningGated, requires_run=False)
-def on_tuning_gated(event: TuningGated, ctx: HandlerContext) -> HandlerResult:
-    """Closes a reroute whose adapter failed its gate (a passed gate goes on to registration)."""
-    if event.passed:
-        return []
-    return _run_failed(event, Ending.ADAPTER_REFUSED, "adapter refused: " + "; ".join(event.verdict.messages()))
-
-
-@service.handles(PromotionSkipped, requires_run=False)
-def on_promotion_skipped(event: PromotionSkipped, ctx: HandlerContext) -> HandlerResult:
-    """Closes a run whose manifest must not go live."""
-    return _run_failed(event, Ending.NOT_PROMOTED, "not promoted: " + event.reason)
-
-
-@service.handles(DeadLettered, requires_run=False)
-def on_dead_lettered(event: DeadLettered, ctx: HandlerContext) -> HandlerResult:
-    """Closes a reroute whose work was dead-lettered (the letter names the run when it could be read)."""
-    return _run_failed(event, Ending.DEAD_LETTERED,
-                       f"dead-lettered by {event.service} ({event.reason}): {event.error[:200]}")
-
-
-@service.handles(ResumeRequested, requires_run=False)
-def on_resume(event: ResumeRequested, ctx: HandlerContext) -> HandlerResult:
-    """An operator resumes a halted deployment: a fresh reroute budget (exclusions stay: they are facts)."""
-
-    def commit(session: Session) -> Sequence[Event]:
-        current = tables.latest_version(session, event.deployment)
-        if current is None:
-            return [RequestRefused.follow(event, request=event.type_name(), deployment=event.deployment,
-                                          reason=f"deployment {event.deployment!r} has no accepted requirements")]
-        state = tables.loop_state(session, event.deployment, current.version)
-        if not state.halted:
-            return [RequestRefused.follow(event, request=event.type_name(), deployment=event.deployment,
-                                          reason=f"{event.deployment!r} is not halted (v{current.version}, "
-                                                 f"{state.reroutes} reroute(s) used)")]
-        state.halted, state.reroutes, state.updated_at = False, 0, utcnow()
-        session.add(state)
-        return [WorkflowResumed.follow(event, deployment=event.deployment, requirements_version=current.version)]
-
-    return ctx.once(f"resume:{event.run_id}", event, commit)  # an operator's request is its own run
+loopback.register(service)  # the loop-back's process manager runs in this process
