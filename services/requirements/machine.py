@@ -100,9 +100,10 @@ decisions (`services/requirements/routing.py`); the unit lane's workflows (`test
 `tests/test_pre_promotion_canary.py`) walk the other rows.
 
 One owner decides every loop-back: the process manager in `services/requirements/loopback.py` (it runs in the
-requirements service's process) keeps, per deployment and requirements version, the attempts, the exclusions, the reroute budget and whether it is halted
-(table `requirements_loop`). It reroutes, halts, resumes, and commands the registry to roll back
-(`RollbackCommanded`); the registry only finds the release to go back to. A release whose registration
+requirements service's process) keeps, per deployment and requirements version, the attempts, the
+exclusions, the reroute budget and whether it is halted (table `requirements_loop`). It reroutes, halts,
+resumes, and commands the registry to roll back (`RollbackCommanded`); the registry only finds the release
+to go back to. A release whose registration
 baseline fails the canary's rule is never promoted: its `CanaryFailed` (`before_promotion`) comes from the
 registry and is rerouted without a rollback.
 
