@@ -39,30 +39,44 @@ def deployment_of(events: Sequence[Event]) -> str | None:
 
 
 def run_scope(events: Sequence[Event], run_id: UUID) -> tuple[list[Event], str]:
-    """One run's events (across its reroutes), the canaries of what it registered and its deployment's later
-    rollbacks, drift and halts, in stream order; with the run's outcome ("in progress" until it ends)."""
+    """One run's events (across its reroutes), the canaries of what it registered, and its deployment's
+    rollbacks, drift and halts from its start until the next run of that deployment starts (a later version's
+    halt is that run's story), in stream order; with the run's outcome ("in progress" until it ends)."""
     tracker = RunTracker({run_id})
     for e in events:
         tracker.feed(e)
     own = {e.event_id for e in tracker.events}
     deployment = deployment_of(tracker.events)
-    started = tracker.events[0].occurred_at if tracker.events else None
-    picked: list[Event] = []
-    for e in events:
-        if (
-            e.event_id in own
-            or (isinstance(e, CanaryPassed | CanaryFailed) and e.manifest_run_id in tracker.run_ids)
-            or (
-                deployment is not None
-                and started is not None
-                and isinstance(e, DEPLOYMENT_EVENTS)
-                and getattr(e, "deployment", None) == deployment
-                and e.occurred_at >= started
-                and not isinstance(e, DeploymentPromoted | ModelRegistered)
-            )
-        ):
-            picked.append(e)
-    return picked, tracker.outcome or "in progress"
+    if deployment is None or not tracker.events:
+        return list(tracker.events), tracker.outcome or "in progress"
+    started = tracker.events[0].occurred_at
+    ended = next(
+        (
+            e.occurred_at
+            for e in events
+            if isinstance(e, RequirementsAccepted)
+            and e.run_id not in tracker.run_ids
+            and not e.context.attempt
+            and e.occurred_at > started
+            and e.context.requirements.deployment.name == deployment
+        ),
+        None,
+    )
+
+    def belongs(e: Event) -> bool:
+        if e.event_id in own:
+            return True
+        if isinstance(e, CanaryPassed | CanaryFailed) and e.manifest_run_id in tracker.run_ids:
+            return True  # its release, watched (also after a rollback to it)
+        return (
+            isinstance(e, DEPLOYMENT_EVENTS)
+            and not isinstance(e, DeploymentPromoted | ModelRegistered)
+            and getattr(e, "deployment", None) == deployment
+            and started <= e.occurred_at
+            and (ended is None or e.occurred_at < ended)
+        )
+
+    return [e for e in events if belongs(e)], tracker.outcome or "in progress"
 
 
 def deployment_scope(events: Sequence[Event], name: str) -> list[Event]:
