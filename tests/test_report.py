@@ -77,6 +77,18 @@ def test_a_halted_run_says_what_to_relax_and_what_was_tried(runs: Runs) -> None:
     assert f"weightflow resume {halt.deployment}" in text
 
 
+def test_a_later_runs_halt_is_not_on_an_earlier_runs_page(runs: Runs) -> None:
+    """Both runs target the deployment `scripted`; on one stream the halted run comes second."""
+    stream = runs.tuned + runs.halted
+    earlier, outcome = run_scope(stream, first_run(runs.tuned))
+    assert outcome == "succeeded" and not of(earlier, WorkflowHalted)
+    assert "Deployed: " in render_run_page(first_run(runs.tuned), earlier, outcome)
+    later, _ = run_scope(stream, first_run(runs.halted))
+    assert of(later, WorkflowHalted) and not set(map(id, later)) & set(map(id, runs.tuned))
+    whole = deployment_scope(stream, "scripted")
+    assert of(whole, WorkflowHalted) and len(whole) > len(earlier)
+
+
 def _generation_event() -> CandidateBenchmarked:
     m = Measurement(
         score=0.78,
