@@ -53,13 +53,16 @@ DENIED_WAIT = 0.5  # seconds a refused JetStream API request waits for the reply
 
 
 def _constructed_events(service: Service) -> set[type[Event]]:
-    """Event classes the service's module calls or `.follow`s: what its handlers and periodics return
-    (dead letters are the bus's, every service may send them)."""
-    module = inspect.getmodule(service.handlers[0].fn)
-    assert module is not None and module.__file__ is not None
+    """Event classes the modules of the service's handlers and periodics call or `.follow`: what they return
+    (dead letters are the bus's, every service may send them). A service may keep handlers in several modules."""
+    files = set()
+    for fn in [*(h.fn for h in service.handlers), *(fn for _, fn in service.periodics)]:
+        module = inspect.getmodule(fn)
+        assert module is not None and module.__file__ is not None
+        files.add(module.__file__)
     events = {cls.__name__: cls for cls in EVENT_TYPES.values()}
     found: set[type[Event]] = set()
-    for node in ast.walk(ast.parse(Path(module.__file__).read_text())):
+    for node in (n for file in sorted(files) for n in ast.walk(ast.parse(Path(file).read_text()))):
         if not isinstance(node, ast.Call):
             continue
         func = node.func
