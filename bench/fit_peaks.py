@@ -1,0 +1,79 @@
+"""Fitting's prediction against the peak fitting now measures, and fp32 against int8 at the serving shape.
+
+    python -m bench.fit_peaks generation examples/language-models/models/smollm2-135m [more dirs]
+    python -m bench.fit_peaks zero-shot-classification DIR ...
+
+For each model directory and each of fp32 and int8 (quantized here, in-process): the budget fitting predicts
+(`memory_budget` with the stored `*.safetensors` as weights, the task's serving context, the default 64 MB
+runtime term) and the peak `shared.modeling.peak.measure_peak` measures in a fresh process (what fitting
+decides on), the relative error, and the serving batch's wall time (8 requests at the serving context,
+generated token by token for generation). Prints one Markdown table; rows go to bench/RESULTS.md by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+MIB = 2**20
+SPECS = {
+    "generation": {"type": "generation", "prompt": "Message: {input}\nOrder number:", "max_new_tokens": 8},
+    "zero-shot-classification": {"type": "zero-shot-classification",
+                                 "labels": {"billing": "a billing question", "bug": "a software bug"}},
+}
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) < 2 or argv[0] not in SPECS:
+        raise SystemExit(f"usage: python -m bench.fit_peaks {{{','.join(SPECS)}}} MODEL_DIR [MODEL_DIR ...]")
+    from contracts.requirements import HardwareProfile, TaskSpec
+    from shared.modeling.budget import MB, Architecture, memory_budget
+    from shared.modeling.device import pick_device
+    from shared.modeling.peak import measure_peak
+    from shared.modeling.registry import quantizers, tasks
+
+    spec = TaskSpec.model_validate(SPECS[argv[0]])
+    task = tasks.get(spec.type)
+    runtime = int(HardwareProfile(profile="default", memory_mb=1, cost_per_hour_usd=0).runtime_mb * MB)
+    print("| model | variant | weights on disk MiB | predicted MiB | measured peak MiB | error | serving batch s |")
+    print("|---|---|---|---|---|---|---|")
+    for directory in map(Path, argv[1:]):
+        arch = Architecture.from_config(json.loads((directory / "config.json").read_text()))
+        params = _params(directory)
+        with tempfile.TemporaryDirectory(prefix="wf-fit-peaks-") as tmp:
+            int8 = quantizers.get("int8").quantize(task, directory, Path(tmp) / "int8", spec, [], pick_device("cpu"))
+            base_s = 0.0
+            for variant, path in (("fp32", directory), ("int8", int8)):
+                weights = sum(p.stat().st_size for p in path.glob("*.safetensors"))
+                predicted = memory_budget(variant, params, arch, 1, weight_bytes=weights,
+                                          seq=task.serving_context(spec), runtime_bytes=runtime)
+                peak = measure_peak(path, spec, "cpu")
+                error = (predicted.total_bytes - peak.peak_bytes) / peak.peak_bytes
+                base_s = base_s or peak.serve_s
+                print(f"| {directory.name} | {variant} | {weights / MIB:.1f} | {predicted.total_bytes / MIB:.1f} | "
+                      f"{peak.peak_bytes / MIB:.1f} | {error:+.1%} | {peak.serve_s:.2f} "
+                      f"({peak.serve_s / base_s:.2f}x fp32) |", flush=True)
+
+
+def _params(directory: Path) -> int:
+    from safetensors import safe_open
+
+    total = 0
+    for path in directory.glob("*.safetensors"):
+        with safe_open(str(path), "pt") as f:
+            for name in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                total += _numel(f.get_slice(name).get_shape())
+    return total
+
+
+def _numel(shape: list[int]) -> int:
+    out = 1
+    for n in shape:
+        out *= n
+    return out
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
