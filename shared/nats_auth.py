@@ -12,7 +12,9 @@ consumers, the emitted ones the publish subjects) they build a nats-server confi
   (`Service.inbox_prefix()`), so it cannot read replies, or fetched messages, meant for another service;
 * `admin` (the operator's CLI: creates the stream, reads history, replays dead letters) may do anything;
 * `alerting` may only subscribe (core NATS) to the alert subjects (drift, canary outcomes, halts,
-  rollbacks), and publish nothing.
+  rollbacks), and publish nothing;
+* `serve` (`weightflow serve --manifest ID` with the object-store backend) may only read artifacts: open the
+  bucket and get an object's meta and chunks, with replies on its own inbox (`SERVE_INBOX_PREFIX`).
 
 Because services may not create the stream, run them with `WEIGHTFLOW_DECLARE_STREAM=false` and let the
 admin create it first (any `weightflow` CLI command does, through `ensure_stream`).
@@ -51,6 +53,10 @@ from shared.settings import Settings
 ADMIN_USER = "admin"
 ALERTING_USER = "alerting"
 ALERTING_EVENTS: tuple[type[Event], ...] = topology.ALERTS
+SERVE_USER = "serve"
+# Where `weightflow serve`'s artifact reads get their answers, as `Service.inbox_prefix()` is for a service: the
+# serve user may subscribe there only.
+SERVE_INBOX_PREFIX = f"_INBOX.{SERVE_USER}"
 
 
 @dataclass(frozen=True)
@@ -96,20 +102,28 @@ def consumer_api_subjects(stream: str, durable: str, filter_subject: str) -> lis
     ]
 
 
-def artifact_subjects(bucket: str) -> list[str]:
-    """What `shared.nats_objects` needs to put and get artifacts in the Object Store `bucket`, and nothing more.
-
-    Open the bucket (stream info of `OBJ_<bucket>`), read an object's meta from the stream leader (a message get,
-    which takes any subject of that stream only), read its chunks one direct get at a time from any replica, and
-    publish chunks and metas on the bucket's own subjects. Not granted: creating, purging or deleting the stream
-    (the admin creates the bucket; a service that replaces a broken copy leaves its old chunks, with a warning),
-    and consumers (nats-py's own `ObjectStore.get` reads through an ordered push consumer; ours does not).
-    """
+def artifact_read_subjects(bucket: str) -> list[str]:
+    """What `shared.nats_objects` needs to get artifacts from the Object Store `bucket`: open the bucket (stream
+    info of `OBJ_<bucket>`), read an object's meta from the stream leader (a message get, which takes any subject
+    of that stream only) and its chunks one direct get at a time from any replica."""
     stream = f"OBJ_{bucket}"
     return [
         f"$JS.API.STREAM.INFO.{stream}",
         f"$JS.API.STREAM.MSG.GET.{stream}",
         f"$JS.API.DIRECT.GET.{stream}",
+    ]
+
+
+def artifact_subjects(bucket: str) -> list[str]:
+    """What `shared.nats_objects` needs to put and get artifacts in the Object Store `bucket`, and nothing more.
+
+    The reads (`artifact_read_subjects`), and publishing chunks and metas on the bucket's own subjects. Not
+    granted: creating, purging or deleting the stream (the admin creates the bucket; a service that replaces a
+    broken copy leaves its old chunks, with a warning), and consumers (nats-py's own `ObjectStore.get` reads
+    through an ordered push consumer; ours does not).
+    """
+    return [
+        *artifact_read_subjects(bucket),
         f"$O.{bucket}.C.*",  # chunks
         f"$O.{bucket}.M.*",  # metas
     ]
@@ -131,6 +145,14 @@ def service_permissions(grant: ServiceGrant, stream: str, artifact_bucket: str =
     }
 
 
+def serve_permissions(artifact_bucket: str = "WF_ARTIFACTS") -> dict[str, Any]:
+    """`weightflow serve` loads a manifest's files from the bucket and writes nothing to NATS."""
+    return {
+        "publish": {"allow": artifact_read_subjects(artifact_bucket)},
+        "subscribe": {"allow": [f"{SERVE_INBOX_PREFIX}.>"]},
+    }
+
+
 def alerting_permissions(events: Sequence[type[Event]] = ALERTING_EVENTS) -> dict[str, Any]:
     return {
         "publish": {"deny": [">"]},
@@ -144,12 +166,12 @@ def admin_permissions() -> dict[str, Any]:
 
 def user_names(services: Iterable[Service]) -> list[str]:
     names = [s.name for s in services]
-    reserved = {ADMIN_USER, ALERTING_USER}.intersection(names)
+    reserved = {ADMIN_USER, ALERTING_USER, SERVE_USER}.intersection(names)
     if reserved:
         raise ValueError(f"service names {sorted(reserved)} collide with the built-in NATS users")
     if len(set(names)) != len(names):
         raise ValueError(f"duplicate service names in {names}")
-    return [*names, ADMIN_USER, ALERTING_USER]
+    return [*names, ADMIN_USER, ALERTING_USER, SERVE_USER]
 
 
 def generate_passwords(users: Iterable[str], existing: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -187,15 +209,15 @@ def build_config(
     user_names(services)  # refuses reserved or duplicate service names
     accounts: dict[str, Any] = {}
     exports: dict[str, list[str]] = {}
-    for service in services:
-        permissions = service_permissions(ServiceGrant.of(service, stream), stream, artifact_bucket)
+    users = [(s.name, service_permissions(ServiceGrant.of(s, stream), stream, artifact_bucket)) for s in services]
+    for user, permissions in [*users, (SERVE_USER, serve_permissions(artifact_bucket))]:
         # `$JS.API.INFO` shadows the implicit JetStream import of an account without JetStream, which
         # would otherwise answer every consumer request with "JetStream not enabled".
         subjects = [*permissions["publish"]["allow"], "$JS.API.INFO"]
         for subject in subjects:
-            exports.setdefault(subject, []).append(account_name(service.name))
-        accounts[account_name(service.name)] = {
-            "users": [{"user": service.name, "password": passwords[service.name], "permissions": permissions}],
+            exports.setdefault(subject, []).append(account_name(user))
+        accounts[account_name(user)] = {
+            "users": [{"user": user, "password": passwords[user], "permissions": permissions}],
             "imports": _imports(subjects),
         }
     accounts[STREAM_ACCOUNT] = {

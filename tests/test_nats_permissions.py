@@ -115,6 +115,11 @@ def test_generated_permissions_are_narrow() -> None:
         "publish": {"deny": [">"]},
         "subscribe": {"allow": sorted(e.subject() for e in topology.ALERTS)},
     }
+    assert perms["serve"] == {  # reads artifacts, writes nothing, and hears only its own replies
+        "publish": {"allow": nats_auth.artifact_read_subjects("WF_ARTIFACTS")},
+        "subscribe": {"allow": ["_INBOX.serve.>"]},
+    }
+    assert not [s for s in perms["serve"]["publish"]["allow"] if s.startswith("$O.")], "serve stores nothing"
 
 
 # -- a real server with the generated config ---------------------------------------------------------
@@ -515,6 +520,39 @@ def test_service_denied_what_the_bucket_does_not_need(secured: SecuredNats, tmp_
         assert readback.has(name), "the refused purge and delete changed nothing"
     finally:
         readback.close()
+
+
+def test_serve_reads_artifacts_as_the_serve_user(secured: SecuredNats, tmp_path: Path) -> None:
+    """`weightflow serve` with the object-store backend, connected as the generated `serve` user: the store its
+    LiveDeployment opens reads (and verifies) an artifact the admin stored, on serve's own inbox, without a
+    permission violation; storing one, or listening on another's inbox, is refused."""
+    from shared.artifacts import open_store
+    from weightflow.serving.live import LiveDeployment
+
+    data = json.dumps({"weights": uuid4().hex * 200}).encode()  # the store takes only safetensors, JSON and text
+    admin = open_store(secured.settings("admin", artifact_backend="nats", artifacts_dir=tmp_path / "admin"))
+    digest = admin.put_bytes(data)
+    served = secured.settings("serve", artifact_backend="nats", declare_stream=False, artifacts_dir=tmp_path / "serve")
+    live = LiveDeployment(served, "ticket-router", pinned="0" * 64)
+    try:
+        assert live.store.read_bytes(digest) == data
+    finally:
+        for store in (admin, live.store):
+            assert store.remote is not None
+            store.remote.close()  # type: ignore[attr-defined]
+    assert secured.violations() == ""
+
+    async def scenario() -> None:
+        serve = await Conn().connect(secured.url("serve"), inbox_prefix=nats_auth.SERVE_INBOX_PREFIX)
+        try:
+            await serve.nc.publish(f"$O.{BUCKET}.C.x", b"x")
+            await serve.denied("publish", f"$O.{BUCKET}.C.x")
+            await serve.nc.subscribe("_INBOX.registry.>")
+            await serve.denied("subscription", "_INBOX.registry.>")
+        finally:
+            await serve.close()
+
+    asyncio.run(scenario())
 
 
 # -- a three-node cluster from the generated per-node configs -----------------------------------------

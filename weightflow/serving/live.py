@@ -25,6 +25,7 @@ from contracts.registry import DeploymentPromoted, Manifest
 from contracts.requirements import TaskSpec
 from shared.artifacts import ArtifactStore, open_store
 from shared.modeling.protocols import LoadedModel, Task
+from shared.nats_auth import SERVE_INBOX_PREFIX
 from shared.settings import Settings
 from weightflow.client import Client
 
@@ -66,7 +67,9 @@ def load_served(store: ArtifactStore, deployment: str, manifest_id: str, device:
 class LiveDeployment:
     def __init__(self, settings: Settings, deployment: str, *, pinned: str | None = None) -> None:
         self.settings, self.deployment, self.pinned = settings, deployment, pinned
-        self.store = open_store(settings)
+        # Its artifact reads answered on serve's own inbox: under `weightflow nats-config`'s accounts the `serve`
+        # user may read the bucket and subscribe there only (shared.nats_auth).
+        self.store = open_store(settings, SERVE_INBOX_PREFIX)
         self.current: ServedModel | None = None
         self.following = False
         self.last_error: str | None = None
