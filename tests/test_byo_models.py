@@ -98,8 +98,10 @@ def test_lora_trains_the_head_and_serves_what_peft_trained(tmp_path: Path) -> No
     theirs = PeftModel.from_pretrained(dequantized, str(tmp_path / "adapter")).eval()
     batch = base.tokenizer([r.text for r in ROWS[:6]], padding=True, return_tensors="pt")
     with torch.inference_mode():
-        assert torch.allclose(ours.model(**batch).logits, theirs(**batch).logits, atol=1e-4)
-        assert not torch.allclose(ours.model(**batch).logits, base.model(**batch).logits), "the head moved"
+        # peft runs on the dequantized float base; ours serves on int8 kernels, which quantize activations too
+        # (bench/RESULTS.md §9), so the two agree to the activations' rounding, not to float rounding
+        assert torch.allclose(ours.model(**batch).logits, theirs(**batch).logits, atol=0.05)
+        assert not torch.allclose(ours.model(**batch).logits, base.model(**batch).logits, atol=0.05), "the head moved"
     assert not any(type(m).__name__ == "LoraWrapped" for m in base.model.modules()), "the base is untouched"
 
 
