@@ -14,6 +14,7 @@ other models holds freed pages and allocator caches that would hide or inflate i
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -198,8 +199,9 @@ def _child(request: PeakRequest) -> PeakMeasured:
 
     from shared.modeling import loading  # noqa: F401  (registers the quantizers the loader detects)
     from shared.modeling.device import pick_device
-    from shared.modeling.registry import tasks
+    from shared.modeling.registry import load_plugins, tasks
 
+    load_plugins(os.environ.get("WEIGHTFLOW_PLUGINS", ""))  # a team's own task, as the service that asked has it
     _preload(request.model_dir)
     torch.set_grad_enabled(False)
     task = tasks.get(request.spec.type)
