@@ -32,6 +32,7 @@ def test_a_variant_predicted_to_fit_but_measured_over_budget_does_not_fit(tmp_pa
     assert measured.error < 0 and measured.method == "scripted", "predicted below what was measured"
     failed = of(events, FitFailed)
     assert failed and "as measured at the serving shape" in failed[0].reason
+    assert "offload" in failed[0].reason, "the last resort is named, with what it would cost"
     assert any("measured peak 5.0 MB" in step and "does not fit" in step for step in failed[0].steps)
     assert not of(events, FitCompleted)
 

@@ -110,12 +110,40 @@ def _try_schemes(cause: Event, selection: SelectionDecided, schemes: list[str], 
                              remaining_json=json.dumps(schemes[i + 1:]))
         out.append(BenchmarkRequested.follow(cause, context=selection.context, model=variant, request_id=request_id))
         return out, attempt
+    offload = _offload_cost(ctx, selection, req)
+    steps.append(offload)
     out.append(FitFailed.follow(cause, steps=steps, reason=(
         f"no variant of {selection.model.candidate} fits {hw.memory_mb:g} MB and meets the requirements "
         f"as measured at the serving shape (tried: {', '.join(schemes) or 'nothing: no scheme left to try'}); "
-        "this release does not shard or offload: choose hardware with more memory, allow more schemes or a "
-        "smaller candidate")))
+        f"{offload}; choose hardware with more memory, allow more schemes or a smaller candidate")))
     return out, None
+
+
+def _offload_cost(ctx: HandlerContext, selection: SelectionDecided, req: Requirements) -> str:
+    """The last resort, measured and named: the unquantized model with as many weights on the target as the
+    budget leaves beside activations and the runtime, the rest offloaded (accelerate's device map: on disk
+    for a CPU target, in CPU memory for a GPU), run at the serving shape. This release refuses it with its
+    latency; deploying an offloaded model (the runbook and `weightflow serve` loading the same map) is not
+    built yet."""
+    fp32 = budget_for(ctx.store, selection.model.tree_digest, selection.model.params, UNQUANTIZED, req)
+    room = fp32.budget_bytes - fp32.activation_bytes - fp32.runtime_bytes
+    hw = req.deployment.hardware
+    if room <= 0:
+        taken = (fp32.activation_bytes + fp32.runtime_bytes) / budget.MB
+        return f"offloading cannot help: activations and runtime alone take {taken:.0f} MB of {hw.memory_mb:g} MB"
+    rest = "disk" if hw.device == "cpu" else "CPU memory"
+    try:
+        peak = task_of(req.task).measure_peak(ctx.store.materialize_tree(selection.model.tree_digest), req.task,
+                                              str(pick_device(ctx.settings.device)), offload_max_bytes=room)
+    except (RuntimeError, OSError, ValueError) as exc:
+        return f"offloading to {rest} beyond {room / budget.MB:.0f} MB of weights could not be measured: {exc}"
+    per_request_ms = peak.serve_s * 1000
+    ceiling = req.latency.p95_ms
+    verdict = "over" if per_request_ms > ceiling else "within"
+    return (f"offloading the unquantized weights beyond {room / budget.MB:.0f} MB to {rest} was measured: peak "
+            f"{peak.peak_bytes / budget.MB:.0f} MB, a serving batch of {peak.batch} x {peak.context} tokens takes "
+            f"{per_request_ms:.0f} ms, {verdict} the p95 ceiling of {ceiling:g} ms; this release does not deploy "
+            "offloaded models yet, so it is refused")
 
 
 def _skip_remote(event: SelectionDecided) -> list[Event]:

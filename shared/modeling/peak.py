@@ -37,6 +37,14 @@ class PeakRequest(BaseModel):
     spec: TaskSpec
     device: str = "cpu"
     batch: int = Field(default=SERVING_BATCH, ge=1)
+    offload_max_bytes: int | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "plan a device map with accelerate: at most this many bytes of weights on the device, the rest on disk "
+            "(a CPU device) or in CPU memory (a GPU); None: loaded whole, as serving loads it"
+        ),
+    )
 
 
 class PeakMeasured(BaseModel):
@@ -74,10 +82,13 @@ def measure_peak(
     device: str = "cpu",
     *,
     batch: int = SERVING_BATCH,
+    offload_max_bytes: int | None = None,
     timeout_s: float = CHILD_TIMEOUT_S,
 ) -> PeakMeasured:
     """Run the measurement in a fresh interpreter; a child that fails raises with its stderr's tail."""
-    request = PeakRequest(model_dir=Path(model_dir), spec=spec, device=device, batch=batch)
+    request = PeakRequest(
+        model_dir=Path(model_dir), spec=spec, device=device, batch=batch, offload_max_bytes=offload_max_bytes
+    )
     proc = subprocess.run(
         [sys.executable, "-m", "shared.modeling.peak", request.model_dump_json()],
         capture_output=True,
@@ -149,7 +160,7 @@ def _serve(loaded: Any, request: PeakRequest, context: int, generate: int) -> fl
     vocab = int(getattr(model.config, "vocab_size", 0) or len(loaded.tokenizer))
     prompt = max(1, context - generate)
     ids = torch.randint(0, vocab, (request.batch, prompt), generator=torch.Generator().manual_seed(0))
-    device = next(model.parameters()).device if any(True for _ in model.parameters()) else loaded.device
+    device = loaded.device  # under a device map the first parameter may sit on disk (meta)
     ids = ids.to(device)
     mask = torch.ones_like(ids)
     started = time.perf_counter()
@@ -193,6 +204,36 @@ def _preload(model_dir: Path) -> None:
             getattr(transformers, name)
 
 
+def _offloaded(request: PeakRequest, device: Any) -> Any:
+    """The checkpoint under accelerate's device map: `offload_max_bytes` of weights on the device, the rest
+    on disk for a CPU device (a folder beside the measurement, gone with it) or in CPU memory for a GPU."""
+    import tempfile
+    import types
+
+    import transformers
+
+    from shared.modeling.loading import load_tokenizer
+
+    config = json.loads((request.model_dir / "config.json").read_text())
+    model_class = getattr(transformers, (config.get("architectures") or ["AutoModel"])[0])
+    folder = tempfile.mkdtemp(prefix="wf-offload-")
+    on_device: Any = "cpu" if device.type == "cpu" else (device.index or 0)
+    max_memory = {on_device: int(request.offload_max_bytes or 0)}
+    if device.type != "cpu":
+        max_memory["cpu"] = 1 << 40
+    model = model_class.from_pretrained(
+        str(request.model_dir),
+        local_files_only=True,
+        use_safetensors=True,
+        trust_remote_code=False,
+        device_map="auto",
+        max_memory=max_memory,
+        offload_folder=folder,
+        offload_buffers=True,
+    ).eval()
+    return types.SimpleNamespace(model=model, tokenizer=load_tokenizer(request.model_dir), device=device)
+
+
 def _child(request: PeakRequest) -> PeakMeasured:
     import torch
     import transformers  # noqa: F401  (imported before the base reading: the runtime, not the model)
@@ -210,7 +251,7 @@ def _child(request: PeakRequest) -> PeakMeasured:
     generate = new_tokens(task, request.spec)
     meter = _Meter(device)
     meter.start()
-    loaded = task.load(request.model_dir, device)
+    loaded = task.load(request.model_dir, device) if request.offload_max_bytes is None else _offloaded(request, device)
     load_peak = meter.peak()
     meter.reset()
     _serve(loaded, request.model_copy(update={"batch": 1}), 8 + generate, min(generate, 1))  # touch every weight

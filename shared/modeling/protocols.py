@@ -192,12 +192,14 @@ class Task(ABC):
         """Tokens per request at serving time: the sequence length the memory budget plans for."""
         return 128
 
-    def measure_peak(self, model_dir: Path, spec: TaskSpec, device: str) -> PeakMeasured:
+    def measure_peak(self, model_dir: Path, spec: TaskSpec, device: str, *,
+                     offload_max_bytes: int | None = None) -> PeakMeasured:
         """Peak memory of this checkpoint at the serving shape, measured in a process of its own (what
-        fitting decides on); a seam so a scripted test world can say what its tiny models would take."""
+        fitting decides on), whole or offloaded beyond `offload_max_bytes` of weights; a seam so a scripted
+        test world can say what its tiny models would take."""
         from shared.modeling.peak import measure_peak
 
-        return measure_peak(model_dir, spec, device)
+        return measure_peak(model_dir, spec, device, offload_max_bytes=offload_max_bytes)
 
     def lora_targets(self, loaded: LoadedModel) -> tuple[list[str], list[str]]:
         """(target_modules, modules_to_save) for LoRA on this task's model."""

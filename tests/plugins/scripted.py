@@ -115,7 +115,8 @@ class ScriptedClassification(ZeroShotClassification):
         inputs = self.inputs(loaded, [r.text for r in rows])
         return loaded.model(**inputs).last_hidden_state.pow(2).mean()
 
-    def measure_peak(self, model_dir: Path, spec: TaskSpec, device: str) -> PeakMeasured:
+    def measure_peak(self, model_dir: Path, spec: TaskSpec, device: str, *,
+                     offload_max_bytes: int | None = None) -> PeakMeasured:
         """The script's `name/variant/*/peak` (MB) when set, else the stored weights: the tiny models' real
         peak is the interpreter's noise, and the scripted budgets are a few MB."""
         config = json.loads((Path(model_dir) / "config.json").read_text())
