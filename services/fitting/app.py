@@ -140,10 +140,11 @@ def _offload_cost(ctx: HandlerContext, selection: SelectionDecided, req: Require
     per_request_ms = peak.serve_s * 1000
     ceiling = req.latency.p95_ms
     verdict = "over" if per_request_ms > ceiling else "within"
+    fits = "within" if peak.peak_bytes <= fp32.budget_bytes else "still over"
     return (f"offloading the unquantized weights beyond {room / budget.MB:.0f} MB to {rest} was measured: peak "
-            f"{peak.peak_bytes / budget.MB:.0f} MB, a serving batch of {peak.batch} x {peak.context} tokens takes "
-            f"{per_request_ms:.0f} ms, {verdict} the p95 ceiling of {ceiling:g} ms; this release does not deploy "
-            "offloaded models yet, so it is refused")
+            f"{peak.peak_bytes / budget.MB:.0f} MB ({fits} the budget), a serving batch of {peak.batch} x "
+            f"{peak.context} tokens takes {per_request_ms:.0f} ms, {verdict} the p95 ceiling of {ceiling:g} ms; "
+            "this release does not deploy offloaded models yet, so it is refused")
 
 
 def _skip_remote(event: SelectionDecided) -> list[Event]:
