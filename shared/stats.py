@@ -12,11 +12,18 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 from contracts.measurement import Interval, Measurement
 
 BOOTSTRAP_RESAMPLES = 2000
+
+
+def _scipy_stats() -> Any:
+    """scipy.stats on first use: importing it costs about a second, which every CLI command that only
+    validates a requirements file (and every service start) would otherwise pay."""
+    from scipy import stats
+
+    return stats
 
 
 def wilson(correct: int, n: int, confidence: float = 0.95) -> Interval:
@@ -24,7 +31,7 @@ def wilson(correct: int, n: int, confidence: float = 0.95) -> Interval:
         raise ValueError("an interval needs at least one row")
     if not 0 <= correct <= n:
         raise ValueError(f"{correct} correct out of {n} rows is impossible")
-    ci = stats.binomtest(correct, n).proportion_ci(confidence_level=confidence, method="wilson")
+    ci = _scipy_stats().binomtest(correct, n).proportion_ci(confidence_level=confidence, method="wilson")
     return Interval(low=float(ci.low), high=float(ci.high), confidence=confidence, method="wilson")
 
 
@@ -37,7 +44,7 @@ def bootstrap(samples: Sequence[Any], statistic: Callable[..., float], confidenc
     point = float(statistic(*columns))
     if columns[0].size < 2:
         return Interval(low=point, high=point, confidence=confidence, method="bootstrap"), 0.0
-    result = stats.bootstrap(tuple(columns), statistic, paired=True, vectorized=False, n_resamples=resamples,
+    result = _scipy_stats().bootstrap(tuple(columns), statistic, paired=True, vectorized=False, n_resamples=resamples,
                              confidence_level=confidence, method="percentile", rng=np.random.default_rng(seed))
     low, high = result.confidence_interval.low, result.confidence_interval.high
     if not (np.isfinite(low) and np.isfinite(high)):
@@ -66,10 +73,10 @@ def drop_p_value(baseline: Measurement, current: Measurement) -> float:
         return 1.0
     if baseline.binary and current.binary:
         table = [[baseline.correct, baseline.n - baseline.correct], [current.correct, current.n - current.correct]]
-        return float(stats.fisher_exact(table, alternative="greater").pvalue)
+        return float(_scipy_stats().fisher_exact(table, alternative="greater").pvalue)
     if baseline.score_std is None or current.score_std is None:
         return 0.0  # no spread recorded: the drop cannot be called noise
-    result = stats.ttest_ind_from_stats(baseline.score, baseline.score_std, baseline.n, current.score,
+    result = _scipy_stats().ttest_ind_from_stats(baseline.score, baseline.score_std, baseline.n, current.score,
                                         current.score_std, current.n, equal_var=False, alternative="greater")
     return float(result.pvalue)
 

@@ -8,7 +8,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from importlib.metadata import packages_distributions
 from pathlib import Path
 
@@ -17,7 +16,6 @@ from contracts.topology import SERVICES, markdown_table
 from .conftest import ROOT
 from .settings_read import settings_weightflow_reads
 
-FAST_CLI_SECONDS = 10.0  # cold start on a busy 2-core machine; typically ~1 s
 CODE = ("contracts", "shared", "services", "weightflow")
 # Runs in the quantization environment (its own pinned packages), never in the services' environment.
 OTHER_ENVIRONMENT = ("shared/modeling/quantizers/llmcompressor_worker.py",)
@@ -41,14 +39,13 @@ def test_readme_stage_table_is_the_topology() -> None:
 def test_commands_that_run_no_model_load_no_torch() -> None:
     env = dict(os.environ, PYTHONPROFILEIMPORTTIME="1")
     for command in (["status", "--help"], ["submit", "--help"], ["rollback", "--help"]):
-        start = time.monotonic()
         proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "weightflow.cli", *command], cwd=ROOT,
                               env=env, capture_output=True, text=True, timeout=60, check=False)
-        elapsed = time.monotonic() - start
         assert proc.returncode == 0, proc.stderr[-2000:]
         imported = {line.split("|")[-1].strip().split(".")[0] for line in proc.stderr.splitlines() if "|" in line}
-        assert not imported & {"torch", "transformers", "peft", "accelerate", "sklearn"}, command
-        assert elapsed < FAST_CLI_SECONDS, (command, elapsed)
+        # What keeps the CLI quick is what it does not import (scipy.stats alone is ~1 s); a wall-clock bound
+        # here only measured the machine's load.
+        assert not imported & {"torch", "transformers", "peft", "accelerate", "sklearn", "scipy"}, command
 
 
 def _third_party_imports() -> set[str]:
