@@ -1,7 +1,9 @@
 """Load a stored checkpoint for a task: offline, safetensors only, never the checkpoint's own code.
 
 A quantizer whose format transformers does not know (weightflow's int8) loads its own directories;
-everything else (fp32 checkpoints, compressed-tensors, torchao) goes through transformers.
+A quantizer whose checkpoints must not load the way transformers would (weightflow's int8; compressed-tensors,
+which transformers decompresses to float at load) loads its own directories; everything else goes through
+transformers.
 """
 
 from __future__ import annotations

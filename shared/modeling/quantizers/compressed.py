@@ -5,10 +5,11 @@ compressed-tensors. Linear layers are quantized in groups (the largest of 128/64
 every layer's input width: SmolLM2's 576 needs 64); lm_head stays unquantized. `awq` calibrates
 activation-aware scales on the train split (few samples: it is slow on CPU); `w4a16` rounds to nearest.
 
-On a CPU target these schemes save nothing at run time — compressed-tensors has no CPU kernels and
-unpacks the weights to fp32 when the model runs (measured: same RSS and speed as fp32) — so fitting
-skips them there, with that reason. An adapter cannot be trained on a compressed base (peft needs
-`.weight`): the tuner trains on the unquantized base and the adapter is served on the 4-bit model.
+Served from the packed weights (`int4_modules`: each linear layer dequantizes its own weight per call,
+never the whole model; transformers' own load decompressed every layer to fp32 at load time). A CPU
+target is still skipped: with no int4 kernels every call pays a dequantization, so int8 is the CPU
+scheme. An adapter cannot be trained on a compressed base (peft needs `.weight`): the tuner trains on
+the unquantized base and the adapter is served on the 4-bit model.
 """
 
 from __future__ import annotations
@@ -55,12 +56,26 @@ class CompressedTensors4Bit(Quantizer):
 
     def unavailable(self, device: str) -> str | None:
         if device == "cpu":
-            return ("4-bit compressed-tensors weights are unpacked to fp32 when they run on a cpu (no kernels), so "
-                    "nothing would be saved on this target: use int8, or a cuda target")
+            return ("4-bit weights have no kernels on a cpu (each layer is dequantized at every call): use int8, "
+                    "or a cuda target")
         if quant_env.find(self._settings_python()) is None:
             return ("the quantization environment (llmcompressor) is not set up: run `weightflow "
                     "setup-quantization`, or set WEIGHTFLOW_QUANT_PYTHON")
         return None
+
+    def detects(self, model_dir: Path) -> bool:
+        """A compressed-tensors checkpoint (either 4-bit scheme: the layout is the same)."""
+        path = Path(model_dir) / "config.json"
+        if not path.is_file():
+            return False
+        quant = json.loads(path.read_text()).get("quantization_config") or {}
+        return quant.get("quant_method") == "compressed-tensors"
+
+    def load(self, model_dir: Path, auto_class: Any, device: Any) -> Any:
+        """Packed weights, dequantized a layer at a time in forward (never the whole model in fp32)."""
+        from shared.modeling.quantizers.int4_modules import load_int4
+
+        return load_int4(model_dir, auto_class, device)
 
     @staticmethod
     def _settings_python() -> Path | None:
