@@ -17,6 +17,7 @@ import contextlib
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -108,7 +109,8 @@ class Stack:
     def start(self) -> Stack:
         self.home.mkdir(parents=True, exist_ok=True)
         if not self.settings.nats_url:
-            self.nats = EmbeddedNats(self.home / "nats").start()
+            self.nats = EmbeddedNats(self.home / "nats")  # known before it starts: a signal now still stops it
+            self.nats.start()
             (self.home / NATS_URL_FILE).write_text(self.nats.url)
             (self.home / NATS_MONITOR_FILE).write_text(self.nats.monitor_url)
             self.settings = self.settings.model_copy(update={"nats_url": self.nats.url})
@@ -220,6 +222,30 @@ class Stack:
         finally:
             stop.set()
             thread.join()
+
+    @contextlib.contextmanager
+    def until_signalled(self) -> Iterator[None]:
+        """Run the block until it ends, SIGINT or SIGTERM arrives, then stop every child, nats-server included.
+
+        Python's default SIGTERM ends the process at once, skipping any `finally`: the nats-server it started
+        (its own child, not in a group anyone signals) outlived a `weightflow demo --keep` stopped by a supervisor.
+        Here both signals raise KeyboardInterrupt in the main thread, so the block unwinds (an asyncio.run in it
+        cancels its tasks), and while the stack stops a second signal is ignored rather than cutting it short.
+        Main thread only (signal handlers are).
+        """
+        previous = {sig: signal.signal(sig, signal.default_int_handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        except KeyboardInterrupt:
+            pass  # asked to stop: not an error
+        finally:
+            for sig in previous:
+                signal.signal(sig, signal.SIG_IGN)
+            try:
+                self.stop()
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
 
     def stop(self, timeout: float = 20.0) -> None:
         for proc in self.procs.values():

@@ -48,7 +48,11 @@ def service(name: str = typer.Argument(..., help=f"one of {', '.join(SERVICES)}"
 
 
 def _start_stack(settings: Settings, replicas: int = 1) -> Stack:
-    stack = Stack(settings, replicas=replicas).start()
+    return _started(Stack(settings, replicas=replicas))
+
+
+def _started(stack: Stack) -> Stack:
+    stack.start()
     console.print(f"[bold]weightflow[/] NATS {stack.settings.resolved_nats_url()} · data {stack.home} · "
                   f"{len(stack.procs)} service processes (logs in {stack.home / 'logs'})")
     return stack
@@ -193,20 +197,17 @@ def demo(
     """Start the embedded stack, run the shipped example to a monitored deployment, then stop."""
     settings = Settings()
     event = _prepared(requirements, settings).event
-    stack = _start_stack(settings)
-    try:
+    stack = Stack(settings)
+    with stack.until_signalled():  # Ctrl-C or SIGTERM, from the first child on, stops every one (nats-server too)
+        _started(stack)
         with stack.supervising():  # a service or nats-server that fails mid-run is restarted, as by `up`
             tracker = run(_unless_refused(stack, _follow(stack.settings, event, timeout, False)))
         _finish(tracker, False)
         if keep:
-            console.print("stack keeps running; Ctrl-C stops it")
+            console.print("stack keeps running; Ctrl-C or SIGTERM stops it")
             while True:
                 stack.supervise_once()
                 time.sleep(0.5)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        stack.stop()
 
 
 def register(app: typer.Typer) -> None:
