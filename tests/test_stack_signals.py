@@ -38,12 +38,14 @@ def _stack_up(demo: subprocess.Popen[bytes], home: Path, timeout: float = 120.0)
         time.sleep(0.2)
 
 
+@pytest.mark.parametrize("command", [["demo", "--keep"], ["up"]], ids=["demo", "up"])
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_demo_stopped_by_a_signal_stops_every_child_and_nats_server(sig: signal.Signals, tmp_path: Path) -> None:
+def test_a_stack_stopped_by_a_signal_stops_every_child_and_nats_server(command: list[str], sig: signal.Signals,
+                                                                        tmp_path: Path) -> None:
     home = tmp_path / "home"
     env = {k: v for k, v in os.environ.items() if not k.startswith("WEIGHTFLOW_")}
     env.update(WEIGHTFLOW_HOME=str(home), WEIGHTFLOW_TRACE_FILE="false")
-    demo = subprocess.Popen([sys.executable, "-m", "weightflow.cli", "demo", "--keep"], cwd=ROOT, env=env,
+    demo = subprocess.Popen([sys.executable, "-m", "weightflow.cli", *command], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     children: list[psutil.Process] = []
     try:

@@ -6,7 +6,6 @@ import asyncio
 import importlib
 import logging
 import os
-import signal
 import time
 from collections.abc import Coroutine
 from pathlib import Path
@@ -47,10 +46,6 @@ def service(name: str = typer.Argument(..., help=f"one of {', '.join(SERVICES)}"
     importlib.import_module(f"services.{name}.app").service.run_process(settings)
 
 
-def _start_stack(settings: Settings, replicas: int = 1) -> Stack:
-    return _started(Stack(settings, replicas=replicas))
-
-
 def _started(stack: Stack) -> Stack:
     stack.start()
     console.print(f"[bold]weightflow[/] NATS {stack.settings.resolved_nats_url()} · data {stack.home} · "
@@ -75,24 +70,15 @@ def supervise_round(stack: Stack, reported: set[str]) -> None:
 
 def up(replicas: int = typer.Option(1, min=1, help="processes per service (they share each durable consumer)")
        ) -> None:
-    """Start the embedded stack: a private nats-server and every service, until Ctrl-C."""
-    stack = _start_stack(Settings(), replicas)
-    stopping = False
-
-    def stop(*_: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    """Start the embedded stack: a private nats-server and every service, until Ctrl-C or SIGTERM."""
+    stack = Stack(Settings(), replicas=replicas)
     reported: set[str] = set()
-    try:
-        while not stopping:
+    # Handlers from before the first child starts: a signal while the stack starts stops what already runs.
+    with stack.until_signalled():
+        _started(stack)
+        while True:
             supervise_round(stack, reported)
             time.sleep(0.5)
-    finally:
-        console.print("stopping…")
-        stack.stop()
 
 
 async def _follow(settings: Settings, event: Event, timeout: float, as_json: bool) -> RunTracker:
