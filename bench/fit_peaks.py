@@ -2,8 +2,10 @@
 
     python -m bench.fit_peaks generation examples/language-models/models/smollm2-135m [more dirs]
     python -m bench.fit_peaks zero-shot-classification DIR ...
+    python -m bench.fit_peaks --schemes=int8,w4a16,awq generation DIR ...   # 4-bit: needs the quantization env
 
-For each model directory and each of fp32 and int8 (quantized here, in-process): the budget fitting predicts
+For each model directory, fp32 and each scheme (default int8; quantized here, 4-bit ones by llmcompressor in its
+own environment, calibrated on examples/language-models/general.jsonl): the budget fitting predicts
 (`memory_budget` with the stored `*.safetensors` as weights, the task's serving context, the default 64 MB
 runtime term) and the peak `shared.modeling.peak.measure_peak` measures in a fresh process (what fitting
 decides on), the relative error, and the serving batch's wall time (8 requests at the serving context,
@@ -16,6 +18,7 @@ import json
 import sys
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 MIB = 2**20
 SPECS = {
@@ -26,6 +29,9 @@ SPECS = {
 
 
 def main(argv: list[str]) -> None:
+    schemes = ["int8"]
+    if argv and argv[0].startswith("--schemes="):
+        schemes = [s for s in argv.pop(0).removeprefix("--schemes=").split(",") if s]
     if len(argv) < 2 or argv[0] not in SPECS:
         raise SystemExit(f"usage: python -m bench.fit_peaks {{{','.join(SPECS)}}} MODEL_DIR [MODEL_DIR ...]")
     from contracts.requirements import HardwareProfile, TaskSpec
@@ -43,9 +49,12 @@ def main(argv: list[str]) -> None:
         arch = Architecture.from_config(json.loads((directory / "config.json").read_text()))
         params = _params(directory)
         with tempfile.TemporaryDirectory(prefix="wf-fit-peaks-") as tmp:
-            int8 = quantizers.get("int8").quantize(task, directory, Path(tmp) / "int8", spec, [], pick_device("cpu"))
+            variants = [("fp32", directory)]
+            for scheme in schemes:
+                variants.append((scheme, quantizers.get(scheme).quantize(
+                    task, directory, Path(tmp) / scheme, spec, _calibration(), pick_device("cpu"))))
             base_s = 0.0
-            for variant, path in (("fp32", directory), ("int8", int8)):
+            for variant, path in variants:
                 weights = sum(p.stat().st_size for p in path.glob("*.safetensors"))
                 predicted = memory_budget(variant, params, arch, 1, weight_bytes=weights,
                                           seq=task.serving_context(spec), runtime_bytes=runtime)
@@ -55,6 +64,12 @@ def main(argv: list[str]) -> None:
                 print(f"| {directory.name} | {variant} | {weights / MIB:.1f} | {predicted.total_bytes / MIB:.1f} | "
                       f"{peak.peak_bytes / MIB:.1f} | {error:+.1%} | {peak.serve_s:.2f} "
                       f"({peak.serve_s / base_s:.2f}x fp32) |", flush=True)
+
+
+def _calibration() -> list[SimpleNamespace]:
+    """Plain prose rows (what the 4-bit schemes calibrate on; int8 ignores them)."""
+    path = Path(__file__).parents[1] / "examples" / "language-models" / "general.jsonl"
+    return [SimpleNamespace(text=json.loads(line)["text"]) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _params(directory: Path) -> int:
