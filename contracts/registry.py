@@ -48,6 +48,60 @@ class PromotionSkipped(Event):
 
 
 @register
+class PromotionAwaitingApproval(Event):
+    """A registered release that would go live (its baseline passed the canary's rule, its requirements are the
+    newest) under `deployment.promotion: manual`: it waits for `weightflow approve` or `reject`, with the evidence
+    a person decides on. The live release keeps serving meanwhile."""
+
+    STAGE = "registry"
+    NAME = "promotion_awaiting_approval"
+    deployment: str
+    manifest_id: str
+    requirements_version: int
+    measurement: Measurement = Field(description="the eval measurement it was selected on, with its interval")
+    canary_baseline: Measurement = Field(description="the canary set on this exact model, at registration")
+    live_manifest_id: str | None = Field(description="the release it would replace (None: nothing is live)")
+
+
+class _PromotionDecision(Event):
+    """A person's decision on a release awaiting approval, published by the CLI's (admin) NATS user only."""
+
+    STAGE = "registry"
+    deployment: str
+    manifest_id: str
+    decided_by: str = Field(min_length=1, description="who decided: the OS user and the NATS user, as 'os@nats'")
+    reason: str = Field(min_length=1, max_length=2000, description="why, in the decider's words")
+
+
+@register
+class PromotionApproved(_PromotionDecision):
+    """Approve: the registry promotes the release exactly as the automatic path would."""
+
+    NAME = "promotion_approved"
+
+
+@register
+class PromotionRejected(_PromotionDecision):
+    """Reject: the registry records it and the live release keeps serving."""
+
+    NAME = "promotion_rejected"
+
+
+@register
+class PromotionDecided(Event):
+    """The registry's record of a decision it carried out (a refused decision gets `RequestRefused` instead)."""
+
+    STAGE = "registry"
+    NAME = "promotion_decided"
+    deployment: str
+    manifest_id: str
+    decision: Literal["approved", "rejected"]
+    decided_by: str
+    reason: str
+    decision_event_id: str = Field(description="the PromotionApproved / PromotionRejected it answers")
+
+
+@register
 class RollbackRequested(Event):
     STAGE = "registry"
     NAME = "rollback_requested"

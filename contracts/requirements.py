@@ -111,6 +111,9 @@ class DeploymentSpec(Contract):
         "self-hosted: every candidate runs on your hardware; api: hosted API candidates may be chosen too"))
     hardware: HardwareProfile
     data_residency: str | None = Field(default=None, description="API candidates must declare this region")
+    promotion: Literal["automatic", "manual"] = Field(default="automatic", description=(
+        "automatic: a registered release whose baseline passes the canary goes live; manual: it waits for "
+        "`weightflow approve` (PromotionAwaitingApproval carries the evidence)"))
 
     @model_validator(mode="before")
     @classmethod

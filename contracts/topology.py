@@ -29,6 +29,10 @@ from contracts.monitoring import (
 from contracts.registry import (
     DeploymentPromoted,
     ModelRegistered,
+    PromotionApproved,
+    PromotionAwaitingApproval,
+    PromotionDecided,
+    PromotionRejected,
     PromotionSkipped,
     RollbackCommanded,
     RollbackRequested,
@@ -83,8 +87,9 @@ STAGES: tuple[Stage, ...] = (
           emits=(AdapterTrained, TuningGated, TuningSkipped)),
     Stage(5, "registry", "pin, promote, roll back",
           consumes=(FitCompleted, TuningGated, RollbackRequested, RollbackCommanded, RequirementsAccepted,
-                    CanaryPassed),
-          emits=(ModelRegistered, DeploymentPromoted, PromotionSkipped, CanaryFailed, RolledBack, RequestRefused)),
+                    CanaryPassed, PromotionApproved, PromotionRejected),
+          emits=(ModelRegistered, DeploymentPromoted, PromotionSkipped, PromotionAwaitingApproval, PromotionDecided,
+                 CanaryFailed, RolledBack, RequestRefused)),
     Stage(6, "monitoring", "canaries and drift alerts",
           consumes=(DeploymentPromoted, CanaryRequested, WorkflowResumed, ServingEndpointAnnounced),
           emits=(CanaryRequested, CanaryPassed, CanaryFailed, DriftDetected, RequestRefused)),
@@ -94,7 +99,7 @@ SERVICES: tuple[str, ...] = tuple(s.service for s in STAGES)
 # Published by people and tools (the CLI's admin user), not by a service.
 OPERATOR_EVENTS: tuple[type[Event], ...] = (
     RequirementsSubmitted, RequirementsChanged, RollbackRequested, CanaryRequested, ResumeRequested,
-    ServingEndpointAnnounced,
+    ServingEndpointAnnounced, PromotionApproved, PromotionRejected,
 )
 # Every service may dead-letter what it cannot handle.
 ALWAYS_EMITTED: tuple[type[Event], ...] = (DeadLettered,)

@@ -10,7 +10,9 @@ consumers, the emitted ones the publish subjects) they build a nats-server confi
   artifacts in the Object Store bucket (`WF_ARTIFACTS`, see `artifact_subjects`). No `$JS.>` or
   `$JS.API.>` grant, no stream management; it may subscribe only to its own reply inbox
   (`Service.inbox_prefix()`), so it cannot read replies, or fetched messages, meant for another service;
-* `admin` (the operator's CLI: creates the stream, reads history, replays dead letters) may do anything;
+* `admin` (the operator's CLI: creates the stream, reads history, replays dead letters) may do anything, and
+  is the only user that may publish a promotion decision (`ADMIN_ONLY`: approve or reject a release held by
+  `deployment.promotion: manual`); a service that declared one would be refused a configuration;
 * `alerting` may only subscribe (core NATS) to the alert subjects (drift, canary outcomes, halts,
   rollbacks), and publish nothing;
 * `serve` (`weightflow serve --manifest ID` with the object-store backend) may only read artifacts: open the
@@ -44,6 +46,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 from contracts import topology
 from contracts.base import Event
+from contracts.registry import PromotionApproved, PromotionRejected
 from contracts.requirements import RequirementsAccepted
 from shared.bus import Service
 from shared.bus.streams import RUNS_PREFIX, runs_stream_name
@@ -54,6 +57,8 @@ ADMIN_USER = "admin"
 ALERTING_USER = "alerting"
 ALERTING_EVENTS: tuple[type[Event], ...] = topology.ALERTS
 SERVE_USER = "serve"
+# Decisions only a person makes, through the CLI's admin user: no service user is ever granted their subjects.
+ADMIN_ONLY: tuple[type[Event], ...] = (PromotionApproved, PromotionRejected)
 # Where `weightflow serve`'s artifact reads get their answers, as `Service.inbox_prefix()` is for a service: the
 # serve user may subscribe there only.
 SERVE_INBOX_PREFIX = f"_INBOX.{SERVE_USER}"
@@ -70,6 +75,10 @@ class ServiceGrant:
 
     @classmethod
     def of(cls, service: Service, stream: str = "WF") -> ServiceGrant:
+        forbidden = [e.__name__ for e in service.publishes if e in ADMIN_ONLY]
+        if forbidden:
+            raise ValueError(f"service {service.name!r} declares that it emits {', '.join(forbidden)}, which only the "
+                             "admin (CLI) user may publish; take it out of its emits in contracts/topology.py")
         subjects = {e.subject() for e in service.publishes}
         if RequirementsAccepted in service.publishes:  # accepting a run registers it (shared.bus.streams)
             subjects.add(f"{RUNS_PREFIX}.*")

@@ -1,7 +1,8 @@
 """What was live on a deployment, when, and why it changed: a projection of the event stream.
 
 Answers "which release served at time T" from the events alone (promotions, rollbacks, and releases that
-were registered but kept from going live), so an audit needs no service's tables.
+were registered but kept from going live), so an audit needs no service's tables. Under manual promotion a
+release's wait and the decision on it (who, and why) are changes too; an approved promotion says who approved.
 """
 
 from __future__ import annotations
@@ -13,9 +14,17 @@ from typing import Literal
 
 from contracts.base import Event
 from contracts.monitoring import CanaryFailed
-from contracts.registry import DeploymentPromoted, PromotionSkipped, RolledBack
+from contracts.registry import (
+    DeploymentPromoted,
+    PromotionAwaitingApproval,
+    PromotionDecided,
+    PromotionSkipped,
+    RolledBack,
+)
 
-Kind = Literal["promoted", "rolled back", "not promoted"]
+Kind = Literal["promoted", "rolled back", "not promoted", "awaiting approval", "rejected"]
+# Changes that leave what serves as it was.
+KEPT: frozenset[str] = frozenset({"not promoted", "awaiting approval", "rejected"})
 
 
 @dataclass(frozen=True)
@@ -30,13 +39,14 @@ class Change:
 
     @property
     def changed_live(self) -> bool:
-        return self.kind != "not promoted"
+        return self.kind not in KEPT
 
 
 def changes(events: Iterable[Event], deployment: str) -> list[Change]:
     """The deployment's changes in stream order. A rollback's own promotion is one change, said as a rollback."""
     out: list[Change] = []
     rollbacks: set[object] = set()
+    approvals: dict[object, PromotionDecided] = {}
     for e in events:
         if getattr(e, "deployment", None) != deployment:
             continue
@@ -55,16 +65,38 @@ def changes(events: Iterable[Event], deployment: str) -> list[Change]:
         elif isinstance(e, DeploymentPromoted):
             if e.causation_id in rollbacks:
                 continue
+            approval = approvals.get(e.causation_id)
+            why = (
+                f"approved by {approval.decided_by}: {approval.reason} (requirements v{e.requirements_version})"
+                if approval is not None
+                else f"registered by run {str(e.run_id)[:8]} under requirements v{e.requirements_version}, "
+                "and its baseline passed the canary's rule"
+            )
+            out.append(Change(e.occurred_at, "promoted", e.manifest_id, why, str(e.run_id)))
+        elif isinstance(e, PromotionAwaitingApproval):
+            live = f"it would replace {e.live_manifest_id[:12]}" if e.live_manifest_id else "nothing is live yet"
             out.append(
                 Change(
                     e.occurred_at,
-                    "promoted",
+                    "awaiting approval",
                     e.manifest_id,
-                    f"registered by run {str(e.run_id)[:8]} under requirements v{e.requirements_version}, "
-                    "and its baseline passed the canary's rule",
+                    f"manual promotion: baseline passed the canary's rule; {live}",
                     str(e.run_id),
                 )
             )
+        elif isinstance(e, PromotionDecided):
+            if e.decision == "approved":
+                approvals[e.causation_id] = e
+            else:
+                out.append(
+                    Change(
+                        e.occurred_at,
+                        "rejected",
+                        e.manifest_id,
+                        f"rejected by {e.decided_by}: {e.reason}",
+                        str(e.run_id),
+                    )
+                )
         elif isinstance(e, CanaryFailed) and e.before_promotion:
             out.append(
                 Change(

@@ -13,7 +13,14 @@ from contracts.benchmark import (
 from contracts.fitting import FitCompleted, FitFailed, FitSkipped, MemoryBudgetComputed
 from contracts.measurement import Measurement
 from contracts.monitoring import CanaryFailed, CanaryPassed, DriftDetected, ServingEndpointAnnounced
-from contracts.registry import DeploymentPromoted, ModelRegistered, PromotionSkipped, RolledBack
+from contracts.registry import (
+    DeploymentPromoted,
+    ModelRegistered,
+    PromotionAwaitingApproval,
+    PromotionDecided,
+    PromotionSkipped,
+    RolledBack,
+)
 from contracts.requirements import RequirementsAccepted, RequirementsRejected
 from contracts.tuning import AdapterTrained, TuningGated, TuningSkipped
 from contracts.workflow import (
@@ -93,6 +100,13 @@ def summary(e: Event) -> str:
                 f"canary baseline {score(e.canary_baseline)})")
     if isinstance(e, DeploymentPromoted):
         return f"promoted {e.deployment} → {e.manifest_id[:12]} (requirements v{e.requirements_version})"
+    if isinstance(e, PromotionAwaitingApproval):
+        live = f"replacing {e.live_manifest_id[:12]}" if e.live_manifest_id else "nothing is live yet"
+        return (f"AWAITING APPROVAL: {e.deployment} manifest {e.manifest_id[:12]} (requirements "
+                f"v{e.requirements_version}; eval {score(e.measurement)}, canary baseline {score(e.canary_baseline)}; "
+                f"{live}): weightflow approve|reject {e.deployment} {e.manifest_id} --reason TEXT")
+    if isinstance(e, PromotionDecided):
+        return f"{e.decision} {e.manifest_id[:12]} on {e.deployment} by {e.decided_by}: {e.reason}"
     if isinstance(e, PromotionSkipped):
         return f"not promoted: {e.manifest_id[:12]} on {e.deployment}: {e.reason}"
     if isinstance(e, RolledBack):

@@ -5,6 +5,11 @@ the manifest, and every later canary is judged against it. The baseline is also 
 live: a release whose baseline already fails the canary's rule (shared.canary) is registered but not
 promoted (the live release keeps serving), and its `CanaryFailed` (`before_promotion`) goes to the
 loop-back as a live canary's would.
+
+Under `deployment.promotion: manual` a release that would go live waits instead (`PromotionAwaitingApproval`,
+with the evidence) until a person approves or rejects it; an approval promotes through the same `_promote`
+as the automatic path. Which releases wait and which were decided are effect keys (`awaiting:` and `decided:`
+with the manifest id), so a decision is taken once whatever replays or repeats it.
 """
 
 from __future__ import annotations
@@ -25,6 +30,10 @@ from contracts.registry import (
     Manifest,
     ManifestEntry,
     ModelRegistered,
+    PromotionApproved,
+    PromotionAwaitingApproval,
+    PromotionDecided,
+    PromotionRejected,
     PromotionSkipped,
     RollbackCommanded,
     RollbackRequested,
@@ -38,6 +47,7 @@ from services.registry.tables import DeploymentRecord, ManifestRecord
 from shared.artifacts import IntegrityError
 from shared.bus import HandlerContext, HandlerResult, OrphanError, Service
 from shared.canary import judge_canary
+from shared.db import EffectRecord
 from shared.modeling.stored import measure, rows, task_of
 
 service = Service("registry")
@@ -65,10 +75,19 @@ def _canary_baseline(ctx: HandlerContext, context: RunContext, model: ModelArtif
                    adapter_method=adapter.method if adapter else "lora", device=ctx.settings.device)
 
 
+def awaiting_key(manifest_id: str) -> str:
+    return f"awaiting:{manifest_id}"
+
+
+def decided_key(manifest_id: str) -> str:
+    return f"decided:{manifest_id}"
+
+
 def _promote(cause: Event, session: Session, deployment: str, manifest_id: str, version: int,
-             failed_canary: CanaryFailed | None) -> Event:
-    """Promote, or say why not: superseded requirements (`PromotionSkipped`), or a registration baseline that
-    failed the canary's rule (`failed_canary`, which the loop-back answers; the live release stays)."""
+             failed_canary: CanaryFailed | None, hold: PromotionAwaitingApproval | None = None) -> Event:
+    """Promote, or say why not: superseded requirements (`PromotionSkipped`), a registration baseline that
+    failed the canary's rule (`failed_canary`, which the loop-back answers; the live release stays), or manual
+    promotion (`hold`: the release is marked awaiting and waits for a person's decision)."""
     record = session.get(DeploymentRecord, deployment) or DeploymentRecord(name=deployment)
     live = record.live
     live_version = None
@@ -81,6 +100,10 @@ def _promote(cause: Event, session: Session, deployment: str, manifest_id: str, 
         return PromotionSkipped.follow(cause, deployment=deployment, manifest_id=manifest_id, reason=refusal)
     if failed_canary is not None:
         return failed_canary
+    if hold is not None:
+        session.add(EffectRecord(service=service.name, key=awaiting_key(manifest_id), event_id=str(cause.event_id),
+                                 run_id=str(cause.run_id)))
+        return hold
     releases = [*record.releases, manifest_id]
     record.releases_json, record.position, record.updated_at = json.dumps(releases), len(releases) - 1, utcnow()
     record.latest_version = max(record.latest_version, version)
@@ -137,12 +160,16 @@ def _register(cause: Event, ctx: HandlerContext, context: RunContext, model: Mod
                             requirements_version=context.version),
         kind=judgement.kind, verdict=judgement.verdict, measurement=baseline, before_promotion=True,
         eval_measurement=measurement)
+    hold = PromotionAwaitingApproval.follow(
+        cause, deployment=deployment, manifest_id=manifest_id, requirements_version=context.version,
+        measurement=measurement, canary_baseline=baseline, live_manifest_id=live,
+    ) if context.requirements.deployment.promotion == "manual" else None
 
     def commit(session: Session) -> Sequence[Event]:
         if session.get(ManifestRecord, manifest_id) is None:
             session.add(ManifestRecord(manifest_id=manifest_id, deployment=deployment, run_id=str(cause.run_id),
                                        runbook_digest=runbook_digest, requirements_version=context.version))
-        return [registered, _promote(cause, session, deployment, manifest_id, context.version, failed_canary)]
+        return [registered, _promote(cause, session, deployment, manifest_id, context.version, failed_canary, hold)]
 
     return ctx.once(registration_key(cause.run_id), cause, commit)
 
@@ -175,6 +202,55 @@ def on_requirements_accepted(event: RequirementsAccepted, ctx: HandlerContext) -
         return []
 
     return commit
+
+
+def _decide(event: PromotionApproved | PromotionRejected, ctx: HandlerContext) -> HandlerResult:
+    """A person's decision on a release awaiting approval, taken once: anything else is refused, saying why."""
+    approve = isinstance(event, PromotionApproved)
+
+    def refuse(reason: str) -> list[Event]:
+        return [RequestRefused.follow(event, request=event.type_name(), deployment=event.deployment, reason=reason)]
+
+    def commit(session: Session) -> Sequence[Event]:
+        short = event.manifest_id[:12]
+        row = session.get(ManifestRecord, event.manifest_id)
+        if row is None or row.deployment != event.deployment:
+            return refuse(f"manifest {short} is not a registered release of {event.deployment!r}; see "
+                          "`weightflow registry ls`")
+        prior = session.get(EffectRecord, (service.name, decided_key(event.manifest_id)))
+        if prior is not None:
+            return refuse(f"manifest {short} was decided already (event {prior.event_id}); see "
+                          f"`weightflow history {event.deployment}`")
+        if session.get(EffectRecord, (service.name, awaiting_key(event.manifest_id))) is None:
+            record = session.get(DeploymentRecord, event.deployment)
+            where = ("it was promoted" if record is not None and event.manifest_id in record.releases
+                     else "it was kept from going live")
+            return refuse(f"manifest {short} is not awaiting approval ({where}; only a release registered under "
+                          f"`deployment.promotion: manual` waits); see `weightflow history {event.deployment}`")
+        session.add(EffectRecord(service=service.name, key=decided_key(event.manifest_id),
+                                 event_id=str(event.event_id), run_id=str(event.run_id)))
+        decided = PromotionDecided.follow(event, deployment=event.deployment, manifest_id=event.manifest_id,
+                                          decision="approved" if approve else "rejected",
+                                          decided_by=event.decided_by, reason=event.reason,
+                                          decision_event_id=str(event.event_id))
+        if not approve:
+            return [decided]
+        return [decided, _promote(event, session, event.deployment, event.manifest_id, row.requirements_version,
+                                  None)]
+
+    return commit
+
+
+@service.handles(PromotionApproved, requires_run=False)
+def on_promotion_approved(event: PromotionApproved, ctx: HandlerContext) -> HandlerResult:
+    """Approve: promote the waiting release as the automatic path would (superseded requirements still skip it)."""
+    return _decide(event, ctx)
+
+
+@service.handles(PromotionRejected, requires_run=False)
+def on_promotion_rejected(event: PromotionRejected, ctx: HandlerContext) -> HandlerResult:
+    """Reject: record who and why; the live release keeps serving."""
+    return _decide(event, ctx)
 
 
 def _moved(cause: Event, session: Session, record: DeploymentRecord, target: domain.Target, *, automatic: bool,

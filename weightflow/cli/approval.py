@@ -1,0 +1,103 @@
+"""Manual promotion: `weightflow approve|reject DEPLOYMENT MANIFEST --reason TEXT`.
+
+Under `deployment.promotion: manual` the registry holds a release that would go live (PromotionAwaitingApproval)
+until one of these commands decides. Who decided is the OS user and the NATS user the command connects as; only
+the admin (CLI) NATS user may publish a decision (`weightflow nats-config`), so a service cannot approve.
+"""
+
+from __future__ import annotations
+
+import getpass
+from urllib.parse import urlsplit
+from uuid import uuid4
+
+import typer
+
+from contracts.registry import (
+    DeploymentPromoted,
+    PromotionApproved,
+    PromotionDecided,
+    PromotionRejected,
+    PromotionSkipped,
+)
+from contracts.workflow import RequestRefused
+from shared.settings import Settings
+from weightflow.cli.common import console, err, positive, request
+from weightflow.render import summary
+
+REASON = typer.Option(..., "--reason", help="why, recorded with the decision (shown by `weightflow history`)")
+TIMEOUT = typer.Option(60, callback=positive, help="seconds to wait for the registry's answer")
+
+
+def decider(settings: Settings) -> str:
+    """'os-user@nats-user': the person at the keyboard and the NATS account they publish as ('anonymous' when
+    the URL names no user, as the embedded single-user stack does)."""
+    servers = settings.resolved_nats_servers()
+    nats_user = (urlsplit(servers[0]).username if servers else None) or "anonymous"
+    try:
+        os_user = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (some containers)
+        os_user = "unknown"
+    return f"{os_user}@{nats_user}"
+
+
+def _decide(
+    kind: type[PromotionApproved] | type[PromotionRejected], deployment: str, manifest: str, reason: str, timeout: float
+) -> None:
+    if not reason.strip():
+        err.print("[red]error:[/] --reason is empty; say why, it is recorded with the decision")
+        raise typer.Exit(2)
+    settings = Settings()
+    event = kind(
+        run_id=uuid4(), deployment=deployment, manifest_id=manifest, decided_by=decider(settings), reason=reason.strip()
+    )
+    approving = kind is PromotionApproved
+
+    def answered(e: object) -> bool:
+        if isinstance(e, RequestRefused):
+            return True
+        if not approving:
+            return isinstance(e, PromotionDecided)
+        return isinstance(e, DeploymentPromoted | PromotionSkipped)
+
+    tracker = request(settings, event, answered, timeout)
+    answers = [
+        e
+        for e in tracker.events
+        if isinstance(e, PromotionDecided | DeploymentPromoted | PromotionSkipped | RequestRefused)
+    ]
+    if not answers:
+        err.print(f"[red]no answer within {timeout:g} s[/] (is the registry service running?)")
+        raise typer.Exit(1)
+    for answer in answers:
+        if isinstance(answer, RequestRefused):
+            err.print(f"[red]{'approval' if approving else 'rejection'} refused:[/] {answer.reason}", highlight=False)
+            raise typer.Exit(1)
+        console.print(summary(answer), markup=False, highlight=False)
+    if any(isinstance(a, PromotionSkipped) for a in answers):
+        raise typer.Exit(1)
+
+
+def approve(
+    deployment: str,
+    manifest: str = typer.Argument(..., help="the full manifest id awaiting approval"),
+    reason: str = REASON,
+    timeout: float = TIMEOUT,
+) -> None:
+    """Approve a release awaiting approval: the registry promotes it as the automatic path would."""
+    _decide(PromotionApproved, deployment, manifest, reason, timeout)
+
+
+def reject(
+    deployment: str,
+    manifest: str = typer.Argument(..., help="the full manifest id awaiting approval"),
+    reason: str = REASON,
+    timeout: float = TIMEOUT,
+) -> None:
+    """Reject a release awaiting approval: recorded with who and why; the live release keeps serving."""
+    _decide(PromotionRejected, deployment, manifest, reason, timeout)
+
+
+def register(app: typer.Typer) -> None:
+    for command in (approve, reject):
+        app.command()(command)
