@@ -15,6 +15,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 NATS_URL_FILE = "nats.url"
 NATS_MONITOR_FILE = "nats-monitor.url"
+# A service process that refuses to start (a database behind this release's schema, a setting it cannot use)
+# exits with this code (sysexits' EX_CONFIG) and its supervisor does not restart it: it would only refuse again.
+# Anything else a service exits with, the CLI's 2 for a user's bad input included, is a crash to restart.
+REFUSED_TO_START_EXIT = 78
 
 
 def split_urls(urls: str) -> list[str]:

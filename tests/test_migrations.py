@@ -23,6 +23,7 @@ from sqlmodel import Session, select
 
 from shared import migrations
 from shared.db import SCHEMA_VERSION, EffectRecord, OutboxRecord, SchemaMismatchError, create_tables, make_engine
+from shared.settings import REFUSED_TO_START_EXIT
 
 from .conftest import ROOT, postgres_database
 
@@ -130,12 +131,13 @@ def test_a_database_of_the_previous_schema_is_refused_then_upgraded_losing_nothi
     kept = rows(engine, old_columns)
     assert kept["wf_outbox"] and kept["wf_inbox"] and kept["wf_dead_letters"] and kept["requirements_versions"]
 
-    # Services refuse it and say what to run: in-process, and as the real service process (exit 2, one line).
+    # Services refuse it and say what to run: in-process, and as the real service process (exit 78, one line).
     with pytest.raises(SchemaMismatchError, match="run `weightflow db upgrade`"):
         create_tables(engine)
     if before_migrations:
         code, said = cli(database_url, "service", "requirements")
-        assert code == 2 and "run `weightflow db upgrade`" in said and "Traceback" not in said, said[-3000:]
+        assert code == REFUSED_TO_START_EXIT, said[-3000:]
+        assert "run `weightflow db upgrade`" in said and "Traceback" not in said, said[-3000:]
         code, said = cli(database_url, "db", "current")
         assert code == 1 and "table schema 2, from before migrations" in said and "weightflow db upgrade" in said, said
 

@@ -1,6 +1,6 @@
 """The embedded stack's supervisor and a service that refuses to start.
 
-A service whose database is behind this release's schema exits with code 2 and one line saying to run
+A service whose database is behind this release's schema exits with code 78 (REFUSED_EXIT) and one line saying to run
 `weightflow db upgrade`. Restarting it would only refuse again, every half second, forever: the supervisor
 records the line once and leaves the process down; `demo` gives up at once with that line, and `up` reports each
 refusal once and stops when every service refused. A real database made at the previous revision, a real service
@@ -10,6 +10,9 @@ process, the CLI's own supervision round.
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +22,7 @@ from weightflow.cli.common import Refused
 from weightflow.cli.workflow import _unless_refused, supervise_round
 from weightflow.stack import REFUSED_EXIT, Stack
 
+from .conftest import ROOT
 from .test_migrations import at_revision
 
 UPGRADE = "run `weightflow db upgrade`"
@@ -62,3 +66,16 @@ def test_a_service_refused_for_its_schema_is_reported_once_and_not_restarted(
         assert "restarted requirements" not in said
     finally:
         stack.stop()
+
+
+@pytest.mark.parametrize("setting", [{"WEIGHTFLOW_ACK_WAIT_S": "soon"}, {"WEIGHTFLOW_PLUGINS": "no_such_plugin"}],
+                         ids=["bad-setting", "missing-plugin"])
+def test_a_service_refusing_a_setting_exits_78_with_one_line(setting: dict[str, str], tmp_path: Path) -> None:
+    """Not only the schema: any refusal before the service serves is the refused-to-start code (a supervisor leaves
+    it down), one line naming what to change; the CLI's own exit 2 stays for commands that are not services."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WEIGHTFLOW_")}
+    env.update(WEIGHTFLOW_HOME=str(tmp_path / "home"), WEIGHTFLOW_TRACE_FILE="false", **setting)
+    proc = subprocess.run([sys.executable, "-m", "weightflow.cli", "service", "requirements"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == REFUSED_EXIT, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and next(iter(setting)) in proc.stderr.replace("\n", " "), proc.stderr

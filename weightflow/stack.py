@@ -29,7 +29,7 @@ from pathlib import Path
 from contracts.topology import SERVICES
 from shared.natsd import EmbeddedNats, StoreHealth
 from shared.ops_server import targets
-from shared.settings import NATS_MONITOR_FILE, NATS_URL_FILE, Settings
+from shared.settings import NATS_MONITOR_FILE, NATS_URL_FILE, REFUSED_TO_START_EXIT, Settings
 
 log = logging.getLogger("weightflow.stack")
 
@@ -49,7 +49,7 @@ def restart_store(health: StoreHealth, free_bytes: int, since_last_restart_s: fl
 
 # `weightflow service` exits with this code when it refuses its settings or database (the CLI's refusals, a
 # SchemaMismatchError): restarting cannot help until a person acts.
-REFUSED_EXIT = 2
+REFUSED_EXIT = REFUSED_TO_START_EXIT  # what a service process exits with when it refuses to start (not restarted)
 
 
 def refusal_line(log_file: Path, tail_bytes: int = 16 << 10) -> str:

@@ -41,7 +41,7 @@ from shared.bus.streams import ensure_streams
 from shared.bus.sweeper import Sweeper
 from shared.db import SchemaMismatchError, create_tables, make_engine
 from shared.ops_server import OpsServer
-from shared.settings import Settings, split_urls
+from shared.settings import REFUSED_TO_START_EXIT, Settings, split_urls
 from shared.telemetry import current_trace_id, setup_tracing
 
 log = logging.getLogger("weightflow.bus")
@@ -100,7 +100,8 @@ class ServiceRuntime(lifecycle.Lifecycle, Background):
 
     def run(self) -> None:
         """Serve until stopped. A database this release cannot use (behind its schema revision) ends the process
-        before it touches NATS, with the one line that says what to run and exit code 2: no traceback to read."""
+        before it touches NATS, with the one line that says what to run and exit code `REFUSED_TO_START_EXIT`: no
+        traceback to read, and no restart by a supervisor (it would only refuse again)."""
         self.engine = make_engine(self.settings.resolved_database_url())
         try:
             create_tables(self.engine)
@@ -108,7 +109,7 @@ class ServiceRuntime(lifecycle.Lifecycle, Background):
             if not self._exit_process_on_stop:
                 raise
             log.error("%s", exc)
-            raise SystemExit(2) from None
+            raise SystemExit(REFUSED_TO_START_EXIT) from None
         # JetStream may not answer in time while a cluster forms or elects leaders (seconds, more on a loaded
         # machine): a start that times out before the consumers are bound is tried again, not a crash.
         deadline = time.monotonic() + STARTUP_PATIENCE_S

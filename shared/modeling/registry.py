@@ -82,8 +82,21 @@ def load_builtins() -> None:
     load_modules(BUILTIN_MODULES)
 
 
+class PluginError(ImportError):
+    """A team's plugin module that cannot be imported: said in one line naming the module and where it was named,
+    not as an import traceback from deep inside a service's start."""
+
+
 def load_plugins(spec: str = "") -> None:
     """Import the team's own implementations: a comma-separated module list and installed entry points."""
     load_builtins()
-    load_modules(spec.split(","))
-    load_modules(ep.value for ep in entry_points(group="weightflow.plugins"))
+    for where, names in (("WEIGHTFLOW_PLUGINS", spec.split(",")),
+                         ("the entry point group weightflow.plugins",
+                          [ep.value for ep in entry_points(group="weightflow.plugins")])):
+        for name in names:
+            try:
+                load_modules([name])
+            except ImportError as exc:
+                missing = f"it needs {exc.name!r}, which is not installed" if exc.name and exc.name != name.strip() \
+                    else "no such module (install it, or put its folder on PYTHONPATH)"
+                raise PluginError(f"{where} names {name.strip()!r}, which cannot be imported: {missing}") from exc

@@ -21,6 +21,7 @@ from shared.artifacts import ArtifactStore, IntegrityError, UnsafeArtifactError,
 from shared.bus.streams import StreamSetupError
 from shared.db import SchemaMismatchError
 from shared.modeling.checkpoint import CheckpointError
+from shared.modeling.registry import PluginError
 from shared.safe_paths import UnsafePathError
 from shared.settings import Settings
 from shared.telemetry import TelemetryConfigError
@@ -39,7 +40,8 @@ class Refused(Exception):
 # Exceptions whose message is written for the user and names what to fix: the user's input is refused.
 REFUSALS: tuple[type[Exception], ...] = (Refused, UnsafePathError, UnsafeArtifactError, CheckpointError,
                                          IntegrityError, TelemetryConfigError, StreamSetupError,
-                                         SchemaMismatchError)  # says to run `weightflow db upgrade`
+                                         SchemaMismatchError,  # says to run `weightflow db upgrade`
+                                         PluginError)
 # An OSError with one of these about a named path is a path the user gave (or a setting) that cannot be used;
 # others (a full disk, an I/O error) are faults of the machine and keep their traceback.
 PATH_ERRNOS = {errno.ENOENT: "no such file or folder", errno.ENOTDIR: "a part of the path is a file, not a folder",

@@ -20,8 +20,8 @@ from contracts.registry import DeploymentPromoted
 from contracts.requirements_doc import RequirementsError
 from contracts.topology import SERVICES
 from contracts.workflow import RequestRefused, ResumeRequested, WorkflowResumed
-from shared.settings import Settings
-from weightflow.cli.common import Refused, console, err, positive, print_event, request, run, store
+from shared.settings import REFUSED_TO_START_EXIT, Settings
+from weightflow.cli.common import Refused, console, err, positive, print_event, refusal, request, run, store
 from weightflow.client import Client, RunTracker, failure_reason, track
 from weightflow.stack import NATS_KEY, Stack
 from weightflow.submission import Prepared, prepare
@@ -39,10 +39,17 @@ def service(name: str = typer.Argument(..., help=f"one of {', '.join(SERVICES)}"
                         format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s")
     # one line per HTTP request of a canary or an API benchmark drowns the log; failures are logged by us
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    settings = Settings()
     from shared.modeling.registry import load_plugins
 
-    load_plugins(settings.plugins)
+    try:
+        settings = Settings()
+        load_plugins(settings.plugins)
+    except Exception as exc:  # a setting or plugin it cannot use: one line; `up` does not restart it
+        message = refusal(exc)
+        if message is None:
+            raise
+        err.print(f"[red]error:[/] {escape(message)}", highlight=False)
+        raise SystemExit(REFUSED_TO_START_EXIT) from None
     importlib.import_module(f"services.{name}.app").service.run_process(settings)
 
 
@@ -63,7 +70,8 @@ def supervise_round(stack: Stack, reported: set[str]) -> None:
     for key, line in list(stack.refused.items()):
         if key not in reported:
             reported.add(key)
-            err.print(f"[red]{key} refused to start[/] (exit 2, not restarted): {escape(line)}", highlight=False)
+            err.print(f"[red]{key} refused to start[/] (exit {REFUSED_TO_START_EXIT}, not restarted): {escape(line)}",
+                      highlight=False)
     if stack.procs and len(stack.refused) == len(stack.procs):
         raise Refused("every service refused to start (above): do what they say, then `weightflow up` again")
 
@@ -168,7 +176,7 @@ async def _unless_refused(stack: Stack, work: Coroutine[Any, Any, T], poll_s: fl
         while not task.done():
             if stack.refused:
                 key, line = next(iter(stack.refused.items()))
-                raise Refused(f"{key} refused to start (exit 2, not restarted): {line}")
+                raise Refused(f"{key} refused to start (exit {REFUSED_TO_START_EXIT}, not restarted): {line}")
             await asyncio.wait({task}, timeout=poll_s)
         return task.result()
     finally:
