@@ -79,7 +79,8 @@ HALTED = Gauge(f"{PREFIX}_deployment_halted", "1 while a deployment's workflow w
                ["deployment"])
 ROLLBACKS = Counter(f"{PREFIX}_rollbacks_total", "Rollbacks to an earlier release", ["deployment"])
 DRIFTS = Counter(f"{PREFIX}_drift_detected_total", "Drift alerts, by kind", ["deployment", "kind"])
-CANARIES = Counter(f"{PREFIX}_canaries_total", "Canaries run, by outcome (passed, or the failure's kind)",
+CANARIES = Counter(f"{PREFIX}_canaries_total",
+                   "Canaries run, by outcome (passed, the failure's kind, or refused_before_promotion)",
                    ["deployment", "outcome"])
 CANARY_PASSED = Gauge(f"{PREFIX}_canary_passed", "1 when the deployment's last canary passed", ["deployment"])
 CANARY_SCORE = Gauge(f"{PREFIX}_canary_score", "The last canary's score (its requirements' metric)",
@@ -139,6 +140,11 @@ def _halted(e: Fields) -> None:
 def _canary(passed: bool) -> Callable[[Fields], None]:
     def observe(e: Fields) -> None:
         deployment, now = _deployment(e), time.time()
+        if e.get("before_promotion"):
+            # A release refused before it went live: the live release (what the gauges and the canary alert
+            # describe) is unchanged and healthy, so only the count says it happened.
+            CANARIES.labels(deployment, "refused_before_promotion").inc()
+            return
         CANARIES.labels(deployment, "passed" if passed else str(e.get("kind", "failed"))).inc()
         CANARY_PASSED.labels(deployment).set(1 if passed else 0)
         CANARY_LAST.labels(deployment).set(now)

@@ -236,3 +236,27 @@ def test_a_canary_set_labelled_unlike_the_eval_set_puts_no_model_live(tmp_path: 
     assert not of(events, DeploymentPromoted), "a canary set that disagrees with the eval set never puts a model live"
     (halted,) = of(events, WorkflowHalted)
     assert any("drawn like data.eval" in advice for advice in halted.advice), halted.advice
+
+
+def test_a_release_refused_before_promotion_leaves_the_live_ones_canary_gauges_and_ui_row(workflow: Workflow) -> None:
+    """Operators watch the live release: a refused candidate's failed baseline must not page them (the canary
+    alert reads weightflow_canary_passed) nor paint the live deployment red in `weightflow ui`."""
+    from shared import metrics
+    from weightflow.ui.views import deployment_rows
+
+    workflow.scores(a_eval=0.95, b_eval=0.9, a_canary=0.95, b_canary=0.95)
+    first = workflow.submit() + workflow.canary()
+    passed = of(first, CanaryPassed)[-1]  # the live release's scheduled canary
+    metrics.observe_published("monitoring", passed.subject(), passed.model_dump_json().encode())
+    workflow.scores(a_eval=0.95, b_eval=0.9, a_canary=0.3, b_canary=0.3)
+    second = workflow.submit(workflow.requirements(quality__threshold=0.81), changed=True)
+    refused = of(second, CanaryFailed)
+    assert refused and all(e.before_promotion for e in refused)
+    for e in refused:
+        metrics.observe_published("registry", e.subject(), e.model_dump_json().encode())
+    name = passed.deployment
+    assert metrics.CANARY_PASSED.labels(name)._value.get() == 1, "the live release's last canary passed"
+    assert metrics.CANARY_SCORE.labels(name)._value.get() == passed.measurement.score
+    assert metrics.CANARIES.labels(name, "refused_before_promotion")._value.get() == len(refused)
+    (row,) = [r for r in deployment_rows([*first, *second]) if r.name == name]
+    assert row.canary_tone == "good" and row.live_manifest == passed.manifest_id, row

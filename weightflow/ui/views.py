@@ -62,7 +62,8 @@ def deployment_rows(events: Sequence[Event]) -> list[DeploymentRow]:
                 live = e.manifest_id
             elif isinstance(e, RolledBack):
                 live = e.to_manifest_id
-            elif isinstance(e, CanaryPassed | CanaryFailed):
+            elif isinstance(e, CanaryPassed | CanaryFailed) and not getattr(e, "before_promotion", False):
+                # a release refused before promotion never served: the live one's last canary still stands
                 canary = f"{e.occurred_at:%Y-%m-%d %H:%M:%S} {summary(e)}"
                 tone = "good" if isinstance(e, CanaryPassed) else "bad"
             elif isinstance(e, WorkflowHalted):
