@@ -45,6 +45,20 @@ def test_the_fit_carries_predicted_and_measured_peaks(tmp_path: Path, monkeypatc
     assert fit.measured.peak_bytes == int(2.5 * MB) and fit.measured.predicted_bytes == fit.budget.total_bytes
 
 
+def test_a_variant_whose_peak_cannot_be_measured_is_not_chosen_and_the_fit_ends_with_why(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The measuring child timing out (or dying for memory) is an answer, not a crash of the handler that would
+    measure again on every redelivery until the event is dead-lettered with no reason."""
+    workflow = build_workflow(tmp_path, monkeypatch)
+    workflow.scores(a_eval=0.95, b_eval=0.9, a_canary=0.95, b_canary=0.95, a_int8_0_peak=-1.0)
+    events = workflow.submit()
+    (budget,) = [e for e in of(events, MemoryBudgetComputed) if e.budget.variant == "int8"]
+    assert budget.budget.fits and budget.measured is None
+    failed = of(events, FitFailed)
+    assert failed and any("int8: its peak memory could not be measured" in s and "TimeoutExpired" not in s
+                          for s in failed[0].steps), failed[0].steps
+    assert not of(events, FitCompleted)
+
 def test_a_peak_measured_on_another_device_says_so() -> None:
     arch = Architecture(hidden=64, layers=2, heads=4, intermediate=128, is_decoder=False)
     predicted = memory_budget("int8", 1_000_000, arch, 512 * MB, bytes_per_param=1.0)

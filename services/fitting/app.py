@@ -8,6 +8,8 @@ allow; a variant that misses is followed by the next scheme, and every attempt i
 from __future__ import annotations
 
 import json
+import logging
+import subprocess
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +30,11 @@ from shared.modeling import budget
 from shared.modeling.device import pick_device
 from shared.modeling.registry import quantizers
 from shared.modeling.stored import budget_for, is_remote, rows, task_of
+
+log = logging.getLogger(__name__)
+# What a peak measurement in its own process can end in besides a result: the child failed (out of memory, an
+# import error, a model it cannot run), ran past its time, or could not be started or read.
+UNMEASURABLE = (RuntimeError, OSError, ValueError, subprocess.SubprocessError)
 
 service = Service("fitting")
 
@@ -50,9 +57,17 @@ def _load_fitted(text: str) -> _Fitted:
     return _Fitted.model_validate(data if "budget" in data else {"budget": data})
 
 
-def _measure(ctx: HandlerContext, model_dir: Path, req: Requirements, predicted: MemoryBudget) -> MeasuredPeak:
-    """The variant's peak at the serving shape, in a child process, judged against the budget."""
-    peak = task_of(req.task).measure_peak(model_dir, req.task, str(pick_device(ctx.settings.device)))
+def _measure(ctx: HandlerContext, model_dir: Path, req: Requirements,
+             predicted: MemoryBudget) -> MeasuredPeak | str:
+    """The variant's peak at the serving shape, in a child process, judged against the budget; or why it could
+    not be measured (then the variant is not chosen: a fit rests on a measurement, and a handler that raised
+    would only measure again on every redelivery until the event is dead-lettered with no reason given)."""
+    try:
+        peak = task_of(req.task).measure_peak(model_dir, req.task, str(pick_device(ctx.settings.device)))
+    except UNMEASURABLE as exc:
+        log.warning("the peak of %s could not be measured", model_dir, exc_info=True)
+        said = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:300]
+        return f"its peak memory could not be measured ({said}), so it is not chosen"
     return domain.judge_peak(predicted, peak_bytes=peak.peak_bytes, device=peak.device,
                              target_device=req.deployment.hardware.device, method=peak.method, batch=peak.batch,
                              context=peak.context, serve_s=peak.serve_s)
@@ -94,9 +109,12 @@ def _try_schemes(cause: Event, selection: SelectionDecided, schemes: list[str], 
                            weight_bytes=_stored_weight_bytes(ctx, tree))
             steps.append(f"quantized to {scheme}: predicted {budget.describe(b)}")
             # the prediction rules a variant out, never in: one it puts within the budget is measured
-            measured = _measure(ctx, Path(tmp) / scheme, req, b) if b.fits else None
+            outcome = _measure(ctx, Path(tmp) / scheme, req, b) if b.fits else None
         variant = selection.model.model_copy(update={"variant": scheme, "tree_digest": tree})
+        measured = outcome if isinstance(outcome, MeasuredPeak) else None
         out.append(MemoryBudgetComputed.follow(cause, budget=b, measured=measured))
+        if isinstance(outcome, str):
+            steps.append(f"{scheme}: {outcome}")
         if measured is None:
             continue
         steps.append(f"{scheme}: {domain.describe_peak(measured)}")
@@ -135,7 +153,7 @@ def _offload_cost(ctx: HandlerContext, selection: SelectionDecided, req: Require
     try:
         peak = task_of(req.task).measure_peak(ctx.store.materialize_tree(selection.model.tree_digest), req.task,
                                               str(pick_device(ctx.settings.device)), offload_max_bytes=room)
-    except (RuntimeError, OSError, ValueError) as exc:
+    except UNMEASURABLE as exc:
         return f"offloading to {rest} beyond {room / budget.MB:.0f} MB of weights could not be measured: {exc}"
     per_request_ms = peak.serve_s * 1000
     ceiling = req.latency.p95_ms
@@ -180,10 +198,11 @@ def on_selected(event: SelectionDecided, ctx: HandlerContext) -> HandlerResult:
     out: list[Event] = [MemoryBudgetComputed.follow(event, budget=fp32)]
     steps = [budget.describe(fp32)]
     if domain.keep_unquantized(fp32.fits, event.context, event.plan):
-        measured = _measure(ctx, ctx.store.materialize_tree(event.model.tree_digest), req, fp32)
+        outcome = _measure(ctx, ctx.store.materialize_tree(event.model.tree_digest), req, fp32)
+        measured = outcome if isinstance(outcome, MeasuredPeak) else None
         out = [MemoryBudgetComputed.follow(event, budget=fp32, measured=measured)]
-        steps.append(domain.describe_peak(measured))
-        if measured.fits:
+        steps.append(domain.describe_peak(measured) if measured else f"unquantized: {outcome}")
+        if measured is not None and measured.fits:
             steps.append("no change needed: the unquantized model fits")
             out.append(_complete(event, event, event.model, event.measurement, fp32, event.quality_gap, steps,
                                  measured))

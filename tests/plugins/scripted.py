@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -126,6 +127,8 @@ class ScriptedClassification(ZeroShotClassification):
             peak = int(_lookup((str(config.get("scripted_name", "?")), variant, "0", "peak")) * 2**20)
         except KeyError:
             peak = sum(p.stat().st_size for p in Path(model_dir).glob("*.safetensors"))
+        if peak < 0:  # a negative peak in the script: the measuring child ran past its time
+            raise subprocess.TimeoutExpired(cmd="python -m shared.modeling.peak", timeout=1800)
         return PeakMeasured(peak_bytes=peak, load_peak_bytes=peak, serve_peak_bytes=peak, device=device,
                             method="scripted", batch=8, context=self.serving_context(spec), new_tokens=0,
                             serve_s=0.001)
