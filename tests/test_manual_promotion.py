@@ -6,7 +6,7 @@ real handlers in process, tiny real checkpoints, scripted scores."""
 from __future__ import annotations
 
 from pathlib import Path
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import pytest
 from typer.testing import CliRunner
@@ -23,6 +23,7 @@ from contracts.registry import (
 )
 from contracts.workflow import RequestRefused
 from weightflow.cli import app as cli
+from weightflow.client import run_state
 from weightflow.live_history import changes, live_at
 from weightflow.render import summary
 
@@ -30,8 +31,8 @@ from .test_workflow_unit import Workflow, build_workflow, of
 
 
 def _decide(workflow: Workflow, kind: type[PromotionApproved | PromotionRejected], manifest_id: str,
-            reason: str = "looked at the evidence") -> list[Event]:
-    workflow.runner.publish(kind(run_id=uuid4(), deployment="scripted", manifest_id=manifest_id,
+            reason: str = "looked at the evidence", run_id: UUID | None = None) -> list[Event]:
+    workflow.runner.publish(kind(run_id=run_id or uuid4(), deployment="scripted", manifest_id=manifest_id,
                                  decided_by="tester@admin", reason=reason))
     return workflow.settle()
 
@@ -52,10 +53,13 @@ def test_approval_promotes_once_and_refuses_the_rest(tmp_path: Path, monkeypatch
     assert waiting.manifest_id == registered.manifest_id and waiting.live_manifest_id is None
     assert waiting.measurement.interval is not None and waiting.canary_baseline == registered.canary_baseline
     assert "AWAITING APPROVAL" in summary(waiting) and waiting.manifest_id in summary(waiting)
+    # `submit` stops following here and `status` says so, instead of "in progress" until a timeout
+    assert run_state(waiting.run_id, workflow.runner.log) == ("awaiting approval", None)
 
     assert "not a registered release of 'scripted'" in _refusal(_decide(workflow, PromotionApproved, "0" * 64))
 
-    approved = _decide(workflow, PromotionApproved, waiting.manifest_id, "eval and canary both hold")
+    # `weightflow approve` continues the waiting run (weightflow.cli.approval.waiting_run)
+    approved = _decide(workflow, PromotionApproved, waiting.manifest_id, "eval and canary both hold", waiting.run_id)
     [decided] = of(approved, PromotionDecided)
     assert (decided.decision, decided.decided_by, decided.reason) == ("approved", "tester@admin",
                                                                      "eval and canary both hold")
@@ -63,6 +67,7 @@ def test_approval_promotes_once_and_refuses_the_rest(tmp_path: Path, monkeypatch
     assert promoted.manifest_id == waiting.manifest_id and promoted.previous_manifest_id is None
     assert promoted.requirements_version == registered.requirements_version
     assert of(approved, CanaryPassed), "the approved release is watched like any promoted one"
+    assert run_state(waiting.run_id, workflow.runner.log) == ("succeeded", None)
 
     assert "decided already" in _refusal(_decide(workflow, PromotionApproved, waiting.manifest_id))
     assert "decided already" in _refusal(_decide(workflow, PromotionRejected, waiting.manifest_id))

@@ -22,7 +22,7 @@ from contracts.base import SUBJECT_PREFIX, Event, parse_event
 from contracts.benchmark import NoCandidatePassed
 from contracts.fitting import FitFailed
 from contracts.monitoring import CanaryPassed
-from contracts.registry import PromotionSkipped
+from contracts.registry import PromotionAwaitingApproval, PromotionSkipped
 from contracts.requirements import (
     RequirementsAccepted,
     RequirementsChanged,
@@ -128,6 +128,9 @@ class Client:
                 await sub.unsubscribe()
 
 
+AWAITING_APPROVAL = "awaiting approval"
+
+
 @dataclass
 class RunTracker:
     """Follows one workflow across reroutes and says when it has reached an end."""
@@ -138,6 +141,9 @@ class RunTracker:
     outcome: str | None = None
     # Runs the loop-back opened: one that fails is not the end, the router answers it (a halt, or more).
     reroutes: set[UUID] = field(default_factory=set)
+    # A release held for approval ends a workflow's part of the run; a request that continues it (`approve`,
+    # which follows the waiting run and may first see the hold again) waits for its own answer instead.
+    ends_at_approval: bool = True
 
     def feed(self, event: Event) -> bool:
         """Take one event; True when the run has ended (outcome set)."""
@@ -152,6 +158,10 @@ class RunTracker:
                 self.reroutes.add(event.new_run_id)
         if self.done_when(event):
             self.outcome = "succeeded"
+        elif isinstance(event, PromotionAwaitingApproval) and self.ends_at_approval:
+            # under `promotion: manual` the workflow's part ends here; a person's approval continues it (a later
+            # CanaryPassed on the same run then makes it "succeeded")
+            self.outcome = AWAITING_APPROVAL
         elif failure_reason(event) and (event.run_id not in self.reroutes or isinstance(event, WorkflowHalted)):
             self.outcome = "failed"
         return self.outcome is not None
@@ -241,7 +251,7 @@ async def track(client: Client, event: Event, *, timeout: float,
                 done: Callable[[Event], bool] | None = None,
                 on_event: Callable[[Event], None] | None = None) -> RunTracker:
     """Publish `event` and follow its run (across reroutes) until it ends or `timeout` passes."""
-    tracker = RunTracker({event.run_id}) if done is None else RunTracker({event.run_id}, done)
+    tracker = RunTracker({event.run_id}) if done is None else RunTracker({event.run_id}, done, ends_at_approval=False)
     since = datetime.now(UTC) - timedelta(seconds=1)
     await client.publish(event)
 

@@ -9,20 +9,23 @@ from __future__ import annotations
 
 import getpass
 from urllib.parse import urlsplit
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import typer
 
+from contracts.base import Event
 from contracts.registry import (
     DeploymentPromoted,
     PromotionApproved,
+    PromotionAwaitingApproval,
     PromotionDecided,
     PromotionRejected,
     PromotionSkipped,
 )
 from contracts.workflow import RequestRefused
 from shared.settings import Settings
-from weightflow.cli.common import console, err, positive, request
+from weightflow.cli.common import console, err, positive, request, run
+from weightflow.client import Client
 from weightflow.render import summary
 
 REASON = typer.Option(..., "--reason", help="why, recorded with the decision (shown by `weightflow history`)")
@@ -41,6 +44,20 @@ def decider(settings: Settings) -> str:
     return f"{os_user}@{nats_user}"
 
 
+def waiting_run(settings: Settings, deployment: str, manifest: str) -> UUID | None:
+    """The run whose release waits for this decision: the decision continues that run (its promotion and first
+    canary carry its run id), so `weightflow status` shows the run succeeded once approved, not waiting forever."""
+
+    async def go() -> list[object]:
+        async with Client(settings) as client:
+            return list(await client.history())
+
+    for e in reversed(run(go())):
+        if isinstance(e, PromotionAwaitingApproval) and (e.deployment, e.manifest_id) == (deployment, manifest):
+            return e.run_id
+    return None
+
+
 def _decide(
     kind: type[PromotionApproved] | type[PromotionRejected], deployment: str, manifest: str, reason: str, timeout: float
 ) -> None:
@@ -49,11 +66,18 @@ def _decide(
         raise typer.Exit(2)
     settings = Settings()
     event = kind(
-        run_id=uuid4(), deployment=deployment, manifest_id=manifest, decided_by=decider(settings), reason=reason.strip()
+        run_id=waiting_run(settings, deployment, manifest) or uuid4(),
+        deployment=deployment,
+        manifest_id=manifest,
+        decided_by=decider(settings),
+        reason=reason.strip(),
     )
     approving = kind is PromotionApproved
 
-    def answered(e: object) -> bool:
+    def answered(e: Event) -> bool:
+        # only what answers this decision: the waiting run may already hold an earlier decision's answers
+        if e.causation_id != event.event_id:
+            return False
         if isinstance(e, RequestRefused):
             return True
         if not approving:
@@ -65,6 +89,7 @@ def _decide(
         e
         for e in tracker.events
         if isinstance(e, PromotionDecided | DeploymentPromoted | PromotionSkipped | RequestRefused)
+        and e.causation_id == event.event_id
     ]
     if not answers:
         err.print(f"[red]no answer within {timeout:g} s[/] (is the registry service running?)")

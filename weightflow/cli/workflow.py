@@ -16,13 +16,13 @@ import typer
 from rich.markup import escape
 
 from contracts.base import Event
-from contracts.registry import DeploymentPromoted
+from contracts.registry import DeploymentPromoted, PromotionAwaitingApproval
 from contracts.requirements_doc import RequirementsError
 from contracts.topology import SERVICES
 from contracts.workflow import RequestRefused, ResumeRequested, WorkflowResumed
 from shared.settings import REFUSED_TO_START_EXIT, Settings
 from weightflow.cli.common import Refused, console, err, positive, print_event, refusal, request, run, store
-from weightflow.client import Client, RunTracker, failure_reason, track
+from weightflow.client import AWAITING_APPROVAL, Client, RunTracker, failure_reason, track
 from weightflow.stack import NATS_KEY, Stack
 from weightflow.submission import Prepared, prepare
 
@@ -110,6 +110,14 @@ def _prepared(path: Path, settings: Settings, changed: bool = False) -> Prepared
 
 
 def _finish(tracker: RunTracker, as_json: bool) -> None:
+    waiting = [e for e in tracker.events if isinstance(e, PromotionAwaitingApproval)]
+    if tracker.outcome == AWAITING_APPROVAL and waiting:
+        w = waiting[-1]
+        if not as_json:
+            console.print(f"[yellow]awaiting approval[/]: {w.deployment} manifest {w.manifest_id} is registered and "
+                          f"waits for `weightflow approve {w.deployment} {w.manifest_id} --reason ...` (or reject)",
+                          highlight=False)
+        return
     if tracker.outcome != "succeeded":
         reasons = [r for r in map(failure_reason, tracker.events) if r]
         if not as_json:
