@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Any
 from uuid import UUID
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from contracts.base import Contract, Event, register
 from contracts.requirements import Exclusion
@@ -60,6 +61,30 @@ class Attempt(Contract):
     canary_disagrees_with_eval: bool = Field(
         default=False, description="passed quality on the eval set, missed it on the canary set by more than "
                                    "tuning may close")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _type_a_legacy_ending(cls, data: Any) -> Any:
+        """An attempt stored before endings were typed (a loop state written by the previous release) is given
+        its ending once, here, from the reason text that release wrote, so no decision reads a reason string
+        and a halt after an upgrade keeps its advice."""
+        if isinstance(data, dict) and data.get("ending") is None and isinstance(data.get("reason"), str):
+            typed = next((e for prefix, e in _LEGACY_REASON_PREFIXES if data["reason"].startswith(prefix)), None)
+            if typed is not None:
+                data = {**data, "ending": typed}
+        return data
+
+
+# What the release before typed endings wrote at the start of an attempt's reason (services/requirements/app.py).
+_LEGACY_REASON_PREFIXES = (
+    ("canary failed", Ending.CANARY_FAILED),
+    ("no candidate passed", Ending.NO_CANDIDATE),
+    ("fit failed", Ending.FIT_FAILED),
+    ("tuning impossible", Ending.TUNING_IMPOSSIBLE),
+    ("tuned adapter refused", Ending.ADAPTER_REFUSED),
+    ("not promoted", Ending.NOT_PROMOTED),
+    ("dead-lettered by", Ending.DEAD_LETTERED),
+)
 
 
 @register

@@ -200,6 +200,23 @@ def test_the_loop_halts_only_when_every_candidate_disagrees() -> None:
     assert isinstance(decision, routing.Reroute) and decision.attempt == 1
 
 
+@pytest.mark.parametrize(("reason", "ending"), [
+    ("fit failed: nothing fits 128 MB", Ending.FIT_FAILED), ("no candidate passed: all too slow", Ending.NO_CANDIDATE),
+    ("canary failed (quality): accuracy 0.5", Ending.CANARY_FAILED), ("not promoted: superseded", Ending.NOT_PROMOTED),
+    ("dead-lettered by fitting (poison): boom", Ending.DEAD_LETTERED), ("something else", None)])
+def test_an_attempt_stored_before_endings_were_typed_gets_its_ending_and_the_halt_keeps_its_advice(
+        reason: str, ending: Ending | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A loop state written by the previous release holds attempts with no ending: they are typed on read, so a
+    halt after an upgrade still says that nothing untried is left (review finding)."""
+    stored = Attempt.model_validate_json(f'{{"run_id": "{uuid4()}", "reason": "{reason}"}}')
+    assert stored.ending == ending
+    if ending in (Ending.FIT_FAILED, Ending.NO_CANDIDATE):
+        req = parse_requirements(build_workflow(tmp_path, monkeypatch).requirements().read_text())
+        said = routing.advice(req, [], [stored, Attempt(run_id=uuid4(), reason="r", ending=Ending.CANARY_FAILED,
+                                                        canary_disagrees_with_eval=True, candidate="a")])
+        assert any("no untried candidate" in line for line in said), said
+
+
 # -- as a new user would: the shipped example, real models, a canary set labelled unlike the eval set --------
 
 
