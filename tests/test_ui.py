@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import nats
 import pytest
 import uvicorn
 
@@ -80,6 +81,9 @@ def test_no_traceback_ever_reaches_the_page(served: Served, runs: Runs, monkeypa
     wait_for_version(served.url, 1)
     missing = httpx.get(f"{served.url}/runs/not-a-run")
     assert missing.status_code == 404 and "is not a run id" in missing.text and "Traceback" not in missing.text
+    invalid = httpx.get(f"{served.url}/runs/not-a-run/version")  # FastAPI's own answer was JSON echoing the input
+    assert invalid.status_code == 404 and invalid.headers["content-type"].startswith("text/html"), invalid.text
+    assert "not-a-run" not in invalid.text and "uuid" not in invalid.text.lower()
 
     def broken(*_: Any, **__: Any) -> str:
         raise RuntimeError("secret detail of a bug")
@@ -90,6 +94,29 @@ def test_no_traceback_ever_reaches_the_page(served: Served, runs: Runs, monkeypa
     assert "secret detail" not in failed.text and "Traceback" not in failed.text and "RuntimeError" not in failed.text
     for method in (httpx.post, httpx.put, httpx.delete):
         assert method(f"{served.url}/runs/{runs.tuned[0].run_id}").status_code == 405, "read-only"
+
+
+def test_the_ui_creates_nothing_on_the_server(tmp_path: Path) -> None:
+    """Read-only down to NATS: the UI's feed, started before any service, waits for the stream (saying so on
+    the page) instead of creating it."""
+    with EmbeddedNats(tmp_path / "nats") as nats_server:
+        settings = Settings(home=tmp_path / "home", nats_url=nats_server.url, trace_file=False)
+
+        async def go() -> tuple[list[str], str | None]:
+            feed = ui_app.EventFeed(settings)
+            feed.start()
+            await asyncio.sleep(1.5)
+            await feed.stop()
+            nc = await nats.connect(nats_server.url)
+            try:
+                names = [s.config.name for s in await nc.jetstream().streams_info()]
+            finally:
+                await nc.close()
+            return names, feed.error
+
+        streams, error = asyncio.run(go())
+        assert streams == [], "the UI created a stream"
+        assert error is not None and "not following the event stream" in error
 
 
 @pytest.fixture(scope="module")

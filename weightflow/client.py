@@ -43,8 +43,11 @@ async def _quiet(exc: Exception) -> None:
 
 
 class Client:
-    def __init__(self, settings: Settings | None = None) -> None:
+    def __init__(self, settings: Settings | None = None, *, read_only: bool = False) -> None:
         self.settings = settings or Settings()
+        # read_only: only read what is there (`weightflow ui`); every other client makes sure the streams exist
+        # (and match the settings) before it publishes or follows, as a service does.
+        self.read_only = read_only
         self.nc: Any = None
         self.js: Any = None
         # Stream messages that are not events weightflow can read (a rogue publisher, a newer release):
@@ -63,7 +66,8 @@ class Client:
         except Exception as exc:
             raise ConnectionError(f"cannot reach NATS at {url}: {exc}; is `weightflow up` running?") from exc
         self.js = self.nc.jetstream()
-        await ensure_streams(self.js, self.settings)
+        if not self.read_only:
+            await ensure_streams(self.js, self.settings)
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -12,6 +12,7 @@ from functools import cache
 from uuid import UUID
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 from jinja2 import ChoiceLoader, Environment, PackageLoader, select_autoescape
 from starlette.exceptions import HTTPException
@@ -55,6 +56,11 @@ def create_app(settings: Settings, read_text: Callable[[str], str] | None = None
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, exc: HTTPException) -> Response:
         return _page("Not found" if exc.status_code == 404 else "Refused", str(exc.detail), exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_address(request: Request, _: RequestValidationError) -> Response:
+        # FastAPI's own answer is JSON echoing the input: the UI answers every bad address with its own page
+        return _page("Not found", "There is no page at this address.", 404)
 
     @app.exception_handler(Exception)
     async def any_error(request: Request, exc: Exception) -> Response:

@@ -40,7 +40,7 @@ class EventFeed:
     async def _follow(self) -> None:
         while True:
             try:
-                async with Client(self.settings) as client:
+                async with Client(self.settings, read_only=True) as client:
                     self.error = None
                     async for event in client.follow():
                         self.add(event)
