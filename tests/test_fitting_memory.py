@@ -83,3 +83,34 @@ def test_a_tiny_llama_peak_is_measured_in_a_process_of_its_own(tmp_path: Path) -
     # the interpreter and torch are not counted (~400 MiB); a KV cache and logits for 8 x 264 tokens are
     assert 1 * MB < peak.peak_bytes < 120 * MB, peak.describe()
     assert peak.serve_peak_bytes <= peak.peak_bytes and peak.method.startswith("VmHWM")
+
+
+def test_a_measuring_child_ends_with_the_service_that_asked(tmp_path: Path) -> None:
+    """A fitting service killed by its supervisor (SIGKILL after the grace) must not leave its measuring child
+    holding a whole model's memory for up to half an hour."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    parent = subprocess.Popen([sys.executable, "-c", (
+        "import subprocess, sys, time\n"
+        "subprocess.Popen([sys.executable, '-c', 'from shared.modeling.peak import _exit_with_parent\\n"
+        "import time\\n_exit_with_parent(0.1)\\ntime.sleep(120)'])\n"
+        "time.sleep(120)\n")], cwd=Path(__file__).resolve().parents[1])
+    try:
+        deadline = time.monotonic() + 60
+        while not (children := psutil.Process(parent.pid).children()):
+            assert time.monotonic() < deadline, "the child did not start"
+            time.sleep(0.1)
+        time.sleep(3)  # the child has imported and started watching
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait()
+        _, alive = psutil.wait_procs(children, timeout=15)
+        assert not alive, "the measuring child outlived its parent"
+    finally:
+        if parent.poll() is None:
+            parent.kill()

@@ -17,6 +17,8 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -89,14 +91,19 @@ def measure_peak(
     request = PeakRequest(
         model_dir=Path(model_dir), spec=spec, device=device, batch=batch, offload_max_bytes=offload_max_bytes
     )
-    proc = subprocess.run(
-        [sys.executable, "-m", "shared.modeling.peak", request.model_dump_json()],
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-        check=False,
-        cwd=_ROOT,
-    )
+    # The caller's working folder, as a service started with `python -m` has it (a team's plugin module may live
+    # there), with this package importable; the child's temporary files (an offload folder) live in a folder
+    # removed here, however the child ends (a timeout kills it before its own cleanup could run).
+    path = os.pathsep.join(p for p in (str(_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    with tempfile.TemporaryDirectory(prefix="wf-peak-") as tmp:
+        proc = subprocess.run(
+            [sys.executable, "-m", "shared.modeling.peak", request.model_dump_json()],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+            env={**os.environ, "PYTHONPATH": path, "TMPDIR": tmp},
+        )
     if proc.returncode != 0:
         raise RuntimeError(
             f"measuring the peak memory of {model_dir} failed (exit {proc.returncode}): {proc.stderr[-2000:]}"
@@ -207,7 +214,6 @@ def _preload(model_dir: Path) -> None:
 def _offloaded(request: PeakRequest, device: Any) -> Any:
     """The checkpoint under accelerate's device map: `offload_max_bytes` of weights on the device, the rest
     on disk for a CPU device (a folder beside the measurement, gone with it) or in CPU memory for a GPU."""
-    import tempfile
     import types
 
     import transformers
@@ -272,9 +278,23 @@ def _child(request: PeakRequest) -> PeakMeasured:
     )
 
 
+def _exit_with_parent(poll_s: float = 1.0) -> None:
+    """End this child when the service that asked is gone (killed by its supervisor): nothing else would, and a
+    measurement holds a whole model's memory for up to CHILD_TIMEOUT_S."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def main(argv: list[str]) -> None:
     if len(argv) != 1:
         raise SystemExit("usage: python -m shared.modeling.peak '<PeakRequest JSON>'")
+    _exit_with_parent()
     measured = _child(PeakRequest.model_validate(json.loads(argv[0])))
     print(measured.model_dump_json())
 
