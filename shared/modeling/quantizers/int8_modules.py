@@ -13,6 +13,7 @@ tensor is an error, never a silently random weight.
 from __future__ import annotations
 
 import json
+import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -52,6 +53,7 @@ def _quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 CHUNK_ELEMENTS = 1 << 21  # weight elements turned to float at once in a forward (8 MiB in fp32)
+_PACKING = threading.Lock()  # a layer's weight is packed for fbgemm once, by whichever forward comes first
 
 
 def int8_kernels() -> bool:
@@ -130,8 +132,9 @@ class Int8Linear(nn.Module):
         return linear
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._packed is not None or (x.device.type == "cpu" and x.dtype == torch.float32 and int8_kernels()
-                                        and not torch.is_grad_enabled()):
+        # fbgemm's kernel has no autograd: with gradients on (LoRA training flows them through this layer to the
+        # adapters below it) or off the CPU, the block path, on the int8 weight wherever it is held
+        if x.device.type == "cpu" and x.dtype == torch.float32 and int8_kernels() and not torch.is_grad_enabled():
             return self._forward_int8(x)
         return self._forward_blocks(x)
 
@@ -140,9 +143,12 @@ class Int8Linear(nn.Module):
         needs), int8 x int8 accumulated in int32, rescaled per output channel. The weight is packed on the
         first call and the int8 buffer freed, so the layer holds one int8 copy, never a float one."""
         if self._packed is None:
-            bias = None if self.bias is None else self.bias.detach().float()
-            self._packed = _pack(self.weight_int8, self.weight_scale, bias)
-            self.weight_int8 = torch.empty(0, dtype=torch.int8)
+            with _PACKING:  # two threads serving their first request must not pack (and free) it twice
+                if self._packed is None:
+                    bias = None if self.bias is None else self.bias.detach().float()
+                    packed = _pack(self.weight_int8, self.weight_scale, bias)
+                    self.weight_int8 = torch.empty(0, dtype=torch.int8)
+                    self._packed = packed
         out: torch.Tensor = torch.ops.quantized.linear_dynamic(x.to(torch.float32), self._packed, True)
         return out.to(x.dtype)
 
@@ -152,10 +158,11 @@ class Int8Linear(nn.Module):
         (for a 49k-row output layer that copy was 2 x 108 MiB at every decoding step)."""
         rows = max(1, CHUNK_ELEMENTS // max(self.in_features, 1))
         scale = self.weight_scale.to(x.dtype)
+        weight = self.int8_weight().to(x.device)  # unpacked from fbgemm's copy once a CPU forward packed it
         if rows >= self.out_features:
-            out = F.linear(x, self.weight_int8.to(x.dtype)) * scale
+            out = F.linear(x, weight.to(x.dtype)) * scale
         else:
-            out = torch.cat([F.linear(x, self.weight_int8[i: i + rows].to(x.dtype)) * scale[i: i + rows]
+            out = torch.cat([F.linear(x, weight[i: i + rows].to(x.dtype)) * scale[i: i + rows]
                              for i in range(0, self.out_features, rows)], dim=-1)
         return out if self.bias is None else out + self.bias.to(x.dtype)
 
