@@ -102,3 +102,19 @@ def test_a_missing_packed_tensor_is_refused_by_name(packed_lm: Path, tmp_path: P
     save_file(state, str(broken / "model.safetensors"))
     with pytest.raises(ValueError, match=r"model\.layers\.1\.input_layernorm\.weight"):
         load_int4(broken, transformers.AutoModelForCausalLM, torch.device("cpu"))
+
+
+@pytest.mark.parametrize(("change", "claimed"), [({}, True), ({"format": "naive-quantized"}, False),
+                                                 ({"format": "float-quantized"}, False),
+                                                 ({"config_groups": {"a": {"targets": ["Linear"]},
+                                                                     "b": {"targets": ["Embedding"]}}}, False)])
+def test_only_the_packed_layout_is_claimed_other_compressed_checkpoints_stay_with_transformers(
+        packed_lm: Path, tmp_path: Path, change: dict[str, object], claimed: bool) -> None:
+    """A team's own compressed-tensors checkpoint in another layout loaded through transformers before the packed
+    loader existed; the loader must not claim it only to refuse it (review finding)."""
+    from shared.modeling.registry import quantizers
+
+    config = json.loads((packed_lm / "config.json").read_text())
+    config["quantization_config"] |= change
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert quantizers.get("w4a16").detects(tmp_path) is claimed

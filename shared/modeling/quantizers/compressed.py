@@ -64,12 +64,21 @@ class CompressedTensors4Bit(Quantizer):
         return None
 
     def detects(self, model_dir: Path) -> bool:
-        """A compressed-tensors checkpoint (either 4-bit scheme: the layout is the same)."""
+        """A compressed-tensors checkpoint in the one packed layout this loader serves (either 4-bit scheme
+        writes it); any other compressed-tensors checkpoint a team brings is left to transformers, as before."""
         path = Path(model_dir) / "config.json"
         if not path.is_file():
             return False
         quant = json.loads(path.read_text()).get("quantization_config") or {}
-        return quant.get("quant_method") == "compressed-tensors"
+        if quant.get("quant_method") != "compressed-tensors":
+            return False
+        from shared.modeling.quantizers.int4_modules import read_config
+
+        try:
+            read_config(Path(model_dir))
+        except ValueError:
+            return False
+        return True
 
     def load(self, model_dir: Path, auto_class: Any, device: Any) -> Any:
         """Packed weights, dequantized a layer at a time in forward (never the whole model in fp32)."""
