@@ -6,10 +6,13 @@ import asyncio
 import contextlib
 import os
 import shutil
+import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from contracts.base import Event
@@ -86,6 +89,20 @@ class LiveStack:
 # The key the services hold for API candidates in the end-to-end tests: it must never leave their environment.
 E2E_API_KEY_ENV = "WF_E2E_API_KEY"
 E2E_API_KEY = "sk-e2e-7d3b-must-never-be-logged"
+
+
+def wait_served(proc: subprocess.Popen[str], base_url: str, timeout: float = 120.0) -> None:
+    """Until `weightflow serve` (a real process) answers /readyz; its output when it dies first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+        assert time.monotonic() < deadline, "serve did not start"
+        try:
+            if httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
 
 
 def start_stack(home: Path, **env: Any) -> LiveStack:

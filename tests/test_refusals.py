@@ -35,7 +35,7 @@ from weightflow.serving.server import MAX_HEAD_BYTES, ClientTimeouts
 from weightflow.serving.testing import ServerThread, free_port, register_checkpoint
 from weightflow.submission import prepare
 
-from .conftest import EXAMPLE_DIR, ROOT
+from .conftest import EXAMPLE_DIR, ROOT, wait_served
 from .test_hostile_input import example, replace
 
 SECRET = "wf-refusal-secret-that-must-not-leak"
@@ -252,16 +252,7 @@ def test_serve_closes_a_stalled_client_after_its_header_timeout(served: tuple[Pa
                              "--port", str(port), "--header-timeout", "1", "--keep-alive-timeout", "1"],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-            assert time.monotonic() < deadline, "serve did not start"
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
+        wait_served(proc, f"http://127.0.0.1:{port}")
         took, answer = stalled(port, b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-")
         assert 0.7 < took < 4 and answer.startswith(b"HTTP/1.1 408 "), (took, answer)
     finally:

@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -19,7 +18,7 @@ import pytest
 from shared.modeling.registry import quantizers
 from weightflow.serving.testing import free_port
 
-from .conftest import ROOT
+from .conftest import ROOT, wait_served
 from .test_refusals import checkpoint, served  # noqa: F401 (fixtures: the tiny checkpoint, registered)
 
 KEY = "wf-serve-key-under-test"
@@ -35,16 +34,7 @@ def test_serve_refuses_a_request_without_the_key_from_its_environment(served: tu
                             stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-            assert time.monotonic() < deadline, "serve did not start"
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
+        wait_served(proc, url)
         body = {"model": "ticket-router", "input": ["I was charged twice"]}
         for headers in ({}, {"authorization": "Bearer not-the-key"}, {"authorization": KEY}):
             refused = httpx.post(f"{url}/v1/classify", json=body, headers=headers, timeout=30)
