@@ -253,6 +253,7 @@ def test_int8_linear_serves_with_int8_kernels_and_saves_the_same_bytes() -> None
     torch.manual_seed(0)
     linear = nn.Linear(64, 48)
     q = Int8Linear.from_float(linear)
+    q.dynamic_activations = True  # as load_int8 sets it for an encoder
     before = {k: v.clone() for k, v in q.state_dict().items()}
     x = torch.randn(5, 64)
     with torch.inference_mode():
@@ -280,6 +281,7 @@ def test_a_packed_int8_linear_still_passes_gradients_and_packs_once_under_thread
 
     for _ in range(20):
         q = Int8Linear.from_float(linear)
+        q.dynamic_activations = True
         x = torch.randn(5, 64)
         with ThreadPoolExecutor(4) as pool:
             outs = list(pool.map(serve, [q] * 4, [x] * 4))
