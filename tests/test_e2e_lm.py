@@ -91,7 +91,7 @@ def test_a_language_model_is_selected_quantized_tuned_and_deployed(live_stack: L
     assert max(peak_rss_kb(live_stack).values()) < RSS_LIMIT_KB
 
 
-@pytest.mark.xfail(strict=False, reason=(
+@pytest.mark.xfail(run=False, reason=(  # not run: it ends in FitFailed after minutes of every 4-bit scheme
     "fitting decides on the measured peak (issue 24): 4-bit weights now stay packed (375-431 MiB for SmolLM2 at the "
     "generation serving shape), but the multiple-choice serving shape (8 x 256 tokens) builds full-vocabulary "
     "logits for every position (8 x 256 x 49,152 fp32 = 384 MiB; continuation_logprobs adds a log_softmax of the "
