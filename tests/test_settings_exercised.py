@@ -59,3 +59,35 @@ def test_the_4bit_quantizers_find_llmcompressor_where_weightflow_quant_python_po
     monkeypatch.setenv("WEIGHTFLOW_QUANT_PYTHON", sys.executable)  # an interpreter that exists: taken as given
     assert quantizer.unavailable("cuda") is None
     assert quantizer.unavailable("cpu") is not None, "on a cpu 4-bit saves nothing, wherever the environment is"
+
+
+def test_the_duplicate_window_and_scheduler_tick_are_read_from_the_environment(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """WEIGHTFLOW_DUPLICATE_WINDOW_S becomes the streams' JetStream duplicate window on a real server (a redelivered
+    publish inside it is dropped); WEIGHTFLOW_SCHEDULER_TICK_S is how often monitoring's scheduler runs."""
+    import asyncio
+
+    import nats
+
+    from services.monitoring.app import service as monitoring
+    from shared.bus.streams import ensure_streams
+    from shared.natsd import EmbeddedNats
+    from shared.settings import Settings
+
+    monkeypatch.setenv("WEIGHTFLOW_DUPLICATE_WINDOW_S", "37")
+    monkeypatch.setenv("WEIGHTFLOW_SCHEDULER_TICK_S", "0.25")
+    with EmbeddedNats(tmp_path / "nats") as server:
+        settings = Settings(home=tmp_path / "home", nats_url=server.url)
+
+        async def windows() -> list[float]:
+            nc = await nats.connect(server.url)
+            try:
+                js = nc.jetstream()
+                await ensure_streams(js, settings)
+                return [float((await js.stream_info(s.config.name)).config.duplicate_window)
+                        for s in await js.streams_info()]
+            finally:
+                await nc.close()
+
+        assert asyncio.run(windows()) == [37.0, 37.0]
+    assert [interval(settings) for interval, _ in monitoring.periodics] == [0.25]
