@@ -8,12 +8,13 @@ from uuid import uuid4
 
 import pytest
 
-from contracts.measurement import Measurement
 from contracts.monitoring import CanaryFailed, DeployedModel
 from contracts.verdict import Miss, Verdict
 from contracts.workflow import Attempt, Ending
 from services.requirements import machine, routing
 from services.requirements.machine import Phase, Transition, Trigger
+
+from .test_pre_promotion_canary import _measured
 
 ROOT = Path(__file__).resolve().parents[1]
 CANARY_TRIGGERS = (Trigger.LIVE_CANARY_FAILED, Trigger.FAILED_BEFORE_PROMOTION, Trigger.OUTAGE)
@@ -33,18 +34,6 @@ def test_every_phase_is_reached_and_left() -> None:
         assert any(t.source == phase and t.target != phase for t in machine.TRANSITIONS), phase
     assert machine.phase_of(False, None) == Phase.WATCHING and machine.phase_of(False, "r") == Phase.REROUTING
     assert machine.phase_of(True, "r") == Phase.HALTED
-
-
-def _measured(score: float) -> Measurement:
-    return Measurement(
-        metric="accuracy",
-        score=score,
-        n=200,
-        latency_ms_p50=1.0,
-        latency_ms_p95=1.0,
-        cost_per_1k_usd=0.0,
-        throughput_per_s=100.0,
-    )
 
 
 def _decide(t: Transition) -> tuple[routing.Reroute | routing.Halt | routing.Ignore, bool]:
