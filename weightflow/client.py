@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -40,6 +41,19 @@ log = logging.getLogger("weightflow.client")
 async def _quiet(exc: Exception) -> None:
     """nats-py's default error callback logs a traceback per failed attempt: the caller says it in one line."""
     log.debug("nats: %s", exc)
+
+
+# How long a history read waits for the next message it knows is there before it says so (not a partial answer).
+HISTORY_STALL_S = 30.0
+
+
+async def _nothing_pending(sub: Any) -> bool:
+    """Whether the ordered consumer behind `sub` has delivered everything (False while it cannot tell)."""
+    try:
+        info = await sub.consumer_info()
+    except Exception:  # the consumer is being recreated, or its leader is being elected
+        return False
+    return int(info.num_pending or 0) == 0 and sub.pending_msgs == 0
 
 
 class Client:
@@ -111,14 +125,28 @@ class Client:
         if not follow and last == 0:
             return
         sub = await self.js.subscribe(f"{SUBJECT_PREFIX}.>", ordered_consumer=True, config=config)
+        read_to = 0  # the last stream sequence delivered
+        stalled_since = time.monotonic()
         try:
             while True:
                 try:
                     msg = await sub.next_msg(timeout=1.0 if not follow else 3600)
                 except TimeoutError:
-                    if not follow:
+                    if follow:
+                        continue
+                    # A quiet second is the end only when the consumer has nothing left for us: with a cluster
+                    # electing a leader (or one node catching up) delivery pauses, and a history cut short there
+                    # looks complete to whoever reads it.
+                    if await _nothing_pending(sub):
                         return
+                    if time.monotonic() - stalled_since > HISTORY_STALL_S:
+                        raise TimeoutError(
+                            f"reading stream {self.settings.stream}: no message for {HISTORY_STALL_S:.0f} s after "
+                            f"sequence {read_to} of {last}; is every NATS node answering? (`weightflow doctor`)"
+                        ) from None
                     continue
+                read_to = msg.metadata.sequence.stream
+                stalled_since = time.monotonic()
                 try:
                     event = parse_event(msg.data)
                 except ValueError as exc:
