@@ -15,7 +15,7 @@ from shared.modeling.protocols import LoadedModel
 from shared.modeling.registry import sources, tasks
 from shared.modeling.tasks import text_metrics
 from shared.modeling.tasks.generation import GenerationRow
-from shared.modeling.tasks.language import GeneralRow, LanguageTask
+from shared.modeling.tasks.language import GeneralRow, LanguageTask, keeps_logits
 from shared.modeling.tasks.multiple_choice import ChoiceRow
 from shared.modeling.tuners.lora import LoraSettings
 from shared.modeling.tuners.lora_training import attach, train_lora
@@ -130,6 +130,24 @@ def test_the_loss_is_on_target_tokens_only(lm: LoadedModel) -> None:
     logprobs = torch.log_softmax(logits, dim=-1).gather(-1, ids[0, 1:, None]).squeeze(-1)
     expected = -logprobs[len(prompt_ids) - 1:].mean()
     assert float(loss) == pytest.approx(float(expected), rel=1e-4)
+
+
+def test_continuation_logprobs_project_only_the_continuation_and_match_the_full_forward(lm: LoadedModel) -> None:
+    """Logits for the continuation positions only (what keeps a 4-bit LM's multiple-choice pass small):
+    the same numbers as the whole forward, for rows of different lengths in one batch."""
+    prompts = ["Is fire hot?", "Question: what is two plus two, written as a word?\nAnswer:"]
+    continuations = [" yes", " four or so"]
+    assert keeps_logits(lm.model)
+    sums, counts = GENERATION.continuation_logprobs(lm, prompts, continuations)  # type: ignore[attr-defined]
+    for i, (prompt, cont) in enumerate(zip(prompts, continuations, strict=True)):
+        prompt_ids = lm.tokenizer(prompt)["input_ids"]
+        cont_ids = lm.tokenizer(cont, add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([prompt_ids + cont_ids])
+        with torch.no_grad():
+            logits = lm.model(input_ids=ids).logits[0, :-1].float()
+        logprobs = torch.log_softmax(logits, dim=-1).gather(-1, ids[0, 1:, None]).squeeze(-1)
+        assert int(counts[i]) == len(cont_ids)
+        assert float(sums[i]) == pytest.approx(float(logprobs[len(prompt_ids) - 1:].sum()), rel=1e-4, abs=1e-4)
 
 
 def test_lora_on_a_causal_lm_learns_and_serves_what_peft_trained(lm_dir: Path, lm: LoadedModel,

@@ -163,6 +163,8 @@ def _serve(loaded: Any, request: PeakRequest, context: int, generate: int) -> fl
     the memory a shape takes)."""
     import torch
 
+    from shared.modeling.tasks.language import keeps_logits
+
     model = loaded.model
     vocab = int(getattr(model.config, "vocab_size", 0) or len(loaded.tokenizer))
     prompt = max(1, context - generate)
@@ -183,6 +185,8 @@ def _serve(loaded: Any, request: PeakRequest, context: int, generate: int) -> fl
                 do_sample=False,
                 pad_token_id=pad,
             )
+        elif keeps_logits(model):  # a causal LM scoring choices: logits for the continuation only, as it serves
+            out = model(input_ids=ids, attention_mask=mask, logits_to_keep=1)
         else:
             out = model(input_ids=ids, attention_mask=mask)
     if device.type == "cuda":

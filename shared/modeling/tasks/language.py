@@ -168,10 +168,18 @@ class LanguageTask(Task):
             mask[i, : len(seq)] = 1
             target[i, len(seq) - min(len(cont), len(seq) - 1): len(seq)] = True
         ids, mask, target = ids.to(loaded.device), mask.to(loaded.device), target.to(loaded.device)
+        # Logits only where a continuation token is predicted: position j predicts token j + 1. For
+        # multiple choice that is a few positions, not the whole prompt (8 x 256 x 49k fp32 logits were
+        # 384 MiB, and a log_softmax as large again: more than a 4-bit SmolLM2's weights).
+        first = int(target.float().argmax(dim=1).min()) - 1  # every row has at least one target token
+        kept = torch.arange(max(first, 0), width - 1, device=ids.device)
         with torch.set_grad_enabled(grad):
-            logits = loaded.model(input_ids=ids, attention_mask=mask).logits.float()
-        logprobs = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-        chosen = target[:, 1:]
+            if keeps_logits(loaded.model):
+                logits = loaded.model(input_ids=ids, attention_mask=mask, logits_to_keep=kept).logits.float()
+            else:
+                logits = loaded.model(input_ids=ids, attention_mask=mask).logits[:, kept].float()
+        logprobs = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, kept + 1].unsqueeze(-1)).squeeze(-1)
+        chosen = target[:, kept + 1]
         return (logprobs * chosen).sum(dim=1), chosen.sum(dim=1)
 
     def general_score(self, loaded: LoadedModel, spec: TaskSpec, rows: Sequence[Any]) -> float:
@@ -246,6 +254,15 @@ class TextPieces:
 
     def end(self) -> None:
         """Nothing to flush: the caller sends what the final answer holds beyond the pieces."""
+
+
+def keeps_logits(model: Any) -> bool:
+    """Whether a causal LM's forward takes transformers' `logits_to_keep` (projects only those positions
+    onto the vocabulary); a peft wrapper is asked about the model it wraps."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
 def render_prompt(spec: TaskSpec, text: str) -> str:
