@@ -103,8 +103,9 @@ OPERATOR_EVENTS: tuple[type[Event], ...] = (
 )
 # Every service may dead-letter what it cannot handle.
 ALWAYS_EMITTED: tuple[type[Event], ...] = (DeadLettered,)
-# What an alerting system may subscribe to.
-ALERTS: tuple[type[Event], ...] = (DriftDetected, CanaryFailed, CanaryPassed, WorkflowHalted, RolledBack)
+# What an alerting system may subscribe to: what went wrong, and what waits for a person (an approval).
+ALERTS: tuple[type[Event], ...] = (DriftDetected, CanaryFailed, CanaryPassed, WorkflowHalted, RolledBack,
+                                   PromotionAwaitingApproval)
 
 
 def stage(service: str) -> Stage:

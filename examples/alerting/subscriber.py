@@ -27,6 +27,7 @@ SUBJECTS = {
     "wf.workflow.halted": "page",
     "wf.monitoring.canary_failed": "warning",
     "wf.registry.rolled_back": "info",
+    "wf.registry.promotion_awaiting_approval": "warning",  # a release waits for `weightflow approve|reject`
 }
 
 
@@ -38,6 +39,9 @@ def alert_of(subject: str, event: dict[str, Any]) -> dict[str, Any]:
         "workflow.halted": lambda e: f"halted: {e.get('reason')}; advice: {'; '.join(e.get('advice', []))}",
         "monitoring.canary_failed": lambda e: f"canary failed ({e.get('kind')})",
         "registry.rolled_back": lambda e: f"rolled back to {e.get('to_manifest_id')}: {e.get('reason')}",
+        "registry.promotion_awaiting_approval": lambda e: (
+            f"release {e.get('manifest_id')} awaits approval: weightflow approve|reject {e.get('deployment')} "
+            f"{e.get('manifest_id')} --reason ..."),
     }.get(kind, lambda e: kind)(event)
     return {"alert": kind, "severity": SUBJECTS.get(subject, "info"), "deployment": event.get("deployment"),
             "summary": summary, "run_id": event.get("run_id"), "event_id": event.get("event_id"),
