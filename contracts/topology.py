@@ -125,3 +125,37 @@ def markdown_table() -> str:
     for s in STAGES:
         rows.append(f"| {s.number} {s.role} | `services/{s.service}` | {_names(s.consumes)} | {_names(s.emits)} |")
     return "\n".join(rows)
+
+
+def mermaid_flowchart() -> str:
+    """docs/architecture.md's diagram of services and the events between them, generated from STAGES: an edge
+    per (emitter, consumer) pair, labelled with every event type that travels it; operators' and alerting's ends
+    drawn as their own boxes."""
+    edges: dict[tuple[str, str], list[str]] = {}
+
+    def add(source: str, target: str, event: type[Event]) -> None:
+        names = edges.setdefault((source, target), [])
+        if event.__name__ not in names:
+            names.append(event.__name__)
+
+    for event in OPERATOR_EVENTS:
+        for consumer in STAGES:
+            if event in consumer.consumes:
+                add("operator", consumer.service, event)
+    for event in ALWAYS_EMITTED:
+        for consumer in STAGES:
+            if event in consumer.consumes:
+                add("every", consumer.service, event)
+    for emitter in STAGES:
+        for event in emitter.emits:
+            for consumer in STAGES:
+                if event in consumer.consumes:
+                    add(emitter.service, consumer.service, event)
+            if event in ALERTS:
+                add(emitter.service, "alerting", event)
+    lines = ["flowchart LR", '    operator(["operator: the CLI, as the admin user"])',
+             '    every(["every service"])', '    alerting(["alerting systems"])']
+    lines += [f'    {s.service}["{s.number} {s.service}: {s.role}"]' for s in STAGES]
+    for (source, target), names in edges.items():
+        lines.append(f"    {source} -->|{'<br/>'.join(names)}| {target}")
+    return "\n".join(lines)

@@ -11,7 +11,7 @@ import sys
 from importlib.metadata import packages_distributions
 from pathlib import Path
 
-from contracts.topology import SERVICES, markdown_table
+from contracts.topology import SERVICES, markdown_table, mermaid_flowchart
 
 from .conftest import ROOT
 from .settings_read import settings_weightflow_reads
@@ -101,3 +101,13 @@ def test_every_setting_weightflow_reads_is_in_the_readme() -> None:
     missing = sorted(settings_weightflow_reads() - UNDOCUMENTED_SETTINGS.keys() - named)
     assert not missing, f"read by the code, not named in README.md (say what each does, its default): {missing}"
     assert {"WEIGHTFLOW_HOME", "WEIGHTFLOW_NATS_URL", "WEIGHTFLOW_CRASH_POINTS"} <= settings_weightflow_reads()
+
+
+def test_the_architecture_page_draws_the_topology_the_code_declares() -> None:
+    page = (ROOT / "docs" / "architecture.md").read_text()
+    assert mermaid_flowchart() in page, (
+        "docs/architecture.md's diagram is stale: print(contracts.topology.mermaid_flowchart()) and paste it")
+    assert "(docs/architecture.md)" in (ROOT / "README.md").read_text().split("## Set up and run")[0], (
+        "the README links the architecture page before anything else")
+    for service in SERVICES:
+        assert f"{service}[" in mermaid_flowchart()
