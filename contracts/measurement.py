@@ -6,11 +6,45 @@ fitting, tuning, registration and the canary.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 from contracts.base import Contract
+
+SAMPLE_INPUT_CHARS = 500  # a sample log shows what was asked, not a whole document
+SAMPLE_TEXT_CHARS = 1000
+
+
+def clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class SampleRow(Contract):
+    """One evaluated row as a sample log keeps it: what the model was given, answered and should have answered.
+
+    `score` is the row's own score (1/0 for accuracy-like metrics, the metric's value otherwise: a row
+    with macro-F1 as the metric still scores 1 when its label is right); `latency_ms` is known for the
+    rows timed one request at a time (the first few locally, every row over HTTP)."""
+
+    id: str
+    input: str = Field(description=f"the row's input, cut at {SAMPLE_INPUT_CHARS} characters")
+    prediction: str = Field(description=f"the label, choice or generated answer, cut at {SAMPLE_TEXT_CHARS}")
+    target: str = Field(description="what it should have been (several accepted answers joined by ' | ')")
+    score: float
+    latency_ms: float | None = None
+
+    @classmethod
+    def of(cls, id: str, input: str, prediction: str, target: str, score: float,
+           latency_ms: float | None = None) -> SampleRow:
+        """A row with its texts cut to the sample log's lengths."""
+        return cls(id=id, input=clip(input, SAMPLE_INPUT_CHARS), prediction=clip(prediction, SAMPLE_TEXT_CHARS),
+                   target=clip(target, SAMPLE_TEXT_CHARS), score=float(score), latency_ms=latency_ms)
+
+    @property
+    def wrong(self) -> bool:
+        return self.score < 1.0
 
 
 class Interval(Contract):
@@ -37,6 +71,27 @@ class Measurement(Contract):
         default="process", description="the model called in the measuring process, or over HTTP as a client")
     extra: dict[str, float] = Field(default_factory=dict,
                                     description="other metrics: macro_f1, per-label precision/recall, …")
+    samples: str | None = Field(
+        default=None, description="sha256 of this evaluation's sample log in the artifact store: JSONL, one SampleRow "
+                                  "per evaluated row (`weightflow samples RUN`); None where none was kept")
+    # The rows as the task evaluated them, in memory only: shared.sample_logs.keep stores them and sets `samples`.
+    _rows: list[SampleRow] | None = PrivateAttr(default=None)
+
+    def with_rows(self, rows: Sequence[SampleRow]) -> Measurement:
+        """This measurement holding its evaluated rows (never serialized) until they are stored."""
+        copy = self.model_copy()
+        copy._rows = list(rows)
+        return copy
+
+    @property
+    def sample_rows(self) -> list[SampleRow] | None:
+        return self._rows
+
+    def kept_as(self, digest: str) -> Measurement:
+        """This measurement naming its stored sample log, its rows let go (what an event carries)."""
+        copy = self.model_copy(update={"samples": digest})
+        copy._rows = None
+        return copy
 
     @property
     def correct(self) -> int:

@@ -147,6 +147,8 @@ def test_generation_over_http_scores_costs_and_counts_what_clients_see() -> None
     assert m.cost_per_1k_usd == pytest.approx(1000 * (9 * 0.5 + 3 * 2.0) / 1000)  # usage x prices, per task
     assert m.extra["http_status/200"] == 12 and m.extra["http_retries"] == 0
     assert m.extra["prompt_tokens_per_task"] == 9 and m.latency_ms_p95 >= m.latency_ms_p50 > 0
+    assert m.sample_rows is not None and [s.score for s in m.sample_rows].count(0.0) == 1
+    assert all(s.latency_ms is not None for s in m.sample_rows), "every row over HTTP is a timed request"
     path, body, headers = upstream.requests[0]
     assert path == "/v1/chat/completions" and headers["authorization"] == f"Bearer {KEY}"
     assert body["temperature"] == 0 and body["max_tokens"] == 8 and body["model"] == "m"
@@ -297,6 +299,9 @@ def test_classification_over_chat_asks_with_the_labels_and_scores_what_it_answer
         m = tasks.get("zero-shot-classification").evaluate_remote(fast(upstream.url, route="chat"), spec, rows,
                                                                   "accuracy", HW)
     assert m.score == 0.5 and m.extra["unparsed_answers"] == 1 and m.via == "http"
+    assert m.sample_rows is not None and [s.prediction for s in m.sample_rows] == [
+        "billing", "technical", "hmm", "shipping"], "an answer naming no label is kept as it was said"
+    assert [s.score for s in m.sample_rows] == [1.0, 1.0, 0.0, 0.0]
     assert m.extra["recall/billing"] == 0.5 and m.cost_per_1k_usd == pytest.approx(40 * 0.5 + 2 * 2.0)
     assert upstream.requests[0][0] == "/v1/chat/completions" and upstream.requests[0][1]["max_tokens"] == 5
     custom = spec.model_copy(update={"prompt": "Pick one of {labels} for: {input}"})

@@ -73,6 +73,8 @@ def test_a_sharded_checkpoint_is_inspected_stored_and_loaded(tmp_path: Path) -> 
     loaded = TEXT_CLASSIFICATION.load(store.materialize_tree(tree), torch.device("cpu"))
     m = TEXT_CLASSIFICATION.evaluate(loaded, SPEC, ROWS, "macro_f1", HARDWARE)
     assert m.n == len(ROWS) and 0 <= m.score <= 1 and "recall/urgent" in m.extra
+    assert m.sample_rows is not None and [(s.id, s.input, s.target) for s in m.sample_rows] == [
+        (r.id, r.text, r.label) for r in ROWS] and all(s.prediction in LABELS for s in m.sample_rows)
     (model_dir / shards[1]).unlink()
     with pytest.raises(CheckpointError, match=r"shards named in model\.safetensors\.index\.json are missing"):
         inspect_checkpoint(model_dir)

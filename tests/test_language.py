@@ -86,6 +86,11 @@ def test_generation_measures_quality_latency_first_token_and_throughput(lm: Load
         assert m.binary == (metric != "chrf")
         assert m.extra["tokens_per_s"] > 0 and 0 < m.extra["ttft_ms_p50"] <= m.latency_ms_p95
         assert 0 < m.extra["tokens_per_task"] <= SPEC.max_new_tokens and m.cost_per_1k_usd > 0
+        samples = m.sample_rows
+        assert samples is not None and [(s.id, s.input, s.target) for s in samples] == [
+            (r.id, r.input, r.target) for r in rows()]
+        assert sum(s.score for s in samples) / 6 == pytest.approx(m.score), "each row's own score on the metric"
+        assert all("\n" not in s.prediction for s in samples) and samples[0].latency_ms is not None
     answers = GENERATION.predict(lm, SPEC, ["what is 1 plus 1", "what is 2 plus 2"])
     assert len(answers) == 2 and all("\n" not in a for a in answers)
     one_by_one = [GENERATION.predict(lm, SPEC, [t])[0] for t in ("what is 1 plus 1", "what is 2 plus 2")]
@@ -99,6 +104,10 @@ def test_multiple_choice_scores_each_choice_by_likelihood(lm_dir: Path, monkeypa
                  for i in range(4)]
     m = MULTIPLE_CHOICE.evaluate(loaded, spec, questions, "accuracy", HARDWARE)
     assert m.score == 0.5, "the same question twice each way: one half right whatever it picks"
+    samples = m.sample_rows  # the chosen and the right choice as text
+    assert samples is not None and [s.id for s in samples] == [q.id for q in questions]
+    assert [s.target for s in samples] == ["yes", "no", "yes", "no"] and len({s.prediction for s in samples}) == 1
+    assert [s.score for s in samples] == [float(s.prediction == s.target) for s in samples]
 
     def fixed(self: LanguageTask, loaded: LoadedModel, prompts: list[str], continuations: list[str], *,
               grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:

@@ -410,6 +410,12 @@ def test_evaluate_measures_quality_speed_and_the_score_interval(l6: LoadedModel,
     assert m.interval.low < m.score < m.interval.high and m.interval.high - m.interval.low < 0.25
     assert {f"recall/{label}" for label in LABELS} <= set(m.extra) and 0 < m.extra["macro_f1"] <= 1
     assert 0 < m.latency_ms_p50 <= m.latency_ms_p95 and m.throughput_per_s > 0 and m.cost_per_1k_usd > 0
+    samples = m.sample_rows  # the sample log, one row per input in order, for the caller to store
+    assert samples is not None and [s.id for s in samples] == [r.id for r in eval_rows[:96]]
+    assert [s.target for s in samples] == [r.label for r in eval_rows[:96]] and samples[0].input == eval_rows[0].text
+    assert all(s.prediction in LABELS and s.score == float(s.prediction == s.target) for s in samples)
+    assert sum(s.score for s in samples) / 96 == pytest.approx(m.score) and m.samples is None
+    assert samples[0].latency_ms is not None and samples[-1].latency_ms is None, "the first rows are timed alone"
     f1 = ZERO_SHOT.evaluate(l6, SPEC, eval_rows[:96], "macro_f1", HARDWARE)
     assert f1.score == pytest.approx(m.extra["macro_f1"]) and not f1.binary
     assert f1.interval is not None and f1.interval.method == "bootstrap" and f1.score_std and f1.score_std > 0

@@ -31,6 +31,7 @@ from contracts.registry import DeploymentPromoted, Manifest
 from contracts.workflow import RequestRefused, WorkflowResumed
 from services.monitoring import domain
 from services.monitoring.tables import CanaryRecord, ServedEndpoint, Watch
+from shared import sample_logs
 from shared.artifacts import IntegrityError
 from shared.bus import Commit, HandlerContext, HandlerResult, OrphanError, Service
 from shared.modeling.registry import sources
@@ -84,6 +85,7 @@ def _judge(ctx: HandlerContext, manifest: Manifest) -> tuple[domain.CanaryJudgem
             loaded = load_deployment(ctx.store, manifest, ctx.settings.device)  # verifies every pinned file
             m = task.evaluate(loaded, req.task, canary, req.quality.metric, req.deployment.hardware,
                               req.monitoring.confidence)
+        m = sample_logs.keep(ctx.store, m)  # this canary's own rows
     except IntegrityError as exc:
         return domain.integrity_failure(str(exc)), None
     except EndpointError as exc:

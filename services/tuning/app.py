@@ -14,6 +14,7 @@ from contracts.fitting import FitCompleted
 from contracts.tuning import AdapterArtifact, AdapterTrained, TuningGated, TuningSkipped
 from services.tuning import domain
 from services.tuning.tables import TuningRun
+from shared import sample_logs
 from shared.bus import HandlerContext, HandlerResult, Service
 from shared.modeling.registry import quantizers, tuners
 from shared.modeling.stored import load_tree, rows, task_of
@@ -52,8 +53,9 @@ def on_fit_completed(event: FitCompleted, ctx: HandlerContext) -> HandlerResult:
         adapter_tree = ctx.store.put_tree(Path(tmp) / "adapter")
     del trainee
     tuned = tuner.attach(base, ctx.store.materialize_tree(adapter_tree))
-    m = task.evaluate(tuned, req.task, rows(ctx.store, data.eval, task, "eval"), req.quality.metric,
-                      req.deployment.hardware, req.monitoring.confidence)
+    m = sample_logs.keep(ctx.store, task.evaluate(tuned, req.task, rows(ctx.store, data.eval, task, "eval"),
+                                                  req.quality.metric, req.deployment.hardware,
+                                                  req.monitoring.confidence))
     general_after = task.general_score(tuned, req.task, general)
     verdict = domain.gate(req, m, general_before=general_before, general_after=general_after)
     adapter = AdapterArtifact(tree_digest=adapter_tree, base_tree_digest=train_tree,

@@ -172,7 +172,8 @@ class Task(ABC):
     @abstractmethod
     def evaluate(self, loaded: LoadedModel, spec: TaskSpec, rows: Sequence[Any], metric: str,
                  hardware: HardwareProfile, confidence: float = 0.95) -> Measurement:
-        """The score on `rows` (with its interval at `confidence`), latency and cost on `hardware`."""
+        """The score on `rows` (with its interval at `confidence`), latency and cost on `hardware`; holding
+        its sample log (`Measurement.with_rows`, one SampleRow per row) for the caller to store."""
 
     @abstractmethod
     def general_score(self, loaded: LoadedModel, spec: TaskSpec, rows: Sequence[Any]) -> float: ...

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from contracts.measurement import Interval, Measurement
+from contracts.measurement import Interval, Measurement, SampleRow
 from contracts.requirements import HardwareProfile
 
 if TYPE_CHECKING:
@@ -62,24 +62,37 @@ def request_latencies_ms(run: Callable[[Sequence[T]], list[R]], inputs: Sequence
     return latencies
 
 
+def sample_rows(rows: Sequence[Any], inputs: Sequence[str], predictions: Sequence[str], targets: Sequence[str],
+                scores: Sequence[float], latencies_ms: Sequence[float] = ()) -> list[SampleRow]:
+    """One sample-log row per evaluated row, in order. Latency is known for the rows timed one request at a
+    time: the first `len(latencies_ms)` (every row over HTTP, the first few locally)."""
+    return [SampleRow.of(str(getattr(row, "id", i)), text, predicted, target, score,
+                         float(latencies_ms[i]) if i < len(latencies_ms) else None)
+            for i, (row, text, predicted, target, score)
+            in enumerate(zip(rows, inputs, predictions, targets, scores, strict=True))]
+
+
 def measurement(*, score: float, metric: str, n: int, interval: Interval, score_std: float, binary: bool,
                 latencies_ms: Sequence[float], seconds: float, hardware: HardwareProfile,
                 extra: dict[str, float] | None = None, cost_per_1k_usd: float | None = None,
-                via: Literal["process", "http"] = "process") -> Measurement:
-    """`cost_per_1k_usd`: when given (an API's token prices), instead of the hardware's bill."""
+                via: Literal["process", "http"] = "process", samples: Sequence[SampleRow] | None = None
+                ) -> Measurement:
+    """`cost_per_1k_usd`: when given (an API's token prices), instead of the hardware's bill; `samples`: the
+    evaluated rows, held for shared.sample_logs.keep to store."""
     import numpy as np
 
     throughput = n / seconds if seconds > 0 else float("inf")
     cost = cost_per_1k(throughput, hardware) if cost_per_1k_usd is None else cost_per_1k_usd
-    return Measurement(
+    m = Measurement(
         score=score, metric=metric, n=n, interval=interval, score_std=score_std, binary=binary,
         latency_ms_p50=float(np.percentile(latencies_ms, 50)), latency_ms_p95=float(np.percentile(latencies_ms, 95)),
         throughput_per_s=throughput, cost_per_1k_usd=cost, extra=extra or {}, via=via)
+    return m if samples is None else m.with_rows(samples)
 
 
 def remote_measurement(caller: Caller, calls: Sequence[Call], seconds: float, *, score: float, metric: str,
                        interval: Interval, score_std: float, binary: bool, hardware: HardwareProfile,
-                       extra: dict[str, float]) -> Measurement:
+                       extra: dict[str, float], samples: Sequence[SampleRow] | None = None) -> Measurement:
     """A measurement over HTTP, one call per row: latency as the client waited (retries included),
     cost from token usage at the endpoint's prices (a self-hosted endpoint: its hardware's bill)."""
     n = len(calls)
@@ -91,4 +104,4 @@ def remote_measurement(caller: Caller, calls: Sequence[Call], seconds: float, *,
              "completion_tokens_per_task": sum(c.completion_tokens for c in calls) / n}
     return measurement(score=score, metric=metric, n=n, interval=interval, score_std=score_std, binary=binary,
                        latencies_ms=[c.latency_ms for c in calls], seconds=seconds, hardware=hardware, extra=extra,
-                       cost_per_1k_usd=cost, via="http")
+                       cost_per_1k_usd=cost, via="http", samples=samples)

@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel
 
-from contracts.measurement import Interval, Measurement
+from contracts.measurement import Interval, Measurement, SampleRow
 from contracts.requirements import HardwareProfile, TaskSpec
 from shared.modeling.datasets import Example, Pair
 from shared.modeling.protocols import Classified, Embedded, LoadedModel, Task
-from shared.modeling.tasks.base import measurement, request_latencies_ms, timed
+from shared.modeling.tasks.base import measurement, request_latencies_ms, sample_rows, timed
 
 if TYPE_CHECKING:
     import numpy as np
@@ -134,7 +134,8 @@ class ClassificationTask(Task):
         latencies = request_latencies_ms(run, texts, loaded.device)
         score, interval, std, binary, extra = self.score(names, rows, predicted, metric, confidence)
         return measurement(score=score, metric=metric, n=len(rows), interval=interval, score_std=std,
-                           binary=binary, latencies_ms=latencies, seconds=seconds, hardware=hardware, extra=extra)
+                           binary=binary, latencies_ms=latencies, seconds=seconds, hardware=hardware, extra=extra,
+                           samples=labelled_samples(rows, predicted, latencies))
 
     def _check_labels(self, spec: TaskSpec, rows: Sequence[Any]) -> list[str]:
         if not rows:
@@ -184,6 +185,7 @@ class ClassificationTask(Task):
         names = self._check_labels(spec, rows)
         route = self.remote_route(spec, endpoint.route)
         extra_counts: dict[str, float] = {}
+        shown: list[str] | None = None
         with Caller(endpoint) as caller, caller.reading():
             if route == "chat":
                 template = self.prompt_template(spec, route) or CHAT_PROMPT
@@ -193,9 +195,11 @@ class ClassificationTask(Task):
                      "messages": [{"role": "user",
                                    "content": template.replace("{labels}", listing).replace("{input}", r.text)}]}
                     for r in rows])
-                found = [label_in(text_of(c.body, "choices", 0, "message", "content"), names) for c in calls]
+                answers = [text_of(c.body, "choices", 0, "message", "content") for c in calls]
+                found = [label_in(a, names) for a in answers]
                 extra_counts["unparsed_answers"] = float(sum(f is None for f in found))
                 predicted = [f if f is not None else "" for f in found]  # an answer naming no label is wrong
+                shown = [f if f is not None else a for f, a in zip(found, answers, strict=True)]  # what it said
             elif route == "classify":
                 calls, seconds = caller.map("classify", [{"model": endpoint.model, "input": r.text} for r in rows])
                 predicted = [str(field_of(c.body, "data", 0, "label")) for c in calls]
@@ -214,8 +218,10 @@ class ClassificationTask(Task):
                                             f"{labels.shape[1]} dimensions")
                 predicted = [names[int(i)] for i in (texts @ labels.T).argmax(axis=1)]
             score, interval, std, binary, extra = self.score(names, rows, predicted, metric, confidence)
+            samples = labelled_samples(rows, predicted, [c.latency_ms for c in calls], shown=shown)
             return remote_measurement(caller, calls, seconds, score=score, metric=metric, interval=interval,
-                                      score_std=std, binary=binary, hardware=hardware, extra=extra | extra_counts)
+                                      score_std=std, binary=binary, hardware=hardware, extra=extra | extra_counts,
+                                      samples=samples)
 
     def prompt_template(self, spec: TaskSpec, route: str) -> str | None:
         """A chat model is asked with `task.prompt` ({labels} and {input}) or weightflow's default."""
@@ -236,6 +242,14 @@ class ClassificationTask(Task):
                            for i in range(0, len(rows), self.batch_size)]).cpu()
         cosine = (a * b).sum(dim=1).numpy()
         return float(spearmanr(cosine, np.array([p.score for p in rows])).statistic)
+
+
+def labelled_samples(rows: Sequence[Any], predicted: Sequence[str], latencies_ms: Sequence[float], *,
+                     shown: Sequence[str] | None = None) -> list[SampleRow]:
+    """The sample log of a classification: each row's label as predicted (or, from a chat model whose answer
+    named no label, the answer itself), scored 1 when right whatever the metric."""
+    return sample_rows(rows, [r.text for r in rows], predicted if shown is None else shown, [r.label for r in rows],
+                       [float(p == r.label) for p, r in zip(predicted, rows, strict=True)], latencies_ms)
 
 
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import BaseModel, Field, model_validator
 
 from contracts.limits import MAX_TEXT_CHARS
-from contracts.measurement import Interval, Measurement
+from contracts.measurement import Interval, Measurement, SampleRow
 from contracts.requirements import HardwareProfile, TaskSpec
 from shared.modeling.protocols import LoadedModel
 from shared.modeling.registry import tasks
 from shared.modeling.tasks import text_metrics
-from shared.modeling.tasks.base import measurement, request_latencies_ms, timed
+from shared.modeling.tasks.base import measurement, request_latencies_ms, sample_rows, timed
 from shared.modeling.tasks.language import LanguageTask, _Row, first_line, render_prompt
 
 if TYPE_CHECKING:
@@ -114,7 +114,8 @@ class Generation(LanguageTask):
         extra |= {"ttft_ms_p50": float(np.percentile(ttft, 50)), "tokens_per_s": tokens / seconds if seconds else 0.0,
                   "tokens_per_task": tokens / len(rows)}
         return measurement(score=score, metric=metric, n=len(rows), interval=interval, score_std=std, binary=binary,
-                           latencies_ms=latencies, seconds=seconds, hardware=hardware, extra=extra)
+                           latencies_ms=latencies, seconds=seconds, hardware=hardware, extra=extra,
+                           samples=answer_samples(rows, answers, metric, latencies))
 
     def score(self, answers: Sequence[str], rows: Sequence[Any], metric: str, confidence: float
               ) -> tuple[float, Interval, float, bool, dict[str, float]]:
@@ -162,12 +163,21 @@ class Generation(LanguageTask):
             answers = [first_line(r) for r in replies]
             score, interval, std, binary, extra = self.score(answers, rows, metric, confidence)
             return remote_measurement(caller, calls, seconds, score=score, metric=metric, interval=interval,
-                                      score_std=std, binary=binary, hardware=hardware, extra=extra)
+                                      score_std=std, binary=binary, hardware=hardware, extra=extra,
+                                      samples=answer_samples(rows, answers, metric, [c.latency_ms for c in calls]))
 
     def training_loss(self, loaded: LoadedModel, spec: TaskSpec, rows: Sequence[Any]) -> torch.Tensor:
         prompts = [self.prompt(loaded, spec, r.input) for r in rows]
         return self.target_loss(loaded, prompts, [f" {r.all_targets[0]}" if not spec.chat_template else
                                                   r.all_targets[0] for r in rows])
+
+
+def answer_samples(rows: Sequence[Any], answers: Sequence[str], metric: str, latencies_ms: Sequence[float]
+                   ) -> list[SampleRow]:
+    """The sample log of a generation: each answer, its accepted targets and its score on the task's metric."""
+    return sample_rows(rows, [r.input for r in rows], answers, [" | ".join(r.all_targets) for r in rows],
+                       [text_metrics.METRICS[metric](a, r.all_targets) for a, r in zip(answers, rows, strict=True)],
+                       latencies_ms)
 
 
 tasks.register(Generation.name, Generation())

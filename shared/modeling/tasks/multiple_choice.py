@@ -17,7 +17,7 @@ from contracts.measurement import Measurement
 from contracts.requirements import HardwareProfile, TaskSpec
 from shared.modeling.protocols import LoadedModel
 from shared.modeling.registry import tasks
-from shared.modeling.tasks.base import measurement, request_latencies_ms, timed
+from shared.modeling.tasks.base import measurement, request_latencies_ms, sample_rows, timed
 from shared.modeling.tasks.language import MAX_PROMPT_TOKENS, LanguageTask, _Row
 
 if TYPE_CHECKING:
@@ -83,9 +83,11 @@ class MultipleChoice(LanguageTask):
         latencies = request_latencies_ms(run, list(rows), loaded.device, LATENCY_SAMPLES)
         correct = [float(p == r.label) for p, r in zip(picked, rows, strict=True)]
         interval, std = mean_interval(correct, confidence)
+        samples = sample_rows(rows, [r.input for r in rows], [r.choices[p] for p, r in zip(picked, rows, strict=True)],
+                              [r.choices[r.label] for r in rows], correct, latencies)
         return measurement(score=sum(correct) / len(rows), metric=metric, n=len(rows), interval=interval,
                            score_std=std, binary=True, latencies_ms=latencies, seconds=seconds, hardware=hardware,
-                           extra={"accuracy": sum(correct) / len(rows)})
+                           extra={"accuracy": sum(correct) / len(rows)}, samples=samples)
 
     def training_loss(self, loaded: LoadedModel, spec: TaskSpec, rows: Sequence[Any]) -> torch.Tensor:
         prompts = [self.prompt(loaded, spec, r.input) for r in rows]
