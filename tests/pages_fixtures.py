@@ -18,6 +18,7 @@ import pytest
 
 from contracts.base import Event
 from contracts.workflow import WorkflowHalted
+from shared.artifacts import ArtifactStore
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -27,6 +28,7 @@ CHROMEDRIVER = Path("/usr/bin/chromedriver")
 class Runs:
     tuned: list[Event]  # every event of the tuned run's workflow, in order
     halted: list[Event]
+    store: ArtifactStore | None = None  # the tuned run's artifact store (its sample logs, runbook)
 
 
 def build_runs(tmp: Path) -> Runs:
@@ -38,13 +40,14 @@ def build_runs(tmp: Path) -> Runs:
         flow.scores(a_eval=0.95, a_canary=0.7, a_int8_1_canary=0.92, a_int8_1_eval=0.95)
         flow.submit(path)
         tuned = list(flow.runner.log)
+        store = flow.runner.store
     with pytest.MonkeyPatch.context() as mp:
         flow = build_workflow(tmp / "halted", mp)
         flow.scores(a_eval=0.95, b_eval=0.9, a_canary=0.3, b_canary=0.3)
         flow.submit()
         halted = list(flow.runner.log)
     assert any(isinstance(e, WorkflowHalted) for e in halted)
-    return Runs(tuned, halted)
+    return Runs(tuned, halted, store)
 
 
 def artifacts_dir(tmp: Path) -> Path:

@@ -27,7 +27,8 @@ from contracts.workflow import WorkflowHalted
 from shared.natsd import EmbeddedNats
 from weightflow.cli import app as cli
 from weightflow.client import Client
-from weightflow.pages import deployment_scope, render_deployment_page, render_run_page, run_scope
+from weightflow.evaluations import evaluations, read_rows
+from weightflow.pages import PageOptions, deployment_scope, render_deployment_page, render_run_page, run_scope
 from weightflow.pages.figures import benchmarked, measured_peak_mb
 from weightflow.pages.trail import trail
 from weightflow.report import render
@@ -66,6 +67,29 @@ def test_the_page_of_a_tuned_run_has_every_stage_and_needs_no_network(runs: Runs
     types = re.findall(r'<li class="step \w+" data-type="(\w+)"', text)
     assert types == [s.event_type for s in trail(picked)] and "TuningGated" in types and "WorkflowRerouted" in types
     assert types.index("CanaryFailed") < types.index("WorkflowRerouted") < types.index("TuningGated")
+
+
+def test_the_page_shows_each_evaluations_worst_rows_from_its_sample_log(runs: Runs) -> None:
+    assert runs.store is not None
+    store = runs.store
+    picked, outcome = run_scope(runs.tuned, first_run(runs.tuned))
+    found, without = evaluations(picked)
+    assert found and without == 0, "every measurement a service announced names its sample log"
+    assert {"benchmark", "variant benchmark", "tuned with its adapter", "registration canary", "canary"} <= {
+        e.stage for e in found}
+    options = PageOptions(read_text=lambda digest: store.read_bytes(digest).decode())
+    text = render_run_page(first_run(runs.tuned), picked, outcome, options)
+    tables = re.findall(r'<table class="grid samples" data-digest="(\w+)">(.*?)</table>', text, re.S)
+    assert tables, "a table of wrong rows for the evaluations that got some wrong"
+    for digest, table in tables:
+        evaluation = next(e for e in found if e.digest == digest)  # one log may serve two evaluations
+        assert read_rows(evaluation, store.read_bytes) is None and len(evaluation.rows) == evaluation.measurement.n
+        worst = evaluation.worst()
+        assert 0 < len(worst) <= 5 and table.count('<tr class="bad">') == len(worst)
+        assert all(f"<td>{htmlmod.escape(r.id)}</td>" in table for r in worst)
+    assert "Worst-scored rows" in text and "not readable here" not in text
+    unreadable = render_run_page(first_run(runs.tuned), picked, outcome)
+    assert "no artifact store is readable here" in unreadable and 'class="grid samples"' not in unreadable
 
 
 def test_a_halted_run_says_what_to_relax_and_what_was_tried(runs: Runs) -> None:
@@ -156,6 +180,34 @@ def test_the_cli_writes_a_run_page_and_a_deployment_page(runs: Runs, tmp_path: P
     assert "Deployment scripted" in deployment.read_text()
     result = CliRunner().invoke(cli, ["report", "--deployment", "scripted"], env=env)
     assert result.exit_code != 0 and "add --html PATH" in str(result.exception or result.output)
+
+
+def _without_samples(e: Event) -> Event:
+    names = [n for n in type(e).model_fields if isinstance(getattr(e, n), Measurement)]
+    return e.model_copy(update={n: getattr(e, n).model_copy(update={"samples": None}) for n in names})
+
+
+def test_the_cli_shows_a_runs_sample_logs(runs: Runs, tmp_path: Path, nats_server: EmbeddedNats) -> None:
+    assert runs.store is not None
+    old = [_without_samples(e) for e in runs.halted]  # the halted run as a release before sample logs made it
+    asyncio.run(_publish(nats_server.url, [*runs.tuned, *old]))
+    env = {"WEIGHTFLOW_NATS_URL": nats_server.url, "WEIGHTFLOW_ARTIFACTS_DIR": str(runs.store.root),
+           "WEIGHTFLOW_HOME": str(tmp_path / "home"), "COLUMNS": "200"}
+    run = str(first_run(runs.tuned))[:8]
+    every = CliRunner().invoke(cli, ["samples", run], env=env)
+    assert every.exit_code == 0, every.output
+    for line in ("benchmark: a fp32", "variant benchmark: a int8", "tuned with its adapter: a int8 +adapter",
+                 "registration canary: a int8 +adapter", "canary at ", "canary-0001", "eval-0001"):
+        assert line in every.output, line
+    wrong = CliRunner().invoke(cli, ["samples", run, "--wrong", "--candidate", "a/int8"], env=env)
+    assert wrong.exit_code == 0, wrong.output
+    assert "a fp32" not in wrong.output and "32 of 640 rows wrong" in wrong.output and "eval-0001" not in wrong.output
+    assert "eval-0640" in wrong.output, "the scripted 0.95 gets the last rows wrong"
+    unknown = CliRunner().invoke(cli, ["samples", run, "--candidate", "zzz"], env=env)
+    assert unknown.exit_code != 0 and "a/int8" in str(unknown.exception)
+    none = CliRunner().invoke(cli, ["samples", str(old[0].run_id)], env=env)
+    assert none.exit_code != 0 and "no sample logs" in str(none.exception) and "before sample logs" in str(
+        none.exception)
 
 
 # -- in a real browser ---------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from shared.modeling.peak import PeakMeasured
 from shared.modeling.protocols import LoadedModel, Quantizer, Task
 from shared.modeling.registry import quantizers, tasks
 from shared.modeling.tasks.base import measurement
+from shared.modeling.tasks.classification import label_names, labelled_samples
 from shared.modeling.tasks.zero_shot import ZeroShotClassification
 from shared.stats import wilson
 
@@ -101,9 +102,13 @@ class ScriptedClassification(ZeroShotClassification):
             latency = _lookup((*describe(loaded), "latency"))
         except KeyError:
             latency = 5.0
+        # the sample log as scripted: the first `correct` rows right, the others given another label
+        others = {r.label: next((n for n in label_names(spec) if n != r.label), "") for r in rows}
+        predicted = [r.label if i < correct else others[r.label] for i, r in enumerate(rows)]
         return measurement(score=correct / len(rows), metric=metric, n=len(rows),
                            interval=wilson(correct, len(rows), confidence), score_std=0.0, binary=True,
-                           latencies_ms=[latency] * 4, seconds=len(rows) / 1000, hardware=hardware)
+                           latencies_ms=[latency] * 4, seconds=len(rows) / 1000, hardware=hardware,
+                           samples=labelled_samples(rows, predicted, [latency] * 4))
 
     def general_score(self, loaded: LoadedModel, spec: TaskSpec, rows: Sequence[Any]) -> float:
         name, variant, adapter = describe(loaded)

@@ -24,10 +24,12 @@ from contracts.registry import ModelRegistered, RolledBack
 from contracts.requirements import Requirements, RequirementsAccepted, RunContext
 from contracts.tuning import AdapterTrained, TuningGated
 from contracts.workflow import WorkflowHalted, WorkflowRerouted, WorkflowResumed
+from weightflow.evaluations import evaluations, read_rows
 from weightflow.pages import figures
 from weightflow.pages.trail import trail
 
 MB = 1024 * 1024
+LATEST_CANARY_SAMPLES = 3
 
 
 @dataclass(frozen=True)
@@ -179,6 +181,22 @@ def _registrations(events: Sequence[Event], read_text: Callable[[str], str] | No
     return out
 
 
+def _samples(events: Sequence[Event], read_text: Callable[[str], str] | None) -> dict[str, Any]:
+    """Each evaluation's worst-scored rows, read before rendering; the live canaries only the latest few (a
+    deployment watched for weeks has thousands), the rest named by `weightflow samples`."""
+    found, without = evaluations(events)
+    canaries = [e for e in found if e.stage == "canary"]
+    shown = [e for e in found if e.stage != "canary" or e in canaries[-LATEST_CANARY_SAMPLES:]]
+    tables = []
+    if read_text is not None:
+        for evaluation in shown:
+            problem = read_rows(evaluation, lambda digest: read_text(digest).encode())
+            tables.append({"title": evaluation.title, "digest": evaluation.digest, "problem": problem,
+                           "worst": evaluation.worst(), "wrong": len(evaluation.wrong()), "n": len(evaluation.rows)})
+    return {"tables": tables, "found": len(found), "left_out": len(found) - len(shown), "without": without,
+            "readable": read_text is not None}
+
+
 def _context(title: str, subtitle: str, events: Sequence[Event], outcome: str, options: PageOptions) -> dict[str, Any]:
     accepted = [e for e in events if isinstance(e, RequirementsAccepted)]
     ctx = accepted[-1].context if accepted else None
@@ -219,6 +237,7 @@ def _context(title: str, subtitle: str, events: Sequence[Event], outcome: str, o
         "registrations": _registrations(events, options.read_text),
         "canary_plot": _div(figures.canaries(events, req), "canary-plot"),
         "canaries": _canary_rows(events),
+        "samples": _samples(events, options.read_text),
     }
 
 

@@ -1,0 +1,127 @@
+"""The evaluations a run's events carry, each with the sample log its measurement names.
+
+One evaluation is announced by several events (a benchmark's measurement is repeated by the selection and the
+fit; the registration baseline by every canary after it): the same measurement at the same stage of the same
+model is one evaluation, named by the first event that says which model it measured. Two evaluations may share
+one sample log (content-addressed: the same rows answered the same way). Shared by `weightflow samples` and the
+HTML pages; torch-free, and the store is read only through the callable given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from contracts.base import Event
+from contracts.measurement import Measurement, SampleRow
+from contracts.monitoring import CanaryFailed
+from shared.sample_logs import parse
+
+WORST_SHOWN = 5
+
+# What an event's measurement field measured, by (event name, field); anything else is named by its event.
+STAGES = {
+    ("CandidateBenchmarked", "measurement"): "benchmark",
+    ("VariantBenchmarked", "measurement"): "variant benchmark",
+    ("SelectionDecided", "measurement"): "benchmark",
+    ("FitCompleted", "measurement"): "variant benchmark",
+    ("TuningGated", "measurement"): "tuned with its adapter",
+    ("ModelRegistered", "canary_baseline"): "registration canary",
+    ("PromotionAwaitingApproval", "canary_baseline"): "registration canary",
+    ("PromotionAwaitingApproval", "measurement"): "benchmark",
+    ("CanaryPassed", "measurement"): "canary",
+    ("CanaryPassed", "baseline"): "registration canary",
+    ("CanaryFailed", "measurement"): "canary",
+    ("CanaryFailed", "baseline"): "registration canary",
+    ("CanaryFailed", "eval_measurement"): "benchmark",
+}
+# Fields that repeat a measurement another event announced first (named by it, when it is in the events).
+REPEATS = {("SelectionDecided", "measurement"), ("FitCompleted", "measurement"),
+           ("PromotionAwaitingApproval", "measurement"), ("PromotionAwaitingApproval", "canary_baseline"),
+           ("CanaryPassed", "baseline"), ("CanaryFailed", "baseline"), ("CanaryFailed", "eval_measurement")}
+
+
+@dataclass
+class Evaluation:
+    digest: str
+    stage: str
+    at: datetime
+    measurement: Measurement
+    candidate: str = ""
+    variant: str = ""
+    adapter: bool = False
+    rows: list[SampleRow] = field(default_factory=list)
+
+    @property
+    def title(self) -> str:
+        model = " ".join(p for p in (self.candidate, self.variant, "+adapter" if self.adapter else "") if p)
+        m = self.measurement
+        when = f" at {self.at:%H:%M:%S}" if self.stage == "canary" else ""
+        return f"{self.stage}{when}: {model or '(model unknown)'} — {m.metric} {m.score:.3f} on {m.n} rows"
+
+    def matches(self, name: str) -> bool:
+        """`--candidate NAME`: the candidate, the variant, or both as `candidate/variant`."""
+        return name in (self.candidate, self.variant, f"{self.candidate}/{self.variant}")
+
+    def wrong(self) -> list[SampleRow]:
+        return [r for r in self.rows if r.wrong]
+
+    def worst(self, limit: int = WORST_SHOWN) -> list[SampleRow]:
+        """The lowest-scored wrong rows, in the order evaluated among equals."""
+        return sorted(self.wrong(), key=lambda r: r.score)[:limit]
+
+
+def _model_of(e: Event) -> tuple[str, str, bool] | None:
+    model = getattr(e, "model", None)
+    if model is None or not hasattr(model, "candidate"):
+        return None
+    adapter = getattr(e, "adapter", None) is not None or getattr(model, "adapter_digest", None) is not None
+    return model.candidate, model.variant, adapter
+
+
+def _stage(e: Event, name: str) -> str:
+    if isinstance(e, CanaryFailed) and e.before_promotion and name == "measurement":
+        return "registration canary"
+    return STAGES.get((type(e).__name__, name), f"{type(e).__name__} {name}")
+
+
+def evaluations(events: Sequence[Event]) -> tuple[list[Evaluation], int]:
+    """Every evaluation with a sample log, in the order first announced; and how many measurements carried none
+    (taken by a release before sample logs, or by a task that keeps none)."""
+    found: list[Evaluation] = []
+    keys: list[tuple[str, str]] = []
+    without = 0
+    for e in events:
+        model = _model_of(e)
+        for name in type(e).model_fields:
+            m = getattr(e, name)
+            if not isinstance(m, Measurement):
+                continue
+            if m.samples is None:
+                without += 1
+                continue
+            stage = _stage(e, name)
+            # one evaluation announced twice is one: the same measurement again at its stage (a baseline by each
+            # canary), or where an event only repeats one (a selection, a fit); every live canary is its own
+            key = (stage, str(e.event_id) if stage == "canary" else m.model_dump_json())
+            repeats = (type(e).__name__, name) in REPEATS
+            same = [f for f, k in zip(found, keys, strict=True)
+                    if (k == key or (repeats and k[1] == key[1]))
+                    and (model is None or not f.candidate or (f.candidate, f.variant, f.adapter) == model)]
+            if not same:
+                found.append(Evaluation(m.samples, stage, e.occurred_at, m))
+                keys.append(key)
+                same = found[-1:]
+            if model is not None and not same[0].candidate:  # a registration names no model; its canaries do
+                same[0].candidate, same[0].variant, same[0].adapter = model
+    return found, without
+
+
+def read_rows(evaluation: Evaluation, read_bytes: Callable[[str], bytes]) -> str | None:
+    """Fill the evaluation's rows from the store; why not, when its log cannot be read here."""
+    try:
+        evaluation.rows = parse(read_bytes(evaluation.digest))
+    except Exception as exc:  # a log missing on this host, or damaged, is a line of output, never a crash
+        return f"the sample log {evaluation.digest[:12]} is not readable here: {str(exc)[:200]}"
+    return None
