@@ -16,6 +16,7 @@ from sqlalchemy import text
 from contracts.base import Event
 from contracts.benchmark import CandidateBenchmarked, SelectionDecided, VariantBenchmarked
 from contracts.fitting import FitCompleted, MemoryBudgetComputed
+from contracts.measurement import Measurement
 from contracts.monitoring import CanaryFailed, CanaryPassed, CanaryRequested, DriftDetected
 from contracts.registry import DeploymentPromoted, ModelRegistered, RollbackRequested, RolledBack
 from contracts.requirements import RequirementsAccepted, RequirementsRejected, RequirementsSubmitted
@@ -75,6 +76,31 @@ def test_example_reaches_a_monitored_deployment_on_postgresql(tmp_path: Path) ->
 
 def test_example_reaches_a_monitored_deployment(first_run: list[Event], live_stack: LiveStack) -> None:
     assert_a_monitored_deployment(first_run, live_stack)
+    assert_sample_logs(first_run, live_stack)
+
+
+def assert_sample_logs(first_run: list[Event], live_stack: LiveStack) -> None:
+    """Every measurement names its stored sample log, the live canary its own; `weightflow samples` shows them."""
+    from typer.testing import CliRunner
+
+    from shared.sample_logs import load
+    from weightflow.cli import app as cli
+
+    measured = [(e, m) for e in first_run for m in (getattr(e, n) for n in type(e).model_fields)
+                if isinstance(m, Measurement)]
+    assert measured and all(m.samples is not None for _, m in measured), [e.type_name() for e, m in measured]
+    for _, m in measured:
+        assert m.samples is not None and len(load(live_stack.store, m.samples)) == m.n
+    assert next(e for e in first_run if isinstance(e, CanaryPassed)).measurement.samples is not None
+    first = next(e for e in first_run if isinstance(e, CandidateBenchmarked)).measurement
+    assert first.samples is not None
+    wrong = [r for r in load(live_stack.store, first.samples) if r.wrong]
+    assert len(wrong) == round((1 - first.score) * first.n) > 0
+    env = {"WEIGHTFLOW_HOME": str(live_stack.settings.home), "WEIGHTFLOW_NATS_URL": str(live_stack.settings.nats_url),
+           "COLUMNS": "200"}
+    result = CliRunner().invoke(cli, ["samples", str(first_run[0].run_id)[:8], "--wrong"], env=env)
+    assert result.exit_code == 0, result.output
+    assert f"{len(wrong)} of {first.n} rows wrong" in result.output and wrong[0].id in result.output
 
 
 def assert_a_monitored_deployment(first_run: list[Event], live_stack: LiveStack) -> None:
