@@ -449,7 +449,7 @@ def test_int8_reloads_identically_at_a_quarter_of_the_bytes(
     assert _params(int8) == _params(l6)
     assert 3.5 <= weight_bytes(l6.model) / weight_bytes(int8.model) <= 4.0
     error = (1 - (_embed(l6, texts) * _embed(int8, texts)).sum(dim=1)).mean()
-    # int8 runs fbgemm's dynamic int8 linear: activations are quantized too (per tensor, 7 bits on x86), so
+    # int8 runs fbgemm's dynamic int8 linear: activations are quantized too (per token, 7 bits on x86), so
     # the embeddings move ~0.02 in cosine where weight-only int8 moved 5e-4 (accuracy: bench/RESULTS.md §5)
     assert 0 < float(error) < 0.05
 

@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     import torch
 
 LATENCY_SAMPLES = 8
-PAIRS_PER_PASS = 16
 
 
 class ChoiceRow(_Row):
@@ -44,6 +43,7 @@ class MultipleChoice(LanguageTask):
     name: ClassVar[str] = "multiple-choice"
     metrics: ClassVar[tuple[str, ...]] = ("accuracy",)
     row: ClassVar[type[BaseModel]] = ChoiceRow
+    batch_size: ClassVar[int] = 16  # (prompt, choice) pairs per forward pass, of one row or several
 
     def serving_context(self, spec: TaskSpec) -> int:
         return MAX_PROMPT_TOKENS  # prompt and choice, scored in one forward pass; nothing is generated
@@ -53,8 +53,8 @@ class MultipleChoice(LanguageTask):
         pairs = [(self.prompt(loaded, spec, r.input), f" {c}") for r in rows for c in r.choices]
         sums: list[float] = []
         counts: list[int] = []
-        for i in range(0, len(pairs), PAIRS_PER_PASS):
-            chunk = pairs[i: i + PAIRS_PER_PASS]
+        for i in range(0, len(pairs), self.batch_size):
+            chunk = pairs[i: i + self.batch_size]
             s, c = self.continuation_logprobs(loaded, [p for p, _ in chunk], [c for _, c in chunk])
             sums += s.tolist()
             counts += c.tolist()
