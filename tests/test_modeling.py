@@ -481,6 +481,7 @@ def test_train_lora_trains_only_the_adapter_and_saves_safetensors(adapter: tuple
     _no_pickles(out)
     config = json.loads((out / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] is None, "a pinned file names no host path (the base is pinned by digest)"
+    assert config["target_modules"] == ["query", "value"], "peft's set, sorted: its order varied with the hash seed"
     assert report.steps == 19 and report.epochs == 1  # ceil(300 / 16)
     assert report.trainable_params == 6 * 2 * (8 * 384 + 384 * 8)  # r=8 on query and value in 6 layers
     assert report.total_params == 22_713_216 + report.trainable_params

@@ -82,7 +82,7 @@ def train_lora(task: Task, loaded: LoadedModel, spec: TaskSpec, rows: Sequence[A
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     peft_model.save_pretrained(str(out_dir), safe_serialization=True)
-    _drop_base_path(out_dir)
+    _portable_config(out_dir)
     recorded: dict[str, float | int | str | list[str]] = {
         **settings.model_dump(), "target_modules": targets, "modules_to_save": heads}
     return TrainResult(steps=sum(len(e) for e in losses), epochs=settings.epochs,
@@ -92,12 +92,21 @@ def train_lora(task: Task, loaded: LoadedModel, spec: TaskSpec, rows: Sequence[A
                        total_params=sum(p.numel() for p in peft_model.parameters()), settings=recorded)
 
 
-def _drop_base_path(adapter_dir: Path) -> None:
-    """peft records where the base was loaded from: a folder of this host's artifact store. The manifest pins the
-    base by digest, and a pinned file must not name a host path (a release moves between hosts unchanged)."""
+# adapter_config.json fields peft keeps as sets: written in the process's string-hash order, so two identical
+# trainings pinned different bytes (['value', 'query'] in one home, ['query', 'value'] in the next)
+_SET_FIELDS = ("target_modules", "exclude_modules")
+
+
+def _portable_config(adapter_dir: Path) -> None:
+    """adapter_config.json as bytes that depend on the training alone. peft records where the base was loaded
+    from: a folder of this host's artifact store; the manifest pins the base by digest, and a pinned file must
+    not name a host path (a release moves between hosts unchanged). Its sets are written sorted."""
     path = adapter_dir / ADAPTER_CONFIG
     config = json.loads(path.read_text())
     config["base_model_name_or_path"] = None
+    for field in _SET_FIELDS:
+        if isinstance(config.get(field), list):
+            config[field] = sorted(config[field])
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
