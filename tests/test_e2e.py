@@ -25,9 +25,13 @@ from contracts.workflow import WorkflowRerouted
 from shared.artifacts import sha256_file
 from shared.db import make_engine
 from shared.modeling.stored import read_manifest
+from weightflow.pages import run_scope
+from weightflow.pages.figures import benchmarked
+from weightflow.pages.trail import trail
 from weightflow.submission import prepare
 
 from .conftest import EXAMPLE_DIR, ROOT, LiveStack, example_script, postgres_database, start_stack
+from .report_checks import assert_run_report
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -156,6 +160,31 @@ def test_registered_checksums_match_the_files_on_disk(first_run: list[Event], li
         assert manifest.adapter_train_data_digest == manifest.data.train
 
 
+@pytest.mark.browser
+def test_the_report_of_the_run_in_a_browser(first_run: list[Event], live_stack: LiveStack, tmp_path: Path) -> None:
+    """The run's page, written by the CLI from the real stack and opened in a real headless Chromium: what the
+    unit lane's pages show holds for a run the services made, runbook from the artifact store included."""
+    from .pages_fixtures import artifacts_dir, chromium, console_errors, full_screenshot
+    from .test_report import drawn_points, open_page
+
+    run_id = first_run[0].run_id
+    assert_run_report(live_stack, run_id, tmp_path)
+    picked, outcome = run_scope(live_stack.history(), run_id)
+    assert outcome == "succeeded"
+    for driver in chromium():
+        open_page(driver, tmp_path / f"report-{run_id}.html", plots=4)
+        assert console_errors(driver) == []
+        points = drawn_points(driver)
+        assert points["candidates-plot"] == (2 * len(benchmarked(picked)), 0)
+        canaries = [e for e in picked if isinstance(e, CanaryPassed) and e.measurement is not None]
+        assert points["canary-plot"][0] == len(canaries) >= 1
+        steps = driver.execute_script(
+            "return Array.from(document.querySelectorAll('#decision-trail li')).map(li => li.dataset.type)")
+        assert steps == [s.event_type for s in trail(picked)]
+        assert driver.find_element("id", "outcome").text.startswith("Deployed: ")
+        full_screenshot(driver, artifacts_dir(tmp_path) / "report-real-run.png")
+
+
 def test_invalid_requirements_are_rejected_on_the_bus(first_run: list[Event], live_stack: LiveStack) -> None:
     event = prepare(EXAMPLE_DIR / "requirements.yaml", live_stack.store).event
     bad = event.model_copy(update={"document": event.document.replace("threshold: 0.", "threshold: 9."),
@@ -265,3 +294,5 @@ def test_user_classifier_checkpoints_run_through_all_six_stages(live_stack: Live
     for part in ("Outcome: **succeeded**", "| priority-l3 | fp32 | xs |", "urgent P / R", "**size_up**",
                  "## Memory budget", "## Registry", "## Canaries"):
         assert part in report, part
+    page = assert_run_report(live_stack, prepared.event.run_id, priority_example)  # and as HTML
+    assert "macro_f1" in page and "priority-l6" in page
