@@ -62,7 +62,18 @@ def wait_for_history(live: LiveStack, predicate: Callable[[list[Event]], bool], 
 
 def test_every_service_killed_mid_handling_loses_and_repeats_nothing(tmp_path: Path,
                                                                    stack_database: dict[str, str]) -> None:
-    live = start_stack(tmp_path / "home", WEIGHTFLOW_CRASH_POINTS=",".join(CRASH_POINTS), WEIGHTFLOW_ACK_WAIT_S=6,
+    """Every service SIGKILLed at each crash point (inside its transaction, and after the commit before the ack).
+    On PostgreSQL each service is killed once, the points alternating down the services (six kills, not twelve:
+    each costs a redelivery and a torch process start, and the suite has a time budget); SQLite takes all twelve.
+    A crash point fires once per service, marked by a file: the ones PostgreSQL leaves out are marked before."""
+    home = tmp_path / "home"
+    left_out = set() if "WEIGHTFLOW_DATABASE_URL" not in stack_database else {
+        f"{service}.{point}" for i, service in enumerate(SERVICES) for j, point in enumerate(CRASH_POINTS)
+        if (i + j) % 2}
+    (home / "crash-points").mkdir(parents=True)
+    for marker in left_out:
+        (home / "crash-points" / marker).touch()
+    live = start_stack(home, WEIGHTFLOW_CRASH_POINTS=",".join(CRASH_POINTS), WEIGHTFLOW_ACK_WAIT_S=6,
                        WEIGHTFLOW_CANARY_INTERVAL_S=3600, **stack_database)
     try:
         with live.stack.supervising(interval=0.3):  # restart dead services, as `weightflow up` does
@@ -73,7 +84,7 @@ def test_every_service_killed_mid_handling_loses_and_repeats_nothing(tmp_path: P
             history = live.history()
         fired = sorted(p.name for p in (live.stack.home / "crash-points").iterdir())
         assert fired == sorted(f"{s}.{p}" for s in SERVICES for p in CRASH_POINTS), fired
-        assert sum(live.stack.restarts.values()) == len(SERVICES) * len(CRASH_POINTS)
+        assert sum(live.stack.restarts.values()) == len(SERVICES) * len(CRASH_POINTS) - len(left_out)
         assert_exactly_once(live, history, event.run_id, expected=EXPECTED, rows=EXPECTED_ROWS)
     finally:
         live.stack.stop()
