@@ -53,7 +53,7 @@ def _quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 _TINY = torch.finfo(torch.float32).tiny  # an all-zero token row stays zero, whatever it is divided by
-_ANCHORS = torch.tensor([[-1.0], [1.0]])  # rows that pin a dynamic per-tensor quantization's range to [-1, 1]
+_UNIT_STEP, _UNIT_ZERO = 1.0 / 63, 64  # [-1, 1] onto uint8 1..127: 7 bits, as fbgemm on x86 needs
 CHUNK_ELEMENTS = 1 << 21  # weight elements turned to float at once in a forward (8 MiB in fp32)
 _PACKING = threading.Lock()  # a layer's weight is packed for fbgemm once, by whichever forward comes first
 
@@ -148,14 +148,13 @@ class Int8Linear(nn.Module):
         return self._forward_blocks(x)
 
     def _forward_int8(self, x: torch.Tensor) -> torch.Tensor:
-        """fbgemm's dynamic int8 linear, int8 x int8 accumulated in int32, rescaled per output channel, with
-        activations quantized per token: fbgemm quantizes its input per tensor (uint8, reduce_range as x86
-        needs), so a text's scores would depend on its batch mates and their padding (measured: 0.026 in
-        cosine between batch 1 and 8 on MiniLM) and an evaluation on its batch size. Each token row is divided
-        by its own max |x| and two anchor rows of -1 and +1 fix the tensor's range to [-1, 1] in every call,
-        so every row meets the same quantization grid; its output is multiplied back. One kernel call still.
-        The weight is packed (without its bias) on the first call and the int8 buffer freed, so the layer
-        holds one int8 copy, never a float one."""
+        """fbgemm's int8 linear (int8 x int8 accumulated in int32, rescaled per output channel) with activations
+        quantized per token: fbgemm's dynamic linear quantizes its input per tensor, so a text's scores depended
+        on its batch mates and their padding (0.026 in cosine between batch 1 and 8 on MiniLM) and an evaluation
+        on its batch size. Each token row is divided by its own max |x| and quantized on one fixed 7-bit grid
+        over [-1, 1] (x86 needs the reduced range), its output multiplied back. The weight is packed (without
+        its bias) on the first call and the int8 buffer freed, so the layer holds one int8 copy, never a float
+        one."""
         if self._packed is None:
             with _PACKING:  # two threads serving their first request must not pack (and free) it twice
                 if self._packed is None:
@@ -163,12 +162,9 @@ class Int8Linear(nn.Module):
                     self.weight_int8 = torch.empty(0, dtype=torch.int8)
                     self._packed = packed
         rows = x.reshape(-1, self.in_features).to(torch.float32)
-        n = rows.shape[0]
         scale = torch.linalg.vector_norm(rows, ord=float("inf"), dim=1, keepdim=True).clamp_min_(_TINY)
-        unit = torch.empty(n + 2, self.in_features)
-        torch.div(rows, scale, out=unit[:n])
-        unit[n:] = _ANCHORS
-        product: torch.Tensor = torch.ops.quantized.linear_dynamic(unit, self._packed, True)[:n]
+        product: torch.Tensor = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(
+            rows / scale, _UNIT_STEP, _UNIT_ZERO, self._packed)
         out = product.mul_(scale) if self.bias is None else torch.addcmul(self.bias.float(), product, scale)
         return out.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
 
