@@ -59,7 +59,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Calla
     llama = tiny_llama(root / "llama")
 
     def int8(loaded: LoadedModel) -> LoadedModel:
-        quantize_int8(loaded.model)  # encoders: fbgemm's dynamic int8 linear, activations quantized too
+        quantize_int8(loaded.model)  # encoders: fbgemm's int8 linear, activations quantized per token
         return loaded
 
     zero_shot, text_classification = tasks.get("zero-shot-classification"), tasks.get("text-classification")
