@@ -158,14 +158,18 @@ class ServiceRuntime(lifecycle.Lifecycle, Background):
     async def _declare_streams(self) -> None:
         """Create the streams before the consumers bind (one config for every process: `ensure_streams`); left to
         the operator where NATS permissions forbid it (`declare_stream` false)."""
+        assert self.broker is not None
+        js = (await self.broker.connect()).jetstream()
+        # The run registry before any consumer is bound: a subscriber delivers as soon as the broker starts, before
+        # after_startup, and a handler that needs the run found none (`assert self.runs`) and failed its first try.
+        self.runs = NatsRuns(js, self.settings)
         if self.settings.declare_stream:
-            assert self.broker is not None
-            await ensure_streams((await self.broker.connect()).jetstream(), self.settings)
+            await ensure_streams(js, self.settings)
 
     async def _after_startup(self) -> None:
         assert self.broker is not None and self.engine is not None
         js = self.broker.connection.jetstream()
-        self.runs = NatsRuns(js, self.settings)
+        self.runs = self.runs or NatsRuns(js, self.settings)
         self.start_task(self.relay_loop())
         for interval, fn in self.service.periodics:
             self.start_task(self.periodic_loop(interval, fn))
