@@ -68,7 +68,7 @@ class VariantBenchmarked(Event):
 
     STAGE = "benchmark"
     NAME = "variant_benchmarked"
-    SCHEMA_VERSION = 2
+    SCHEMA_VERSION = 3  # 3: Measurement.via and Measurement.samples
     model: ModelArtifact
     measurement: Measurement
     verdict: Verdict

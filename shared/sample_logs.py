@@ -2,9 +2,12 @@
 answer without a script.
 
 Every service that evaluates calls `keep` before it publishes the measurement: the rows go to the artifact store
-as JSONL (one SampleRow a line) and the measurement names them by digest. The store is content-addressed, so
-a redelivered handler that stores the same rows again changes nothing. Readers (`weightflow samples`, the HTML
-report) use `parse`.
+as JSONL (one SampleRow a line) and the measurement names them by digest, in the same transaction as the event
+that carries it. The store is content-addressed: the same rows stored twice are one file. A handler redelivered
+after a crash evaluates again, and its rows differ at least in their latencies, so it stores a second log; the
+event names only the one its committed transaction holds, and the other stays in the store unnamed (the store
+keeps what it is given; nothing collects unnamed files yet). Readers (`weightflow samples`, the HTML report) use
+`parse`.
 """
 
 from __future__ import annotations

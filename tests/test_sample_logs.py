@@ -24,7 +24,7 @@ def test_keep_stores_the_rows_and_the_digest_round_trips(tmp_path: Path) -> None
     assert sample_logs.load(store, kept.samples) == rows
     again = Measurement.model_validate_json(kept.model_dump_json())
     assert again == kept and again.samples == kept.samples
-    assert sample_logs.keep(store, held).samples == kept.samples, "a redelivery stores nothing new"
+    assert sample_logs.keep(store, held).samples == kept.samples, "the same rows stored again are one file"
     assert "samples" not in Measurement.model_validate(BARE).model_dump(exclude_defaults=True)
     untouched = Measurement(**BARE)  # a measurement made elsewhere holds no rows: nothing to store
     assert sample_logs.keep(store, untouched) is untouched and untouched.samples is None

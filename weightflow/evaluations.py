@@ -90,7 +90,10 @@ def evaluations(events: Sequence[Event]) -> tuple[list[Evaluation], int]:
     """Every evaluation with a sample log, in the order first announced; and how many measurements carried none
     (taken by a release before sample logs, or by a task that keeps none)."""
     found: list[Evaluation] = []
-    keys: list[tuple[str, str]] = []
+    # indexes into `found` by (stage, identity) and by identity alone: a watched deployment has thousands of
+    # canaries, so no scan of everything found so far per measurement
+    by_key: dict[tuple[str, str], list[int]] = {}
+    by_identity: dict[str, list[int]] = {}
     without = 0
     for e in events:
         model = _model_of(e)
@@ -106,12 +109,13 @@ def evaluations(events: Sequence[Event]) -> tuple[list[Evaluation], int]:
             # canary), or where an event only repeats one (a selection, a fit); every live canary is its own
             key = (stage, str(e.event_id) if stage == "canary" else m.model_dump_json())
             repeats = (type(e).__name__, name) in REPEATS
-            same = [f for f, k in zip(found, keys, strict=True)
-                    if (k == key or (repeats and k[1] == key[1]))
-                    and (model is None or not f.candidate or (f.candidate, f.variant, f.adapter) == model)]
+            candidates = sorted(set(by_key.get(key, [])) | set(by_identity.get(key[1], []) if repeats else []))
+            same = [f for f in (found[i] for i in candidates)
+                    if model is None or not f.candidate or (f.candidate, f.variant, f.adapter) == model]
             if not same:
                 found.append(Evaluation(m.samples, stage, e.occurred_at, m))
-                keys.append(key)
+                by_key.setdefault(key, []).append(len(found) - 1)
+                by_identity.setdefault(key[1], []).append(len(found) - 1)
                 same = found[-1:]
             if model is not None and not same[0].candidate:  # a registration names no model; its canaries do
                 same[0].candidate, same[0].variant, same[0].adapter = model

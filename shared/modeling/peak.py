@@ -158,6 +158,11 @@ class _Meter:
         self.base = self.now()
 
 
+# Positions a multiple-choice pass projects onto the vocabulary at the serving shape: a choice of a few tokens
+# (LanguageTask.continuation_logprobs keeps the continuation's positions only).
+SCORED_POSITIONS = 8
+
+
 def _serve(loaded: Any, request: PeakRequest, context: int, generate: int) -> float:
     """One batch at the serving shape; token ids drawn with a fixed seed (what they say does not change
     the memory a shape takes)."""
@@ -185,8 +190,9 @@ def _serve(loaded: Any, request: PeakRequest, context: int, generate: int) -> fl
                 do_sample=False,
                 pad_token_id=pad,
             )
-        elif keeps_logits(model):  # a causal LM scoring choices: logits for the continuation only, as it serves
-            out = model(input_ids=ids, attention_mask=mask, logits_to_keep=1)
+        elif keeps_logits(model):  # a causal LM scoring choices: the continuation's logits only, as scoring does
+            out = model(input_ids=ids, attention_mask=mask, logits_to_keep=SCORED_POSITIONS)
+            out = torch.log_softmax(out.logits.float(), dim=-1)  # and its log-softmax, as large again
         else:
             out = model(input_ids=ids, attention_mask=mask)
     if device.type == "cuda":
