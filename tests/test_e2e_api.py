@@ -26,6 +26,7 @@ from weightflow.serving.testing import ServerThread, register_checkpoint
 from weightflow.submission import prepare
 
 from .conftest import E2E_API_KEY, E2E_API_KEY_ENV, LiveStack
+from .report_checks import assert_run_report
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 PRICE_IN = 0.001  # ~20 tokens a ticket: $0.02 per 1k tasks, under the $0.05 ceiling
@@ -52,7 +53,8 @@ def canary(live_stack: LiveStack, deployment: str) -> CanaryPassed | CanaryFaile
     return result
 
 
-def test_a_served_deployment_is_the_api_candidate_of_another_run(live_stack: LiveStack, example_dir: Path) -> None:
+def test_a_served_deployment_is_the_api_candidate_of_another_run(live_stack: LiveStack, example_dir: Path,
+                                                                 tmp_path: Path) -> None:
     store = live_stack.store
     upstream_doc = example_dir / "requirements.yaml"
     upstream_doc.write_text(upstream_doc.read_text().replace("name: ticket-router", "name: tr-upstream"))
@@ -69,7 +71,8 @@ def test_a_served_deployment_is_the_api_candidate_of_another_run(live_stack: Liv
         api_doc = example_dir / "api.yaml"
         api_doc.write_text(yaml.safe_dump(data))
         tracker = live_stack.run(prepare(api_doc, store).event)
-        assert tracker.outcome == "succeeded", [e.type_name() for e in tracker.events]
+        assert tracker.outcome == "succeeded", (
+            [e.type_name() for e in tracker.events], tracker.events[-1].model_dump_json()[:3000])
 
         (benchmarked,) = [e for e in tracker.events if isinstance(e, CandidateBenchmarked)]
         m = benchmarked.measurement
@@ -94,6 +97,8 @@ def test_a_served_deployment_is_the_api_candidate_of_another_run(live_stack: Liv
 
         first = [e for e in tracker.events if isinstance(e, CanaryPassed)][-1]  # the run ends on its first canary
         assert first.measurement.via == "http" and first.measurement.n == registered.canary_baseline.n
+        page = assert_run_report(live_stack, tracker.events[0].run_id, tmp_path)  # fitting and tuning skipped
+        assert "hosted API" in page
 
     # the endpoint is gone: the canary says so, as its own kind; nothing is rolled back or rerouted for it
     failed = canary(live_stack, "tr-api")

@@ -28,8 +28,11 @@ from shared.modeling.stored import read_manifest
 from weightflow.submission import prepare
 
 from .conftest import ROOT, LiveStack, example_script
+from .report_checks import assert_run_report
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+# The first test also pays for the module's fixtures (two models converted from GGUF, the quantization
+# environment checked): 1-3 min before the run, which itself takes 4-7 min on a busy 2-core machine.
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(1200)]
 
 RUN_LIMIT_S = 15 * 60
 RSS_LIMIT_KB = 4 * 1024 * 1024
@@ -66,7 +69,8 @@ def run(live: LiveStack, path: Path) -> tuple[list[Event], float]:
     return tracker.events, elapsed
 
 
-def test_a_language_model_is_selected_quantized_tuned_and_deployed(live_stack: LiveStack, lm_example: Path) -> None:
+def test_a_language_model_is_selected_quantized_tuned_and_deployed(live_stack: LiveStack, lm_example: Path,
+                                                                   tmp_path: Path) -> None:
     events, elapsed = run(live_stack, lm_example / "orders.yaml")
     benchmarked = of(events, CandidateBenchmarked)
     assert [(e.model.candidate, e.model.size_class) for e in benchmarked] == [
@@ -88,15 +92,17 @@ def test_a_language_model_is_selected_quantized_tuned_and_deployed(live_stack: L
     assert manifest.requirements.task.type == "generation"
     assert of(events, CanaryPassed)
     assert elapsed < RUN_LIMIT_S
+    page = assert_run_report(live_stack, events[0].run_id, tmp_path)  # exact match and chrF, not accuracy's nan
+    assert "exact_match" in page and "LoRA" in page
     assert max(peak_rss_kb(live_stack).values()) < RSS_LIMIT_KB
 
 
-@pytest.mark.xfail(run=False, reason=(  # not run: it ends in FitFailed after minutes of every 4-bit scheme
-    "fitting decides on the measured peak (issue 24): 4-bit weights now stay packed (375-431 MiB for SmolLM2 at the "
-    "generation serving shape), but the multiple-choice serving shape (8 x 256 tokens) builds full-vocabulary "
-    "logits for every position (8 x 256 x 49,152 fp32 = 384 MiB; continuation_logprobs adds a log_softmax of the "
-    "same size): w4a16 measured 779 MiB on CPU, over reviews.yaml's 512 MB, so FitFailed. Next: logits only at "
-    "the continuation positions (LanguageTask.continuation_logprobs, and the peak child to serve the same way)"))
+@pytest.mark.xfail(run=False, reason=(  # not run by the suite: too slow for CI on 2 cores; run it with --runxfail
+    "issue 24: the multiple-choice serving shape no longer builds full-vocabulary logits for every position "
+    "(LanguageTask.continuation_logprobs and the peak child keep only the continuation's: 384 MiB of the 779 MiB "
+    "w4a16 peak that made this run end in FitFailed). Not yet seen passing since: on 2026-12-07 the run had spent "
+    "15 min in AWQ calibration and the variant's measurement on a 2-core machine loaded by other test runs when it "
+    "timed out, so it is not in the README's test command; run it alone with --runxfail on a quiet machine or a GPU"))
 def test_a_language_model_is_served_in_four_bits(live_stack: LiveStack, lm_example: Path) -> None:
     events, elapsed = run(live_stack, lm_example / "reviews.yaml")
     attempts = of(events, VariantBenchmarked)
