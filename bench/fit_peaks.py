@@ -2,6 +2,7 @@
 
     python -m bench.fit_peaks generation examples/language-models/models/smollm2-135m [more dirs]
     python -m bench.fit_peaks zero-shot-classification DIR ...
+    python -m bench.fit_peaks --schemes=w4a16 multiple-choice DIR ...   # reviews.yaml's serving shape (8 x 256)
     python -m bench.fit_peaks --schemes=int8,w4a16,awq generation DIR ...   # 4-bit: needs the quantization env
 
 For each model directory, fp32 and each scheme (default int8; quantized here, 4-bit ones by llmcompressor in its
@@ -23,6 +24,9 @@ from types import SimpleNamespace
 MIB = 2**20
 SPECS = {
     "generation": {"type": "generation", "prompt": "Message: {input}\nOrder number:", "max_new_tokens": 8},
+    "multiple-choice": {"type": "multiple-choice", "length_normalise": True,
+                        "prompt": "Review: Fantastic, works like a charm.\nSentiment: positive\nReview: {input}\n"
+                                  "Sentiment:"},
     "zero-shot-classification": {"type": "zero-shot-classification",
                                  "labels": {"billing": "a billing question", "bug": "a software bug"}},
 }
