@@ -20,15 +20,31 @@ class AdapterArtifact(Contract):
     settings: dict[str, float | int | str | list[str]]
 
 
+class LossPoint(Contract):
+    """The training loss at a step (or the mean over the steps up to it since the previous point)."""
+
+    step: int = Field(ge=1)
+    loss: float
+
+
+# A curve of more steps is averaged down to this many points: enough to see it fall, small enough for an event.
+LOSS_CURVE_POINTS = 200
+
+
 @register
 class AdapterTrained(Event):
     STAGE = "tuning"
     NAME = "adapter_trained"
+    SCHEMA_VERSION = 2  # 2: loss_curve
     adapter: AdapterArtifact
     steps: int
     seconds: float
     loss_first: float
     loss_last: float
+    loss_curve: list[LossPoint] = Field(
+        default_factory=list, max_length=LOSS_CURVE_POINTS,
+        description="the training loss step by step (at most 200 points: longer runs averaged over runs of steps); "
+                    "empty from a release before it was kept")
 
 
 @register

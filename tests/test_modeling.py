@@ -37,7 +37,7 @@ from shared.modeling.registry import sources, tasks, tuners
 from shared.modeling.sizes import size_class
 from shared.modeling.sources.builtin import UnknownModelError, materialize_candidate
 from shared.modeling.tuners.lora import LoraSettings
-from shared.modeling.tuners.lora_training import LoraWrapped, attach, train_lora
+from shared.modeling.tuners.lora_training import LoraWrapped, attach, loss_curve, train_lora
 
 from .conftest import example_script
 
@@ -486,6 +486,9 @@ def test_train_lora_trains_only_the_adapter_and_saves_safetensors(adapter: tuple
     assert report.trainable_params == 6 * 2 * (8 * 384 + 384 * 8)  # r=8 on query and value in 6 layers
     assert report.total_params == 22_713_216 + report.trainable_params
     assert report.loss_last < report.loss_first
+    assert [step for step, _ in report.loss_curve] == list(range(1, 20)), "the loss at every one of the 19 steps"
+    assert report.loss_curve[0][1] == report.loss_first
+    assert loss_curve([1.0, 3.0, 2.0, 4.0, 5.0], points=2) == [(3, 2.0), (5, 4.5)], "runs of steps averaged"
     assert report.settings["target_modules"] == ["query", "value"]
 
 

@@ -256,7 +256,7 @@ def test_the_tuned_run_in_a_browser(runs: Runs, driver: Any, tmp_path: Path) -> 
         "candidates-plot": (2 * len(measured), 0),  # each model against latency and against cost
         "memory-plot": (sum(measured_peak_mb(b) is not None for b in budgets), 4 * len(budgets)),
         "quantization-plot": (0, 2 * (len(variants) + len(bases))),
-        "lora-loss-0": (2, 0),
+        "lora-loss-0": (len(of(picked, AdapterTrained)[0].loss_curve), 0),  # the loss at every step
         "gate-0": (0, 4),
         "canary-plot": (len(canaries), 0),
     }

@@ -11,7 +11,7 @@ from sqlmodel import Session
 from contracts.base import Event
 from contracts.benchmark import UNQUANTIZED
 from contracts.fitting import FitCompleted
-from contracts.tuning import AdapterArtifact, AdapterTrained, TuningGated, TuningSkipped
+from contracts.tuning import AdapterArtifact, AdapterTrained, LossPoint, TuningGated, TuningSkipped
 from services.tuning import domain
 from services.tuning.tables import TuningRun
 from shared import sample_logs
@@ -62,7 +62,8 @@ def on_fit_completed(event: FitCompleted, ctx: HandlerContext) -> HandlerResult:
                               train_data_digest=data.train, method=METHOD, settings=report.settings)
     out: list[Event] = [
         AdapterTrained.follow(event, adapter=adapter, steps=report.steps, seconds=report.seconds,
-                              loss_first=report.loss_first, loss_last=report.loss_last),
+                              loss_first=report.loss_first, loss_last=report.loss_last,
+                              loss_curve=[LossPoint(step=step, loss=loss) for step, loss in report.loss_curve]),
         TuningGated.follow(event, context=context, model=event.model, adapter=adapter, measurement=m,
                            budget=event.budget, task_score_before=event.measurement.score, task_score=m.score,
                            general_score_before=general_before, general_score=general_after, verdict=verdict),

@@ -325,6 +325,7 @@ class TrainResult(BaseModel):
     seconds: float
     loss_first: float
     loss_last: float
+    loss_curve: list[tuple[int, float]] = []  # (step, loss), averaged down to LOSS_CURVE_POINTS
     trainable_params: int
     total_params: int
     settings: dict[str, float | int | str | list[str]]

@@ -267,11 +267,16 @@ def quantization(events: Sequence[Event]) -> go.Figure | None:
 
 
 def lora(trained: AdapterTrained) -> go.Figure:
-    """The adapter's training loss: the events carry its first and last value (the page says so)."""
+    """The adapter's training loss step by step (an event from a release before the curve was kept carries its
+    first and last value only: two points, and the page says so)."""
+    if trained.loss_curve:
+        steps, losses = [p.step for p in trained.loss_curve], [p.loss for p in trained.loss_curve]
+    else:
+        steps, losses = [1, max(trained.steps, 1)], [trained.loss_first, trained.loss_last]
     fig = go.Figure(
         go.Scatter(
-            x=[1, max(trained.steps, 1)],
-            y=[trained.loss_first, trained.loss_last],
+            x=steps,
+            y=losses,
             mode="lines+markers",
             marker={"size": 10, "color": "#0969da"},
             name="training loss",

@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from contracts.requirements import TaskSpec
+from contracts.tuning import LOSS_CURVE_POINTS
 from shared.modeling.protocols import LoadedModel, Task, TrainResult
 from shared.modeling.registry import quantizers
 from shared.modeling.tuners.lora import LoraSettings
@@ -88,8 +89,17 @@ def train_lora(task: Task, loaded: LoadedModel, spec: TaskSpec, rows: Sequence[A
     return TrainResult(steps=sum(len(e) for e in losses), epochs=settings.epochs,
                        seconds=time.perf_counter() - start, loss_first=losses[0][0],
                        loss_last=sum(losses[-1]) / len(losses[-1]),
+                       loss_curve=loss_curve([loss for epoch in losses for loss in epoch]),
                        trainable_params=sum(p.numel() for _, p in trainable),
                        total_params=sum(p.numel() for p in peft_model.parameters()), settings=recorded)
+
+
+def loss_curve(losses: list[float], points: int = LOSS_CURVE_POINTS) -> list[tuple[int, float]]:
+    """(step, loss) for every step, or, past `points` steps, the mean of each run of steps at its last step:
+    the curve a reviewer looks at, at a size an event can carry."""
+    size = max(1, -(-len(losses) // points))  # ceil
+    return [(min(i + size, len(losses)), sum(losses[i: i + size]) / len(losses[i: i + size]))
+            for i in range(0, len(losses), size)]
 
 
 # adapter_config.json fields peft keeps as sets: written in the process's string-hash order, so two identical
