@@ -19,7 +19,7 @@ from contracts.base import Event
 from shared.artifacts import ArtifactStore
 from shared.natsd import EmbeddedNats
 from shared.settings import Settings
-from weightflow.client import Client, RunTracker, track
+from weightflow.client import Client, RunTracker, failure_reason, track
 from weightflow.stack import Stack
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,6 +78,11 @@ class LiveStack:
                 return await client.history()
 
         return asyncio.run(go())
+
+    def why(self, tracker: RunTracker) -> str:
+        """What a test says when a run did not succeed: its events, each failure's reason, the services' logs."""
+        reasons = [f"{e.type_name()}: {r}" for e in tracker.events if (r := failure_reason(e))]
+        return "\n".join([" → ".join(e.type_name() for e in tracker.events), *reasons, self.logs()])
 
     def logs(self) -> str:
         out = []

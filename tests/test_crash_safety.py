@@ -79,7 +79,7 @@ def test_every_service_killed_mid_handling_loses_and_repeats_nothing(tmp_path: P
         with live.stack.supervising(interval=0.3):  # restart dead services, as `weightflow up` does
             event = prepare(EXAMPLE_DIR / "requirements.yaml", live.store).event
             tracker = live.run(event, timeout=900)
-            assert tracker.outcome == "succeeded", live.logs()
+            assert tracker.outcome == "succeeded", live.why(tracker)
             time.sleep(2.0)  # a late duplicate would land now
             history = live.history()
         fired = sorted(p.name for p in (live.stack.home / "crash-points").iterdir())

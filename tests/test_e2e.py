@@ -47,7 +47,7 @@ def of(events: list[Event], cls: type[Event]) -> list[Event]:
 def example_run(live: LiveStack) -> list[Event]:
     event = prepare(EXAMPLE_DIR / "requirements.yaml", live.store).event
     tracker = live.run(event)
-    assert tracker.outcome == "succeeded", f"{types(tracker.events)}\n{live.logs()}"
+    assert tracker.outcome == "succeeded", live.why(tracker)
     return tracker.events
 
 
@@ -200,7 +200,7 @@ def test_changed_requirements_reroute_through_stage_one(first_run: list[Event], 
     (example_dir / "requirements.yaml").write_text(text.replace("per_1k_tasks_usd: 0.05", "per_1k_tasks_usd: 0.04"))
     changed = prepare(example_dir / "requirements.yaml", live_stack.store, changed=True).event
     tracker = live_stack.run(changed)
-    assert tracker.outcome == "succeeded", types(tracker.events)
+    assert tracker.outcome == "succeeded", live_stack.why(tracker)
     reroute = of(tracker.events, WorkflowRerouted)
     assert reroute and reroute[0].from_stage == "requirements.changed" and reroute[0].new_run_id == changed.run_id
     accepted = of(tracker.events, RequirementsAccepted)[0]
@@ -219,7 +219,7 @@ def test_corrupt_live_artifact_fails_the_canary_and_reroutes(first_run: list[Eve
         fh.write(bytes([byte[0] ^ 0xFF]))
     tracker = live_stack.run(CanaryRequested(run_id=uuid4(), deployment=promoted.deployment),
                              done=lambda e: isinstance(e, CanaryPassed))
-    assert tracker.outcome == "succeeded", types(tracker.events)
+    assert tracker.outcome == "succeeded", live_stack.why(tracker)
     failed = of(tracker.events, CanaryFailed)
     assert failed and "integrity" in failed[0].reasons[0]
     assert any(d.kind == "integrity" for d in of(tracker.events, DriftDetected))
@@ -237,7 +237,7 @@ def test_rollback_promotes_the_previous_release(live_stack: LiveStack, example_d
     for cost in ("0.05", "0.04"):
         doc.write_text(doc.read_text().replace("per_1k_tasks_usd: 0.05", f"per_1k_tasks_usd: {cost}"))
         tracker = live_stack.run(prepare(doc, live_stack.store, changed=bool(releases)).event)
-        assert tracker.outcome == "succeeded", types(tracker.events)
+        assert tracker.outcome == "succeeded", live_stack.why(tracker)
         releases.append(of(tracker.events, DeploymentPromoted)[-1].manifest_id)
     tracker = live_stack.run(RollbackRequested(run_id=uuid4(), deployment="tr-rollback"),
                              done=lambda e: isinstance(e, RolledBack))
@@ -267,7 +267,7 @@ def test_user_classifier_checkpoints_run_through_all_six_stages(live_stack: Live
     uploaded = {c.key: c for c in prepared.event.candidates}
     assert set(uploaded) == {"priority-l3", "priority-l6"} and {c.source for c in uploaded.values()} == {"path"}
     tracker = live_stack.run(prepared.event)
-    assert tracker.outcome == "succeeded", f"{types(tracker.events)}\n{live_stack.logs()}"
+    assert tracker.outcome == "succeeded", live_stack.why(tracker)
     benchmarked = of(tracker.events, CandidateBenchmarked)
     assert [e.model.candidate for e in benchmarked] == ["priority-l3", "priority-l6"], "xs first, then s"
     for e in benchmarked:

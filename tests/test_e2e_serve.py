@@ -58,7 +58,7 @@ def test_serve_follows_promotions_and_swaps_without_failing_a_request(live_stack
     for cost in ("0.05", "0.04"):
         doc.write_text(doc.read_text().replace("per_1k_tasks_usd: 0.05", f"per_1k_tasks_usd: {cost}"))
         tracker = live_stack.run(prepare(doc, live_stack.store, changed=bool(releases)).event)
-        assert tracker.outcome == "succeeded", [e.type_name() for e in tracker.events]
+        assert tracker.outcome == "succeeded", live_stack.why(tracker)
         releases.append([e for e in tracker.events if isinstance(e, DeploymentPromoted)][-1].manifest_id)
 
     port = free_port()
