@@ -18,7 +18,7 @@ from contracts.benchmark import CandidateBenchmarked, SelectionDecided, VariantB
 from contracts.fitting import FitCompleted, MemoryBudgetComputed
 from contracts.measurement import Measurement
 from contracts.monitoring import CanaryFailed, CanaryPassed, CanaryRequested, DriftDetected
-from contracts.registry import DeploymentPromoted, ModelRegistered, RollbackRequested, RolledBack
+from contracts.registry import DeploymentPromoted, ModelRegistered
 from contracts.requirements import RequirementsAccepted, RequirementsRejected, RequirementsSubmitted
 from contracts.tuning import TuningGated, TuningSkipped
 from contracts.workflow import WorkflowRerouted
@@ -227,24 +227,6 @@ def test_corrupt_live_artifact_fails_the_canary_and_reroutes(first_run: list[Eve
     assert reroute.to_stage == "benchmark"
     assert of(tracker.events, ModelRegistered), "the rerouted run registered a healthy model again"
     assert sha256_file(weights) == manifest.model.files["model.safetensors"], "the store healed the object"
-
-
-def test_rollback_promotes_the_previous_release(live_stack: LiveStack, example_dir: Path) -> None:
-    """Its own deployment and history: two releases, then a rollback to the first."""
-    doc = example_dir / "requirements.yaml"
-    doc.write_text(doc.read_text().replace("name: ticket-router", "name: tr-rollback"))
-    releases = []
-    for cost in ("0.05", "0.04"):
-        doc.write_text(doc.read_text().replace("per_1k_tasks_usd: 0.05", f"per_1k_tasks_usd: {cost}"))
-        tracker = live_stack.run(prepare(doc, live_stack.store, changed=bool(releases)).event)
-        assert tracker.outcome == "succeeded", live_stack.why(tracker)
-        releases.append(of(tracker.events, DeploymentPromoted)[-1].manifest_id)
-    tracker = live_stack.run(RollbackRequested(run_id=uuid4(), deployment="tr-rollback"),
-                             done=lambda e: isinstance(e, RolledBack))
-    assert tracker.outcome == "succeeded"
-    rolled = of(tracker.events, RolledBack)[0]
-    assert (rolled.from_manifest_id, rolled.to_manifest_id) == (releases[1], releases[0])
-    assert rolled.to_older_requirements and not rolled.automatic
 
 
 @pytest.fixture(scope="module")

@@ -52,6 +52,8 @@ def wait_ready(url: str, proc: subprocess.Popen[str], timeout: float = 180) -> d
 
 def test_serve_follows_promotions_and_swaps_without_failing_a_request(live_stack: LiveStack,
                                                                     example_dir: Path) -> None:
+    """Two releases of its own deployment, served under load while `weightflow rollback` goes back to the first
+    and forward again: no request fails, and each rollback names where it came from and went."""
     doc = example_dir / "requirements.yaml"
     doc.write_text(doc.read_text().replace("name: ticket-router", "name: tr-serve"))
     releases = []
@@ -80,17 +82,21 @@ def test_serve_follows_promotions_and_swaps_without_failing_a_request(live_stack
         for w in workers:
             w.start()
 
-        def swap_to(expected: str, event: RollbackRequested) -> None:
+        def swap_to(expected: str, event: RollbackRequested) -> RolledBack:
             tracker = live_stack.run(event, done=lambda e: isinstance(e, RolledBack), timeout=120)
-            assert tracker.outcome == "succeeded"
+            assert tracker.outcome == "succeeded", live_stack.why(tracker)
             deadline = time.monotonic() + 60
             while not any(m == expected for _, m in answers[-8:]):
                 assert time.monotonic() < deadline, "the server did not swap to the promoted manifest"
                 time.sleep(0.1)
             time.sleep(0.5)
+            return next(e for e in tracker.events if isinstance(e, RolledBack))
 
         time.sleep(1.0)
-        swap_to(releases[0], RollbackRequested(run_id=uuid4(), deployment="tr-serve"))
+        # a plain rollback goes to the release before the live one, whose requirements were older
+        rolled = swap_to(releases[0], RollbackRequested(run_id=uuid4(), deployment="tr-serve"))
+        assert (rolled.from_manifest_id, rolled.to_manifest_id) == (releases[1], releases[0])
+        assert rolled.to_older_requirements and not rolled.automatic
         swap_to(releases[1], RollbackRequested(run_id=uuid4(), deployment="tr-serve", to_manifest_id=releases[1]))
         stop.set()
         for w in workers:
