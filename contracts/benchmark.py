@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from contracts.base import Contract, Event, register
-from contracts.measurement import Measurement
+from contracts.measurement import Comparison, Measurement
 from contracts.requirements import RunContext
 from contracts.verdict import Verdict
 
@@ -22,6 +22,11 @@ class ModelArtifact(Contract):
     base_tree_digest: str = Field(description="the unquantized checkpoint this variant came from")
     params: int
     size_class: str
+
+    @property
+    def label(self) -> str:
+        """How a comparison names it: `minilm-l6 int8`."""
+        return f"{self.candidate} {self.variant}"
 
 
 @register
@@ -38,7 +43,7 @@ class BenchmarkRequested(Event):
 class CandidateBenchmarked(Event):
     STAGE = "benchmark"
     NAME = "candidate_benchmarked"
-    SCHEMA_VERSION = 3
+    SCHEMA_VERSION = 4  # 4: Verdict.quality (pass, miss or inconclusive), Miss.note
     model: ModelArtifact
     measurement: Measurement
     verdict: Verdict
@@ -68,7 +73,7 @@ class VariantBenchmarked(Event):
 
     STAGE = "benchmark"
     NAME = "variant_benchmarked"
-    SCHEMA_VERSION = 3  # 3: Measurement.via and Measurement.samples
+    SCHEMA_VERSION = 4  # 3: Measurement.via and Measurement.samples; 4: Verdict.quality, Miss.note
     model: ModelArtifact
     measurement: Measurement
     verdict: Verdict
@@ -93,13 +98,16 @@ class FitPlan(Contract):
 class SelectionDecided(Event):
     STAGE = "benchmark"
     NAME = "selection_decided"
-    SCHEMA_VERSION = 3
+    SCHEMA_VERSION = 4  # 4: comparisons
     context: RunContext
     model: ModelArtifact
     measurement: Measurement
     quality_gap: float
     decisions: list[Decision]
     plan: FitPlan = Field(default_factory=FitPlan)
+    comparisons: list[Comparison] = Field(default_factory=list, description=(
+        "the selected candidate against each other candidate measured in this run (its size-class rivals and the "
+        "smaller classes tried before), paired on the eval rows"))
 
 
 @register

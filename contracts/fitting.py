@@ -8,7 +8,7 @@ from pydantic import Field
 
 from contracts.base import Contract, Event, register
 from contracts.benchmark import ModelArtifact
-from contracts.measurement import Measurement
+from contracts.measurement import Comparison, Measurement
 from contracts.requirements import RunContext
 
 
@@ -72,7 +72,7 @@ class FitCompleted(Event):
 
     STAGE = "fitting"
     NAME = "completed"
-    SCHEMA_VERSION = 4
+    SCHEMA_VERSION = 5  # 5: comparison
     context: RunContext
     model: ModelArtifact
     measurement: Measurement
@@ -83,6 +83,9 @@ class FitCompleted(Event):
     steps: list[str]
     next_stage: Literal["tuning", "registry"]
     tune_reason: str = Field(default="", description="why tuning is needed, when next_stage is tuning")
+    comparison: Comparison | None = Field(default=None, description=(
+        "a quantized variant against the unquantized model it was made from, paired on the eval rows; None when "
+        "nothing was changed (or a sample log is missing)"))
 
 
 @register

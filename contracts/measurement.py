@@ -97,3 +97,37 @@ class Measurement(Contract):
     def correct(self) -> int:
         """Rows scored 1, for 0/1 metrics."""
         return round(self.score * self.n)
+
+
+class Comparison(Contract):
+    """Two models on the same rows, paired row by row: is the candidate better, worse, or not measurably apart?
+
+    On the eval set, scores are the sample logs' row scores (1/0 for classification and exact match, whatever the
+    run's metric; the metric's own value per row otherwise): 0/1 rows are tested with McNemar's exact test on the
+    rows where the two disagree, other rows with a paired bootstrap of the mean difference. On the general set the
+    score is a statistic of all rows (a rank correlation, a per-token likelihood), so the rows are resampled
+    together on both models and the statistic recomputed (a paired bootstrap). The interval is the paired
+    bootstrap's either way."""
+
+    baseline: str = Field(description="what the candidate is compared with, e.g. 'minilm-l6 fp32'")
+    candidate: str = Field(description="e.g. 'minilm-l6 int8' or 'minilm-l6 int8 + LoRA'")
+    n: int = Field(description="rows both answered (matched by row id)")
+    baseline_score: float = Field(description="the baseline's score on those rows (mean row score, or the statistic)")
+    candidate_score: float
+    difference: float = Field(description="candidate minus baseline")
+    interval: Interval = Field(description="of the difference: paired bootstrap over rows")
+    method: Literal["mcnemar", "paired_bootstrap"]
+    p_value: float = Field(description="two-sided, against 'no difference'")
+    wins: int | None = Field(description="rows the candidate scored higher on; None where a row has no score of "
+                                         "its own (a rank correlation)")
+    losses: int | None = Field(description="rows the candidate scored lower on (None likewise)")
+    finding: Literal["better", "worse", "no_difference"] = Field(
+        description="better/worse when p < 1 - confidence, else no difference the rows can show")
+
+    def describe(self) -> str:
+        """`+0.184 [+0.150, +0.219] on 640 rows, better (McNemar p = 2e-30; 120 rows won, 2 lost)`."""
+        test = "McNemar" if self.method == "mcnemar" else "paired bootstrap"
+        finding = self.finding.replace("_", " ")
+        rows = f"; {self.wins} rows won, {self.losses} lost" if self.wins is not None else ""
+        return (f"{self.candidate} vs {self.baseline}: {self.difference:+.3f} [{self.interval.low:+.3f}, "
+                f"{self.interval.high:+.3f}] on {self.n} rows, {finding} ({test} p = {self.p_value:.2g}{rows})")

@@ -36,13 +36,16 @@ class CanaryRequested(Event):
 class CanaryPassed(Event):
     STAGE = "monitoring"
     NAME = "canary_passed"
-    SCHEMA_VERSION = 3
+    SCHEMA_VERSION = 4  # 4: verdict
     deployment: str
     manifest_id: str
     manifest_run_id: UUID = Field(description="the run that registered and promoted the manifest")
     model: DeployedModel
     measurement: Measurement
     baseline: Measurement | None = Field(default=None, description="the canary at registration")
+    verdict: Verdict = Field(default_factory=Verdict, description=(
+        "no misses; its quality call says whether the pass was clear or inconclusive (a canary fails only when "
+        "its whole interval is below the threshold)"))
 
 
 @register
@@ -52,7 +55,7 @@ class CanaryFailed(Event):
 
     STAGE = "monitoring"
     NAME = "canary_failed"
-    SCHEMA_VERSION = 4
+    SCHEMA_VERSION = 5  # 5: Verdict.quality, Miss.note
     deployment: str
     manifest_id: str
     manifest_run_id: UUID = Field(description="the run that registered and promoted the manifest")

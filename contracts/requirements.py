@@ -80,6 +80,12 @@ class QualitySpec(Contract):
     threshold: float = Field(ge=0.0, le=1.0)
     tunable_gap: float = Field(default=0.05, ge=0.0, le=1.0, description="largest gap LoRA tuning may try to close")
     max_general_drop: float = Field(default=0.02, ge=0.0, le=1.0, description="allowed loss on the general set")
+    confidence: float = Field(default=0.95, gt=0.5, lt=1.0, description=(
+        "of the eval score's interval, at every gate (selection, variant re-benchmarks, the tuning gate) and in "
+        "paired comparisons; the canary uses monitoring.confidence"))
+    decide_on: Literal["estimate", "lower_bound"] = Field(default="estimate", description=(
+        "what an inconclusive score (its interval straddles the threshold) does: 'estimate' passes it when the "
+        "score itself clears the threshold; 'lower_bound' only when the whole interval does (a strict bar)"))
 
 
 class LatencySpec(Contract):

@@ -7,7 +7,7 @@ from pydantic import Field
 from contracts.base import Contract, Event, register
 from contracts.benchmark import ModelArtifact
 from contracts.fitting import MemoryBudget
-from contracts.measurement import Measurement
+from contracts.measurement import Comparison, Measurement
 from contracts.requirements import RunContext
 from contracts.verdict import Verdict
 
@@ -51,7 +51,7 @@ class AdapterTrained(Event):
 class TuningGated(Event):
     STAGE = "tuning"
     NAME = "gated"
-    SCHEMA_VERSION = 3
+    SCHEMA_VERSION = 4  # 4: comparison; Verdict.quality, Miss.note
     context: RunContext
     model: ModelArtifact
     adapter: AdapterArtifact
@@ -62,6 +62,12 @@ class TuningGated(Event):
     general_score_before: float
     general_score: float
     verdict: Verdict
+    comparison: Comparison | None = Field(default=None, description=(
+        "the base with the adapter against the base alone, paired on the eval rows: what backs 'tuning improved "
+        "the task'; None when a sample log is missing"))
+    general_comparison: Comparison | None = Field(default=None, description=(
+        "the general-capability set before and after, paired (the same rows resampled on both, the score "
+        "recomputed): what backs 'lost nothing'; None for a task that reports its general score only"))
 
     @property
     def passed(self) -> bool:

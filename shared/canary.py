@@ -18,7 +18,7 @@ from typing import Literal
 
 from contracts.measurement import Measurement
 from contracts.requirements import Requirements
-from contracts.verdict import Miss, Verdict
+from contracts.verdict import Miss, Verdict, quality_call
 from shared.stats import drop_p_value
 
 DriftKind = Literal["quality", "latency", "cost", "integrity"]
@@ -96,7 +96,9 @@ def judge_canary(m: Measurement, req: Requirements, baseline: Measurement | None
         misses.append(
             Miss(kind="cost", observed=m.cost_per_1k_usd, limit=req.cost.per_1k_tasks_usd, detail="canary cost")
         )
-    return CanaryJudgement(Verdict(misses=misses), drifts)
+    call = quality_call(m, threshold=req.quality.threshold, metric=metric, decided_on="upper_bound",
+                        confidence=mon.confidence)
+    return CanaryJudgement(Verdict(misses=misses, quality=call), drifts)
 
 
 def integrity_failure(error: str) -> CanaryJudgement:

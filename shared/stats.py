@@ -9,13 +9,14 @@ only when a test says it is unlikely to be noise.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
-from contracts.measurement import Interval, Measurement
+from contracts.measurement import Comparison, Interval, Measurement
 
 BOOTSTRAP_RESAMPLES = 2000
+PairedTest = Literal["mcnemar", "paired_bootstrap"]
 
 
 def _scipy_stats() -> Any:
@@ -85,3 +86,86 @@ def half_width_at(p: float, n: int, confidence: float = 0.95) -> float:
     """Half the Wilson interval's width for a score of `p` on `n` rows (for sizing a canary set)."""
     ci = wilson(round(p * n), n, confidence)
     return (ci.high - ci.low) / 2
+
+
+def paired(baseline: Sequence[float], candidate: Sequence[float], confidence: float = 0.95, *, seed: int = 0,
+           resamples: int = BOOTSTRAP_RESAMPLES) -> tuple[float, Interval, PairedTest, float, int, int]:
+    """(difference, its interval, method, two-sided p, wins, losses) of candidate minus baseline on the same
+    rows, in order. McNemar's exact test when every row scores 0 or 1 (a binomial test on the rows where the
+    two disagree: the agreeing rows say nothing about which is better), else a paired bootstrap of the mean
+    difference, whose p is twice the share of resampled differences on the far side of zero. The interval is
+    the paired bootstrap's percentile interval either way (resampling rows keeps each row's two scores
+    together, which is what makes the comparison paired)."""
+    a = np.asarray(baseline, dtype=float)
+    b = np.asarray(candidate, dtype=float)
+    if a.shape != b.shape or a.size == 0:
+        raise ValueError(f"a paired comparison needs the same rows on both sides ({a.size} vs {b.size})")
+    diff = b - a
+    point = float(diff.mean())
+    wins, losses = int((diff > 0).sum()), int((diff < 0).sum())
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, diff.size, size=(resamples, diff.size))].mean(axis=1)
+    alpha = 1 - confidence
+    low, high = (float(v) for v in np.quantile(means, [alpha / 2, 1 - alpha / 2]))
+    interval = Interval(low=min(low, point), high=max(high, point), confidence=confidence, method="bootstrap")
+    binary = bool(np.isin(a, (0.0, 1.0)).all() and np.isin(b, (0.0, 1.0)).all())
+    if binary:
+        p = 1.0 if wins + losses == 0 else float(_scipy_stats().binomtest(wins, wins + losses, 0.5).pvalue)
+        return point, interval, "mcnemar", p, wins, losses
+    if not diff.any():
+        return point, interval, "paired_bootstrap", 1.0, wins, losses
+    # the bootstrap distribution shifted to zero: how often is a difference as far from zero as this one?
+    p = float(min(1.0, (np.abs(means - point) >= abs(point)).mean() + 1 / resamples))
+    return point, interval, "paired_bootstrap", p, wins, losses
+
+
+def compare_rows(baseline: Sequence[tuple[str, float]], candidate: Sequence[tuple[str, float]], *,
+                 baseline_name: str, candidate_name: str, confidence: float = 0.95) -> Comparison | None:
+    """Two evaluations' (row id, row score) pairs compared on the rows both answered; None when they share
+    none (different sets, or a log from before sample logs were kept)."""
+    base = dict(baseline)
+    common = [(base[i], score) for i, score in candidate if i in base]
+    if not common:
+        return None
+    a, b = [x for x, _ in common], [y for _, y in common]
+    difference, interval, method, p, wins, losses = paired(a, b, confidence)
+    finding: Literal["better", "worse", "no_difference"] = (
+        "no_difference" if p >= 1 - confidence else "better" if difference > 0 else "worse")
+    return Comparison(baseline=baseline_name, candidate=candidate_name, n=len(common),
+                      baseline_score=float(np.mean(a)), candidate_score=float(np.mean(b)), difference=difference,
+                      interval=interval, method=method, p_value=p, wins=wins, losses=losses, finding=finding)
+
+
+def paired_statistic(baseline: Any, candidate: Any, statistic: Callable[[Any], float], *, baseline_name: str,
+                     candidate_name: str, confidence: float = 0.95, seed: int = 0,
+                     resamples: int = 1000) -> Comparison:
+    """A score that is a statistic of all rows (Spearman over pairs, log-likelihood per token over texts),
+    compared on the same rows: the rows are resampled together (one index draw for both models) and the
+    difference of the statistic recomputed each time. A draw whose statistic is undefined (a constant
+    resample has no rank correlation) is left out."""
+    a, b = np.asarray(baseline, dtype=float), np.asarray(candidate, dtype=float)
+    if a.shape[0] != b.shape[0] or a.shape[0] == 0:
+        raise ValueError(f"a paired comparison needs the same rows on both sides ({a.shape[0]} vs {b.shape[0]})")
+    before, after = float(statistic(a)), float(statistic(b))
+    point = after - before
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(resamples):
+        index = rng.integers(0, a.shape[0], size=a.shape[0])
+        draws.append(float(statistic(b[index])) - float(statistic(a[index])))
+    diffs = np.asarray(draws)
+    diffs = diffs[np.isfinite(diffs)]
+    alpha = 1 - confidence
+    if diffs.size == 0 or not np.isfinite(point):
+        low = high = point
+        p = 1.0
+    else:
+        low, high = (float(v) for v in np.quantile(diffs, [alpha / 2, 1 - alpha / 2]))
+        p = 1.0 if point == 0 else float(min(1.0, (np.abs(diffs - point) >= abs(point)).mean() + 1 / resamples))
+    finding: Literal["better", "worse", "no_difference"] = (
+        "no_difference" if p >= 1 - confidence else "better" if point > 0 else "worse")
+    return Comparison(baseline=baseline_name, candidate=candidate_name, n=int(a.shape[0]), baseline_score=before,
+                      candidate_score=after, difference=point,
+                      interval=Interval(low=min(low, point), high=max(high, point), confidence=confidence,
+                                        method="bootstrap"),
+                      method="paired_bootstrap", p_value=p, wins=None, losses=None, finding=finding)

@@ -144,6 +144,45 @@ def assert_a_monitored_deployment(first_run: list[Event], live_stack: LiveStack)
             assert e.causation_id in by_id, e.type_name()
 
 
+def test_every_gate_says_pass_miss_or_inconclusive_and_pairs_what_it_compares(first_run: list[Event],
+                                                                               live_stack: LiveStack) -> None:
+    """#23 part 2 on a real run: each gate's verdict carries its quality call (interval, rows, outcome); the
+    selected candidate is compared with its size-class rival, the int8 variant with the fp32 model, the adapter
+    with its base, each paired on the same eval rows from their sample logs; and the CLI prints them."""
+    req = of(first_run, RequirementsAccepted)[0].context.requirements
+    gates = [*of(first_run, CandidateBenchmarked), *of(first_run, VariantBenchmarked), *of(first_run, TuningGated),
+             *of(first_run, CanaryPassed)]
+    for e in gates:
+        call = e.verdict.quality  # type: ignore[attr-defined]
+        assert call is not None and call.outcome in ("pass", "miss", "inconclusive"), e.type_name()
+        assert call.n == e.measurement.n and call.low <= call.score <= call.high  # type: ignore[attr-defined]
+        assert call.passed == (not any(m.kind == "quality" for m in e.verdict.misses))  # type: ignore[attr-defined]
+    assert of(first_run, CanaryPassed)[0].verdict.quality.decided_on == "upper_bound"  # type: ignore[union-attr]
+    assert of(first_run, CandidateBenchmarked)[0].verdict.quality.decided_on == req.quality.decide_on  # type: ignore[union-attr]
+
+    selection = of(first_run, SelectionDecided)[0]
+    (rival,) = selection.comparisons  # minilm-l6 (s) against minilm-l3 (xs), which it was chosen over
+    assert (rival.baseline, rival.candidate) == ("minilm-l3 fp32", "minilm-l6 fp32") and rival.n == 640
+    assert rival.finding == "better" and rival.difference > 0
+    fit = of(first_run, FitCompleted)[0]
+    assert fit.comparison is not None and fit.comparison.baseline.endswith("fp32")
+    assert fit.comparison.candidate.endswith("int8") and fit.comparison.method == "mcnemar"
+    assert abs(fit.comparison.difference - (fit.measurement.score - selection.measurement.score)) < 1e-9
+    gated = of(first_run, TuningGated)[0]
+    assert gated.comparison is not None and gated.comparison.finding == "better", gated.comparison
+    assert gated.comparison.wins > gated.comparison.losses and gated.comparison.interval.low > 0
+
+    from typer.testing import CliRunner
+
+    from weightflow.cli import app as cli
+
+    env = {"WEIGHTFLOW_HOME": str(live_stack.settings.home), "WEIGHTFLOW_NATS_URL": str(live_stack.settings.nats_url),
+           "COLUMNS": "250"}
+    shown = CliRunner().invoke(cli, ["status", str(first_run[0].run_id)], env=env)
+    assert shown.exit_code == 0, shown.output
+    assert shown.output.count("paired:") >= 3 and "McNemar p =" in shown.output
+
+
 def test_registered_checksums_match_the_files_on_disk(first_run: list[Event], live_stack: LiveStack) -> None:
     registered = of(first_run, ModelRegistered)[0]
     assert registered.checksums

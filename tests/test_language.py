@@ -125,6 +125,11 @@ def test_general_ability_is_log_perplexity_or_accuracy(lm: LoadedModel) -> None:
     assert -10 < score < 0, "−ln(perplexity) of a random model is about −ln(vocabulary)"
     mc = [GeneralRow(id=f"q{i}", input="Is fire hot?", choices=["yes", "no"], label=i % 2) for i in range(4)]
     assert GENERATION.general_score(lm, SPEC, mc) == 0.5
+    # row by row, for the paired comparison: (log-likelihood, tokens) per text, a 0/1 hit per question
+    per_text = GENERATION.general_outputs(lm, SPEC, text)
+    assert per_text.values.shape == (3, 2) and per_text.score == pytest.approx(score)
+    assert per_text.score == pytest.approx(per_text.values[:, 0].sum() / per_text.values[:, 1].sum())
+    assert sorted(GENERATION.general_outputs(lm, SPEC, mc).values.tolist()) == [0.0, 0.0, 1.0, 1.0]
 
 
 def test_the_loss_is_on_target_tokens_only(lm: LoadedModel) -> None:

@@ -428,6 +428,10 @@ def test_evaluate_measures_quality_speed_and_the_score_interval(l6: LoadedModel,
 def test_general_score_tracks_general_ability(l6: LoadedModel) -> None:
     pairs = load_jsonl(EXAMPLE_DIR / "general.jsonl", Pair)
     assert ZERO_SHOT.general_score(l6, SPEC, pairs) > 0.7
+    # row by row (what the tuning gate pairs): (cosine, gold) per pair, the score their Spearman
+    outputs = ZERO_SHOT.general_outputs(l6, SPEC, pairs)
+    assert outputs.values.shape == (len(pairs), 2) and outputs.score == ZERO_SHOT.general_score(l6, SPEC, pairs)
+    assert list(outputs.values[:, 1]) == [p.score for p in pairs]
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ from contracts.benchmark import (
     VariantBenchmarked,
 )
 from contracts.fitting import FitCompleted, FitFailed, FitSkipped, MemoryBudgetComputed
-from contracts.measurement import Measurement
+from contracts.measurement import Comparison, Measurement
 from contracts.monitoring import CanaryFailed, CanaryPassed, DriftDetected, ServingEndpointAnnounced
 from contracts.registry import (
     DeploymentPromoted,
@@ -23,6 +23,7 @@ from contracts.registry import (
 )
 from contracts.requirements import RequirementsAccepted, RequirementsRejected
 from contracts.tuning import AdapterTrained, TuningGated, TuningSkipped
+from contracts.verdict import Verdict
 from contracts.workflow import (
     DeadLettered,
     RequestRefused,
@@ -40,9 +41,24 @@ def score(m: Measurement) -> str:
     return f"{m.metric} {m.score:.3f}{interval}"
 
 
+def _unsettled(verdict: Verdict) -> str:
+    """` (inconclusive: …)` for a pass its interval could not settle; empty otherwise (a miss says so itself)."""
+    call = verdict.quality
+    return f" ({call.describe()})" if call is not None and call.outcome == "inconclusive" and call.passed else ""
+
+
+def verdict_text(verdict: Verdict, passed: str = "pass") -> str:
+    """`pass`, `pass (inconclusive: …)`, or every miss: how a gate's answer reads in a table or a line."""
+    return passed + _unsettled(verdict) if verdict.passed else "; ".join(verdict.messages())
+
+
+def _paired(comparisons: list[Comparison]) -> str:
+    return "".join(f"\n  paired: {c.describe()}" for c in comparisons)
+
+
 def _benchmarked(e: CandidateBenchmarked | VariantBenchmarked) -> str:
     m = e.measurement
-    verdict = "PASS" if e.verdict.passed else "miss: " + "; ".join(e.verdict.messages())
+    verdict = verdict_text(e.verdict, "PASS") if e.verdict.passed else "miss: " + verdict_text(e.verdict)
     what = "API" if e.model.source == "api" else f"{e.model.variant}, {e.model.size_class}, {e.model.params / 1e6:.1f}M"
     via = f" over HTTP ({m.extra.get('http_retries', 0):g} retries)" if m.via == "http" else ""
     return (f"{e.model.candidate} [{what}] {score(m)} p95 {m.latency_ms_p95:.1f} ms{via} ${m.cost_per_1k_usd:.4f}/1k"
@@ -74,7 +90,7 @@ def summary(e: Event) -> str:
         if e.plan.skip_variants or e.plan.tune:
             plan = f" [plan: skip {e.plan.skip_variants or 'none'}{', tune' if e.plan.tune else ''}]"
         return f"selected {e.model.candidate} (gap {e.quality_gap:.3f}){plan}: " + " → ".join(
-            f"{d.action}: {d.reason}" for d in e.decisions)
+            f"{d.action}: {d.reason}" for d in e.decisions) + _paired(e.comparisons)
     if isinstance(e, NoCandidatePassed):
         return f"no candidate passed; {e.recommendation.reason}"
     if isinstance(e, MemoryBudgetComputed):
@@ -83,16 +99,18 @@ def summary(e: Event) -> str:
                 f"({'fits' if b.fits else 'does not fit'})")
     if isinstance(e, FitCompleted):
         variant = "API" if e.model.source == "api" else e.model.variant
-        return f"fit {variant}: {score(e.measurement)}, gap {e.quality_gap:.3f} → {e.next_stage}"
+        paired = _paired([e.comparison] if e.comparison else [])
+        return f"fit {variant}: {score(e.measurement)}, gap {e.quality_gap:.3f} → {e.next_stage}{paired}"
     if isinstance(e, FitFailed):
         return f"fit failed: {e.reason}"
     if isinstance(e, AdapterTrained):
         return (f"LoRA adapter trained: {e.steps} steps in {e.seconds:.1f} s, "
                 f"loss {e.loss_first:.3f} → {e.loss_last:.3f}")
     if isinstance(e, TuningGated):
-        verdict = "passed" if e.passed else "refused: " + "; ".join(e.verdict.messages())
+        verdict = "passed" + _unsettled(e.verdict) if e.passed else "refused: " + "; ".join(e.verdict.messages())
         return (f"gate {verdict} — task {e.task_score_before:.3f} → {e.task_score:.3f}, "
-                f"general {e.general_score_before:.3f} → {e.general_score:.3f}")
+                f"general {e.general_score_before:.3f} → {e.general_score:.3f}"
+                + _paired([c for c in (e.comparison, e.general_comparison) if c is not None]))
     if isinstance(e, TuningSkipped):
         return f"tuning skipped: {e.reason}"
     if isinstance(e, ModelRegistered):
@@ -118,7 +136,7 @@ def summary(e: Event) -> str:
     if isinstance(e, CanaryPassed):
         m = e.measurement
         via = " over HTTP" if m.via == "http" else ""
-        return f"canary passed on {e.deployment}{via}: {score(m)}, p95 {m.latency_ms_p95:.1f} ms"
+        return f"canary passed on {e.deployment}{via}: {score(m)}, p95 {m.latency_ms_p95:.1f} ms{_unsettled(e.verdict)}"
     if isinstance(e, CanaryFailed):
         measured = f" ({score(e.measurement)})" if e.measurement is not None else ""
         if e.before_promotion:

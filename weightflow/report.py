@@ -22,7 +22,7 @@ from contracts.tuning import AdapterTrained, TuningGated
 from contracts.workflow import WorkflowHalted, WorkflowRerouted
 from weightflow.pages.figures import benchmarked
 from weightflow.pages.page import other_metrics
-from weightflow.render import score
+from weightflow.render import score, verdict_text
 
 MB = 1024 * 1024
 
@@ -39,7 +39,7 @@ def _candidates(events: Sequence[Event]) -> list[str]:
     ]
     for e in benchmarked(events):
         m = e.measurement
-        verdict = "pass" if e.verdict.passed else "; ".join(e.verdict.messages())
+        verdict = verdict_text(e.verdict)
         rows.append(
             f"| {e.model.candidate} | {e.model.variant} | {e.model.size_class} | {e.model.params / 1e6:.1f}M "
             f"| {score(m)} | {other_metrics(m)} | {m.latency_ms_p50:.1f} / {m.latency_ms_p95:.1f} "
@@ -109,6 +109,8 @@ def render(run_id: UUID, events: Sequence[Event], outcome: str) -> str:
         out += [f"1. **{d.action}**: {d.reason}" for d in decisions]
         if isinstance(e, NoCandidatePassed):
             out.append(f"1. **{e.recommendation.action}**: {e.recommendation.reason}")
+        if isinstance(e, SelectionDecided) and e.comparisons:
+            out += ["", "Paired on the same eval rows:", "", *[f"- {c.describe()}" for c in e.comparisons]]
         out.append("")
     budgets = [e.budget for e in _of(events, MemoryBudgetComputed) if isinstance(e, MemoryBudgetComputed)]
     if budgets:
@@ -144,6 +146,8 @@ def render(run_id: UUID, events: Sequence[Event], outcome: str) -> str:
             out += [
                 f"Gate {verdict}: task {e.task_score_before:.3f} → {e.task_score:.3f}, general "
                 f"{e.general_score_before:.3f} → {e.general_score:.3f}.",
+                *([f"Paired on the eval rows: {e.comparison.describe()}."] if e.comparison else []),
+                *([f"Paired on the general set: {e.general_comparison.describe()}."] if e.general_comparison else []),
                 "",
             ]
     for e in _of(events, ModelRegistered, DeploymentPromoted, RolledBack):

@@ -25,12 +25,13 @@ from contracts.benchmark import (
     SelectionDecided,
     VariantBenchmarked,
 )
-from contracts.measurement import Measurement
-from contracts.requirements import RequirementsAccepted, RunContext
+from contracts.measurement import Comparison, Measurement
+from contracts.requirements import Requirements, RequirementsAccepted, RunContext
 from contracts.verdict import judge, quality_gap
 from services.benchmark import domain
 from services.benchmark.tables import BenchmarkRecord
 from shared.bus import HandlerContext, HandlerResult, PermanentError, Service
+from shared.comparisons import compare
 from shared.modeling.registry import quantizers, sources
 from shared.modeling.remote import EndpointError
 from shared.modeling.stored import budget_for, is_remote, measure, rows, task_of
@@ -42,7 +43,7 @@ def measurement_key(context: RunContext, tree_digest: str) -> str:
     req = context.requirements
     what = {"tree": tree_digest, "eval": context.data.eval, "task": req.task.model_dump(mode="json"),
             "metric": req.quality.metric, "hardware": req.deployment.hardware.model_dump(mode="json"),
-            "confidence": req.monitoring.confidence}
+            "confidence": req.quality.confidence}
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
 
 
@@ -76,6 +77,7 @@ def _measure(ctx: HandlerContext, context: RunContext, models: list[ModelArtifac
         if key not in known:
             try:
                 known[key] = measure(ctx.store, model.source, model.tree_digest, req, eval_rows,
+                                     confidence=req.quality.confidence,
                                      device=ctx.settings.device)
             except EndpointError as exc:
                 unavailable.append((model, exc))
@@ -108,6 +110,15 @@ def _fits(ctx: HandlerContext, context: RunContext, models: dict[str, ModelArtif
         return budget_for(ctx.store, model.tree_digest, model.params, variant, req, quantizer=quantizer).fits
 
     return fits
+
+
+def _rivals(ctx: HandlerContext, picked: Measured, measured: list[Measured], req: Requirements) -> list[Comparison]:
+    """The selected candidate against each other one measured for this run (its size-class rivals and the smaller
+    ones that did not pass), paired on the eval rows: is it measurably better than what was passed over?"""
+    compared = (compare(ctx.store, other.measurement, picked.measurement, baseline_name=other.model.label,
+                        candidate_name=picked.model.label, confidence=req.quality.confidence)
+                for other in measured if other.model.candidate != picked.model.candidate)
+    return [c for c in compared if c is not None]
 
 
 @service.handles(RequirementsAccepted)
@@ -153,7 +164,7 @@ def on_accepted(event: RequirementsAccepted, ctx: HandlerContext) -> HandlerResu
             out.append(SelectionDecided.follow(
                 event, context=context, model=picked.model, measurement=picked.measurement,
                 quality_gap=quality_gap(picked.measurement, context.requirements), decisions=decisions,
-                plan=choice.plan))
+                plan=choice.plan, comparisons=_rivals(ctx, picked, measured_all, context.requirements)))
             break
     else:
         unmeasured = [d.reason for d in decisions if d.action == "exclude"]

@@ -21,11 +21,12 @@ from sqlmodel import Session
 from contracts.base import Event, utcnow
 from contracts.benchmark import UNQUANTIZED, BenchmarkRequested, ModelArtifact, SelectionDecided, VariantBenchmarked
 from contracts.fitting import FitCompleted, FitFailed, FitSkipped, MeasuredPeak, MemoryBudget, MemoryBudgetComputed
-from contracts.measurement import Measurement
+from contracts.measurement import Comparison, Measurement
 from contracts.requirements import Requirements
 from services.fitting import domain
 from services.fitting.tables import FitAttempt
 from shared.bus import HandlerContext, HandlerResult, OrphanError, Service
+from shared.comparisons import compare
 from shared.modeling import budget
 from shared.modeling.device import pick_device
 from shared.modeling.registry import quantizers
@@ -74,7 +75,8 @@ def _measure(ctx: HandlerContext, model_dir: Path, req: Requirements,
 
 
 def _complete(cause: Event, selection: SelectionDecided, model: ModelArtifact, m: Measurement, b: MemoryBudget,
-              gap: float, steps: list[str], measured: MeasuredPeak | None) -> Event:
+              gap: float, steps: list[str], measured: MeasuredPeak | None,
+              comparison: Comparison | None = None) -> Event:
     context = selection.context
     decision = domain.next_stage(gap, context, selection.plan,
                                  lambda adapter: context.excluded(model.candidate, model.variant, adapter))
@@ -83,7 +85,8 @@ def _complete(cause: Event, selection: SelectionDecided, model: ModelArtifact, m
     return FitCompleted.follow(cause, context=context, model=model, measurement=m, budget=b, measured=measured,
                                quality_gap=gap, steps=[*steps, f"next: {decision.stage} ({decision.reason})"],
                                next_stage=decision.stage,
-                               tune_reason=decision.reason if decision.stage == "tuning" else "")
+                               tune_reason=decision.reason if decision.stage == "tuning" else "",
+                               comparison=comparison)
 
 
 def _try_schemes(cause: Event, selection: SelectionDecided, schemes: list[str], steps: list[str],
@@ -240,11 +243,15 @@ def on_benchmarked(event: VariantBenchmarked, ctx: HandlerContext) -> HandlerRes
     m = event.measurement
     steps.append(f"re-benchmarked {model.variant}: score {m.score:.3f}, p95 {m.latency_ms_p95:.1f} ms, "
                  f"${m.cost_per_1k_usd:.4f}/1k")
+    comparison = compare(ctx.store, selection.measurement, m, baseline_name=selection.model.label,
+                         candidate_name=model.label, confidence=selection.context.requirements.quality.confidence)
+    if comparison is not None:
+        steps.append(f"paired on the eval rows: {comparison.describe()}")
     # A variant is given up when it misses anything but quality, or quality by more than tuning may close;
     # then the next scheme is tried. Otherwise the fit completes (or fails for a reason no scheme changes).
     blocking = [miss for miss in event.verdict.misses if miss.kind != "quality"]
     remaining: list[str] = json.loads(attempt.remaining_json)
-    completion = _complete(event, selection, model, m, b, event.quality_gap, steps, fitted.measured)
+    completion = _complete(event, selection, model, m, b, event.quality_gap, steps, fitted.measured, comparison)
     follow_up: FitAttempt | None = None
     if blocking or (isinstance(completion, FitFailed) and event.quality_gap > 0 and remaining):
         missed = blocking or event.verdict.misses

@@ -112,7 +112,7 @@ def on_canary_requested(event: CanaryRequested, ctx: HandlerContext) -> HandlerR
                         for d in judgement.drifts]
     if judgement.passed:
         out.append(CanaryPassed.follow(event, **common, model=_deployed(manifest), measurement=m,
-                                       baseline=manifest.canary_baseline))
+                                       baseline=manifest.canary_baseline, verdict=judgement.verdict))
     else:
         out.append(CanaryFailed.follow(event, **common, model=_deployed(manifest), kind=judgement.kind,
                                        verdict=judgement.verdict, measurement=m, baseline=manifest.canary_baseline))

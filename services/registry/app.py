@@ -71,6 +71,7 @@ def _canary_baseline(ctx: HandlerContext, context: RunContext, model: ModelArtif
     req = context.requirements
     return measure(ctx.store, model.source, model.tree_digest, req,
                    rows(ctx.store, context.data.canary, task_of(req.task), "canary"),
+                   confidence=req.monitoring.confidence,
                    adapter_tree=adapter.tree_digest if adapter else None,
                    adapter_method=adapter.method if adapter else "lora", device=ctx.settings.device)
 

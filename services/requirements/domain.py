@@ -93,6 +93,8 @@ def render_markdown(req: Requirements, version: int, digest: str) -> str:
     """The one-page requirements doc a reviewer signs off."""
     hw = req.deployment.hardware
     forced = f" (forced: {req.quantization.force})" if req.quantization.force else ""
+    decide = ("passes when the score itself clears it (`decide_on: estimate`)" if req.quality.decide_on == "estimate"
+              else "misses: only a lower bound that clears it passes (`decide_on: lower_bound`)")
     labels = "\n".join(f"| `{name}` | {desc} |" for name, desc in (req.task.labels or {}).items())
     candidates = ", ".join(c.key for c in req.candidates) if req.candidates else "every built-in candidate"
     mon = req.monitoring
@@ -115,6 +117,7 @@ Document sha256 `{digest}`.
 | cost per 1k tasks | ≤ ${req.cost.per_1k_tasks_usd:g} |
 | quality gap LoRA tuning may close | ≤ {req.quality.tunable_gap:.3f} |
 | allowed drop on the general set after tuning | ≤ {req.quality.max_general_drop:.3f} |
+| a score whose {req.quality.confidence:.0%} interval straddles the threshold (inconclusive) | {decide} |
 
 ## Deployment
 - name `{req.deployment.name}`, {req.deployment.mode}, data residency: {req.deployment.data_residency or "unspecified"}

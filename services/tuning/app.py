@@ -16,8 +16,10 @@ from services.tuning import domain
 from services.tuning.tables import TuningRun
 from shared import sample_logs
 from shared.bus import HandlerContext, HandlerResult, Service
+from shared.comparisons import compare
 from shared.modeling.registry import quantizers, tuners
 from shared.modeling.stored import load_tree, rows, task_of
+from shared.stats import paired_statistic
 
 service = Service("tuning")
 METHOD = "lora"
@@ -46,7 +48,8 @@ def on_fit_completed(event: FitCompleted, ctx: HandlerContext) -> HandlerResult:
     train_tree = event.model.base_tree_digest if on_base else event.model.tree_digest
     trainee = load_tree(ctx.store, train_tree, task, ctx.settings.device) if on_base else base
     general = rows(ctx.store, data.general, task, "general")
-    general_before = task.general_score(base, req.task, general)
+    outputs_before = task.general_outputs(base, req.task, general)
+    general_before = outputs_before.score if outputs_before else task.general_score(base, req.task, general)
     with tempfile.TemporaryDirectory(prefix="wf-lora-") as tmp:
         report = tuner.train(task, trainee, req.task, rows(ctx.store, data.train, task, "train"),
                              Path(tmp) / "adapter")
@@ -55,9 +58,18 @@ def on_fit_completed(event: FitCompleted, ctx: HandlerContext) -> HandlerResult:
     tuned = tuner.attach(base, ctx.store.materialize_tree(adapter_tree))
     m = sample_logs.keep(ctx.store, task.evaluate(tuned, req.task, rows(ctx.store, data.eval, task, "eval"),
                                                   req.quality.metric, req.deployment.hardware,
-                                                  req.monitoring.confidence))
-    general_after = task.general_score(tuned, req.task, general)
-    verdict = domain.gate(req, m, general_before=general_before, general_after=general_after)
+                                                  req.quality.confidence))
+    comparison = compare(ctx.store, event.measurement, m, baseline_name=event.model.label,
+                         candidate_name=f"{event.model.label} + {METHOD}", confidence=req.quality.confidence)
+    outputs_after = task.general_outputs(tuned, req.task, general)
+    general_after = outputs_after.score if outputs_after else task.general_score(tuned, req.task, general)
+    general_comparison = None
+    if outputs_before is not None and outputs_after is not None:
+        general_comparison = paired_statistic(
+            outputs_before.values, outputs_after.values, outputs_before.statistic, baseline_name=event.model.label,
+            candidate_name=f"{event.model.label} + {METHOD}", confidence=req.quality.confidence)
+    verdict = domain.gate(req, m, general_before=general_before, general_after=general_after,
+                          general=general_comparison)
     adapter = AdapterArtifact(tree_digest=adapter_tree, base_tree_digest=train_tree,
                               train_data_digest=data.train, method=METHOD, settings=report.settings)
     out: list[Event] = [
@@ -66,7 +78,8 @@ def on_fit_completed(event: FitCompleted, ctx: HandlerContext) -> HandlerResult:
                               loss_curve=[LossPoint(step=step, loss=loss) for step, loss in report.loss_curve]),
         TuningGated.follow(event, context=context, model=event.model, adapter=adapter, measurement=m,
                            budget=event.budget, task_score_before=event.measurement.score, task_score=m.score,
-                           general_score_before=general_before, general_score=general_after, verdict=verdict),
+                           general_score_before=general_before, general_score=general_after, verdict=verdict,
+                           comparison=comparison, general_comparison=general_comparison),
     ]
 
     def commit(session: Session) -> Sequence[Event]:

@@ -50,6 +50,20 @@ def _trace(cls: type, kind: str, methods: tuple[str, ...]) -> None:
             setattr(cls, method, traced(f"{kind}.{method}")(vars(cls)[method]))
 
 
+@dataclass(frozen=True)
+class GeneralOutputs:
+    """A general-capability pass row by row: `values` has one row per general row, and `statistic` turns any
+    selection of those rows into the score (a rank correlation or a per-token likelihood is not a mean of rows),
+    so a paired comparison can resample the same rows on both models and recompute it."""
+
+    values: Any  # numpy array, first axis = general rows
+    statistic: Callable[[Any], float]
+
+    @property
+    def score(self) -> float:
+        return float(self.statistic(self.values))
+
+
 class NotServed(ValueError):
     """The task's model does not answer this kind of request (e.g. embeddings from a language model)."""
 
@@ -177,6 +191,11 @@ class Task(ABC):
 
     @abstractmethod
     def general_score(self, loaded: LoadedModel, spec: TaskSpec, rows: Sequence[Any]) -> float: ...
+
+    def general_outputs(self, loaded: LoadedModel, spec: TaskSpec, rows: Sequence[Any]) -> GeneralOutputs | None:
+        """The general pass row by row, for a paired comparison before and after tuning; None (the default, for a
+        task that only says its score) leaves the general set compared as two numbers."""
+        return None
 
     @abstractmethod
     def predict(self, loaded: LoadedModel, spec: TaskSpec, inputs: Sequence[str]) -> list[str]: ...

@@ -41,21 +41,23 @@ def with_adapter(store: ArtifactStore, loaded: LoadedModel, adapter_tree: str, m
 
 
 def measure(store: ArtifactStore, source: str, tree_digest: str, req: Requirements, rows: Sequence[Any], *,
-            adapter_tree: str | None = None, adapter_method: str = "lora", device: str = "auto") -> Measurement:
+            confidence: float, adapter_tree: str | None = None, adapter_method: str = "lora",
+            device: str = "auto") -> Measurement:
     """A model measured on `rows` the way its source runs it: a stored checkpoint loaded here (with its
     adapter), or an API candidate's endpoint called over HTTP (EndpointError when it gives no answer); its sample
-    log stored."""
+    log stored. `confidence`: of the score's interval (quality.confidence on the eval set, monitoring.confidence
+    on the canary set)."""
     task = task_of(req.task)
     origin = sources.get(source)
     if origin.remote:
         m = task.evaluate_remote(origin.endpoint(store, tree_digest), req.task, rows, req.quality.metric,
-                                 req.deployment.hardware, req.monitoring.confidence)
+                                 req.deployment.hardware, confidence)
         return sample_logs.keep(store, m)
     loaded = load_tree(store, tree_digest, task, device)
     if adapter_tree is not None:
         loaded = with_adapter(store, loaded, adapter_tree, adapter_method)
     return sample_logs.keep(store, task.evaluate(loaded, req.task, rows, req.quality.metric, req.deployment.hardware,
-                                                 req.monitoring.confidence))
+                                                 confidence))
 
 
 def is_remote(source: str) -> bool:

@@ -27,6 +27,7 @@ from contracts.workflow import WorkflowHalted, WorkflowRerouted, WorkflowResumed
 from weightflow.evaluations import evaluations, read_rows
 from weightflow.pages import figures
 from weightflow.pages.trail import trail
+from weightflow.render import verdict_text
 
 MB = 1024 * 1024
 LATEST_CANARY_SAMPLES = 3
@@ -224,7 +225,8 @@ def _context(title: str, subtitle: str, events: Sequence[Event], outcome: str, o
         "requirements": requirements_rows(ctx) if ctx else None,
         "candidates_plot": _div(figures.candidates(events, req), "candidates-plot"),
         "candidates": [
-            {"e": e, "score": score_text(e.measurement), "other": other_metrics(e.measurement)}
+            {"e": e, "score": score_text(e.measurement), "other": other_metrics(e.measurement),
+             "verdict": verdict_text(e.verdict)}
             for e in figures.benchmarked(events)
         ],
         "trail": trail(events),

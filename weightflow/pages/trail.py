@@ -69,6 +69,8 @@ def _steps(e: Event) -> list[Step]:
             )
             for d in e.decisions
         ]
+        if isinstance(e, SelectionDecided):
+            steps += [Step(e.occurred_at, "compare", c.describe(), kind) for c in e.comparisons]
         if isinstance(e, NoCandidatePassed):
             steps.append(
                 Step(

@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from contracts.measurement import Interval, Measurement, SampleRow
 from contracts.requirements import HardwareProfile, TaskSpec
 from shared.modeling.datasets import Example, Pair
-from shared.modeling.protocols import Classified, Embedded, LoadedModel, Task
+from shared.modeling.protocols import Classified, Embedded, GeneralOutputs, LoadedModel, Task
 from shared.modeling.tasks.base import measurement, request_latencies_ms, sample_rows, timed
 
 if TYPE_CHECKING:
@@ -229,9 +229,12 @@ class ClassificationTask(Task):
 
     def general_score(self, loaded: LoadedModel, spec: TaskSpec, rows: Sequence[Any]) -> float:
         """Spearman between embedding cosine and gold similarity on sentence pairs."""
+        return self.general_outputs(loaded, spec, rows).score
+
+    def general_outputs(self, loaded: LoadedModel, spec: TaskSpec, rows: Sequence[Any]) -> GeneralOutputs:
+        """(cosine, gold similarity) per pair; the score is their Spearman correlation."""
         import numpy as np
         import torch
-        from scipy.stats import spearmanr
 
         if len(rows) < 2:
             raise ValueError("the general-ability set needs at least two pairs")
@@ -240,8 +243,15 @@ class ClassificationTask(Task):
                            for i in range(0, len(rows), self.batch_size)]).cpu()
             b = torch.cat([self.embed(loaded, [p.b for p in rows[i: i + self.batch_size]])
                            for i in range(0, len(rows), self.batch_size)]).cpu()
-        cosine = (a * b).sum(dim=1).numpy()
-        return float(spearmanr(cosine, np.array([p.score for p in rows])).statistic)
+        cosine = (a * b).sum(dim=1).numpy().astype(float)
+        return GeneralOutputs(np.column_stack([cosine, [float(p.score) for p in rows]]), spearman_of_columns)
+
+
+def spearman_of_columns(values: Any) -> float:
+    """Spearman between a pass's two columns (model cosine, gold similarity): the general score of any rows."""
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(values[:, 0], values[:, 1]).statistic)
 
 
 def labelled_samples(rows: Sequence[Any], predicted: Sequence[str], latencies_ms: Sequence[float], *,

@@ -8,6 +8,7 @@ raise log-perplexity (0.05 ≈ perplexity ×1.05).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -17,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from contracts.limits import MAX_TEXT_CHARS
 from contracts.requirements import TaskSpec
 from shared.modeling.checkpoint import CheckpointInfo
-from shared.modeling.protocols import Completion, CompletionParams, LoadedModel, Task, TextSink
+from shared.modeling.protocols import Completion, CompletionParams, GeneralOutputs, LoadedModel, Task, TextSink
 
 if TYPE_CHECKING:
     import torch
@@ -183,21 +184,25 @@ class LanguageTask(Task):
         return (logprobs * chosen).sum(dim=1), chosen.sum(dim=1)
 
     def general_score(self, loaded: LoadedModel, spec: TaskSpec, rows: Sequence[Any]) -> float:
-        import math
+        return self.general_outputs(loaded, spec, rows).score
+
+    def general_outputs(self, loaded: LoadedModel, spec: TaskSpec, rows: Sequence[Any]) -> GeneralOutputs:
+        """Accuracy on a set of multiple-choice questions (a 0/1 hit per question), else −ln(perplexity) on the
+        plain texts: (log-likelihood, tokens) per text, the score their ratio of sums (a long text weighs more)."""
+        import numpy as np
 
         texts = [r for r in rows if r.text is not None]
         questions = [r for r in rows if r.text is None]
         if questions and not texts:
             hits = [float(self._choose(loaded, spec, r.input, r.choices) == r.label) for r in questions]
-            return float(sum(hits) / len(hits))
-        total, count = 0.0, 0
+            return GeneralOutputs(np.asarray(hits, dtype=float), _mean)
+        per_text: list[tuple[float, float]] = []
         for i in range(0, len(texts), self.batch_size):
             chunk = texts[i: i + self.batch_size]
             bos = loaded.tokenizer.bos_token or ""
             sums, counts = self.continuation_logprobs(loaded, [bos] * len(chunk), [r.text for r in chunk])
-            total += float(sums.sum())
-            count += int(counts.sum())
-        return total / count if count else -math.inf  # mean log-likelihood per token = -ln(perplexity)
+            per_text += [(float(s), float(c)) for s, c in zip(sums.tolist(), counts.tolist(), strict=True)]
+        return GeneralOutputs(np.asarray(per_text, dtype=float).reshape(-1, 2), _per_token_likelihood)
 
     def _choose(self, loaded: LoadedModel, spec: TaskSpec, text: str, choices: Sequence[str]) -> int:
         prompt = self.prompt(loaded, spec, text)
@@ -210,6 +215,16 @@ class LanguageTask(Task):
         eos = loaded.tokenizer.eos_token or ""
         sums, counts = self.continuation_logprobs(loaded, prompts, [f"{t}{eos}" for t in targets], grad=True)
         return -(sums.sum() / counts.sum().clamp(min=1))
+
+
+def _mean(values: Any) -> float:
+    return float(values.mean()) if len(values) else 0.0
+
+
+def _per_token_likelihood(values: Any) -> float:
+    """Mean log-likelihood per token over the texts = −ln(perplexity); −inf with no token at all."""
+    tokens = float(values[:, 1].sum())
+    return float(values[:, 0].sum()) / tokens if tokens else -math.inf
 
 
 class TextPieces:
