@@ -86,7 +86,8 @@ class QualityCall(Contract):
             return f"pass: {band} clears {self.threshold:.3f}"
         if self.outcome == "miss":
             return f"miss: {band} is below {self.threshold:.3f}"
-        settle = (f"about {self.rows_to_settle:,} rows would settle it" if self.rows_to_settle is not None
+        settle = (f"about {self.rows_to_settle:,} rows ({self.rows_to_settle - self.n:,} more) would settle it"
+                  if self.rows_to_settle is not None
                   else "it sits on the threshold: no number of rows settles it")
         rule = self.decided_on.replace("_", " ")
         return (f"inconclusive: {band} straddles {self.threshold:.3f}; {settle}; decided on the {rule}: "
@@ -171,7 +172,8 @@ def judge(m: Measurement, req: Requirements, *, detail: str = "") -> Verdict:
         note = ""
         if call.outcome == "inconclusive":
             note = (f"inconclusive: [{call.low:.3f}, {call.high:.3f}] on {call.n} rows straddles the threshold"
-                    + (f"; about {call.rows_to_settle:,} rows would settle it" if call.rows_to_settle else ""))
+                    + (f"; about {call.rows_to_settle:,} rows ({call.rows_to_settle - call.n:,} more) would "
+                       "settle it" if call.rows_to_settle else ""))
         misses.append(Miss(kind="quality", observed=call.low if strict else m.score, limit=call.threshold,
                            detail=f"{prefix}{req.quality.metric}{' lower bound' if strict else ''}", note=note))
     if m.latency_ms_p95 > req.latency.p95_ms:

@@ -49,7 +49,8 @@ def test_a_score_is_a_pass_a_miss_or_inconclusive_by_its_interval() -> None:
     assert (clear.outcome, below.outcome, unsure.outcome) == ("pass", "miss", "inconclusive")
     assert clear.rows_to_settle is None and below.rows_to_settle is None
     assert unsure.low < 0.85 < unsure.high and unsure.n == 200 and unsure.passed  # decided on the estimate
-    assert "inconclusive" in unsure.describe() and "rows would settle it" in unsure.describe()
+    assert "inconclusive" in unsure.describe() and f"({unsure.rows_to_settle - 200:,} more) would settle it" in (  # type: ignore[operator]
+        unsure.describe())
 
 
 @pytest.mark.parametrize(("correct", "n", "threshold"), [(173, 200, 0.85), (810, 1000, 0.80), (52, 100, 0.55),
@@ -84,7 +85,7 @@ def test_decide_on_lower_bound_makes_an_inconclusive_pass_a_miss() -> None:
     (miss,) = hard.misses
     assert miss.kind == "quality" and miss.observed == pytest.approx(m.interval.low)  # type: ignore[union-attr]
     said = miss.message()
-    assert "lower bound" in said and "inconclusive" in said and "rows would settle" in said
+    assert "lower bound" in said and "inconclusive" in said and "more) would settle" in said
     # the gap the gate decides on is the lower bound's
     assert quality_gap(m, strict(threshold=0.85)) == 0
     assert quality_gap(m, strict(threshold=0.85, decide_on="lower_bound")) == pytest.approx(0.85 - m.interval.low)  # type: ignore[union-attr]
