@@ -208,6 +208,10 @@ Candidate = Annotated[CandidateRef, BeforeValidator(_candidate_shorthand)]
 class QuantizationSpec(Contract):
     allowed: list[str] = Field(default_factory=lambda: ["int8"], description="registered schemes to try")
     force: str | None = Field(default=None, description="quantize with this scheme even if the unquantized fits")
+    max_quality_loss: float | None = Field(default=None, ge=0.0, le=1.0, description=(
+        "the most a variant may lose against the model it was made from, on the same eval rows (a paired "
+        "comparison; its far bound under quality.decide_on: lower_bound); a variant that loses more is given up "
+        "for the next scheme even when it clears the threshold. None: the threshold alone decides"))
 
 
 class MonitoringSpec(Contract):

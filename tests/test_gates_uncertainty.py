@@ -227,6 +227,24 @@ def test_a_strict_bar_refuses_an_adapter_that_cannot_show_it_lost_little() -> No
     assert "upper bound of the drop" in miss.message()
 
 
+def test_the_recovery_rule_judges_a_variants_loss_as_the_gates_do() -> None:
+    from contracts.measurement import Comparison, Interval
+    from services.fitting.domain import lost_too_much
+
+    base, variant = measured(180, 200), measured(176, 200)  # 0.90 -> 0.88
+    paired_loss = Comparison(baseline="m fp32", candidate="m int8", n=200, baseline_score=0.90, candidate_score=0.88,
+                             difference=-0.02, interval=Interval(low=-0.045, high=0.0, method="bootstrap"),
+                             method="mcnemar", p_value=0.06, wins=1, losses=5, finding="no_difference")
+    rule = REQ.model_copy(update={"quantization": REQ.quantization.model_copy(update={"max_quality_loss": 0.03})})
+    assert lost_too_much(REQ, base, variant, paired_loss) is None  # no rule: the threshold alone
+    assert lost_too_much(rule, base, variant, paired_loss) is None  # 0.02 <= 0.03
+    hard = rule.model_copy(update={"quality": rule.quality.model_copy(update={"decide_on": "lower_bound"})})
+    said = lost_too_much(hard, base, variant, paired_loss)
+    assert said is not None and "loss 0.045" in said and "far bound" in said and "m int8 vs m fp32" in said
+    unpaired = lost_too_much(rule, base, measured(170, 200), None)
+    assert unpaired is not None and "no sample logs to pair" in unpaired and "loss 0.050" in unpaired
+
+
 def test_comparisons_read_the_stored_sample_logs(tmp_path: Path) -> None:
     store = ArtifactStore(tmp_path / "artifacts")
 

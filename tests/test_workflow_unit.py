@@ -288,6 +288,25 @@ def test_a_variant_that_loses_too_much_quality_is_followed_by_the_next_scheme(wo
         "scripted-int8", "int8"]
 
 
+def test_a_variant_that_clears_the_bar_but_loses_too_much_against_its_base_is_given_up(workflow: Workflow) -> None:
+    """quantization.max_quality_loss (#24's recovery rule), judged on the same rows: 0.95 -> 0.88 clears the 0.80
+    threshold but loses 0.07, so the next scheme is tried; without the rule the first variant is kept."""
+    import json as _json
+
+    table = {"a/*/*/eval": 0.95, "a/scripted-int8/*/eval": 0.88, "*/*/*/canary": 0.95, "b/*/*/eval": 0.9}
+    workflow.script.write_text(_json.dumps(table))
+    kept = of(workflow.submit(workflow.requirements(quantization__allowed=["int8", "scripted-int8"])),
+              FitCompleted)[0]
+    assert kept.model.variant == "scripted-int8" and kept.comparison is not None
+    assert kept.comparison.finding == "worse" and kept.comparison.difference == pytest.approx(-0.07, abs=0.005)
+    events = workflow.submit(workflow.requirements(quantization__allowed=["int8", "scripted-int8"],
+                                                   quantization__max_quality_loss=0.03, deployment__name="strict"))
+    fit = of(events, FitCompleted)[0]
+    assert fit.model.variant == "int8", fit.steps
+    given_up = next(step for step in fit.steps if "scripted-int8 misses" in step)
+    assert "loss 0.070" in given_up and "max_quality_loss 0.030" in given_up and "McNemar" in given_up
+
+
 def replayed(event: Event) -> Event:
     """The same event under a fresh event id: past the inbox and JetStream's duplicate window."""
     return event.model_copy(update={"event_id": uuid4()})

@@ -249,13 +249,17 @@ def on_benchmarked(event: VariantBenchmarked, ctx: HandlerContext) -> HandlerRes
         steps.append(f"paired on the eval rows: {comparison.describe()}")
     # A variant is given up when it misses anything but quality, or quality by more than tuning may close;
     # then the next scheme is tried. Otherwise the fit completes (or fails for a reason no scheme changes).
-    blocking = [miss for miss in event.verdict.misses if miss.kind != "quality"]
+    # A variant that lost more than quantization.max_quality_loss against its base is given up the same way.
+    blocking = [miss.message() for miss in event.verdict.misses if miss.kind != "quality"]
+    lost = domain.lost_too_much(selection.context.requirements, selection.measurement, m, comparison)
+    if lost is not None:
+        blocking.append(lost)
     remaining: list[str] = json.loads(attempt.remaining_json)
     completion = _complete(event, selection, model, m, b, event.quality_gap, steps, fitted.measured, comparison)
     follow_up: FitAttempt | None = None
     if blocking or (isinstance(completion, FitFailed) and event.quality_gap > 0 and remaining):
-        missed = blocking or event.verdict.misses
-        steps.append(f"{model.variant} misses: {'; '.join(x.message() for x in missed)}")
+        missed = blocking or [x.message() for x in event.verdict.misses]
+        steps.append(f"{model.variant} misses: {'; '.join(missed)}")
         more, follow_up = _try_schemes(event, selection, remaining, steps, ctx)
         status = "failed"
     else:

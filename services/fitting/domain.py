@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 from contracts.benchmark import UNQUANTIZED, FitPlan
 from contracts.fitting import MeasuredPeak, MemoryBudget
-from contracts.requirements import RunContext
+from contracts.measurement import Comparison, Measurement
+from contracts.requirements import Requirements, RunContext
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,28 @@ def candidate_schemes(context: RunContext, plan: FitPlan) -> list[str]:
 
 def keep_unquantized(fp32_fits: bool, context: RunContext, plan: FitPlan) -> bool:
     return fp32_fits and not context.requirements.quantization.force and UNQUANTIZED not in plan.skip_variants
+
+
+def lost_too_much(req: Requirements, base: Measurement, variant: Measurement,
+                  comparison: Comparison | None) -> str | None:
+    """Why a variant is given up under `quantization.max_quality_loss` (the recovery rule: llm-compressor's CI
+    asks >= 95 % recovery), or None. The loss is judged on the same rows, paired: on the estimate, the difference;
+    on the lower bound, the largest loss the paired interval allows. Without sample logs to pair, the two scores."""
+    limit = req.quantization.max_quality_loss
+    if limit is None:
+        return None
+    if comparison is None:
+        loss, how = base.score - variant.score, "the difference of the two scores (no sample logs to pair)"
+    elif req.quality.decide_on == "lower_bound":
+        loss = -comparison.interval.low
+        how = f"the {comparison.interval.confidence:.0%} far bound of its paired loss"
+    else:
+        loss, how = -comparison.difference, "paired on the same rows"
+    if loss <= limit:
+        return None
+    said = f": {comparison.describe()}" if comparison is not None else ""
+    return (f"{variant.metric} loss {loss:.3f} against the unquantized model ({how}) is more than "
+            f"quantization.max_quality_loss {limit:.3f}{said}")
 
 
 @dataclass(frozen=True)

@@ -93,6 +93,9 @@ def render_markdown(req: Requirements, version: int, digest: str) -> str:
     """The one-page requirements doc a reviewer signs off."""
     hw = req.deployment.hardware
     forced = f" (forced: {req.quantization.force})" if req.quantization.force else ""
+    if req.quantization.max_quality_loss is not None:
+        forced += (f"; a variant may lose at most {req.quantization.max_quality_loss:g} against the unquantized "
+                   "model on the same eval rows")
     decide = ("passes when the score itself clears it (`decide_on: estimate`)" if req.quality.decide_on == "estimate"
               else "misses: only a lower bound that clears it passes (`decide_on: lower_bound`)")
     labels = "\n".join(f"| `{name}` | {desc} |" for name, desc in (req.task.labels or {}).items())
