@@ -12,6 +12,7 @@ settle it. Argo Rollouts' analysis runs have the same three outcomes.
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 from typing import Literal
 
 from pydantic import Field
@@ -76,7 +77,8 @@ class QualityCall(Contract):
     threshold: float
     rows_to_settle: int | None = Field(default=None, description=(
         "inconclusive only: about how many rows in all would put the interval on one side of the threshold, if "
-        "the score held (the interval narrows as 1/sqrt(rows)); None when the score sits on the threshold"))
+        "the score held (a Wilson interval recomputed at that size; a bootstrap one narrowed as 1/sqrt(rows)); "
+        "None when the score sits on the threshold"))
 
     def describe(self) -> str:
         """`inconclusive: accuracy 0.812 [0.779, 0.841] on 640 rows straddles 0.800; about 2,900 rows would
@@ -97,12 +99,43 @@ class QualityCall(Contract):
 def rows_to_settle(score: float, low: float, high: float, n: int, threshold: float) -> int | None:
     """Rows at which an interval of this width (shrinking as 1/sqrt(n)) would stop straddling the threshold,
     the score held where it is: the side of the interval that faces the threshold must shrink to the
-    distance between them."""
+    distance between them (for a bootstrap interval; `wilson_rows_to_settle` for a Wilson one)."""
     distance = abs(score - threshold)
     if distance <= 0 or n <= 0:
         return None
     facing = (score - low) if score >= threshold else (high - score)
     return max(n + 1, math.ceil(n * (facing / distance) ** 2))
+
+
+def _wilson(p: float, n: float, z: float) -> tuple[float, float]:
+    denominator = 1 + z * z / n
+    center = (p + z * z / (2 * n)) / denominator
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    return center - half, center + half
+
+
+def wilson_rows_to_settle(score: float, n: int, threshold: float, confidence: float) -> int | None:
+    """The fewest rows at which the Wilson interval of this score (held) no longer straddles the threshold,
+    found by bisection: near 0 or 1 a Wilson interval is lopsided and the 1/sqrt(n) rule overstates it by up
+    to 2x."""
+    if score == threshold or n <= 0:
+        return None
+    z = NormalDist().inv_cdf(1 - (1 - confidence) / 2)
+
+    def straddles(rows: int) -> bool:
+        low, high = _wilson(score, rows, z)
+        return low < threshold < high
+
+    settled = max(n, 1)
+    while straddles(settled):
+        settled *= 2
+        if settled > 10**12:
+            return None
+    unsettled = max(n, 1) if straddles(max(n, 1)) else 0
+    while settled - unsettled > 1:
+        middle = (settled + unsettled) // 2
+        unsettled, settled = (middle, settled) if straddles(middle) else (unsettled, middle)
+    return max(n + 1, settled)
 
 
 def quality_call(m: Measurement, *, threshold: float, metric: str, decided_on: DecidedOn,
@@ -116,10 +149,13 @@ def quality_call(m: Measurement, *, threshold: float, metric: str, decided_on: D
     outcome: QualityOutcome = "pass" if low >= threshold else "miss" if high < threshold else "inconclusive"
     inconclusive_passes = decided_on == "upper_bound" or (decided_on == "estimate" and m.score >= threshold)
     passed = outcome == "pass" or (outcome == "inconclusive" and inconclusive_passes)
+    settle = None
+    if outcome == "inconclusive":
+        settle = (wilson_rows_to_settle(m.score, m.n, threshold, confidence)
+                  if m.interval is not None and m.interval.method == "wilson"
+                  else rows_to_settle(m.score, low, high, m.n, threshold))
     return QualityCall(outcome=outcome, passed=passed, decided_on=decided_on, metric=metric, score=m.score,
-                       low=low, high=high, confidence=confidence, n=m.n, threshold=threshold,
-                       rows_to_settle=rows_to_settle(m.score, low, high, m.n, threshold)
-                       if outcome == "inconclusive" else None)
+                       low=low, high=high, confidence=confidence, n=m.n, threshold=threshold, rows_to_settle=settle)
 
 
 def call_quality(m: Measurement, req: Requirements) -> QualityCall:

@@ -54,15 +54,17 @@ def test_a_score_is_a_pass_a_miss_or_inconclusive_by_its_interval() -> None:
 
 
 @pytest.mark.parametrize(("correct", "n", "threshold"), [(173, 200, 0.85), (810, 1000, 0.80), (52, 100, 0.55),
-                                                         (3010, 4000, 0.76), (47, 60, 0.70)])
+                                                         (3010, 4000, 0.76), (47, 60, 0.70), (97, 100, 0.95),
+                                                         (99, 100, 0.97), (3, 100, 0.05)])
 def test_the_rows_that_would_settle_it_do(correct: int, n: int, threshold: float) -> None:
     """At the suggested size (the score held) the interval no longer straddles the threshold; at 80 % of it,
     it still does: the estimate is close, not just large."""
     score = correct / n
     ci = wilson(correct, n)
     assert ci.low < threshold < ci.high
-    needed = rows_to_settle(score, ci.low, ci.high, n, threshold)
-    assert needed is not None and needed > n
+    call = call_quality(measured(correct, n), strict(threshold=threshold))
+    needed = call.rows_to_settle
+    assert call.outcome == "inconclusive" and needed is not None and needed > n
 
     def straddles(rows: int) -> bool:
         at = wilson(round(score * rows), rows)
@@ -201,13 +203,34 @@ def test_a_statistic_of_all_rows_is_compared_by_resampling_the_same_rows() -> No
     sharp = np.column_stack([gold + rng.normal(0, 0.5, 300), gold])
     blurred = np.column_stack([gold + rng.normal(0, 3.0, 300), gold])
     forgot = paired_statistic(sharp, blurred, spearman_of_columns, baseline_name="base", candidate_name="tuned")
-    assert forgot.finding == "worse" and forgot.difference < -0.2 and forgot.interval.high < 0
+    assert forgot is not None and forgot.finding == "worse" and forgot.difference < -0.2 and forgot.interval.high < 0
     assert forgot.method == "paired_bootstrap" and forgot.wins is None and "rows won" not in forgot.describe()
     assert forgot.baseline_score == pytest.approx(spearman_of_columns(sharp))
     same = paired_statistic(sharp, sharp, spearman_of_columns, baseline_name="base", candidate_name="tuned")
-    assert same.finding == "no_difference" and same.p_value == 1.0 and same.difference == 0
+    assert same is not None and same.finding == "no_difference" and same.p_value == 1.0 and same.difference == 0
+    # a pass whose statistic is undefined (every cosine the same) compares nothing, rather than carry a NaN
+    flat = np.column_stack([np.ones(300), gold])
+    assert paired_statistic(sharp, flat, spearman_of_columns, baseline_name="a", candidate_name="b") is None
     with pytest.raises(ValueError, match="same rows"):
         paired_statistic(sharp, sharp[:10], spearman_of_columns, baseline_name="a", candidate_name="b")
+
+
+def test_a_task_that_overrides_its_general_score_is_taken_at_its_word() -> None:
+    """A plugin task that inherits general_outputs but says its own general_score: its score, no rows."""
+    from shared.modeling.protocols import GeneralOutputs
+    from shared.modeling.tasks.zero_shot import ZeroShotClassification
+
+    class Own(ZeroShotClassification):
+        def general_score(self, loaded: object, spec: object, rows: object) -> float:  # type: ignore[override]
+            return 0.42
+
+    class Rows(ZeroShotClassification):
+        def general_outputs(self, loaded: object, spec: object, rows: object) -> GeneralOutputs:  # type: ignore[override]
+            return GeneralOutputs(np.asarray([1.0, 0.0, 1.0]), lambda v: float(v.mean()))
+
+    assert Own().general_pass(None, None, []) == (0.42, None)  # type: ignore[arg-type]
+    score, outputs = Rows().general_pass(None, None, [])  # type: ignore[arg-type]
+    assert outputs is not None and score == pytest.approx(2 / 3)
 
 
 def test_a_strict_bar_refuses_an_adapter_that_cannot_show_it_lost_little() -> None:
@@ -235,8 +258,11 @@ def test_the_recovery_rule_judges_a_variants_loss_as_the_gates_do() -> None:
     paired_loss = Comparison(baseline="m fp32", candidate="m int8", n=200, baseline_score=0.90, candidate_score=0.88,
                              difference=-0.02, interval=Interval(low=-0.045, high=0.0, method="bootstrap"),
                              method="mcnemar", p_value=0.06, wins=1, losses=5, finding="no_difference")
-    rule = REQ.model_copy(update={"quantization": REQ.quantization.model_copy(update={"max_quality_loss": 0.03})})
-    assert lost_too_much(REQ, base, variant, paired_loss) is None  # no rule: the threshold alone
+    def loss_rule(limit: float | None) -> Requirements:
+        return REQ.model_copy(update={"quantization": REQ.quantization.model_copy(update={"max_quality_loss": limit})})
+
+    rule = loss_rule(0.03)
+    assert lost_too_much(loss_rule(None), base, measured(100, 200), paired_loss) is None  # no rule: threshold alone
     assert lost_too_much(rule, base, variant, paired_loss) is None  # 0.02 <= 0.03
     hard = rule.model_copy(update={"quality": rule.quality.model_copy(update={"decide_on": "lower_bound"})})
     said = lost_too_much(hard, base, variant, paired_loss)

@@ -295,8 +295,8 @@ def test_a_variant_that_clears_the_bar_but_loses_too_much_against_its_base_is_gi
 
     table = {"a/*/*/eval": 0.95, "a/scripted-int8/*/eval": 0.88, "*/*/*/canary": 0.95, "b/*/*/eval": 0.9}
     workflow.script.write_text(_json.dumps(table))
-    kept = of(workflow.submit(workflow.requirements(quantization__allowed=["int8", "scripted-int8"])),
-              FitCompleted)[0]
+    kept = of(workflow.submit(workflow.requirements(quantization__allowed=["int8", "scripted-int8"],
+                                                    quantization__max_quality_loss=None)), FitCompleted)[0]
     assert kept.model.variant == "scripted-int8" and kept.comparison is not None
     assert kept.comparison.finding == "worse" and kept.comparison.difference == pytest.approx(-0.07, abs=0.005)
     events = workflow.submit(workflow.requirements(quantization__allowed=["int8", "scripted-int8"],

@@ -52,8 +52,14 @@ def lost_too_much(req: Requirements, base: Measurement, variant: Measurement,
     limit = req.quantization.max_quality_loss
     if limit is None:
         return None
-    if comparison is None:
-        loss, how = base.score - variant.score, "the difference of the two scores (no sample logs to pair)"
+    # the paired loss is in row scores: the metric's own units only where the metric is their mean (accuracy,
+    # exact match); for macro-F1 and the like the two metric scores are compared, the pairing shown beside
+    in_metric_units = comparison is not None and (abs(comparison.baseline_score - base.score) < 1e-9
+                                                  and abs(comparison.candidate_score - variant.score) < 1e-9)
+    if comparison is None or not in_metric_units:
+        loss = base.score - variant.score
+        how = ("the difference of the two scores (no sample logs to pair)" if comparison is None else
+               f"the difference of the two {variant.metric} scores, which row scores do not add up to")
     elif req.quality.decide_on == "lower_bound":
         loss = -comparison.interval.low
         how = f"the {comparison.interval.confidence:.0%} far bound of its paired loss"

@@ -48,8 +48,7 @@ def on_fit_completed(event: FitCompleted, ctx: HandlerContext) -> HandlerResult:
     train_tree = event.model.base_tree_digest if on_base else event.model.tree_digest
     trainee = load_tree(ctx.store, train_tree, task, ctx.settings.device) if on_base else base
     general = rows(ctx.store, data.general, task, "general")
-    outputs_before = task.general_outputs(base, req.task, general)
-    general_before = outputs_before.score if outputs_before else task.general_score(base, req.task, general)
+    general_before, outputs_before = task.general_pass(base, req.task, general)
     with tempfile.TemporaryDirectory(prefix="wf-lora-") as tmp:
         report = tuner.train(task, trainee, req.task, rows(ctx.store, data.train, task, "train"),
                              Path(tmp) / "adapter")
@@ -61,8 +60,7 @@ def on_fit_completed(event: FitCompleted, ctx: HandlerContext) -> HandlerResult:
                                                   req.quality.confidence))
     comparison = compare(ctx.store, event.measurement, m, baseline_name=event.model.label,
                          candidate_name=f"{event.model.label} + {METHOD}", confidence=req.quality.confidence)
-    outputs_after = task.general_outputs(tuned, req.task, general)
-    general_after = outputs_after.score if outputs_after else task.general_score(tuned, req.task, general)
+    general_after, outputs_after = task.general_pass(tuned, req.task, general)
     general_comparison = None
     if outputs_before is not None and outputs_after is not None:
         general_comparison = paired_statistic(

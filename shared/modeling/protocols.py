@@ -159,8 +159,8 @@ class Task(ABC):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        _trace(cls, "task", ("load", "evaluate", "evaluate_remote", "general_score", "predict", "classify",
-                            "embeddings", "complete"))
+        _trace(cls, "task", ("load", "evaluate", "evaluate_remote", "general_score", "general_outputs", "predict",
+                            "classify", "embeddings", "complete"))
 
     metrics: ClassVar[tuple[str, ...]]  # the first is the default
     row: ClassVar[type[BaseModel]]  # eval, canary and train rows
@@ -196,6 +196,20 @@ class Task(ABC):
         """The general pass row by row, for a paired comparison before and after tuning; None (the default, for a
         task that only says its score) leaves the general set compared as two numbers."""
         return None
+
+    def general_pass(self, loaded: LoadedModel, spec: TaskSpec,
+                     rows: Sequence[Any]) -> tuple[float, GeneralOutputs | None]:
+        """The general score, with its rows when this task gives them. A subclass that overrides `general_score`
+        below the class that defines `general_outputs` (a plugin task with its own score) is taken at its word:
+        its score, and no rows."""
+        mro = type(self).__mro__
+        scores_at = next(c for c in mro if "general_score" in c.__dict__)
+        outputs_at = next(c for c in mro if "general_outputs" in c.__dict__)
+        if issubclass(outputs_at, scores_at):
+            outputs = self.general_outputs(loaded, spec, rows)
+            if outputs is not None:
+                return outputs.score, outputs
+        return self.general_score(loaded, spec, rows), None
 
     @abstractmethod
     def predict(self, loaded: LoadedModel, spec: TaskSpec, inputs: Sequence[str]) -> list[str]: ...

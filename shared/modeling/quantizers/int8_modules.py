@@ -172,7 +172,7 @@ class Int8Linear(nn.Module):
             out: torch.Tensor = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(
                 rows / scale, _UNIT_STEP, _UNIT_ZERO, self._packed)
         else:
-            out = torch.empty(rows.shape[0], self.out_features)
+            out = torch.empty(rows.shape[0], self.out_features, dtype=torch.float32, device=rows.device)
             for i in range(0, rows.shape[0], step):
                 out[i: i + step] = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(
                     rows[i: i + step] / scale[i: i + step], _UNIT_STEP, _UNIT_ZERO, self._packed)
