@@ -7,7 +7,9 @@ same first run on PostgreSQL is a test of its own (`-m postgres`), on a stack of
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from uuid import uuid4
 
 import pytest
@@ -199,29 +201,40 @@ def test_registered_checksums_match_the_files_on_disk(first_run: list[Event], li
         assert manifest.adapter_train_data_digest == manifest.data.train
 
 
+@pytest.fixture
+def driver() -> Iterator[Any]:
+    """A headless Chromium for one test, quit however the test ends (skipped where Chromium is absent)."""
+    from .pages_fixtures import chromium
+
+    yield from chromium()
+
+
 @pytest.mark.browser
-def test_the_report_of_the_run_in_a_browser(first_run: list[Event], live_stack: LiveStack, tmp_path: Path) -> None:
+def test_the_report_of_the_run_in_a_browser(first_run: list[Event], live_stack: LiveStack, tmp_path: Path,
+                                            driver: Any) -> None:
     """The run's page, written by the CLI from the real stack and opened in a real headless Chromium: what the
     unit lane's pages show holds for a run the services made, runbook from the artifact store included."""
-    from .pages_fixtures import artifacts_dir, chromium, console_errors, full_screenshot
+    from .pages_fixtures import artifacts_dir, console_errors, full_screenshot
     from .test_report import drawn_points, open_page
 
     run_id = first_run[0].run_id
     assert_run_report(live_stack, run_id, tmp_path)
     picked, outcome = run_scope(live_stack.history(), run_id)
     assert outcome == "succeeded"
-    for driver in chromium():
-        open_page(driver, tmp_path / f"report-{run_id}.html", plots=4)
-        assert console_errors(driver) == []
-        points = drawn_points(driver)
-        assert points["candidates-plot"] == (2 * len(benchmarked(picked)), 0)
-        canaries = [e for e in picked if isinstance(e, CanaryPassed) and e.measurement is not None]
-        assert points["canary-plot"][0] == len(canaries) >= 1
-        steps = driver.execute_script(
-            "return Array.from(document.querySelectorAll('#decision-trail li')).map(li => li.dataset.type)")
-        assert steps == [s.event_type for s in trail(picked)]
-        assert driver.find_element("id", "outcome").text.startswith("Deployed: ")
-        full_screenshot(driver, artifacts_dir(tmp_path) / "report-real-run.png")
+    open_page(driver, tmp_path / f"report-{run_id}.html", plots=4)
+    assert console_errors(driver) == []
+    points = drawn_points(driver)
+    assert points["candidates-plot"] == (2 * len(benchmarked(picked)), 0)
+    canaries = [e for e in picked if isinstance(e, CanaryPassed) and e.measurement is not None]
+    assert points["canary-plot"][0] == len(canaries) >= 1
+    steps = driver.execute_script(
+        "return Array.from(document.querySelectorAll('#decision-trail li')).map(li => li.dataset.type)")
+    assert steps == [s.event_type for s in trail(picked)]
+    assert driver.find_element("id", "outcome").text.startswith("Deployed: ")
+    # the paired comparisons are on the page, in the trail and the tuning section
+    page = driver.find_element("tag name", "body").text
+    assert "paired" in page and "McNemar" in page
+    full_screenshot(driver, artifacts_dir(tmp_path) / "report-real-run.png")
 
 
 def test_invalid_requirements_are_rejected_on_the_bus(first_run: list[Event], live_stack: LiveStack) -> None:
