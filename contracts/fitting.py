@@ -68,7 +68,8 @@ class FitSkipped(Event):
 
 @register
 class FitCompleted(Event):
-    """The fitted model, and where it goes next: decided here once (tuning when a gap remains)."""
+    """The fitted model, and where it goes next: decided here once. This type goes to the registry; a fit that
+    needs tuning is a `FitNeedsTuning` (a subclass with the same fields), which goes to tuning."""
 
     STAGE = "fitting"
     NAME = "completed"
@@ -86,6 +87,16 @@ class FitCompleted(Event):
     comparison: Comparison | None = Field(default=None, description=(
         "a quantized variant against the unquantized model it was made from, paired on the eval rows; None when "
         "nothing was changed (or a sample log is missing)"))
+
+
+@register
+class FitNeedsTuning(FitCompleted):
+    """A completed fit that fitting routed to tuning (a quality gap tuning may close, or a failed canary asked for
+    it): its own type, so only the tuning service receives it and the topology's edge is the one the data takes.
+    Readers that ask for any completed fit (`isinstance(e, FitCompleted)`) see it too; `next_stage` is "tuning"."""
+
+    STAGE = "fitting"
+    NAME = "needs_tuning"
 
 
 @register

@@ -18,7 +18,7 @@ from contracts.benchmark import (
     SelectionDecided,
     VariantBenchmarked,
 )
-from contracts.fitting import FitCompleted, FitFailed, FitSkipped, MemoryBudgetComputed
+from contracts.fitting import FitCompleted, FitFailed, FitNeedsTuning, FitSkipped, MemoryBudgetComputed
 from contracts.monitoring import (
     CanaryFailed,
     CanaryPassed,
@@ -44,7 +44,7 @@ from contracts.requirements import (
     RequirementsRejected,
     RequirementsSubmitted,
 )
-from contracts.tuning import AdapterTrained, TuningGated, TuningSkipped
+from contracts.tuning import AdapterRefused, AdapterTrained, TuningGated, TuningSkipped
 from contracts.workflow import (
     DeadLettered,
     RequestRefused,
@@ -66,7 +66,7 @@ class Stage:
 
 # Events that end an attempt unsuccessfully: the router closes a reroute on them.
 RUN_FAILURES: tuple[type[Event], ...] = (
-    NoCandidatePassed, FitFailed, TuningSkipped, TuningGated, PromotionSkipped, DeadLettered,
+    NoCandidatePassed, FitFailed, TuningSkipped, AdapterRefused, PromotionSkipped, DeadLettered,
 )
 
 STAGES: tuple[Stage, ...] = (
@@ -81,10 +81,10 @@ STAGES: tuple[Stage, ...] = (
                  VariantBenchmarked)),
     Stage(3, "fitting", "memory budget, quantize, re-benchmark; decide tune or register",
           consumes=(SelectionDecided, VariantBenchmarked),
-          emits=(MemoryBudgetComputed, BenchmarkRequested, FitSkipped, FitCompleted, FitFailed)),
+          emits=(MemoryBudgetComputed, BenchmarkRequested, FitSkipped, FitCompleted, FitNeedsTuning, FitFailed)),
     Stage(4, "tuning", "LoRA on the fitted base, dual gate",
-          consumes=(FitCompleted,),
-          emits=(AdapterTrained, TuningGated, TuningSkipped)),
+          consumes=(FitNeedsTuning,),
+          emits=(AdapterTrained, TuningGated, AdapterRefused, TuningSkipped)),
     Stage(5, "registry", "pin, promote, roll back",
           consumes=(FitCompleted, TuningGated, RollbackRequested, RollbackCommanded, RequirementsAccepted,
                     CanaryPassed, PromotionApproved, PromotionRejected),

@@ -75,6 +75,16 @@ class TuningGated(Event):
 
 
 @register
+class AdapterRefused(TuningGated):
+    """A gate the adapter did not pass: its own type, so the registry never receives it and the loop-back (which
+    closes the run on it) receives nothing else. Readers that ask for any gate (`isinstance(e, TuningGated)`) see
+    it too; its verdict holds the misses."""
+
+    STAGE = "tuning"
+    NAME = "adapter_refused"
+
+
+@register
 class TuningSkipped(Event):
     """Tuning was asked for (FitCompleted.next_stage) but cannot run; the run ends here."""
 

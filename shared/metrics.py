@@ -24,7 +24,7 @@ from contracts.fitting import FitFailed
 from contracts.monitoring import CanaryFailed, CanaryPassed, DriftDetected
 from contracts.registry import DeploymentPromoted, PromotionSkipped, RolledBack
 from contracts.requirements import RequirementsAccepted, RequirementsRejected
-from contracts.tuning import TuningGated, TuningSkipped
+from contracts.tuning import AdapterRefused, TuningSkipped
 from contracts.workflow import DeadLettered, WorkflowHalted, WorkflowRerouted, WorkflowResumed
 
 PREFIX = "weightflow"
@@ -164,18 +164,13 @@ def _canary(passed: bool) -> Callable[[Fields], None]:
     return observe
 
 
-def _tuning_gated(e: Fields) -> None:
-    if not e.get("passed", True):
-        RUNS_ENDED.labels("tuning_failed").inc()
-
-
 # What each published event means for the workflow's metrics.
 _PROJECTIONS: dict[str, Callable[[Fields], None]] = {cls.type_name(): fn for cls, fn in (
     (RequirementsAccepted, _accepted),
     (RequirementsRejected, _run_ended("rejected")),
     (NoCandidatePassed, _run_ended("no_candidate")),
     (FitFailed, _run_ended("fit_failed")),
-    (TuningGated, _tuning_gated),
+    (AdapterRefused, _run_ended("tuning_failed")),
     (TuningSkipped, _run_ended("tuning_skipped")),
     (DeploymentPromoted, _run_ended("promoted")),
     (PromotionSkipped, _run_ended("promotion_skipped")),

@@ -19,7 +19,8 @@ def test_every_event_has_a_unique_subject_under_wf() -> None:
     assert len(subjects) == len(set(subjects))
     assert all(s.startswith("wf.") and s.count(".") == 2 for s in subjects)
     for name in ("requirements.submitted", "benchmark.selection_decided", "fitting.memory_budget_computed",
-                 "tuning.gated", "registry.model_registered", "monitoring.drift_detected", "workflow.rerouted"):
+                 "tuning.gated", "registry.model_registered", "monitoring.drift_detected", "workflow.rerouted",
+                 "fitting.completed", "fitting.needs_tuning", "tuning.adapter_refused"):
         assert name in contracts.EVENT_TYPES
 
 

@@ -37,7 +37,7 @@ CRASH_POINTS = ("mid_transaction", "after_commit")
 EXPECTED = Counter({
     "requirements.submitted": 1, "requirements.accepted": 1, "benchmark.candidate_benchmarked": 2,
     "benchmark.selection_decided": 1, "fitting.memory_budget_computed": 2, "benchmark.requested": 1,
-    "benchmark.variant_benchmarked": 1, "fitting.completed": 1, "tuning.adapter_trained": 1, "tuning.gated": 1,
+    "benchmark.variant_benchmarked": 1, "fitting.needs_tuning": 1, "tuning.adapter_trained": 1, "tuning.gated": 1,
     "registry.model_registered": 1, "registry.deployment_promoted": 1, "monitoring.canary_requested": 1,
     "monitoring.canary_passed": 1,
 })
@@ -118,7 +118,7 @@ def test_nats_server_restart_and_sigterm_mid_training(tmp_path: Path) -> None:
         assert tuning.wait(timeout=grace + 20) == 0
         assert time.monotonic() - started < grace + 20
         log = (live.stack.home / "logs" / "tuning-0.log").read_text()
-        assert "NAKed in-flight wf.fitting.completed" in log, "it was interrupted mid-training, not idle"
+        assert "NAKed in-flight wf.fitting.needs_tuning" in log, "it was interrupted mid-training, not idle"
         with live.stack.supervising(interval=0.3):  # restart dead services, as `weightflow up` does
             history = wait_for_history(live, lambda es: any(isinstance(e, CanaryPassed) and e.run_id == event.run_id
                                                             for e in es), timeout=600)

@@ -18,7 +18,7 @@ import yaml
 
 from contracts.base import Event
 from contracts.benchmark import NoCandidatePassed, SelectionDecided
-from contracts.fitting import FitCompleted
+from contracts.fitting import FitCompleted, FitNeedsTuning
 from contracts.monitoring import CanaryFailed, CanaryPassed, CanaryRequested
 from contracts.registry import DeploymentPromoted, ModelRegistered, PromotionSkipped, RollbackRequested, RolledBack
 from contracts.requirements import RequirementsAccepted, RequirementsRejected, RequirementsSubmitted
@@ -264,12 +264,19 @@ def test_an_event_with_no_history_is_an_orphan(workflow: Workflow) -> None:
     workflow.scores(a_eval=0.95, b_eval=0.9, a_canary=0.95, b_canary=0.95)
     events = workflow.submit()
     fit = of(events, FitCompleted)[0]
+    assert type(fit) is FitCompleted, "no tuning here: the fit went to the registry"
     forged = fit.model_copy(update={"run_id": uuid4(), "event_id": uuid4()})
-    workflow.runner.publish(forged)
+    # the same fit as one that needs tuning: its own type, so it reaches tuning alone
+    needs = FitNeedsTuning.model_validate(forged.model_dump() | {"event_type": FitNeedsTuning.type_name(),
+                                                                 "run_id": uuid4(), "event_id": uuid4(),
+                                                                 "next_stage": "tuning"})
+    for event in (forged, needs):
+        workflow.runner.publish(event)
     out = workflow.settle()
     letters = of(out, DeadLettered)
-    assert {letter.reason for letter in letters} == {"orphan"} and {letter.service for letter in letters} == {
-        "tuning", "registry"}
+    assert {letter.reason for letter in letters} == {"orphan"}
+    assert sorted((letter.service, letter.original_subject) for letter in letters) == [
+        ("registry", FitCompleted.subject()), ("tuning", FitNeedsTuning.subject())]
     assert not of(out, ModelRegistered)
 
 
@@ -343,9 +350,10 @@ def test_a_replayed_tuning_input_trains_and_registers_nothing(workflow: Workflow
     events = workflow.submit(path)
     assert of(events, FitCompleted)[-1].next_stage == "tuning" and of(events, TuningGated)[-1].passed
     for cls in (FitCompleted, TuningGated, CanaryFailed):  # the reroute's (its canary gap is tuned); the canary
-        workflow.runner.publish(replayed(of(events, cls)[-1]))
+        again = replayed(of(events, cls)[-1])  # FitNeedsTuning for the fit: a completed fit of its tuning route
+        workflow.runner.publish(again)
         out = workflow.settle()
-        assert [e.type_name() for e in out] == [cls.type_name()], (cls.__name__, [e.type_name() for e in out])
+        assert [e.type_name() for e in out] == [again.type_name()], (cls.__name__, [e.type_name() for e in out])
     with Session(workflow.runner.engine) as session:
         assert len(session.exec(select(TuningRun)).all()) == 1
     assert len(of(workflow.runner.log, WorkflowRerouted)) == 1

@@ -20,7 +20,15 @@ from sqlmodel import Session
 
 from contracts.base import Event, utcnow
 from contracts.benchmark import UNQUANTIZED, BenchmarkRequested, ModelArtifact, SelectionDecided, VariantBenchmarked
-from contracts.fitting import FitCompleted, FitFailed, FitSkipped, MeasuredPeak, MemoryBudget, MemoryBudgetComputed
+from contracts.fitting import (
+    FitCompleted,
+    FitFailed,
+    FitNeedsTuning,
+    FitSkipped,
+    MeasuredPeak,
+    MemoryBudget,
+    MemoryBudgetComputed,
+)
 from contracts.measurement import Comparison, Measurement
 from contracts.requirements import Requirements
 from services.fitting import domain
@@ -82,11 +90,12 @@ def _complete(cause: Event, selection: SelectionDecided, model: ModelArtifact, m
                                  lambda adapter: context.excluded(model.candidate, model.variant, adapter))
     if isinstance(decision, domain.Fail):
         return FitFailed.follow(cause, reason=f"{model.candidate} {model.variant}: {decision.reason}", steps=steps)
-    return FitCompleted.follow(cause, context=context, model=model, measurement=m, budget=b, measured=measured,
-                               quality_gap=gap, steps=[*steps, f"next: {decision.stage} ({decision.reason})"],
-                               next_stage=decision.stage,
-                               tune_reason=decision.reason if decision.stage == "tuning" else "",
-                               comparison=comparison)
+    fit = {"context": context, "model": model, "measurement": m, "budget": b, "measured": measured,
+           "quality_gap": gap, "steps": [*steps, f"next: {decision.stage} ({decision.reason})"],
+           "next_stage": decision.stage, "comparison": comparison}
+    if decision.stage == "tuning":  # the route is the event's type: tuning consumes FitNeedsTuning alone
+        return FitNeedsTuning.follow(cause, **fit, tune_reason=decision.reason)
+    return FitCompleted.follow(cause, **fit)
 
 
 def _try_schemes(cause: Event, selection: SelectionDecided, schemes: list[str], steps: list[str],

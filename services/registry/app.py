@@ -177,7 +177,9 @@ def _register(cause: Event, ctx: HandlerContext, context: RunContext, model: Mod
 
 @service.handles(FitCompleted)
 def on_fit_completed(event: FitCompleted, ctx: HandlerContext) -> HandlerResult:
-    """A fitted model that fitting routed here (no quality gap) is registered as is."""
+    """A fitted model that fitting routed here (no quality gap) is registered as is. Fits that need tuning are
+    FitNeedsTuning, another subject; the check stays for a fitting service of an earlier release, which sent
+    every fit here with `next_stage` saying where it was meant to go."""
     if event.next_stage != "registry":
         return []
     return _register(event, ctx, event.context, event.model, event.measurement, event.budget, None)
@@ -185,7 +187,8 @@ def on_fit_completed(event: FitCompleted, ctx: HandlerContext) -> HandlerResult:
 
 @service.handles(TuningGated)
 def on_tuning_gated(event: TuningGated, ctx: HandlerContext) -> HandlerResult:
-    """A tuned model that passed its gate is registered with its adapter and training-data hash."""
+    """A tuned model that passed its gate is registered with its adapter and training-data hash. A refused one is
+    an AdapterRefused, another subject; the check stays for a tuning service of an earlier release."""
     if not event.passed:
         return []
     return _register(event, ctx, event.context, event.model, event.measurement, event.budget, event.adapter)

@@ -24,7 +24,7 @@ from contracts.fitting import FitFailed
 from contracts.monitoring import CanaryFailed, CanaryPassed
 from contracts.registry import PromotionSkipped, RollbackCommanded
 from contracts.requirements import Exclusion, RequirementsAccepted
-from contracts.tuning import TuningGated, TuningSkipped
+from contracts.tuning import AdapterRefused, TuningSkipped
 from contracts.workflow import (
     Attempt,
     DeadLettered,
@@ -207,10 +207,8 @@ def on_tuning_skipped(event: TuningSkipped, ctx: HandlerContext) -> HandlerResul
     return _run_failed(event, Ending.TUNING_IMPOSSIBLE, "tuning impossible: " + event.reason)
 
 
-def on_tuning_gated(event: TuningGated, ctx: HandlerContext) -> HandlerResult:
-    """Closes a reroute whose adapter failed its gate (a passed gate goes on to registration)."""
-    if event.passed:
-        return []
+def on_adapter_refused(event: AdapterRefused, ctx: HandlerContext) -> HandlerResult:
+    """Closes a reroute whose adapter failed its gate (a passed gate is a TuningGated, which goes to the registry)."""
     return _run_failed(event, Ending.ADAPTER_REFUSED, "adapter refused: " + "; ".join(event.verdict.messages()))
 
 
@@ -264,7 +262,7 @@ def register(service: Service) -> None:
     service.handles(NoCandidatePassed, requires_run=False)(on_no_candidate)
     service.handles(FitFailed, requires_run=False)(on_fit_failed)
     service.handles(TuningSkipped, requires_run=False)(on_tuning_skipped)
-    service.handles(TuningGated, requires_run=False)(on_tuning_gated)
+    service.handles(AdapterRefused, requires_run=False)(on_adapter_refused)
     service.handles(PromotionSkipped, requires_run=False)(on_promotion_skipped)
     service.handles(DeadLettered, requires_run=False)(on_dead_lettered)
     service.handles(ResumeRequested, requires_run=False)(on_resume)

@@ -10,8 +10,8 @@ from sqlmodel import Session
 
 from contracts.base import Event
 from contracts.benchmark import UNQUANTIZED
-from contracts.fitting import FitCompleted
-from contracts.tuning import AdapterArtifact, AdapterTrained, LossPoint, TuningGated, TuningSkipped
+from contracts.fitting import FitNeedsTuning
+from contracts.tuning import AdapterArtifact, AdapterRefused, AdapterTrained, LossPoint, TuningGated, TuningSkipped
 from services.tuning import domain
 from services.tuning.tables import TuningRun
 from shared import sample_logs
@@ -25,11 +25,10 @@ service = Service("tuning")
 METHOD = "lora"
 
 
-@service.handles(FitCompleted)
-def on_fit_completed(event: FitCompleted, ctx: HandlerContext) -> HandlerResult:
-    """Train a LoRA adapter on the fitted base, then gate it on the task set and the general set."""
-    if event.next_stage != "tuning":
-        return []
+@service.handles(FitNeedsTuning)
+def on_fit_needs_tuning(event: FitNeedsTuning, ctx: HandlerContext) -> HandlerResult:
+    """Train a LoRA adapter on the fitted base, then gate it on the task set and the general set: a gate it passes
+    is a TuningGated (to the registry), one it does not an AdapterRefused (to the loop-back)."""
     key = f"tune:{event.run_id}"  # one fit decision per run, so one training: a replay trains nothing
     if ctx.done(key):
         return []
@@ -70,14 +69,16 @@ def on_fit_completed(event: FitCompleted, ctx: HandlerContext) -> HandlerResult:
                           general=general_comparison)
     adapter = AdapterArtifact(tree_digest=adapter_tree, base_tree_digest=train_tree,
                               train_data_digest=data.train, method=METHOD, settings=report.settings)
+    gate = {"context": context, "model": event.model, "adapter": adapter, "measurement": m, "budget": event.budget,
+            "task_score_before": event.measurement.score, "task_score": m.score,
+            "general_score_before": general_before, "general_score": general_after, "verdict": verdict,
+            "comparison": comparison, "general_comparison": general_comparison}
     out: list[Event] = [
         AdapterTrained.follow(event, adapter=adapter, steps=report.steps, seconds=report.seconds,
                               loss_first=report.loss_first, loss_last=report.loss_last,
                               loss_curve=[LossPoint(step=step, loss=loss) for step, loss in report.loss_curve]),
-        TuningGated.follow(event, context=context, model=event.model, adapter=adapter, measurement=m,
-                           budget=event.budget, task_score_before=event.measurement.score, task_score=m.score,
-                           general_score_before=general_before, general_score=general_after, verdict=verdict,
-                           comparison=comparison, general_comparison=general_comparison),
+        # the route is the event's type: the registry consumes TuningGated, the loop-back AdapterRefused
+        TuningGated.follow(event, **gate) if verdict.passed else AdapterRefused.follow(event, **gate),
     ]
 
     def commit(session: Session) -> Sequence[Event]:
