@@ -77,6 +77,11 @@ def test_the_page_shows_each_evaluations_worst_rows_from_its_sample_log(runs: Ru
     assert found and without == 0, "every measurement a service announced names its sample log"
     assert {"benchmark", "variant benchmark", "tuned with its adapter", "registration canary", "canary"} <= {
         e.stage for e in found}
+    # every one named by the table, a routed subclass (FitNeedsTuning) under the event it specialises: no second
+    # "variant benchmark" under its class name
+    from weightflow.evaluations import STAGES
+
+    assert {e.stage for e in found} <= set(STAGES.values()), {e.stage for e in found}
     options = PageOptions(read_text=lambda digest: store.read_bytes(digest).decode())
     text = render_run_page(first_run(runs.tuned), picked, outcome, options)
     tables = re.findall(r'<table class="grid samples" data-digest="(\w+)">(.*?)</table>', text, re.S)

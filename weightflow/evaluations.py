@@ -80,10 +80,17 @@ def _model_of(e: Event) -> tuple[str, str, bool] | None:
     return model.candidate, model.variant, adapter
 
 
+def _named(e: Event, name: str) -> tuple[str, str]:
+    """(event class, field) as the tables name it: a routed subclass (FitNeedsTuning, AdapterRefused) is found
+    under the event it specialises."""
+    return next(((cls.__name__, name) for cls in type(e).__mro__ if (cls.__name__, name) in STAGES),
+                (type(e).__name__, name))
+
+
 def _stage(e: Event, name: str) -> str:
     if isinstance(e, CanaryFailed) and e.before_promotion and name == "measurement":
         return "registration canary"
-    return STAGES.get((type(e).__name__, name), f"{type(e).__name__} {name}")
+    return STAGES.get(_named(e, name), f"{type(e).__name__} {name}")
 
 
 def evaluations(events: Sequence[Event]) -> tuple[list[Evaluation], int]:
@@ -108,7 +115,7 @@ def evaluations(events: Sequence[Event]) -> tuple[list[Evaluation], int]:
             # one evaluation announced twice is one: the same measurement again at its stage (a baseline by each
             # canary), or where an event only repeats one (a selection, a fit); every live canary is its own
             key = (stage, str(e.event_id) if stage == "canary" else m.model_dump_json())
-            repeats = (type(e).__name__, name) in REPEATS
+            repeats = _named(e, name) in REPEATS
             candidates = sorted(set(by_key.get(key, [])) | set(by_identity.get(key[1], []) if repeats else []))
             same = [f for f in (found[i] for i in candidates)
                     if model is None or not f.candidate or (f.candidate, f.variant, f.adapter) == model]
