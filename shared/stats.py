@@ -119,8 +119,18 @@ def paired(baseline: Sequence[float], candidate: Sequence[float], confidence: fl
     if not diff.any():
         return point, interval, "paired_bootstrap", 1.0, wins, losses
     # the bootstrap distribution shifted to zero: how often is a difference as far from zero as this one?
-    p = float(min(1.0, (np.abs(means - point) >= abs(point)).mean() + 1 / resamples))
+    p = _bootstrap_p(means, point, resamples)
     return point, interval, "paired_bootstrap", p, wins, losses
+
+
+def _bootstrap_p(draws: Any, point: float, resamples: int) -> float:
+    """Two-sided p of a paired bootstrap: the draws shifted to zero, how often is one as far from zero as the
+    difference measured (plus one draw, so p is never 0)."""
+    return float(min(1.0, (np.abs(draws - point) >= abs(point)).mean() + 1 / resamples))
+
+
+def _finding(p: float, difference: float, confidence: float) -> Literal["better", "worse", "no_difference"]:
+    return "no_difference" if p >= 1 - confidence else "better" if difference > 0 else "worse"
 
 
 def compare_rows(baseline: Sequence[tuple[str, float]], candidate: Sequence[tuple[str, float]], *,
@@ -133,11 +143,10 @@ def compare_rows(baseline: Sequence[tuple[str, float]], candidate: Sequence[tupl
         return None
     a, b = [x for x, _ in common], [y for _, y in common]
     difference, interval, method, p, wins, losses = paired(a, b, confidence)
-    finding: Literal["better", "worse", "no_difference"] = (
-        "no_difference" if p >= 1 - confidence else "better" if difference > 0 else "worse")
     return Comparison(baseline=baseline_name, candidate=candidate_name, n=len(common),
                       baseline_score=float(np.mean(a)), candidate_score=float(np.mean(b)), difference=difference,
-                      interval=interval, method=method, p_value=p, wins=wins, losses=losses, finding=finding)
+                      interval=interval, method=method, p_value=p, wins=wins, losses=losses,
+                      finding=_finding(p, difference, confidence))
 
 
 def paired_statistic(baseline: Any, candidate: Any, statistic: Callable[[Any], float], *, baseline_name: str,
@@ -168,11 +177,10 @@ def paired_statistic(baseline: Any, candidate: Any, statistic: Callable[[Any], f
         p = 1.0
     else:
         low, high = (float(v) for v in np.quantile(diffs, [alpha / 2, 1 - alpha / 2]))
-        p = 1.0 if point == 0 else float(min(1.0, (np.abs(diffs - point) >= abs(point)).mean() + 1 / resamples))
-    finding: Literal["better", "worse", "no_difference"] = (
-        "no_difference" if p >= 1 - confidence else "better" if point > 0 else "worse")
+        p = 1.0 if point == 0 else _bootstrap_p(diffs, point, resamples)
     return Comparison(baseline=baseline_name, candidate=candidate_name, n=int(a.shape[0]), baseline_score=before,
                       candidate_score=after, difference=point,
                       interval=Interval(low=min(low, point), high=max(high, point), confidence=confidence,
                                         method="bootstrap"),
-                      method="paired_bootstrap", p_value=p, wins=None, losses=None, finding=finding)
+                      method="paired_bootstrap", p_value=p, wins=None, losses=None,
+                      finding=_finding(p, point, confidence))
