@@ -28,11 +28,11 @@ NAME = "artifact_store"
 
 def _child_main(op: str, store_root: str, target: str, url: str = "", bucket: str = "") -> None:
     """Runs in a fresh interpreter: one store operation, timed, with RSS before and the peak during it."""
-    from shared.artifacts import ArtifactStore
+    from weightflow.shared.artifacts import ArtifactStore
 
     remote = None
     if url:
-        from shared.nats_objects import NatsObjects
+        from weightflow.shared.nats_objects import NatsObjects
 
         remote = NatsObjects([url], bucket)
     store = ArtifactStore(Path(store_root), remote=remote)
@@ -85,7 +85,7 @@ def _growth(run: dict[str, Any]) -> float:
 
 
 def run(cfg: Config) -> Report:
-    from shared.natsd import EmbeddedNats
+    from weightflow.shared.natsd import EmbeddedNats
 
     report = Report(NAME, "Artifact store: filesystem vs JetStream Object Store (put and get)")
     size = 4 * MiB if cfg.smoke else 1024 * MiB

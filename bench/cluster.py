@@ -26,7 +26,7 @@ import nats
 from nats.js.api import StreamConfig
 
 from bench.harness import Config, Report, Row, Stat, interleave
-from shared.natsd import CLUSTER_SYNC_INTERVAL, EmbeddedCluster, EmbeddedNats
+from weightflow.shared.natsd import CLUSTER_SYNC_INTERVAL, EmbeddedCluster, EmbeddedNats
 
 NAME = "cluster"
 PAYLOAD = b"x" * 1024

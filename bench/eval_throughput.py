@@ -28,18 +28,18 @@ import torch.nn.functional as F
 from transformers import AutoModel, AutoTokenizer
 
 from bench.harness import EXAMPLE_DIR, Config, Report, Row, Stat, bench_env, interleave, percentile
-from contracts.measurement import Measurement
-from contracts.requirements import Requirements
-from contracts.requirements_doc import parse_requirements
-from shared.artifacts import ArtifactStore
-from shared.modeling import stored
-from shared.modeling.datasets import Example, load_jsonl
-from shared.modeling.device import pick_device
-from shared.modeling.protocols import LoadedModel
-from shared.modeling.sources.builtin import materialize_candidate
-from shared.modeling.stored import load_tree, task_of
-from shared.modeling.tasks.base import LATENCY_SAMPLES
-from shared.modeling.tasks.classification import ClassificationTask
+from weightflow.contracts.measurement import Measurement
+from weightflow.contracts.requirements import Requirements
+from weightflow.contracts.requirements_doc import parse_requirements
+from weightflow.shared.artifacts import ArtifactStore
+from weightflow.shared.modeling import stored
+from weightflow.shared.modeling.datasets import Example, load_jsonl
+from weightflow.shared.modeling.device import pick_device
+from weightflow.shared.modeling.protocols import LoadedModel
+from weightflow.shared.modeling.sources.builtin import materialize_candidate
+from weightflow.shared.modeling.stored import load_tree, task_of
+from weightflow.shared.modeling.tasks.base import LATENCY_SAMPLES
+from weightflow.shared.modeling.tasks.classification import ClassificationTask
 
 NAME = "eval_throughput"
 BATCH_SIZE = ClassificationTask.batch_size  # 32, what the benchmark service evaluates with

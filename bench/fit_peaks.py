@@ -38,11 +38,11 @@ def main(argv: list[str]) -> None:
         schemes = [s for s in argv.pop(0).removeprefix("--schemes=").split(",") if s]
     if len(argv) < 2 or argv[0] not in SPECS:
         raise SystemExit(f"usage: python -m bench.fit_peaks {{{','.join(SPECS)}}} MODEL_DIR [MODEL_DIR ...]")
-    from contracts.requirements import HardwareProfile, TaskSpec
-    from shared.modeling.budget import MB, Architecture, memory_budget
-    from shared.modeling.device import pick_device
-    from shared.modeling.peak import measure_peak
-    from shared.modeling.registry import quantizers, tasks
+    from weightflow.contracts.requirements import HardwareProfile, TaskSpec
+    from weightflow.shared.modeling.budget import MB, Architecture, memory_budget
+    from weightflow.shared.modeling.device import pick_device
+    from weightflow.shared.modeling.peak import measure_peak
+    from weightflow.shared.modeling.registry import quantizers, tasks
 
     spec = TaskSpec.model_validate(SPECS[argv[0]])
     task = tasks.get(spec.type)

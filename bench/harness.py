@@ -208,7 +208,7 @@ def machine_info(device: str = "auto") -> dict[str, Any]:
     import torch
     import transformers
 
-    from shared.modeling.device import pick_device
+    from weightflow.shared.modeling.device import pick_device
 
     resolved = pick_device(device)
     info: dict[str, Any] = {

@@ -60,7 +60,7 @@ def _evict(path: Path) -> None:
 
 def _child_main(op: str, store_root: str, target: str) -> None:
     """Runs in a fresh interpreter: one store operation, timed, with RSS before and the peak during it."""
-    from shared.artifacts import ArtifactStore
+    from weightflow.shared.artifacts import ArtifactStore
 
     store = ArtifactStore(Path(store_root))
     exact = reset_peak()

@@ -41,10 +41,10 @@ from typing import TYPE_CHECKING, Any
 
 from bench.harness import ROOT, Better, Config, Report, Row, Stat, bench_env, fmt
 from bench.procmem import require_kib, require_reset_peak, trimmed_rss_kib
-from contracts.benchmark import UNQUANTIZED
+from weightflow.contracts.benchmark import UNQUANTIZED
 
 if TYPE_CHECKING:
-    from contracts.fitting import MemoryBudget
+    from weightflow.contracts.fitting import MemoryBudget
 
 NAME = "lm_schemes"
 SCHEMES = (UNQUANTIZED, "int8", "w4a16", "awq")
@@ -111,12 +111,12 @@ def _child_main(request_path: str) -> None:
     from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
-    from contracts.requirements_doc import parse_requirements
-    from shared.modeling import loading
-    from shared.modeling.datasets import load_jsonl
-    from shared.modeling.device import pick_device
-    from shared.modeling.quantizers import int8_modules
-    from shared.modeling.tasks.generation import Generation, GenerationRow
+    from weightflow.contracts.requirements_doc import parse_requirements
+    from weightflow.shared.modeling import loading
+    from weightflow.shared.modeling.datasets import load_jsonl
+    from weightflow.shared.modeling.device import pick_device
+    from weightflow.shared.modeling.quantizers import int8_modules
+    from weightflow.shared.modeling.tasks.generation import Generation, GenerationRow
 
     preloaded = [loading.__name__, int8_modules.__name__]
     with contextlib.suppress(ImportError):  # what transformers imports to load a compressed-tensors checkpoint
@@ -269,14 +269,14 @@ def _models(cfg: Config, tmp: Path) -> list[tuple[Model, Path]]:
 
 
 def run(cfg: Config) -> Report:
-    from contracts.requirements_doc import parse_requirements
-    from shared.artifacts import ArtifactStore
-    from shared.modeling import budget
-    from shared.modeling.checkpoint import inspect_checkpoint
-    from shared.modeling.datasets import load_jsonl
-    from shared.modeling.device import pick_device
-    from shared.modeling.registry import quantizers
-    from shared.modeling.stored import architecture, budget_for, task_of
+    from weightflow.contracts.requirements_doc import parse_requirements
+    from weightflow.shared.artifacts import ArtifactStore
+    from weightflow.shared.modeling import budget
+    from weightflow.shared.modeling.checkpoint import inspect_checkpoint
+    from weightflow.shared.modeling.datasets import load_jsonl
+    from weightflow.shared.modeling.device import pick_device
+    from weightflow.shared.modeling.registry import quantizers
+    from weightflow.shared.modeling.stored import architecture, budget_for, task_of
 
     report = Report(NAME, "7. LM quantization schemes (fp32 / int8 / w4a16 / awq) and the decoder memory budget")
     device = pick_device(cfg.device)

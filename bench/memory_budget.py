@@ -24,9 +24,9 @@ from typing import Any
 
 from bench.harness import EXAMPLE_DIR, Config, Report, Row, Stat, bench_env
 from bench.procmem import require_kib, require_reset_peak, trimmed_rss_kib
-from contracts.requirements_doc import parse_requirements
-from shared.artifacts import ArtifactStore
-from shared.modeling.datasets import Example, load_jsonl
+from weightflow.contracts.requirements_doc import parse_requirements
+from weightflow.shared.artifacts import ArtifactStore
+from weightflow.shared.modeling.datasets import Example, load_jsonl
 
 NAME = "memory_budget"
 TASK = "zero-shot-classification"  # the example's task: a plain encoder, mean pooling
@@ -42,12 +42,12 @@ def serving_texts(batch: int) -> list[str]:
 def _child_main(model_dir: str, device_name: str) -> None:
     import torch
 
-    from shared.modeling.budget import SERVING_BATCH
-    from shared.modeling.device import pick_device
-    from shared.modeling.loading import weight_bytes
-    from shared.modeling.quantizers.int8_modules import quantized_numel
-    from shared.modeling.registry import tasks
-    from shared.modeling.tasks.classification import ClassificationTask
+    from weightflow.shared.modeling.budget import SERVING_BATCH
+    from weightflow.shared.modeling.device import pick_device
+    from weightflow.shared.modeling.loading import weight_bytes
+    from weightflow.shared.modeling.quantizers.int8_modules import quantized_numel
+    from weightflow.shared.modeling.registry import tasks
+    from weightflow.shared.modeling.tasks.classification import ClassificationTask
 
     task = tasks.get(TASK)
     if not isinstance(task, ClassificationTask):
@@ -58,7 +58,7 @@ def _child_main(model_dir: str, device_name: str) -> None:
     from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
-    from shared.modeling import loading
+    from weightflow.shared.modeling import loading
 
     config = AutoConfig.from_pretrained(model_dir, local_files_only=True, trust_remote_code=False)
     model_class = MODEL_MAPPING[type(config)]
@@ -118,13 +118,13 @@ def _stored_weight_bytes(store: ArtifactStore, tree_digest: str) -> int:
 
 
 def run(cfg: Config) -> Report:
-    from contracts.benchmark import UNQUANTIZED
-    from contracts.requirements import CandidateRef
-    from shared.modeling import budget
-    from shared.modeling.device import pick_device
-    from shared.modeling.registry import quantizers, sources, tasks
-    from shared.modeling.sources.builtin import materialize_candidate
-    from shared.modeling.stored import architecture
+    from weightflow.contracts.benchmark import UNQUANTIZED
+    from weightflow.contracts.requirements import CandidateRef
+    from weightflow.shared.modeling import budget
+    from weightflow.shared.modeling.device import pick_device
+    from weightflow.shared.modeling.registry import quantizers, sources, tasks
+    from weightflow.shared.modeling.sources.builtin import materialize_candidate
+    from weightflow.shared.modeling.stored import architecture
 
     report = Report(NAME, "4. Memory budget accuracy (fitting's prediction vs measured peak)")
     reps = 1 if cfg.smoke else max(1, min(cfg.reps, 3))

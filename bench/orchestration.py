@@ -38,13 +38,13 @@ import nats
 from bench import spans
 from bench.harness import Config, Report, Row, Stat, percentile, union_length
 from bench.stackrun import RunResult, example_copy, running_stack, submit_many, trivial_requirements
-from contracts.base import Event, register
-from contracts.topology import Stage
-from contracts.workflow import RunRecord
-from shared.bus import HandlerContext, HandlerResult, Service
-from shared.bus.streams import run_subject
-from shared.settings import Settings
 from weightflow.client import Client
+from weightflow.contracts.base import Event, register
+from weightflow.contracts.topology import Stage
+from weightflow.contracts.workflow import RunRecord
+from weightflow.shared.bus import HandlerContext, HandlerResult, Service
+from weightflow.shared.bus.streams import run_subject
+from weightflow.shared.settings import Settings
 
 NAME = "orchestration"
 

@@ -19,18 +19,18 @@ import torch
 
 from bench.eval_throughput import eval_rows
 from bench.harness import EXAMPLE_DIR, Config, Report, Row, Stat, interleave
-from contracts.measurement import Measurement
-from contracts.requirements import Requirements
-from contracts.requirements_doc import parse_requirements
-from shared.modeling.datasets import Example
-from shared.modeling.device import pick_device
-from shared.modeling.loading import weight_bytes
-from shared.modeling.protocols import LoadedModel
-from shared.modeling.registry import quantizers
-from shared.modeling.sources.builtin import materialize_candidate
-from shared.modeling.stored import task_of
-from shared.modeling.tasks.base import LATENCY_SAMPLES
-from shared.modeling.tasks.classification import ClassificationTask
+from weightflow.contracts.measurement import Measurement
+from weightflow.contracts.requirements import Requirements
+from weightflow.contracts.requirements_doc import parse_requirements
+from weightflow.shared.modeling.datasets import Example
+from weightflow.shared.modeling.device import pick_device
+from weightflow.shared.modeling.loading import weight_bytes
+from weightflow.shared.modeling.protocols import LoadedModel
+from weightflow.shared.modeling.registry import quantizers
+from weightflow.shared.modeling.sources.builtin import materialize_candidate
+from weightflow.shared.modeling.stored import task_of
+from weightflow.shared.modeling.tasks.base import LATENCY_SAMPLES
+from weightflow.shared.modeling.tasks.classification import ClassificationTask
 
 NAME = "quantization"
 SCHEME = "int8"
@@ -105,7 +105,7 @@ def run(cfg: Config) -> Report:
                      "(tokenizer included)")
             add("weights in memory (params + buffers)", "MiB", [weight_bytes(int8.model) / MiB],
                 [weight_bytes(fp32.model) / MiB], "lower",
-                note="shared.modeling.loading.weight_bytes; process RSS is in the memory_budget comparison")
+                note="weightflow.shared.modeling.loading.weight_bytes; process RSS is in the memory_budget comparison")
             add("single-request latency p50", "ms", [m.latency_ms_p50 for m in after],
                 [m.latency_ms_p50 for m in before], "lower")
             add("single-request latency p95", "ms", [m.latency_ms_p95 for m in after],

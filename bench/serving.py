@@ -51,10 +51,10 @@ import httpx
 
 from bench.eval_throughput import PlainLoop
 from bench.harness import EXAMPLE_DIR, Config, Report, Row, Stat, bench_env, interleave, percentile
-from shared.artifacts import ArtifactStore
-from shared.settings import Settings
 from weightflow.serving.live import load_served
 from weightflow.serving.testing import free_port, register_checkpoint
+from weightflow.shared.artifacts import ArtifactStore
+from weightflow.shared.settings import Settings
 
 NAME = "serving"
 DEPLOYMENT = "ticket-router"
@@ -365,8 +365,8 @@ def _language_model(cfg: Config, tmp: Path) -> tuple[Path, list[str]]:
 def _generation(cfg: Config, tmp: Path, store: ArtifactStore, home: Path) -> list[Row]:
     """16 clients on /v1/completions against `task.complete` on batches of 8: the same prompts, the same
     greedy decoding, so the same tokens. Where the model's time per request is large, HTTP's share is small."""
-    from shared.modeling.protocols import CompletionParams
-    from shared.modeling.tasks.language import render_prompt
+    from weightflow.shared.modeling.protocols import CompletionParams
+    from weightflow.shared.modeling.tasks.language import render_prompt
 
     doc, inputs = _language_model(cfg, tmp)
     n_requests = 16 if cfg.smoke else 128  # a burst starts with a lone pass: more requests, less of that
@@ -405,6 +405,6 @@ def _generation(cfg: Config, tmp: Path, store: ArtifactStore, home: Path) -> lis
 
 
 def served_name(store: ArtifactStore, manifest_id: str) -> str:
-    from shared.modeling.stored import read_manifest
+    from weightflow.shared.modeling.stored import read_manifest
 
     return read_manifest(store, manifest_id).deployment

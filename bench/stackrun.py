@@ -22,10 +22,10 @@ from uuid import UUID
 import yaml
 
 from bench.harness import EXAMPLE_DIR
-from contracts.base import Event
-from shared.artifacts import ArtifactStore
-from shared.settings import Settings
 from weightflow.client import Client, RunTracker
+from weightflow.contracts.base import Event
+from weightflow.shared.artifacts import ArtifactStore
+from weightflow.shared.settings import Settings
 from weightflow.stack import Stack
 from weightflow.submission import prepare
 

@@ -14,7 +14,7 @@ from uuid import UUID, uuid4
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import from_json
 
-from contracts.limits import MAX_EVENT_BYTES, MAX_EVENT_DEPTH
+from weightflow.contracts.limits import MAX_EVENT_BYTES, MAX_EVENT_DEPTH
 
 SUBJECT_PREFIX = "wf"
 

@@ -6,10 +6,10 @@ from typing import Literal
 
 from pydantic import Field
 
-from contracts.base import Contract, Event, register
-from contracts.measurement import Comparison, Measurement
-from contracts.requirements import RunContext
-from contracts.verdict import Verdict
+from weightflow.contracts.base import Contract, Event, register
+from weightflow.contracts.measurement import Comparison, Measurement
+from weightflow.contracts.requirements import RunContext
+from weightflow.contracts.verdict import Verdict
 
 UNQUANTIZED = "fp32"
 

@@ -6,10 +6,10 @@ from typing import Literal
 
 from pydantic import Field
 
-from contracts.base import Contract, Event, register
-from contracts.benchmark import ModelArtifact
-from contracts.measurement import Comparison, Measurement
-from contracts.requirements import RunContext
+from weightflow.contracts.base import Contract, Event, register
+from weightflow.contracts.benchmark import ModelArtifact
+from weightflow.contracts.measurement import Comparison, Measurement
+from weightflow.contracts.requirements import RunContext
 
 
 class MemoryBudget(Contract):

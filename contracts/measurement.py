@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, PrivateAttr
 
-from contracts.base import Contract
+from weightflow.contracts.base import Contract
 
 SAMPLE_INPUT_CHARS = 500  # a sample log shows what was asked, not a whole document
 SAMPLE_TEXT_CHARS = 1000

@@ -7,9 +7,9 @@ from uuid import UUID
 
 from pydantic import Field
 
-from contracts.base import Contract, Event, register
-from contracts.measurement import Measurement
-from contracts.verdict import Verdict
+from weightflow.contracts.base import Contract, Event, register
+from weightflow.contracts.measurement import Measurement
+from weightflow.contracts.verdict import Verdict
 
 DriftKind = Literal["quality", "latency", "cost", "integrity"]
 

@@ -6,10 +6,10 @@ from typing import Literal
 
 from pydantic import Field
 
-from contracts.base import Contract, Event, register
-from contracts.fitting import MemoryBudget
-from contracts.measurement import Measurement
-from contracts.requirements import DataRefs, Requirements
+from weightflow.contracts.base import Contract, Event, register
+from weightflow.contracts.fitting import MemoryBudget
+from weightflow.contracts.measurement import Measurement
+from weightflow.contracts.requirements import DataRefs, Requirements
 
 
 @register

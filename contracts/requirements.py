@@ -15,7 +15,7 @@ from uuid import UUID
 
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
-from contracts.base import Contract, Event, register
+from weightflow.contracts.base import Contract, Event, register
 
 DATA_SPLITS = ("eval", "canary", "train", "general")
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"

@@ -13,8 +13,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from contracts.limits import MAX_DOCUMENT_BYTES, MAX_DOCUMENT_DEPTH, MAX_DOCUMENT_NODES
-from contracts.requirements import Requirements
+from weightflow.contracts.limits import MAX_DOCUMENT_BYTES, MAX_DOCUMENT_DEPTH, MAX_DOCUMENT_NODES
+from weightflow.contracts.requirements import Requirements
 
 EXAMPLE_HINT = "see examples/support-tickets/requirements.yaml"
 

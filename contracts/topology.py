@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from contracts.base import Event
-from contracts.benchmark import (
+from weightflow.contracts.base import Event
+from weightflow.contracts.benchmark import (
     BenchmarkRequested,
     CandidateBenchmarked,
     CandidateUnavailable,
@@ -18,15 +18,15 @@ from contracts.benchmark import (
     SelectionDecided,
     VariantBenchmarked,
 )
-from contracts.fitting import FitCompleted, FitFailed, FitNeedsTuning, FitSkipped, MemoryBudgetComputed
-from contracts.monitoring import (
+from weightflow.contracts.fitting import FitCompleted, FitFailed, FitNeedsTuning, FitSkipped, MemoryBudgetComputed
+from weightflow.contracts.monitoring import (
     CanaryFailed,
     CanaryPassed,
     CanaryRequested,
     DriftDetected,
     ServingEndpointAnnounced,
 )
-from contracts.registry import (
+from weightflow.contracts.registry import (
     DeploymentPromoted,
     ModelRegistered,
     PromotionApproved,
@@ -38,14 +38,14 @@ from contracts.registry import (
     RollbackRequested,
     RolledBack,
 )
-from contracts.requirements import (
+from weightflow.contracts.requirements import (
     RequirementsAccepted,
     RequirementsChanged,
     RequirementsRejected,
     RequirementsSubmitted,
 )
-from contracts.tuning import AdapterRefused, AdapterTrained, TuningGated, TuningSkipped
-from contracts.workflow import (
+from weightflow.contracts.tuning import AdapterRefused, AdapterTrained, TuningGated, TuningSkipped
+from weightflow.contracts.workflow import (
     DeadLettered,
     RequestRefused,
     ResumeRequested,

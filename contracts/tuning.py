@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from contracts.base import Contract, Event, register
-from contracts.benchmark import ModelArtifact
-from contracts.fitting import MemoryBudget
-from contracts.measurement import Comparison, Measurement
-from contracts.requirements import RunContext
-from contracts.verdict import Verdict
+from weightflow.contracts.base import Contract, Event, register
+from weightflow.contracts.benchmark import ModelArtifact
+from weightflow.contracts.fitting import MemoryBudget
+from weightflow.contracts.measurement import Comparison, Measurement
+from weightflow.contracts.requirements import RunContext
+from weightflow.contracts.verdict import Verdict
 
 
 class AdapterArtifact(Contract):

@@ -17,9 +17,9 @@ from typing import Literal
 
 from pydantic import Field
 
-from contracts.base import Contract
-from contracts.measurement import Measurement
-from contracts.requirements import Requirements
+from weightflow.contracts.base import Contract
+from weightflow.contracts.measurement import Measurement
+from weightflow.contracts.requirements import Requirements
 
 MissKind = Literal["quality", "latency", "cost", "memory", "general", "integrity", "unreachable"]
 

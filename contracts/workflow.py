@@ -8,8 +8,8 @@ from uuid import UUID
 
 from pydantic import Field, model_validator
 
-from contracts.base import Contract, Event, register
-from contracts.requirements import Exclusion
+from weightflow.contracts.base import Contract, Event, register
+from weightflow.contracts.requirements import Exclusion
 
 
 @register

@@ -40,10 +40,10 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
-from shared.safetensors_check import UnsafeArtifactError, sniff_kind, strict_json_loads
+from weightflow.shared.safetensors_check import UnsafeArtifactError, sniff_kind, strict_json_loads
 
 if TYPE_CHECKING:
-    from shared.settings import Settings
+    from weightflow.shared.settings import Settings
 
 __all__ = [
     "TREE_KIND",
@@ -194,7 +194,7 @@ def open_store(settings: Settings, inbox_prefix: str = "_INBOX") -> ArtifactStor
     root = settings.resolved_artifacts_dir()
     if settings.artifact_backend == "filesystem":
         return ArtifactStore(root)
-    from shared.nats_objects import for_settings
+    from weightflow.shared.nats_objects import for_settings
 
     return ArtifactStore(root, remote=for_settings(settings, inbox_prefix))
 

@@ -16,10 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from contracts.measurement import Measurement
-from contracts.requirements import Requirements
-from contracts.verdict import Miss, Verdict, quality_call
-from shared.stats import drop_p_value
+from weightflow.contracts.measurement import Measurement
+from weightflow.contracts.requirements import Requirements
+from weightflow.contracts.verdict import Miss, Verdict, quality_call
+from weightflow.shared.stats import drop_p_value
 
 DriftKind = Literal["quality", "latency", "cost", "integrity"]
 PRECEDENCE = ("integrity", "unreachable", "quality", "latency", "cost")

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import logging
 
-from contracts.measurement import Comparison, Measurement, SampleRow
-from shared import sample_logs
-from shared.artifacts import ArtifactStore, IntegrityError
-from shared.stats import compare_rows
+from weightflow.contracts.measurement import Comparison, Measurement, SampleRow
+from weightflow.shared import sample_logs
+from weightflow.shared.artifacts import ArtifactStore, IntegrityError
+from weightflow.shared.stats import compare_rows
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from sqlalchemy import event as sa_event
 from sqlalchemy.engine import Engine
 from sqlmodel import Field, SQLModel, create_engine
 
-from contracts.base import utcnow
+from weightflow.contracts.base import utcnow
 
 # The last table schema from before migrations. The `wf_schema` row holds it so that those releases refuse a
 # database they cannot use; what a database is now is its Alembic revision (shared.migrations).
@@ -124,6 +124,6 @@ def create_tables(engine: Engine) -> None:
     """What every service does at start: an empty database is made at the head revision (every table, so the
     embedded default needs no extra command); one at head is used as is; any other is refused with the
     command that upgrades it (SchemaMismatchError). See shared.migrations."""
-    from shared import migrations
+    from weightflow.shared import migrations
 
     migrations.ensure_current(engine)

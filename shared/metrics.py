@@ -18,14 +18,14 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram, Info
 
-from contracts.base import EVENT_TYPES, SUBJECT_PREFIX, decode_json
-from contracts.benchmark import NoCandidatePassed
-from contracts.fitting import FitFailed
-from contracts.monitoring import CanaryFailed, CanaryPassed, DriftDetected
-from contracts.registry import DeploymentPromoted, PromotionSkipped, RolledBack
-from contracts.requirements import RequirementsAccepted, RequirementsRejected
-from contracts.tuning import AdapterRefused, TuningSkipped
-from contracts.workflow import DeadLettered, WorkflowHalted, WorkflowRerouted, WorkflowResumed
+from weightflow.contracts.base import EVENT_TYPES, SUBJECT_PREFIX, decode_json
+from weightflow.contracts.benchmark import NoCandidatePassed
+from weightflow.contracts.fitting import FitFailed
+from weightflow.contracts.monitoring import CanaryFailed, CanaryPassed, DriftDetected
+from weightflow.contracts.registry import DeploymentPromoted, PromotionSkipped, RolledBack
+from weightflow.contracts.requirements import RequirementsAccepted, RequirementsRejected
+from weightflow.contracts.tuning import AdapterRefused, TuningSkipped
+from weightflow.contracts.workflow import DeadLettered, WorkflowHalted, WorkflowRerouted, WorkflowResumed
 
 PREFIX = "weightflow"
 _SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)

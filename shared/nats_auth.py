@@ -44,14 +44,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
-from contracts import topology
-from contracts.base import Event
-from contracts.registry import PromotionApproved, PromotionRejected
-from contracts.requirements import RequirementsAccepted
-from shared.bus import Service
-from shared.bus.streams import RUNS_PREFIX, runs_stream_name
-from shared.natsd import CLUSTER_SYNC_INTERVAL
-from shared.settings import Settings
+from weightflow.contracts import topology
+from weightflow.contracts.base import Event
+from weightflow.contracts.registry import PromotionApproved, PromotionRejected
+from weightflow.contracts.requirements import RequirementsAccepted
+from weightflow.shared.bus import Service
+from weightflow.shared.bus.streams import RUNS_PREFIX, runs_stream_name
+from weightflow.shared.natsd import CLUSTER_SYNC_INTERVAL
+from weightflow.shared.settings import Settings
 
 ADMIN_USER = "admin"
 ALERTING_USER = "alerting"

@@ -49,13 +49,13 @@ import nats.errors
 from nats.js import api
 from nats.js.errors import APIError, BucketNotFoundError, NotFoundError, ServiceUnavailableError
 
-from shared.artifacts import ArtifactNotFoundError, IntegrityError
+from weightflow.shared.artifacts import ArtifactNotFoundError, IntegrityError
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NATS
     from nats.js import JetStreamContext
 
-    from shared.settings import Settings
+    from weightflow.shared.settings import Settings
 
 log = logging.getLogger("weightflow.artifacts")
 

@@ -24,7 +24,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shared.settings import split_urls
+from weightflow.shared.settings import split_urls
 
 
 def find_nats_server() -> Path:

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from contracts.measurement import Measurement, SampleRow
-from shared.artifacts import ArtifactStore
+from weightflow.contracts.measurement import Measurement, SampleRow
+from weightflow.shared.artifacts import ArtifactStore
 
 MAX_LOG_BYTES = 128 * 1024 * 1024  # under the store's cap on a text file; rows past it are left out, never a crash
 

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from contracts.measurement import Comparison, Interval, Measurement
+from weightflow.contracts.measurement import Comparison, Interval, Measurement
 
 BOOTSTRAP_RESAMPLES = 2000
 _RESAMPLE_ELEMENTS = 1 << 21  # row indices drawn at once in a paired bootstrap (16 MiB)

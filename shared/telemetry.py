@@ -26,9 +26,9 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter, SpanExportResult
 
-from shared.genai import describe
-from shared.metrics import SPANS_DROPPED, SPANS_EXPORTED
-from shared.settings import Settings
+from weightflow.shared.genai import describe
+from weightflow.shared.metrics import SPANS_DROPPED, SPANS_EXPORTED
+from weightflow.shared.settings import Settings
 
 PROTOCOLS = ("http/protobuf", "grpc")
 

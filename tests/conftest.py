@@ -15,11 +15,11 @@ from typing import Any
 import httpx
 import pytest
 
-from contracts.base import Event
-from shared.artifacts import ArtifactStore
-from shared.natsd import EmbeddedNats
-from shared.settings import Settings
 from weightflow.client import Client, RunTracker, failure_reason, track
+from weightflow.contracts.base import Event
+from weightflow.shared.artifacts import ArtifactStore
+from weightflow.shared.natsd import EmbeddedNats
+from weightflow.shared.settings import Settings
 from weightflow.stack import Stack
 
 ROOT = Path(__file__).resolve().parents[1]

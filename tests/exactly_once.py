@@ -13,10 +13,10 @@ from uuid import UUID
 from sqlalchemy import text
 from sqlmodel import Session
 
-from contracts.base import Event
-from contracts.workflow import DeadLettered
-from shared.db import make_engine
 from weightflow.client import RunTracker
+from weightflow.contracts.base import Event
+from weightflow.contracts.workflow import DeadLettered
+from weightflow.shared.db import make_engine
 
 from .conftest import LiveStack
 

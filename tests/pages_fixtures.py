@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from contracts.base import Event
-from contracts.workflow import WorkflowHalted
-from shared.artifacts import ArtifactStore
+from weightflow.contracts.base import Event
+from weightflow.contracts.workflow import WorkflowHalted
+from weightflow.shared.artifacts import ArtifactStore
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")

@@ -13,7 +13,7 @@ import re
 from functools import cache
 from pathlib import Path
 
-from shared.settings import Settings
+from weightflow.shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 CODE = ("contracts", "shared", "services", "weightflow")

@@ -16,10 +16,10 @@ from uuid import uuid4
 import pytest
 from prometheus_client import REGISTRY
 
-import shared.metrics  # noqa: F401 - registers weightflow's metrics
-from contracts.monitoring import DriftDetected
-from contracts.workflow import Attempt, WorkflowHalted
+import weightflow.shared.metrics  # noqa: F401 - registers weightflow's metrics
 from weightflow.client import Client
+from weightflow.contracts.monitoring import DriftDetected
+from weightflow.contracts.workflow import Attempt, WorkflowHalted
 
 from .conftest import ROOT
 from .test_nats_permissions import SecuredNats, secured  # noqa: F401 - the fixture

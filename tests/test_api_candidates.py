@@ -12,12 +12,13 @@ import pytest
 import yaml
 from starlette.responses import JSONResponse, Response
 
-from contracts.requirements import HardwareProfile, TaskSpec
-from contracts.requirements_doc import RequirementsError, parse_requirements
-from shared.artifacts import ArtifactStore
-from shared.modeling.datasets import Example, load_jsonl
-from shared.modeling.registry import sources, tasks
-from shared.modeling.remote import (
+from weightflow.contracts.requirements import HardwareProfile, TaskSpec
+from weightflow.contracts.requirements_doc import RequirementsError, parse_requirements
+from weightflow.serving.testing import ServerThread, free_port, register_checkpoint
+from weightflow.shared.artifacts import ArtifactStore
+from weightflow.shared.modeling.datasets import Example, load_jsonl
+from weightflow.shared.modeling.registry import sources, tasks
+from weightflow.shared.modeling.remote import (
     Caller,
     Endpoint,
     EndpointRateLimited,
@@ -27,11 +28,10 @@ from shared.modeling.remote import (
     MissingApiKey,
     Prices,
 )
-from shared.modeling.sources.api import read_card
-from shared.modeling.tasks.generation import GenerationRow
-from shared.modeling.validation import check_requirements
-from shared.settings import Settings
-from weightflow.serving.testing import ServerThread, free_port, register_checkpoint
+from weightflow.shared.modeling.sources.api import read_card
+from weightflow.shared.modeling.tasks.generation import GenerationRow
+from weightflow.shared.modeling.validation import check_requirements
+from weightflow.shared.settings import Settings
 
 from .conftest import EXAMPLE_DIR
 from .fake_api import FakeApi, chat_answer, not_json, rate_limited
@@ -245,7 +245,7 @@ def test_concurrency_is_bounded_by_the_endpoint() -> None:
 def test_weightflow_serve_measured_as_an_api_matches_the_model_in_process(tmp_path: Path) -> None:
     """The zero-shot rule over /v1/embeddings (as any embeddings API is called) and the server's own
     /v1/classify give the labels the model gives in-process."""
-    from shared.modeling.stored import load_deployment, read_manifest
+    from weightflow.shared.modeling.stored import load_deployment, read_manifest
 
     settings = Settings(home=tmp_path / "home", trace_file=False)
     store = ArtifactStore(settings.resolved_artifacts_dir())
@@ -277,7 +277,7 @@ LABELS = {"billing": "an invoice, a charge or a refund", "technical": "a bug or 
     ("non-billing question", None), ("no idea", None), ("", None),
 ])
 def test_a_chat_answer_is_read_as_the_label_it_names(answer: str, label: str | None) -> None:
-    from shared.modeling.tasks.classification import label_in
+    from weightflow.shared.modeling.tasks.classification import label_in
 
     assert label_in(answer, list(LABELS)) == label
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 import asyncio
 from uuid import uuid4
 
-from contracts.registry import PromotionApproved, PromotionRejected
-from shared import nats_auth
 from weightflow.client import Client
+from weightflow.contracts.registry import PromotionApproved, PromotionRejected
+from weightflow.shared import nats_auth
 
 from .test_nats_permissions import SERVICE_DEFS, SERVICES, Conn, SecuredNats, secured  # noqa: F401 (fixture)
 

@@ -16,14 +16,14 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from shared.artifacts import (
+from weightflow.shared.artifacts import (
     ArtifactNotFoundError,
     ArtifactStore,
     IntegrityError,
     is_digest,
     sha256_file,
 )
-from shared.safetensors_check import UnsafeArtifactError, sniff_kind, validate_safetensors
+from weightflow.shared.safetensors_check import UnsafeArtifactError, sniff_kind, validate_safetensors
 
 
 def objects_in(store: ArtifactStore) -> list[Path]:

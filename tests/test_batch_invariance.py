@@ -11,15 +11,15 @@ from collections.abc import Callable, Iterator
 import pytest
 import torch
 
-from contracts.requirements import HardwareProfile, TaskSpec
-from shared.modeling.datasets import Example, load_jsonl
-from shared.modeling.protocols import LoadedModel, Task
-from shared.modeling.quantizers.int8_modules import quantize_int8
-from shared.modeling.registry import BUILTIN_MODULES, tasks
-from shared.modeling.sources.builtin import materialize_candidate
-from shared.modeling.tasks.classification import ClassificationTask
-from shared.modeling.tasks.generation import GenerationRow
-from shared.modeling.tasks.multiple_choice import ChoiceRow
+from weightflow.contracts.requirements import HardwareProfile, TaskSpec
+from weightflow.shared.modeling.datasets import Example, load_jsonl
+from weightflow.shared.modeling.protocols import LoadedModel, Task
+from weightflow.shared.modeling.quantizers.int8_modules import quantize_int8
+from weightflow.shared.modeling.registry import BUILTIN_MODULES, tasks
+from weightflow.shared.modeling.sources.builtin import materialize_candidate
+from weightflow.shared.modeling.tasks.classification import ClassificationTask
+from weightflow.shared.modeling.tasks.generation import GenerationRow
+from weightflow.shared.modeling.tasks.multiple_choice import ChoiceRow
 
 from .conftest import EXAMPLE_DIR, example_script
 from .lm_fixtures import tiny_llama

@@ -22,14 +22,14 @@ import pytest
 from sqlalchemy import text
 from sqlmodel import Field, Session, SQLModel, select
 
-from contracts.base import Event, parse_event, register
-from contracts.topology import Stage
-from contracts.workflow import DeadLettered
-from shared.artifacts import ArtifactStore
-from shared.bus import HandlerContext, HandlerResult, Service
-from shared.db import DeadLetterRecord, InboxRecord, OutboxRecord, make_engine
-from shared.settings import Settings
 from weightflow.client import Client
+from weightflow.contracts.base import Event, parse_event, register
+from weightflow.contracts.topology import Stage
+from weightflow.contracts.workflow import DeadLettered
+from weightflow.shared.artifacts import ArtifactStore
+from weightflow.shared.bus import HandlerContext, HandlerResult, Service
+from weightflow.shared.db import DeadLetterRecord, InboxRecord, OutboxRecord, make_engine
+from weightflow.shared.settings import Settings
 from weightflow.submission import prepare
 
 from .conftest import EXAMPLE_DIR
@@ -321,7 +321,7 @@ def test_a_dead_letter_that_cannot_be_written_is_retried_not_lost(settings: Sett
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """The disk fills: the dead-letter write fails too. The message is NAKed, not acked or dropped, and is
     dead-lettered once the write succeeds again."""
-    import shared.bus.runtime as runtime
+    import weightflow.shared.bus.runtime as runtime
 
     settings = settings.model_copy(update={"retry_backoff_cap_s": 0.5})
     real = runtime.write_dead_letter

@@ -14,14 +14,14 @@ import pytest
 import torch
 import yaml
 
-from contracts.requirements import CandidateRef, HardwareProfile, TaskSpec
-from contracts.requirements_doc import RequirementsError
-from shared.artifacts import ArtifactStore
-from shared.modeling.checkpoint import CheckpointError, inspect_checkpoint
-from shared.modeling.datasets import Example
-from shared.modeling.registry import quantizers, sources, tasks
-from shared.modeling.tuners.lora import LoraSettings
-from shared.modeling.tuners.lora_training import attach, train_lora
+from weightflow.contracts.requirements import CandidateRef, HardwareProfile, TaskSpec
+from weightflow.contracts.requirements_doc import RequirementsError
+from weightflow.shared.artifacts import ArtifactStore
+from weightflow.shared.modeling.checkpoint import CheckpointError, inspect_checkpoint
+from weightflow.shared.modeling.datasets import Example
+from weightflow.shared.modeling.registry import quantizers, sources, tasks
+from weightflow.shared.modeling.tuners.lora import LoraSettings
+from weightflow.shared.modeling.tuners.lora_training import attach, train_lora
 from weightflow.submission import prepare
 
 from .conftest import EXAMPLE_DIR
@@ -86,7 +86,7 @@ def test_lora_trains_the_head_and_serves_what_peft_trained(tmp_path: Path) -> No
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification
 
-    from shared.modeling.quantizers.int8_modules import load_int8, quantize_int8, save_quantized
+    from weightflow.shared.modeling.quantizers.int8_modules import load_int8, quantize_int8, save_quantized
 
     fp32 = TEXT_CLASSIFICATION.load(tiny_classifier(tmp_path / "m"), torch.device("cpu"))
     quantize_int8(fp32.model)
@@ -127,7 +127,7 @@ def team(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     folder = tmp_path / "team"
     shutil.copytree(EXAMPLE_DIR, folder, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
     l3 = sources.get("builtin")
-    from shared.modeling.sources.builtin import materialize_candidate
+    from weightflow.shared.modeling.sources.builtin import materialize_candidate
 
     materialize_candidate("minilm-l3", folder / "models" / "my-encoder")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
@@ -157,7 +157,7 @@ def test_path_and_hf_candidates_are_checked_and_stored_once(team: Path, tmp_path
 def test_a_plugin_quantizer_is_picked_up_without_editing_a_service(tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """tests.plugins.scripted registers a quantization scheme of its own; fitting uses it by name."""
-    from contracts.fitting import FitCompleted
+    from weightflow.contracts.fitting import FitCompleted
 
     from .test_workflow_unit import build_workflow, of
 

@@ -27,18 +27,18 @@ import pytest
 from nats.js.api import ClusterInfo, PeerInfo, RawStreamMsg
 from nats.js.errors import NotFoundError
 
-from contracts.base import Event
-from contracts.fitting import FitCompleted
-from contracts.monitoring import CanaryPassed, CanaryRequested
-from contracts.registry import DeploymentPromoted
-from contracts.requirements import RequirementsAccepted
-from contracts.workflow import RunRecord
-from shared.bus.runs import NatsRuns
-from shared.bus.service import Service
-from shared.bus.streams import StreamSetupError, ensure_streams
-from shared.natsd import EmbeddedCluster, EmbeddedNats
-from shared.settings import Settings
 from weightflow.cluster_health import Node, Replicas, consumer_summary, nodes_report, stream_findings
+from weightflow.contracts.base import Event
+from weightflow.contracts.fitting import FitCompleted
+from weightflow.contracts.monitoring import CanaryPassed, CanaryRequested
+from weightflow.contracts.registry import DeploymentPromoted
+from weightflow.contracts.requirements import RequirementsAccepted
+from weightflow.contracts.workflow import RunRecord
+from weightflow.shared.bus.runs import NatsRuns
+from weightflow.shared.bus.service import Service
+from weightflow.shared.bus.streams import StreamSetupError, ensure_streams
+from weightflow.shared.natsd import EmbeddedCluster, EmbeddedNats
+from weightflow.shared.settings import Settings
 from weightflow.stack import Stack
 from weightflow.submission import prepare
 

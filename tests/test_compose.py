@@ -27,9 +27,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from contracts.topology import SERVICES
-from shared.settings import Settings
 from weightflow.cli import app
+from weightflow.contracts.topology import SERVICES
+from weightflow.shared.settings import Settings
 
 from .conftest import ROOT
 from .settings_read import settings_weightflow_reads

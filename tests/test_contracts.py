@@ -8,10 +8,10 @@ from uuid import uuid4
 import pytest
 from pydantic import ValidationError
 
-import contracts
-from contracts.base import SchemaVersionError, UnknownEventError, parse_event
-from contracts.monitoring import CanaryRequested
-from contracts.registry import RollbackRequested
+from weightflow import contracts
+from weightflow.contracts.base import SchemaVersionError, UnknownEventError, parse_event
+from weightflow.contracts.monitoring import CanaryRequested
+from weightflow.contracts.registry import RollbackRequested
 
 
 def test_every_event_has_a_unique_subject_under_wf() -> None:

@@ -16,16 +16,19 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
-from contracts.base import Event
-from contracts.benchmark import CandidateBenchmarked
-from contracts.fitting import FitCompleted
-from contracts.monitoring import CanaryPassed
-from contracts.topology import SERVICES
+from weightflow.contracts.base import Event
+from weightflow.contracts.benchmark import CandidateBenchmarked
+from weightflow.contracts.fitting import FitCompleted
+from weightflow.contracts.monitoring import CanaryPassed
+from weightflow.contracts.topology import SERVICES
+from weightflow.shared.db import make_engine
 from weightflow.submission import prepare
 
 from .conftest import EXAMPLE_DIR, LiveStack, start_stack
 from .exactly_once import assert_exactly_once
+from .test_e2e import assert_a_monitored_deployment
 
 # Twelve kills, each waiting out ack_wait and a process restart (a torch import): minutes, and on a loaded
 # 2-core machine close to pytest's default 600 s; these runs get 1200 s before they count as hung.
@@ -62,14 +65,16 @@ def wait_for_history(live: LiveStack, predicate: Callable[[list[Event]], bool], 
 
 def test_every_service_killed_mid_handling_loses_and_repeats_nothing(tmp_path: Path,
                                                                    stack_database: dict[str, str]) -> None:
-    """Every service SIGKILLed at each crash point (inside its transaction, and after the commit before the ack).
-    On PostgreSQL each service is killed once, the points alternating down the services (six kills, not twelve:
-    each costs a redelivery and a torch process start, and the suite has a time budget); SQLite takes all twelve.
-    A crash point fires once per service, marked by a file: the ones PostgreSQL leaves out are marked before."""
+    """Every service SIGKILLed at each crash point (inside its transaction, and after the commit before the ack),
+    the twelve kills shared between the two databases: each service is killed once per database, the points
+    alternating down the services, and PostgreSQL takes the six SQLite leaves out (each kill costs a redelivery
+    and a torch process start, and the suite has a time budget). A crash point fires once per service, marked by a
+    file: the ones a database leaves out are marked before. The PostgreSQL run is also the main run on PostgreSQL:
+    a monitored deployment, every row in PostgreSQL and none in a SQLite file."""
     home = tmp_path / "home"
-    left_out = set() if "WEIGHTFLOW_DATABASE_URL" not in stack_database else {
-        f"{service}.{point}" for i, service in enumerate(SERVICES) for j, point in enumerate(CRASH_POINTS)
-        if (i + j) % 2}
+    on_postgres = "WEIGHTFLOW_DATABASE_URL" in stack_database
+    left_out = {f"{service}.{point}" for i, service in enumerate(SERVICES) for j, point in enumerate(CRASH_POINTS)
+                if (i + j + on_postgres) % 2}
     (home / "crash-points").mkdir(parents=True)
     for marker in left_out:
         (home / "crash-points" / marker).touch()
@@ -86,6 +91,16 @@ def test_every_service_killed_mid_handling_loses_and_repeats_nothing(tmp_path: P
         assert fired == sorted(f"{s}.{p}" for s in SERVICES for p in CRASH_POINTS), fired
         assert sum(live.stack.restarts.values()) == len(SERVICES) * len(CRASH_POINTS) - len(left_out)
         assert_exactly_once(live, history, event.run_id, expected=EXPECTED, rows=EXPECTED_ROWS)
+        assert_a_monitored_deployment(tracker.events, live)
+        if on_postgres:
+            assert not (home / "weightflow.db").exists(), "no service fell back to SQLite"
+            engine = make_engine(stack_database["WEIGHTFLOW_DATABASE_URL"])
+            with engine.connect() as conn:
+                for table in ("requirements_versions", "benchmark_results", "registry_manifests", "wf_inbox"):
+                    assert conn.execute(text(f"SELECT count(*) FROM {table} WHERE run_id = :r"),
+                                        {"r": str(event.run_id)}).scalar_one() > 0, table
+                assert conn.execute(text("SELECT count(*) FROM monitoring_canaries")).scalar_one() == 1
+            engine.dispose()
     finally:
         live.stack.stop()
 

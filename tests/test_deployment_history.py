@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from contracts.registry import DeploymentPromoted, RolledBack
 from weightflow.cli import app as cli
+from weightflow.contracts.registry import DeploymentPromoted, RolledBack
 from weightflow.live_history import changes, live_at
 
 from .test_workflow_unit import Workflow, build_workflow, of

@@ -28,12 +28,12 @@ from uuid import uuid4
 import pytest
 from sqlmodel import Session, select
 
-from contracts.requirements import RequirementsAccepted, RequirementsSubmitted
-from contracts.workflow import DeadLettered
-from shared.db import DeadLetterRecord, OutboxRecord, make_engine
-from shared.natsd import parse_health, store_health
-from shared.settings import Settings
 from weightflow.client import Client
+from weightflow.contracts.requirements import RequirementsAccepted, RequirementsSubmitted
+from weightflow.contracts.workflow import DeadLettered
+from weightflow.shared.db import DeadLetterRecord, OutboxRecord, make_engine
+from weightflow.shared.natsd import parse_health, store_health
+from weightflow.shared.settings import Settings
 from weightflow.stack import NATS_KEY, NATS_RESTART_BACKOFF_S, STORE_RESTART_MIN_FREE_BYTES, Stack, restart_store
 from weightflow.submission import prepare
 

@@ -11,7 +11,7 @@ import sys
 from importlib.metadata import packages_distributions
 from pathlib import Path
 
-from contracts.topology import SERVICES, markdown_table, mermaid_flowchart
+from weightflow.contracts.topology import SERVICES, markdown_table, mermaid_flowchart
 
 from .conftest import ROOT
 from .settings_read import settings_weightflow_reads

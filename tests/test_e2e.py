@@ -13,26 +13,24 @@ from typing import Any
 from uuid import uuid4
 
 import pytest
-from sqlalchemy import text
 
-from contracts.base import Event
-from contracts.benchmark import CandidateBenchmarked, SelectionDecided, VariantBenchmarked
-from contracts.fitting import FitCompleted, MemoryBudgetComputed
-from contracts.measurement import Measurement
-from contracts.monitoring import CanaryFailed, CanaryPassed, CanaryRequested, DriftDetected
-from contracts.registry import DeploymentPromoted, ModelRegistered
-from contracts.requirements import RequirementsAccepted, RequirementsRejected, RequirementsSubmitted
-from contracts.tuning import TuningGated, TuningSkipped
-from contracts.workflow import WorkflowRerouted
-from shared.artifacts import sha256_file
-from shared.db import make_engine
-from shared.modeling.stored import read_manifest
+from weightflow.contracts.base import Event
+from weightflow.contracts.benchmark import CandidateBenchmarked, SelectionDecided, VariantBenchmarked
+from weightflow.contracts.fitting import FitCompleted, MemoryBudgetComputed
+from weightflow.contracts.measurement import Measurement
+from weightflow.contracts.monitoring import CanaryFailed, CanaryPassed, CanaryRequested, DriftDetected
+from weightflow.contracts.registry import DeploymentPromoted, ModelRegistered
+from weightflow.contracts.requirements import RequirementsAccepted, RequirementsRejected, RequirementsSubmitted
+from weightflow.contracts.tuning import TuningGated, TuningSkipped
+from weightflow.contracts.workflow import WorkflowRerouted
 from weightflow.pages import run_scope
 from weightflow.pages.figures import benchmarked
 from weightflow.pages.trail import trail
+from weightflow.shared.artifacts import sha256_file
+from weightflow.shared.modeling.stored import read_manifest
 from weightflow.submission import prepare
 
-from .conftest import EXAMPLE_DIR, ROOT, LiveStack, example_script, postgres_database, start_stack
+from .conftest import EXAMPLE_DIR, ROOT, LiveStack, example_script
 from .report_checks import assert_run_report
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -58,28 +56,6 @@ def first_run(live_stack: LiveStack) -> list[Event]:
     return example_run(live_stack)
 
 
-@pytest.mark.postgres
-def test_example_reaches_a_monitored_deployment_on_postgresql(tmp_path: Path) -> None:
-    """The main run with the services' state in PostgreSQL; the tests below run on the embedded default (SQLite).
-    First in the module, so its stack is gone before theirs starts."""
-    with postgres_database() as url:
-        live = start_stack(tmp_path / "home", WEIGHTFLOW_DATABASE_URL=url, WEIGHTFLOW_CANARY_INTERVAL_S=3600,
-                           WEIGHTFLOW_ACK_WAIT_S=20)
-        try:
-            run = example_run(live)
-            assert_a_monitored_deployment(run, live)
-            assert not (live.stack.home / "weightflow.db").exists(), "no service fell back to SQLite"
-            engine = make_engine(url)
-            with engine.connect() as conn:
-                for table in ("requirements_versions", "benchmark_results", "registry_manifests", "wf_inbox"):
-                    assert conn.execute(text(f"SELECT count(*) FROM {table} WHERE run_id = :r"),
-                                        {"r": str(run[0].run_id)}).scalar_one() > 0, table
-                assert conn.execute(text("SELECT count(*) FROM monitoring_canaries")).scalar_one() == 1
-            engine.dispose()
-        finally:
-            live.stack.stop()
-
-
 def test_example_reaches_a_monitored_deployment(first_run: list[Event], live_stack: LiveStack) -> None:
     assert_a_monitored_deployment(first_run, live_stack)
     assert_sample_logs(first_run, live_stack)
@@ -89,8 +65,8 @@ def assert_sample_logs(first_run: list[Event], live_stack: LiveStack) -> None:
     """Every measurement names its stored sample log, the live canary its own; `weightflow samples` shows them."""
     from typer.testing import CliRunner
 
-    from shared.sample_logs import load
     from weightflow.cli import app as cli
+    from weightflow.shared.sample_logs import load
 
     measured = [(e, m) for e in first_run for m in (getattr(e, n) for n in type(e).model_fields)
                 if isinstance(m, Measurement)]

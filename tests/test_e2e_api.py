@@ -14,15 +14,15 @@ import pytest
 import yaml
 from sqlmodel import Session, col, select
 
-from contracts.benchmark import CandidateBenchmarked, SelectionDecided
-from contracts.fitting import FitSkipped, MemoryBudgetComputed
-from contracts.monitoring import CanaryFailed, CanaryPassed, CanaryRequested
-from contracts.registry import DeploymentPromoted, ModelRegistered
-from contracts.tuning import AdapterTrained
-from shared.db import InboxRecord, OutboxRecord, make_engine
-from shared.modeling.sources.api import read_card
-from shared.modeling.stored import read_manifest
+from weightflow.contracts.benchmark import CandidateBenchmarked, SelectionDecided
+from weightflow.contracts.fitting import FitSkipped, MemoryBudgetComputed
+from weightflow.contracts.monitoring import CanaryFailed, CanaryPassed, CanaryRequested
+from weightflow.contracts.registry import DeploymentPromoted, ModelRegistered
+from weightflow.contracts.tuning import AdapterTrained
 from weightflow.serving.testing import ServerThread, register_checkpoint
+from weightflow.shared.db import InboxRecord, OutboxRecord, make_engine
+from weightflow.shared.modeling.sources.api import read_card
+from weightflow.shared.modeling.stored import read_manifest
 from weightflow.submission import prepare
 
 from .conftest import E2E_API_KEY, E2E_API_KEY_ENV, LiveStack
@@ -119,7 +119,7 @@ def test_a_served_deployment_is_the_api_candidate_of_another_run(live_stack: Liv
 
 
 def test_an_unreachable_api_candidate_is_left_out_with_why(live_stack: LiveStack, example_dir: Path) -> None:
-    from contracts.benchmark import CandidateUnavailable, NoCandidatePassed
+    from weightflow.contracts.benchmark import CandidateUnavailable, NoCandidatePassed
     from weightflow.serving.testing import free_port
 
     data = yaml.safe_load((example_dir / "requirements.yaml").read_text())
@@ -153,8 +153,8 @@ def test_hostile_api_candidates_are_left_out_in_their_timeouts_with_flat_memory_
     import psutil
     from starlette.responses import JSONResponse, PlainTextResponse, Response
 
-    from contracts.benchmark import CandidateUnavailable, NoCandidatePassed
-    from contracts.requirements import RequirementsAccepted
+    from weightflow.contracts.benchmark import CandidateUnavailable, NoCandidatePassed
+    from weightflow.contracts.requirements import RequirementsAccepted
 
     from .fake_api import FakeApi, Huge, drip
 

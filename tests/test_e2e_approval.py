@@ -11,8 +11,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from contracts.registry import DeploymentPromoted, PromotionAwaitingApproval, PromotionDecided
 from weightflow.cli import app as cli
+from weightflow.contracts.registry import DeploymentPromoted, PromotionAwaitingApproval, PromotionDecided
 from weightflow.render import summary
 from weightflow.serving.testing import ServerThread, register_checkpoint
 from weightflow.submission import prepare

@@ -17,14 +17,14 @@ from typing import Any
 
 import pytest
 
-from contracts.base import Event
-from contracts.benchmark import CandidateBenchmarked, SelectionDecided, VariantBenchmarked
-from contracts.fitting import FitCompleted, MemoryBudgetComputed
-from contracts.monitoring import CanaryPassed
-from contracts.registry import ModelRegistered
-from contracts.tuning import TuningGated
-from shared.modeling.quantizers import quant_env
-from shared.modeling.stored import read_manifest
+from weightflow.contracts.base import Event
+from weightflow.contracts.benchmark import CandidateBenchmarked, SelectionDecided, VariantBenchmarked
+from weightflow.contracts.fitting import FitCompleted, MemoryBudgetComputed
+from weightflow.contracts.monitoring import CanaryPassed
+from weightflow.contracts.registry import ModelRegistered
+from weightflow.contracts.tuning import TuningGated
+from weightflow.shared.modeling.quantizers import quant_env
+from weightflow.shared.modeling.stored import read_manifest
 from weightflow.submission import prepare
 
 from .conftest import ROOT, LiveStack, example_script

@@ -18,8 +18,8 @@ from uuid import uuid4
 import httpx
 import pytest
 
-from contracts.monitoring import CanaryPassed
-from contracts.registry import DeploymentPromoted, ModelRegistered, RollbackRequested, RolledBack
+from weightflow.contracts.monitoring import CanaryPassed
+from weightflow.contracts.registry import DeploymentPromoted, ModelRegistered, RollbackRequested, RolledBack
 from weightflow.serving.app import MANIFEST_HEADER
 from weightflow.serving.testing import free_port
 from weightflow.submission import prepare

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from contracts.fitting import FitCompleted, FitFailed, MemoryBudgetComputed
-from contracts.requirements import TaskSpec
-from services.fitting.domain import judge_peak
-from shared.modeling.budget import Architecture, memory_budget
+from weightflow.contracts.fitting import FitCompleted, FitFailed, MemoryBudgetComputed
+from weightflow.contracts.requirements import TaskSpec
+from weightflow.services.fitting.domain import judge_peak
+from weightflow.shared.modeling.budget import Architecture, memory_budget
 
 from .test_workflow_unit import build_workflow, of
 
@@ -73,8 +73,8 @@ def test_a_peak_measured_on_another_device_says_so() -> None:
 
 @pytest.mark.slow
 def test_a_tiny_llama_peak_is_measured_in_a_process_of_its_own(tmp_path: Path) -> None:
-    from shared.modeling.peak import measure_peak
     from tests.lm_fixtures import tiny_llama
+    from weightflow.shared.modeling.peak import measure_peak
 
     model = tiny_llama(tmp_path / "tiny")
     spec = TaskSpec(type="generation", prompt="Q: {input}\nA:", max_new_tokens=8)

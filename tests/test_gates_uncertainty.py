@@ -12,17 +12,17 @@ import pytest
 from pydantic import ValidationError
 from scipy import stats
 
-from contracts.measurement import Measurement, SampleRow
-from contracts.requirements import Requirements
-from contracts.requirements_doc import parse_requirements
-from contracts.verdict import Verdict, call_quality, judge, quality_gap, rows_to_settle
-from services.benchmark.domain import Result, decide_class
-from services.monitoring.domain import judge_canary
-from services.tuning.domain import gate
-from shared import sample_logs
-from shared.artifacts import ArtifactStore
-from shared.comparisons import compare
-from shared.stats import bootstrap, compare_rows, paired, paired_statistic, wilson
+from weightflow.contracts.measurement import Measurement, SampleRow
+from weightflow.contracts.requirements import Requirements
+from weightflow.contracts.requirements_doc import parse_requirements
+from weightflow.contracts.verdict import Verdict, call_quality, judge, quality_gap, rows_to_settle
+from weightflow.services.benchmark.domain import Result, decide_class
+from weightflow.services.monitoring.domain import judge_canary
+from weightflow.services.tuning.domain import gate
+from weightflow.shared import sample_logs
+from weightflow.shared.artifacts import ArtifactStore
+from weightflow.shared.comparisons import compare
+from weightflow.shared.stats import bootstrap, compare_rows, paired, paired_statistic, wilson
 
 from .test_stage_logic import DATA, REQ, context
 
@@ -196,7 +196,7 @@ def test_uneven_sides_are_an_error_not_a_silent_zip() -> None:
 def test_a_statistic_of_all_rows_is_compared_by_resampling_the_same_rows() -> None:
     """The general set's score is a Spearman over pairs: no row has a score of its own, so the rows are drawn
     together for both models and the correlation recomputed."""
-    from shared.modeling.tasks.classification import spearman_of_columns
+    from weightflow.shared.modeling.tasks.classification import spearman_of_columns
 
     rng = np.random.default_rng(1)
     gold = rng.uniform(0, 5, size=300)
@@ -217,8 +217,8 @@ def test_a_statistic_of_all_rows_is_compared_by_resampling_the_same_rows() -> No
 
 def test_a_task_that_overrides_its_general_score_is_taken_at_its_word() -> None:
     """A plugin task that inherits general_outputs but says its own general_score: its score, no rows."""
-    from shared.modeling.protocols import GeneralOutputs
-    from shared.modeling.tasks.zero_shot import ZeroShotClassification
+    from weightflow.shared.modeling.protocols import GeneralOutputs
+    from weightflow.shared.modeling.tasks.zero_shot import ZeroShotClassification
 
     class Own(ZeroShotClassification):
         def general_score(self, loaded: object, spec: object, rows: object) -> float:  # type: ignore[override]
@@ -235,7 +235,7 @@ def test_a_task_that_overrides_its_general_score_is_taken_at_its_word() -> None:
 
 def test_a_strict_bar_refuses_an_adapter_that_cannot_show_it_lost_little() -> None:
     """On the lower bound, the general gate takes the largest drop the paired interval allows."""
-    from contracts.measurement import Comparison, Interval
+    from weightflow.contracts.measurement import Comparison, Interval
 
     unsure = Comparison(baseline="m", candidate="m + lora", n=60, baseline_score=0.80, candidate_score=0.79,
                         difference=-0.01, interval=Interval(low=-0.09, high=0.06, method="bootstrap"),
@@ -251,8 +251,8 @@ def test_a_strict_bar_refuses_an_adapter_that_cannot_show_it_lost_little() -> No
 
 
 def test_the_recovery_rule_judges_a_variants_loss_as_the_gates_do() -> None:
-    from contracts.measurement import Comparison, Interval
-    from services.fitting.domain import lost_too_much
+    from weightflow.contracts.measurement import Comparison, Interval
+    from weightflow.services.fitting.domain import lost_too_much
 
     base, variant = measured(180, 200), measured(176, 200)  # 0.90 -> 0.88
     paired_loss = Comparison(baseline="m fp32", candidate="m int8", n=200, baseline_score=0.90, candidate_score=0.88,

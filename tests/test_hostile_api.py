@@ -19,8 +19,8 @@ import psutil
 import pytest
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
-from shared.modeling.registry import tasks
-from shared.modeling.remote import (
+from weightflow.shared.modeling.registry import tasks
+from weightflow.shared.modeling.remote import (
     MAX_RESPONSE_BYTES,
     Caller,
     EndpointError,

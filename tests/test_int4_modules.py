@@ -12,8 +12,8 @@ import transformers
 from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32
 from safetensors.torch import load_file, save_file
 
-from shared.modeling.loading import load_checkpoint
-from shared.modeling.quantizers.int4_modules import Int4Linear, load_int4
+from weightflow.shared.modeling.loading import load_checkpoint
+from weightflow.shared.modeling.quantizers.int4_modules import Int4Linear, load_int4
 
 from .lm_fixtures import tiny_llama
 
@@ -112,7 +112,7 @@ def test_only_the_packed_layout_is_claimed_other_compressed_checkpoints_stay_wit
         packed_lm: Path, tmp_path: Path, change: dict[str, object], claimed: bool) -> None:
     """A team's own compressed-tensors checkpoint in another layout loaded through transformers before the packed
     loader existed; the loader must not claim it only to refuse it (review finding)."""
-    from shared.modeling.registry import quantizers
+    from weightflow.shared.modeling.registry import quantizers
 
     config = json.loads((packed_lm / "config.json").read_text())
     config["quantization_config"] |= change

@@ -8,17 +8,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from contracts.requirements import HardwareProfile, TaskSpec
-from shared.modeling.budget import Architecture, kv_cache_bytes
-from shared.modeling.checkpoint import inspect_checkpoint
-from shared.modeling.protocols import LoadedModel
-from shared.modeling.registry import sources, tasks
-from shared.modeling.tasks import text_metrics
-from shared.modeling.tasks.generation import GenerationRow
-from shared.modeling.tasks.language import GeneralRow, LanguageTask, keeps_logits
-from shared.modeling.tasks.multiple_choice import ChoiceRow
-from shared.modeling.tuners.lora import LoraSettings
-from shared.modeling.tuners.lora_training import attach, train_lora
+from weightflow.contracts.requirements import HardwareProfile, TaskSpec
+from weightflow.shared.modeling.budget import Architecture, kv_cache_bytes
+from weightflow.shared.modeling.checkpoint import inspect_checkpoint
+from weightflow.shared.modeling.protocols import LoadedModel
+from weightflow.shared.modeling.registry import sources, tasks
+from weightflow.shared.modeling.tasks import text_metrics
+from weightflow.shared.modeling.tasks.generation import GenerationRow
+from weightflow.shared.modeling.tasks.language import GeneralRow, LanguageTask, keeps_logits
+from weightflow.shared.modeling.tasks.multiple_choice import ChoiceRow
+from weightflow.shared.modeling.tuners.lora import LoraSettings
+from weightflow.shared.modeling.tuners.lora_training import attach, train_lora
 
 from .lm_fixtures import tiny_llama
 
@@ -73,7 +73,7 @@ def test_the_task_fits_the_checkpoint(lm_dir: Path) -> None:
     info = inspect_checkpoint(lm_dir)
     assert info.is_decoder and GENERATION.check_checkpoint(SPEC, info) == []
     assert "decoder" in tasks.get("zero-shot-classification").check_checkpoint(SPEC, info)[0]
-    from contracts.requirements import CandidateRef
+    from weightflow.contracts.requirements import CandidateRef
 
     encoder = inspect_checkpoint(sources.get("builtin").local_dir(CandidateRef(builtin="minilm-l3"), None))
     assert "not a causal language model" in GENERATION.check_checkpoint(SPEC, encoder)[0]

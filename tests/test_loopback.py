@@ -15,13 +15,13 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from contracts.base import Event
-from contracts.monitoring import CanaryFailed, CanaryPassed
-from contracts.registry import DeploymentPromoted, RolledBack
-from contracts.workflow import WorkflowHalted, WorkflowRerouted
 from tests.plugins.scripted import NAME, make_checkpoint
 from weightflow.cli import app as cli
 from weightflow.client import RunTracker
+from weightflow.contracts.base import Event
+from weightflow.contracts.monitoring import CanaryFailed, CanaryPassed
+from weightflow.contracts.registry import DeploymentPromoted, RolledBack
+from weightflow.contracts.workflow import WorkflowHalted, WorkflowRerouted
 from weightflow.submission import prepare
 
 from .conftest import EXAMPLE_DIR, LiveStack, start_stack

@@ -8,11 +8,11 @@ from uuid import uuid4
 
 import pytest
 
-from contracts.monitoring import CanaryFailed, DeployedModel
-from contracts.verdict import Miss, Verdict
-from contracts.workflow import Attempt, Ending
-from services.requirements import machine, routing
-from services.requirements.machine import Phase, Transition, Trigger
+from weightflow.contracts.monitoring import CanaryFailed, DeployedModel
+from weightflow.contracts.verdict import Miss, Verdict
+from weightflow.contracts.workflow import Attempt, Ending
+from weightflow.services.requirements import machine, routing
+from weightflow.services.requirements.machine import Phase, Transition, Trigger
 
 from .test_pre_promotion_canary import _measured
 
@@ -23,7 +23,7 @@ CANARY_TRIGGERS = (Trigger.LIVE_CANARY_FAILED, Trigger.FAILED_BEFORE_PROMOTION, 
 def test_the_committed_state_machine_page_is_the_code() -> None:
     committed = (ROOT / "docs" / "loopback.md").read_text()
     assert committed == machine.page(), (
-        "docs/loopback.md is stale: python -m services.requirements.machine > docs/loopback.md"
+        "docs/loopback.md is stale: python -m weightflow.services.requirements.machine > docs/loopback.md"
     )
     assert machine.mermaid().startswith("stateDiagram-v2") and "```mermaid" in committed
 

@@ -11,9 +11,11 @@ from uuid import UUID, uuid4
 import pytest
 from typer.testing import CliRunner
 
-from contracts.base import Event
-from contracts.monitoring import CanaryPassed
-from contracts.registry import (
+from weightflow.cli import app as cli
+from weightflow.client import run_state
+from weightflow.contracts.base import Event
+from weightflow.contracts.monitoring import CanaryPassed
+from weightflow.contracts.registry import (
     DeploymentPromoted,
     ModelRegistered,
     PromotionApproved,
@@ -21,9 +23,7 @@ from contracts.registry import (
     PromotionDecided,
     PromotionRejected,
 )
-from contracts.workflow import RequestRefused
-from weightflow.cli import app as cli
-from weightflow.client import run_state
+from weightflow.contracts.workflow import RequestRefused
 from weightflow.live_history import changes, live_at
 from weightflow.render import summary
 

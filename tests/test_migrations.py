@@ -21,9 +21,16 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.engine.interfaces import ReflectedColumn
 from sqlmodel import Session, select
 
-from shared import migrations
-from shared.db import SCHEMA_VERSION, EffectRecord, OutboxRecord, SchemaMismatchError, create_tables, make_engine
-from shared.settings import REFUSED_TO_START_EXIT
+from weightflow.shared import migrations
+from weightflow.shared.db import (
+    SCHEMA_VERSION,
+    EffectRecord,
+    OutboxRecord,
+    SchemaMismatchError,
+    create_tables,
+    make_engine,
+)
+from weightflow.shared.settings import REFUSED_TO_START_EXIT
 
 from .conftest import ROOT, postgres_database
 

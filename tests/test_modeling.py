@@ -18,13 +18,13 @@ import pytest
 import torch
 from torch import nn
 
-from contracts.requirements import CandidateRef, HardwareProfile, TaskSpec
-from shared.modeling.checkpoint import CheckpointError, inspect_checkpoint
-from shared.modeling.datasets import DatasetError, Example, Pair, dataset_digest, load_jsonl
-from shared.modeling.device import pick_device
-from shared.modeling.loading import weight_bytes
-from shared.modeling.protocols import LoadedModel, TrainResult
-from shared.modeling.quantizers.int8_modules import (
+from weightflow.contracts.requirements import CandidateRef, HardwareProfile, TaskSpec
+from weightflow.shared.modeling.checkpoint import CheckpointError, inspect_checkpoint
+from weightflow.shared.modeling.datasets import DatasetError, Example, Pair, dataset_digest, load_jsonl
+from weightflow.shared.modeling.device import pick_device
+from weightflow.shared.modeling.loading import weight_bytes
+from weightflow.shared.modeling.protocols import LoadedModel, TrainResult
+from weightflow.shared.modeling.quantizers.int8_modules import (
     Int8Embedding,
     Int8Linear,
     dequantize_int8,
@@ -33,11 +33,11 @@ from shared.modeling.quantizers.int8_modules import (
     quantized_numel,
     save_quantized,
 )
-from shared.modeling.registry import sources, tasks, tuners
-from shared.modeling.sizes import size_class
-from shared.modeling.sources.builtin import UnknownModelError, materialize_candidate
-from shared.modeling.tuners.lora import LoraSettings
-from shared.modeling.tuners.lora_training import LoraWrapped, attach, loss_curve, train_lora
+from weightflow.shared.modeling.registry import sources, tasks, tuners
+from weightflow.shared.modeling.sizes import size_class
+from weightflow.shared.modeling.sources.builtin import UnknownModelError, materialize_candidate
+from weightflow.shared.modeling.tuners.lora import LoraSettings
+from weightflow.shared.modeling.tuners.lora_training import LoraWrapped, attach, loss_curve, train_lora
 
 from .conftest import example_script
 
@@ -168,7 +168,7 @@ def test_load_jsonl_rejects_an_empty_file(tmp_path: Path) -> None:
 def test_load_jsonl_is_bounded_and_total(tmp_path: Path) -> None:
     """An over-long line, a non-UTF-8 line, a deeply nested line and an over-long text: each reported by
     line number, never read whole into memory, never a traceback."""
-    from contracts.limits import MAX_DATA_LINE_BYTES, MAX_TEXT_CHARS
+    from weightflow.contracts.limits import MAX_DATA_LINE_BYTES, MAX_TEXT_CHARS
 
     path = tmp_path / "hostile.jsonl"
     with path.open("wb") as fh:
@@ -236,7 +236,7 @@ def test_int8_linear_is_per_channel_symmetric_and_close() -> None:
 
 def test_int8_linear_never_builds_the_whole_float_weight() -> None:
     """A wide output layer is computed a block of rows at a time; the result is the same."""
-    from shared.modeling.quantizers import int8_modules
+    from weightflow.shared.modeling.quantizers import int8_modules
 
     torch.manual_seed(0)
     wide = Int8Linear.from_float(nn.Linear(64, int8_modules.CHUNK_ELEMENTS // 64 * 2 + 5))
@@ -248,7 +248,7 @@ def test_int8_linear_never_builds_the_whole_float_weight() -> None:
 def test_int8_linear_serves_with_int8_kernels_and_saves_the_same_bytes() -> None:
     """Without gradients a CPU forward packs the weight for fbgemm's dynamic int8 linear and frees the int8
     buffer; the state dict (what is saved and hashed) is the same before and after."""
-    from shared.modeling.quantizers.int8_modules import int8_kernels
+    from weightflow.shared.modeling.quantizers.int8_modules import int8_kernels
 
     torch.manual_seed(0)
     linear = nn.Linear(64, 48)

@@ -28,23 +28,23 @@ import nats
 import pytest
 from nats.js.api import ConsumerConfig
 
-from contracts import topology
-from contracts.base import EVENT_TYPES, Event, parse_event
-from contracts.monitoring import DriftDetected
-from contracts.registry import RollbackRequested
-from contracts.requirements import RequirementsRejected, RequirementsSubmitted
-from contracts.workflow import DeadLettered
-from shared import nats_auth
-from shared.bus import Service
-from shared.nats_objects import NatsObjects
-from shared.natsd import EmbeddedNats, free_port
-from shared.settings import Settings
 from weightflow.client import Client
+from weightflow.contracts import topology
+from weightflow.contracts.base import EVENT_TYPES, Event, parse_event
+from weightflow.contracts.monitoring import DriftDetected
+from weightflow.contracts.registry import RollbackRequested
+from weightflow.contracts.requirements import RequirementsRejected, RequirementsSubmitted
+from weightflow.contracts.workflow import DeadLettered
+from weightflow.shared import nats_auth
+from weightflow.shared.bus import Service
+from weightflow.shared.nats_objects import NatsObjects
+from weightflow.shared.natsd import EmbeddedNats, free_port
+from weightflow.shared.settings import Settings
 
 SERVICES = topology.SERVICES
 SERVICE_DEFS = nats_auth.load_services(SERVICES)  # as the topology declares them: no service code loaded
 # The services as they run, handlers and all (for the checks against their code and the real-work test).
-BY_NAME = {name: importlib.import_module(f"services.{name}.app").service for name in SERVICES}
+BY_NAME = {name: importlib.import_module(f"weightflow.services.{name}.app").service for name in SERVICES}
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "support-tickets" / "requirements.yaml"
 DENIED_WAIT = 0.5  # seconds a refused JetStream API request waits for the reply that never comes
 
@@ -526,8 +526,8 @@ def test_serve_reads_artifacts_as_the_serve_user(secured: SecuredNats, tmp_path:
     """`weightflow serve` with the object-store backend, connected as the generated `serve` user: the store its
     LiveDeployment opens reads (and verifies) an artifact the admin stored, on serve's own inbox, without a
     permission violation; storing one, or listening on another's inbox, is refused."""
-    from shared.artifacts import open_store
     from weightflow.serving.live import LiveDeployment
+    from weightflow.shared.artifacts import open_store
 
     data = json.dumps({"weights": uuid4().hex * 200}).encode()  # the store takes only safetensors, JSON and text
     admin = open_store(secured.settings("admin", artifact_backend="nats", artifacts_dir=tmp_path / "admin"))

@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
-from contracts.base import Event
+from weightflow.contracts.base import Event
 from weightflow.operations import write_prometheus_config
 from weightflow.serving.testing import free_port
 from weightflow.submission import prepare

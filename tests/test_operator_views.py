@@ -16,17 +16,17 @@ from uuid import UUID, uuid4
 import pytest
 from sqlmodel import Session, select
 
-from contracts.base import Event, utcnow
-from contracts.monitoring import ServingEndpointAnnounced
-from contracts.registry import RollbackRequested
-from contracts.workflow import DeadLettered, RequestRefused, WorkflowRerouted
-from shared.artifacts import ArtifactStore
-from shared.bus.dead_letters import write_dead_letter
-from shared.db import OutboxRecord, create_tables, make_engine
-from shared.natsd import EmbeddedNats
-from shared.settings import Settings
 from weightflow.backlog import read_backlog
 from weightflow.client import Client
+from weightflow.contracts.base import Event, utcnow
+from weightflow.contracts.monitoring import ServingEndpointAnnounced
+from weightflow.contracts.registry import RollbackRequested
+from weightflow.contracts.workflow import DeadLettered, RequestRefused, WorkflowRerouted
+from weightflow.shared.artifacts import ArtifactStore
+from weightflow.shared.bus.dead_letters import write_dead_letter
+from weightflow.shared.db import OutboxRecord, create_tables, make_engine
+from weightflow.shared.natsd import EmbeddedNats
+from weightflow.shared.settings import Settings
 
 from .test_disk_full import small_filesystem
 from .test_workflow_unit import build_workflow, of

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import httpx
 
-import shared.metrics  # noqa: F401 - what a weightflow process exports
-from shared.ops_server import TARGETS_DIR, OpsServer, targets
-from shared.settings import Settings
+import weightflow.shared.metrics  # noqa: F401 - what a weightflow process exports
+from weightflow.shared.ops_server import TARGETS_DIR, OpsServer, targets
+from weightflow.shared.settings import Settings
 
 
 def test_probes_name_the_failing_check_and_metrics_are_prometheus_text(tmp_path: Path) -> None:

@@ -14,15 +14,15 @@ from uuid import uuid4
 import pytest
 from sqlmodel import Session
 
-from contracts.measurement import Measurement
-from contracts.monitoring import CanaryFailed, CanaryPassed, DeployedModel
-from contracts.registry import DeploymentPromoted, ModelRegistered, RollbackCommanded, RolledBack
-from contracts.requirements_doc import parse_requirements
-from contracts.verdict import Miss, Verdict
-from contracts.workflow import Attempt, Ending, WorkflowHalted, WorkflowRerouted
-from services.registry.tables import DeploymentRecord
-from services.requirements import routing
+from weightflow.contracts.measurement import Measurement
+from weightflow.contracts.monitoring import CanaryFailed, CanaryPassed, DeployedModel
+from weightflow.contracts.registry import DeploymentPromoted, ModelRegistered, RollbackCommanded, RolledBack
+from weightflow.contracts.requirements_doc import parse_requirements
+from weightflow.contracts.verdict import Miss, Verdict
+from weightflow.contracts.workflow import Attempt, Ending, WorkflowHalted, WorkflowRerouted
 from weightflow.render import summary
+from weightflow.services.registry.tables import DeploymentRecord
+from weightflow.services.requirements import routing
 
 from .test_workflow_unit import Workflow, build_workflow, of
 
@@ -228,9 +228,9 @@ def test_a_canary_set_labelled_unlike_the_eval_set_puts_no_model_live(tmp_path: 
     import json
     import shutil
 
-    from contracts.topology import SERVICES
-    from shared.bus.inprocess import InProcessRunner
-    from shared.settings import Settings
+    from weightflow.contracts.topology import SERVICES
+    from weightflow.shared.bus.inprocess import InProcessRunner
+    from weightflow.shared.settings import Settings
     from weightflow.submission import prepare
 
     from .conftest import EXAMPLE_DIR
@@ -243,7 +243,7 @@ def test_a_canary_set_labelled_unlike_the_eval_set_puts_no_model_live(tmp_path: 
     # A lighter eval set (every fourth row, all four labels) keeps real model work to a minute or two on 2 cores.
     rows = (folder / "eval.jsonl").read_text().splitlines(keepends=True)
     (folder / "eval.jsonl").write_text("".join(rows[::4]))
-    services = [importlib.import_module(f"services.{name}.app").service for name in SERVICES]
+    services = [importlib.import_module(f"weightflow.services.{name}.app").service for name in SERVICES]
     runner = InProcessRunner(services, Settings(home=tmp_path / "home", trace_file=False, device="cpu"))
     runner.publish(prepare(folder / "requirements.yaml", runner.store).event)
     events = runner.run_until_idle()
@@ -258,7 +258,7 @@ def test_a_canary_set_labelled_unlike_the_eval_set_puts_no_model_live(tmp_path: 
 def test_a_release_refused_before_promotion_leaves_the_live_ones_canary_gauges_and_ui_row(workflow: Workflow) -> None:
     """Operators watch the live release: a refused candidate's failed baseline must not page them (the canary
     alert reads weightflow_canary_passed) nor paint the live deployment red in `weightflow ui`."""
-    from shared import metrics
+    from weightflow.shared import metrics
     from weightflow.ui.views import deployment_rows
 
     workflow.scores(a_eval=0.95, b_eval=0.9, a_canary=0.95, b_canary=0.95)

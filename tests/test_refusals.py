@@ -25,14 +25,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from contracts.limits import MAX_TEXT_CHARS
-from shared.artifacts import ArtifactStore
-from shared.natsd import EmbeddedNats
-from shared.settings import Settings
 from weightflow.client import Client
+from weightflow.contracts.limits import MAX_TEXT_CHARS
 from weightflow.serving.live import LiveDeployment
 from weightflow.serving.server import MAX_HEAD_BYTES, ClientTimeouts
 from weightflow.serving.testing import ServerThread, free_port, register_checkpoint
+from weightflow.shared.artifacts import ArtifactStore
+from weightflow.shared.natsd import EmbeddedNats
+from weightflow.shared.settings import Settings
 from weightflow.submission import prepare
 
 from .conftest import EXAMPLE_DIR, ROOT, wait_served

@@ -16,22 +16,22 @@ from uuid import UUID, uuid4
 import pytest
 from typer.testing import CliRunner
 
-from contracts.base import Event
-from contracts.benchmark import CandidateBenchmarked, ModelArtifact, VariantBenchmarked
-from contracts.fitting import MemoryBudgetComputed
-from contracts.measurement import Interval, Measurement
-from contracts.monitoring import CanaryFailed, CanaryPassed
-from contracts.tuning import AdapterTrained, TuningGated
-from contracts.verdict import Miss, Verdict
-from contracts.workflow import WorkflowHalted
-from shared.natsd import EmbeddedNats
 from weightflow.cli import app as cli
 from weightflow.client import Client
+from weightflow.contracts.base import Event
+from weightflow.contracts.benchmark import CandidateBenchmarked, ModelArtifact, VariantBenchmarked
+from weightflow.contracts.fitting import MemoryBudgetComputed
+from weightflow.contracts.measurement import Interval, Measurement
+from weightflow.contracts.monitoring import CanaryFailed, CanaryPassed
+from weightflow.contracts.tuning import AdapterTrained, TuningGated
+from weightflow.contracts.verdict import Miss, Verdict
+from weightflow.contracts.workflow import WorkflowHalted
 from weightflow.evaluations import evaluations, read_rows
 from weightflow.pages import PageOptions, deployment_scope, render_deployment_page, render_run_page, run_scope
 from weightflow.pages.figures import benchmarked, measured_peak_mb
 from weightflow.pages.trail import trail
 from weightflow.report import render
+from weightflow.shared.natsd import EmbeddedNats
 
 from .pages_fixtures import Runs, artifacts_dir, build_runs, chromium, console_errors, full_screenshot
 
@@ -163,7 +163,7 @@ def test_a_section_with_nothing_to_show_says_so_in_one_line() -> None:
 
 
 async def _publish(url: str, events: list[Event]) -> None:
-    from shared.settings import Settings
+    from weightflow.shared.settings import Settings
 
     async with Client(Settings(nats_url=url, trace_file=False)) as client:
         for e in events:

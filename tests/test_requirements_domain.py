@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from contracts.requirements_doc import RequirementsError, parse_requirements
-from services.requirements.domain import render_markdown
-from shared.artifacts import ArtifactStore
-from shared.modeling.validation import check_requirements
+from weightflow.contracts.requirements_doc import RequirementsError, parse_requirements
+from weightflow.services.requirements.domain import render_markdown
+from weightflow.shared.artifacts import ArtifactStore
+from weightflow.shared.modeling.validation import check_requirements
 from weightflow.submission import prepare
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "support-tickets" / "requirements.yaml"

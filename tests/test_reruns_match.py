@@ -20,12 +20,12 @@ from typing import Any
 import pytest
 import yaml
 
-from contracts.base import Event
-from contracts.registry import ModelRegistered
-from contracts.requirements import RequirementsSubmitted
-from contracts.tuning import AdapterTrained
-from shared.modeling.stored import read_manifest
 from tests.plugins.scripted import NAME, SCRIPT_ENV, make_checkpoint
+from weightflow.contracts.base import Event
+from weightflow.contracts.registry import ModelRegistered
+from weightflow.contracts.requirements import RequirementsSubmitted
+from weightflow.contracts.tuning import AdapterTrained
+from weightflow.shared.modeling.stored import read_manifest
 from weightflow.submission import prepare
 
 from .conftest import EXAMPLE_DIR, LiveStack, start_stack

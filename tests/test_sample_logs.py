@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from contracts.measurement import SAMPLE_INPUT_CHARS, Measurement, SampleRow
-from shared import sample_logs
-from shared.artifacts import ArtifactStore
+from weightflow.contracts.measurement import SAMPLE_INPUT_CHARS, Measurement, SampleRow
+from weightflow.shared import sample_logs
+from weightflow.shared.artifacts import ArtifactStore
 
 BARE = {"score": 0.5, "latency_ms_p50": 1.0, "latency_ms_p95": 2.0, "cost_per_1k_usd": 0.0, "throughput_per_s": 9.0,
         "n": 2}

@@ -23,12 +23,12 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from shared.artifacts import ArtifactStore
-from shared.modeling.stored import load_deployment, read_manifest, task_of
-from shared.settings import Settings
 from weightflow.serving.app import MANIFEST_HEADER
 from weightflow.serving.schemas import MAX_INPUTS
 from weightflow.serving.testing import ServerThread, register_checkpoint
+from weightflow.shared.artifacts import ArtifactStore
+from weightflow.shared.modeling.stored import load_deployment, read_manifest, task_of
+from weightflow.shared.settings import Settings
 
 from .conftest import EXAMPLE_DIR
 from .lm_fixtures import tiny_lm_deployment
@@ -483,9 +483,9 @@ def test_a_served_language_model_measured_as_an_api_matches_the_model_in_process
     /v1/completions (the prompt as the task renders it) the answers are the model's own."""
     import dataclasses
 
-    from contracts.requirements import HardwareProfile
-    from shared.modeling.remote import Endpoint
-    from shared.modeling.stored import rows
+    from weightflow.contracts.requirements import HardwareProfile
+    from weightflow.shared.modeling.remote import Endpoint
+    from weightflow.shared.modeling.stored import rows
 
     store = ArtifactStore(home.resolved_artifacts_dir())
     manifest = read_manifest(store, language_model)

@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from shared.modeling.registry import quantizers
 from weightflow.serving.testing import free_port
+from weightflow.shared.modeling.registry import quantizers
 
 from .conftest import ROOT, wait_served
 from .test_refusals import checkpoint, served  # noqa: F401 (fixtures: the tiny checkpoint, registered)
@@ -69,10 +69,10 @@ def test_the_duplicate_window_and_scheduler_tick_are_read_from_the_environment(
 
     import nats
 
-    from services.monitoring.app import service as monitoring
-    from shared.bus.streams import ensure_streams
-    from shared.natsd import EmbeddedNats
-    from shared.settings import Settings
+    from weightflow.services.monitoring.app import service as monitoring
+    from weightflow.shared.bus.streams import ensure_streams
+    from weightflow.shared.natsd import EmbeddedNats
+    from weightflow.shared.settings import Settings
 
     monkeypatch.setenv("WEIGHTFLOW_DUPLICATE_WINDOW_S", "37")
     monkeypatch.setenv("WEIGHTFLOW_SCHEDULER_TICK_S", "0.25")

@@ -28,16 +28,16 @@ import pytest
 from nats.js.api import ObjectMeta
 from pydantic import ValidationError
 
-from contracts.base import Event
-from contracts.fitting import FitCompleted
-from contracts.registry import Manifest, ModelRegistered
-from contracts.topology import SERVICES
-from shared.artifacts import ArtifactNotFoundError, ArtifactStore, IntegrityError, is_digest, open_store
-from shared.nats_objects import NatsObjects, for_settings
-from shared.natsd import EmbeddedCluster, EmbeddedNats
-from shared.safetensors_check import UnsafeArtifactError
-from shared.settings import Settings
 from weightflow.client import Client, RunTracker
+from weightflow.contracts.base import Event
+from weightflow.contracts.fitting import FitCompleted
+from weightflow.contracts.registry import Manifest, ModelRegistered
+from weightflow.contracts.topology import SERVICES
+from weightflow.shared.artifacts import ArtifactNotFoundError, ArtifactStore, IntegrityError, is_digest, open_store
+from weightflow.shared.nats_objects import NatsObjects, for_settings
+from weightflow.shared.natsd import EmbeddedCluster, EmbeddedNats
+from weightflow.shared.safetensors_check import UnsafeArtifactError
+from weightflow.shared.settings import Settings
 from weightflow.stack import Stack
 from weightflow.submission import prepare
 

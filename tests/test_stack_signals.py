@@ -18,8 +18,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from contracts.topology import SERVICES
-from shared.settings import NATS_URL_FILE
+from weightflow.contracts.topology import SERVICES
+from weightflow.shared.settings import NATS_URL_FILE
 
 from .conftest import ROOT
 

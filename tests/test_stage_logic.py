@@ -9,20 +9,20 @@ from uuid import uuid4
 
 import pytest
 
-from contracts.benchmark import FitPlan
-from contracts.measurement import Interval, Measurement
-from contracts.monitoring import CanaryFailed, DeployedModel
-from contracts.requirements import DataRefs, Exclusion, RunContext
-from contracts.requirements_doc import parse_requirements
-from contracts.verdict import Miss, Verdict, judge
-from services.benchmark.domain import Result, class_order, decide_class, recommend
-from services.fitting.domain import Fail, Next, SchemeInfo, next_stage, scheme_order
-from services.monitoring.domain import judge_canary
-from services.registry.domain import Refused, Target, last_good, promotable, rollback_target
-from services.requirements import routing
-from services.tuning.domain import gate
-from shared.modeling.budget import MB, Architecture, activation_bytes, kv_cache_bytes, memory_budget
-from shared.stats import drop_p_value, wilson
+from weightflow.contracts.benchmark import FitPlan
+from weightflow.contracts.measurement import Interval, Measurement
+from weightflow.contracts.monitoring import CanaryFailed, DeployedModel
+from weightflow.contracts.requirements import DataRefs, Exclusion, RunContext
+from weightflow.contracts.requirements_doc import parse_requirements
+from weightflow.contracts.verdict import Miss, Verdict, judge
+from weightflow.services.benchmark.domain import Result, class_order, decide_class, recommend
+from weightflow.services.fitting.domain import Fail, Next, SchemeInfo, next_stage, scheme_order
+from weightflow.services.monitoring.domain import judge_canary
+from weightflow.services.registry.domain import Refused, Target, last_good, promotable, rollback_target
+from weightflow.services.requirements import routing
+from weightflow.services.tuning.domain import gate
+from weightflow.shared.modeling.budget import MB, Architecture, activation_bytes, kv_cache_bytes, memory_budget
+from weightflow.shared.stats import drop_p_value, wilson
 
 REQ = parse_requirements((Path(__file__).resolve().parents[1] / "examples/support-tickets/requirements.yaml")
                          .read_text())
@@ -151,7 +151,7 @@ def test_decoder_budget_counts_the_kv_cache() -> None:
 
 def test_quantizers_predict_what_they_will_store() -> None:
     """SmolLM2-135M: its tied 49152 x 576 embedding stays fp32 in 4-bit; weightflow's int8 stores it twice."""
-    from shared.modeling.registry import quantizers
+    from weightflow.shared.modeling.registry import quantizers
 
     arch = Architecture.from_config({"hidden_size": 576, "num_hidden_layers": 30, "num_attention_heads": 9,
                                      "vocab_size": 49152, "tie_word_embeddings": True,
@@ -254,7 +254,7 @@ def test_an_http_canary_is_compared_with_an_http_baseline_only() -> None:
 
 
 def test_an_unreachable_endpoint_is_its_own_failure_and_routes_nowhere() -> None:
-    from services.monitoring.domain import unreachable_failure
+    from weightflow.services.monitoring.domain import unreachable_failure
 
     judged = unreachable_failure("unreachable: ticket-router at http://h/v1 did not answer after 3 tries")
     assert not judged.passed and judged.kind == "unreachable" and judged.drifts == []

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from shared.settings import Settings
 from weightflow.cli.common import Refused
 from weightflow.cli.workflow import _unless_refused, supervise_round
+from weightflow.shared.settings import Settings
 from weightflow.stack import REFUSED_EXIT, Stack
 
 from .conftest import ROOT

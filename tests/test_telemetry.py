@@ -11,8 +11,8 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import REGISTRY
 
-from shared.settings import Settings
-from shared.telemetry import CountedBatchSpanProcessor, TelemetryConfigError, otlp_exporter
+from weightflow.shared.settings import Settings
+from weightflow.shared.telemetry import CountedBatchSpanProcessor, TelemetryConfigError, otlp_exporter
 
 from .otlp_receiver import grpc_receiver, http_receiver
 

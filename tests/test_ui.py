@@ -16,11 +16,11 @@ import nats
 import pytest
 import uvicorn
 
-from contracts.base import Event
-from contracts.workflow import WorkflowHalted
-from shared.natsd import EmbeddedNats, free_port
-from shared.settings import Settings
 from weightflow.client import Client
+from weightflow.contracts.base import Event
+from weightflow.contracts.workflow import WorkflowHalted
+from weightflow.shared.natsd import EmbeddedNats, free_port
+from weightflow.shared.settings import Settings
 from weightflow.ui import app as ui_app
 from weightflow.ui import create_app
 

@@ -16,15 +16,22 @@ from uuid import uuid4
 import pytest
 import yaml
 
-from contracts.base import Event
-from contracts.benchmark import NoCandidatePassed, SelectionDecided
-from contracts.fitting import FitCompleted, FitNeedsTuning
-from contracts.monitoring import CanaryFailed, CanaryPassed, CanaryRequested
-from contracts.registry import DeploymentPromoted, ModelRegistered, PromotionSkipped, RollbackRequested, RolledBack
-from contracts.requirements import RequirementsAccepted, RequirementsRejected, RequirementsSubmitted
-from contracts.topology import SERVICES
-from contracts.tuning import AdapterTrained, TuningGated
-from contracts.workflow import (
+from tests.plugins.scripted import NAME, SCRIPT_ENV, make_checkpoint, write_script
+from weightflow.contracts.base import Event
+from weightflow.contracts.benchmark import NoCandidatePassed, SelectionDecided
+from weightflow.contracts.fitting import FitCompleted, FitNeedsTuning
+from weightflow.contracts.monitoring import CanaryFailed, CanaryPassed, CanaryRequested
+from weightflow.contracts.registry import (
+    DeploymentPromoted,
+    ModelRegistered,
+    PromotionSkipped,
+    RollbackRequested,
+    RolledBack,
+)
+from weightflow.contracts.requirements import RequirementsAccepted, RequirementsRejected, RequirementsSubmitted
+from weightflow.contracts.topology import SERVICES
+from weightflow.contracts.tuning import AdapterTrained, TuningGated
+from weightflow.contracts.workflow import (
     DeadLettered,
     RequestRefused,
     ResumeRequested,
@@ -32,9 +39,8 @@ from contracts.workflow import (
     WorkflowRerouted,
     WorkflowResumed,
 )
-from shared.bus.inprocess import InProcessRunner
-from shared.settings import Settings
-from tests.plugins.scripted import NAME, SCRIPT_ENV, make_checkpoint, write_script
+from weightflow.shared.bus.inprocess import InProcessRunner
+from weightflow.shared.settings import Settings
 from weightflow.submission import prepare
 
 from .conftest import EXAMPLE_DIR
@@ -121,7 +127,7 @@ def build_workflow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Workflow:
     doc["quality"]["tunable_gap"] = 0.15
     doc["monitoring"]["canary_interval_s"] = 3600
     (folder / "requirements.yaml").write_text(yaml.safe_dump(doc))
-    services = [importlib.import_module(f"services.{name}.app").service for name in SERVICES]
+    services = [importlib.import_module(f"weightflow.services.{name}.app").service for name in SERVICES]
     settings = Settings(home=tmp_path / "home", trace_file=False, device="cpu")
     return Workflow(InProcessRunner(services, settings), folder, script)
 
@@ -324,7 +330,7 @@ def test_a_replay_under_a_fresh_event_id_registers_and_promotes_nothing(workflow
     not by the event id that asked: replays of every stage's input change no table and emit nothing."""
     from sqlmodel import Session, select
 
-    from services.registry.tables import DeploymentRecord, ManifestRecord
+    from weightflow.services.registry.tables import DeploymentRecord, ManifestRecord
 
     workflow.scores(a_eval=0.95, b_eval=0.9, a_canary=0.95, b_canary=0.95)
     events = workflow.submit()
@@ -343,7 +349,7 @@ def test_a_replay_under_a_fresh_event_id_registers_and_promotes_nothing(workflow
 def test_a_replayed_tuning_input_trains_and_registers_nothing(workflow: Workflow) -> None:
     from sqlmodel import Session, select
 
-    from services.tuning.tables import TuningRun
+    from weightflow.services.tuning.tables import TuningRun
 
     path = workflow.requirements(candidates=[{"path": "models/a"}])
     workflow.scores(a_eval=0.95, a_canary=0.7, a_int8_1_canary=0.92, a_int8_1_eval=0.95)

@@ -13,8 +13,8 @@ import importlib
 import yaml
 from faststream.specification import AsyncAPI
 
-from contracts.topology import SERVICES
-from shared.settings import Settings
+from weightflow.contracts.topology import SERVICES
+from weightflow.shared.settings import Settings
 
 VERSION = "2"
 
@@ -23,7 +23,7 @@ def document() -> str:
     settings = Settings(trace_file=False, nats_url="nats://localhost:4222")
     brokers = []
     for name in SERVICES:
-        service = importlib.import_module(f"services.{name}.app").service
+        service = importlib.import_module(f"weightflow.services.{name}.app").service
         brokers.append(service.build(settings).broker)
     spec = AsyncAPI(*brokers, title="weightflow", version=VERSION,
                     description="Every subject of the workflow's stream (WF) and the event each carries; "

@@ -18,12 +18,12 @@ from uuid import UUID
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from contracts.base import parse_event
-from contracts.workflow import DeadLettered
-from shared.bus.decoding import envelope
-from shared.db import OutboxRecord
-from shared.natsd import StoreHealth
-from shared.settings import Settings
+from weightflow.contracts.base import parse_event
+from weightflow.contracts.workflow import DeadLettered
+from weightflow.shared.bus.decoding import envelope
+from weightflow.shared.db import OutboxRecord
+from weightflow.shared.natsd import StoreHealth
+from weightflow.shared.settings import Settings
 
 MAX_ROWS = 10_000  # read at most this many waiting rows: enough to say why, bounded when a relay is stuck long
 
@@ -50,7 +50,7 @@ class Backlog:
 
 def database_engine(settings: Settings) -> Engine | None:
     """The services' database, when this machine can see it (never creates one: a CLI run elsewhere has none)."""
-    from shared.db import make_engine
+    from weightflow.shared.db import make_engine
 
     if settings.database_url:
         return make_engine(settings.database_url)

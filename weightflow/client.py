@@ -19,21 +19,21 @@ from uuid import UUID
 import nats
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from contracts.base import SUBJECT_PREFIX, Event, parse_event
-from contracts.benchmark import NoCandidatePassed
-from contracts.fitting import FitFailed
-from contracts.monitoring import CanaryPassed
-from contracts.registry import PromotionAwaitingApproval, PromotionSkipped
-from contracts.requirements import (
+from weightflow.contracts.base import SUBJECT_PREFIX, Event, parse_event
+from weightflow.contracts.benchmark import NoCandidatePassed
+from weightflow.contracts.fitting import FitFailed
+from weightflow.contracts.monitoring import CanaryPassed
+from weightflow.contracts.registry import PromotionAwaitingApproval, PromotionSkipped
+from weightflow.contracts.requirements import (
     RequirementsAccepted,
     RequirementsChanged,
     RequirementsRejected,
     RequirementsSubmitted,
 )
-from contracts.tuning import TuningGated, TuningSkipped
-from contracts.workflow import DeadLettered, RequestRefused, WorkflowHalted, WorkflowRerouted
-from shared.bus.streams import ensure_streams
-from shared.settings import Settings, split_urls
+from weightflow.contracts.tuning import TuningGated, TuningSkipped
+from weightflow.contracts.workflow import DeadLettered, RequestRefused, WorkflowHalted, WorkflowRerouted
+from weightflow.shared.bus.streams import ensure_streams
+from weightflow.shared.settings import Settings, split_urls
 
 log = logging.getLogger("weightflow.client")
 

@@ -18,8 +18,8 @@ from typing import Any
 
 from nats.js.errors import NotFoundError
 
-from shared.bus.streams import stream_configs
-from shared.settings import Settings, split_urls
+from weightflow.shared.bus.streams import stream_configs
+from weightflow.shared.settings import Settings, split_urls
 
 SECOND_LOOK_S = 2.0
 LIST_PAGE = 256  # nats-server's page of CONSUMER.LIST

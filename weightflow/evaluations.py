@@ -13,10 +13,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from contracts.base import Event
-from contracts.measurement import Measurement, SampleRow
-from contracts.monitoring import CanaryFailed
-from shared.sample_logs import parse
+from weightflow.contracts.base import Event
+from weightflow.contracts.measurement import Measurement, SampleRow
+from weightflow.contracts.monitoring import CanaryFailed
+from weightflow.shared.sample_logs import parse
 
 WORST_SHOWN = 5
 

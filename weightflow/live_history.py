@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-from contracts.base import Event
-from contracts.monitoring import CanaryFailed
-from contracts.registry import (
+from weightflow.contracts.base import Event
+from weightflow.contracts.monitoring import CanaryFailed
+from weightflow.contracts.registry import (
     DeploymentPromoted,
     PromotionAwaitingApproval,
     PromotionDecided,

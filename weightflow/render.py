@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from contracts.base import Event
-from contracts.benchmark import (
+from weightflow.contracts.base import Event
+from weightflow.contracts.benchmark import (
     CandidateBenchmarked,
     CandidateUnavailable,
     NoCandidatePassed,
     SelectionDecided,
     VariantBenchmarked,
 )
-from contracts.fitting import FitCompleted, FitFailed, FitSkipped, MemoryBudgetComputed
-from contracts.measurement import Comparison, Measurement
-from contracts.monitoring import CanaryFailed, CanaryPassed, DriftDetected, ServingEndpointAnnounced
-from contracts.registry import (
+from weightflow.contracts.fitting import FitCompleted, FitFailed, FitSkipped, MemoryBudgetComputed
+from weightflow.contracts.measurement import Comparison, Measurement
+from weightflow.contracts.monitoring import CanaryFailed, CanaryPassed, DriftDetected, ServingEndpointAnnounced
+from weightflow.contracts.registry import (
     DeploymentPromoted,
     ModelRegistered,
     PromotionAwaitingApproval,
@@ -21,10 +21,10 @@ from contracts.registry import (
     PromotionSkipped,
     RolledBack,
 )
-from contracts.requirements import RequirementsAccepted, RequirementsRejected
-from contracts.tuning import AdapterTrained, TuningGated, TuningSkipped
-from contracts.verdict import Verdict
-from contracts.workflow import (
+from weightflow.contracts.requirements import RequirementsAccepted, RequirementsRejected
+from weightflow.contracts.tuning import AdapterTrained, TuningGated, TuningSkipped
+from weightflow.contracts.verdict import Verdict
+from weightflow.contracts.workflow import (
     DeadLettered,
     RequestRefused,
     WorkflowHalted,

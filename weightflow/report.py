@@ -11,15 +11,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from uuid import UUID
 
-from contracts.base import Event
-from contracts.benchmark import CandidateBenchmarked, NoCandidatePassed, SelectionDecided, VariantBenchmarked
-from contracts.fitting import FitCompleted, FitFailed, MemoryBudgetComputed
-from contracts.measurement import Measurement
-from contracts.monitoring import CanaryFailed, CanaryPassed, DriftDetected
-from contracts.registry import DeploymentPromoted, ModelRegistered, RolledBack
-from contracts.requirements import RequirementsAccepted
-from contracts.tuning import AdapterTrained, TuningGated
-from contracts.workflow import WorkflowHalted, WorkflowRerouted
+from weightflow.contracts.base import Event
+from weightflow.contracts.benchmark import CandidateBenchmarked, NoCandidatePassed, SelectionDecided, VariantBenchmarked
+from weightflow.contracts.fitting import FitCompleted, FitFailed, MemoryBudgetComputed
+from weightflow.contracts.measurement import Measurement
+from weightflow.contracts.monitoring import CanaryFailed, CanaryPassed, DriftDetected
+from weightflow.contracts.registry import DeploymentPromoted, ModelRegistered, RolledBack
+from weightflow.contracts.requirements import RequirementsAccepted
+from weightflow.contracts.tuning import AdapterTrained, TuningGated
+from weightflow.contracts.workflow import WorkflowHalted, WorkflowRerouted
 from weightflow.pages.figures import benchmarked
 from weightflow.pages.page import other_metrics
 from weightflow.render import score, verdict_text

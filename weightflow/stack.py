@@ -26,10 +26,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from contracts.topology import SERVICES
-from shared.natsd import EmbeddedNats, StoreHealth
-from shared.ops_server import targets
-from shared.settings import NATS_MONITOR_FILE, NATS_URL_FILE, REFUSED_TO_START_EXIT, Settings
+from weightflow.contracts.topology import SERVICES
+from weightflow.shared.natsd import EmbeddedNats, StoreHealth
+from weightflow.shared.ops_server import targets
+from weightflow.shared.settings import NATS_MONITOR_FILE, NATS_URL_FILE, REFUSED_TO_START_EXIT, Settings
 
 log = logging.getLogger("weightflow.stack")
 

@@ -12,21 +12,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from uuid import UUID, uuid4
 
-from contracts.limits import MAX_DOCUMENT_BYTES
-from contracts.requirements import (
+from weightflow.contracts.limits import MAX_DOCUMENT_BYTES
+from weightflow.contracts.requirements import (
     DATA_SPLITS,
     Requirements,
     RequirementsChanged,
     RequirementsSubmitted,
     ResolvedCandidate,
 )
-from contracts.requirements_doc import RequirementsError, decode_document, parse_requirements
-from shared.artifacts import ArtifactStore
-from shared.modeling.datasets import load_jsonl
-from shared.modeling.protocols import Task
-from shared.modeling.registry import sources
-from shared.modeling.validation import check_data, check_requirements
-from shared.safe_paths import UnsafePathError, resolve_inside
+from weightflow.contracts.requirements_doc import RequirementsError, decode_document, parse_requirements
+from weightflow.shared.artifacts import ArtifactStore
+from weightflow.shared.modeling.datasets import load_jsonl
+from weightflow.shared.modeling.protocols import Task
+from weightflow.shared.modeling.registry import sources
+from weightflow.shared.modeling.validation import check_data, check_requirements
+from weightflow.shared.safe_paths import UnsafePathError, resolve_inside
 
 
 @dataclass

@@ -27,7 +27,7 @@ def build(name: str, builtin: str, out: Path) -> Path:
     from transformers import AutoTokenizer, BertForSequenceClassification
 
     sys.path.insert(0, str(ROOT))
-    from shared.modeling.sources.builtin import materialize_candidate
+    from weightflow.shared.modeling.sources.builtin import materialize_candidate
 
     rows = [json.loads(line) for line in (HERE / "train.jsonl").read_text().splitlines() if line]
     ids = {label: i for i, label in enumerate(HEAD_LABELS)}

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 from sqlmodel import Session, col, select
 
-from contracts.base import Event
-from contracts.benchmark import (
+from weightflow.contracts.base import Event
+from weightflow.contracts.benchmark import (
     UNQUANTIZED,
     BenchmarkRequested,
     CandidateBenchmarked,
@@ -25,16 +25,16 @@ from contracts.benchmark import (
     SelectionDecided,
     VariantBenchmarked,
 )
-from contracts.measurement import Comparison, Measurement
-from contracts.requirements import Requirements, RequirementsAccepted, RunContext
-from contracts.verdict import judge, quality_gap
-from services.benchmark import domain
-from services.benchmark.tables import BenchmarkRecord
-from shared.bus import HandlerContext, HandlerResult, PermanentError, Service
-from shared.comparisons import compare
-from shared.modeling.registry import quantizers, sources
-from shared.modeling.remote import EndpointError
-from shared.modeling.stored import budget_for, is_remote, measure, rows, task_of
+from weightflow.contracts.measurement import Comparison, Measurement
+from weightflow.contracts.requirements import Requirements, RequirementsAccepted, RunContext
+from weightflow.contracts.verdict import judge, quality_gap
+from weightflow.services.benchmark import domain
+from weightflow.services.benchmark.tables import BenchmarkRecord
+from weightflow.shared.bus import HandlerContext, HandlerResult, PermanentError, Service
+from weightflow.shared.comparisons import compare
+from weightflow.shared.modeling.registry import quantizers, sources
+from weightflow.shared.modeling.remote import EndpointError
+from weightflow.shared.modeling.stored import budget_for, is_remote, measure, rows, task_of
 
 service = Service("benchmark")
 

@@ -12,11 +12,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from contracts.benchmark import UNQUANTIZED, Decision, FitPlan
-from contracts.measurement import Measurement
-from contracts.requirements import Requirements, RunContext
-from contracts.verdict import Verdict, judge, quality_gap
-from shared.modeling.sizes import SIZE_CLASS_ORDER
+from weightflow.contracts.benchmark import UNQUANTIZED, Decision, FitPlan
+from weightflow.contracts.measurement import Measurement
+from weightflow.contracts.requirements import Requirements, RunContext
+from weightflow.contracts.verdict import Verdict, judge, quality_gap
+from weightflow.shared.modeling.sizes import SIZE_CLASS_ORDER
 
 
 @dataclass(frozen=True)

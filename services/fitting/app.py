@@ -18,9 +18,15 @@ from uuid import uuid5
 from pydantic import BaseModel
 from sqlmodel import Session
 
-from contracts.base import Event, utcnow
-from contracts.benchmark import UNQUANTIZED, BenchmarkRequested, ModelArtifact, SelectionDecided, VariantBenchmarked
-from contracts.fitting import (
+from weightflow.contracts.base import Event, utcnow
+from weightflow.contracts.benchmark import (
+    UNQUANTIZED,
+    BenchmarkRequested,
+    ModelArtifact,
+    SelectionDecided,
+    VariantBenchmarked,
+)
+from weightflow.contracts.fitting import (
     FitCompleted,
     FitFailed,
     FitNeedsTuning,
@@ -29,16 +35,16 @@ from contracts.fitting import (
     MemoryBudget,
     MemoryBudgetComputed,
 )
-from contracts.measurement import Comparison, Measurement
-from contracts.requirements import Requirements
-from services.fitting import domain
-from services.fitting.tables import FitAttempt
-from shared.bus import HandlerContext, HandlerResult, OrphanError, Service
-from shared.comparisons import compare
-from shared.modeling import budget
-from shared.modeling.device import pick_device
-from shared.modeling.registry import quantizers
-from shared.modeling.stored import budget_for, is_remote, rows, task_of
+from weightflow.contracts.measurement import Comparison, Measurement
+from weightflow.contracts.requirements import Requirements
+from weightflow.services.fitting import domain
+from weightflow.services.fitting.tables import FitAttempt
+from weightflow.shared.bus import HandlerContext, HandlerResult, OrphanError, Service
+from weightflow.shared.comparisons import compare
+from weightflow.shared.modeling import budget
+from weightflow.shared.modeling.device import pick_device
+from weightflow.shared.modeling.registry import quantizers
+from weightflow.shared.modeling.stored import budget_for, is_remote, rows, task_of
 
 log = logging.getLogger(__name__)
 # What a peak measurement in its own process can end in besides a result: the child failed (out of memory, an

@@ -13,10 +13,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from contracts.benchmark import UNQUANTIZED, FitPlan
-from contracts.fitting import MeasuredPeak, MemoryBudget
-from contracts.measurement import Comparison, Measurement
-from contracts.requirements import Requirements, RunContext
+from weightflow.contracts.benchmark import UNQUANTIZED, FitPlan
+from weightflow.contracts.fitting import MeasuredPeak, MemoryBudget
+from weightflow.contracts.measurement import Comparison, Measurement
+from weightflow.contracts.requirements import Requirements, RunContext
 
 
 @dataclass(frozen=True)

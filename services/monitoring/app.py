@@ -17,9 +17,9 @@ from uuid import UUID
 from sqlalchemy import update
 from sqlmodel import Session, col, select
 
-from contracts.base import Event, utcnow
-from contracts.measurement import Measurement
-from contracts.monitoring import (
+from weightflow.contracts.base import Event, utcnow
+from weightflow.contracts.measurement import Measurement
+from weightflow.contracts.monitoring import (
     CanaryFailed,
     CanaryPassed,
     CanaryRequested,
@@ -27,16 +27,16 @@ from contracts.monitoring import (
     DriftDetected,
     ServingEndpointAnnounced,
 )
-from contracts.registry import DeploymentPromoted, Manifest
-from contracts.workflow import RequestRefused, WorkflowResumed
-from services.monitoring import domain
-from services.monitoring.tables import CanaryRecord, ServedEndpoint, Watch
-from shared import sample_logs
-from shared.artifacts import IntegrityError
-from shared.bus import Commit, HandlerContext, HandlerResult, OrphanError, Service
-from shared.modeling.registry import sources
-from shared.modeling.remote import Endpoint, EndpointError
-from shared.modeling.stored import is_remote, load_deployment, read_manifest, rows, task_of
+from weightflow.contracts.registry import DeploymentPromoted, Manifest
+from weightflow.contracts.workflow import RequestRefused, WorkflowResumed
+from weightflow.services.monitoring import domain
+from weightflow.services.monitoring.tables import CanaryRecord, ServedEndpoint, Watch
+from weightflow.shared import sample_logs
+from weightflow.shared.artifacts import IntegrityError
+from weightflow.shared.bus import Commit, HandlerContext, HandlerResult, OrphanError, Service
+from weightflow.shared.modeling.registry import sources
+from weightflow.shared.modeling.remote import Endpoint, EndpointError
+from weightflow.shared.modeling.stored import is_remote, load_deployment, read_manifest, rows, task_of
 
 service = Service("monitoring")
 

@@ -6,7 +6,7 @@ names what the monitoring service decides with, so its file roles match every ot
 
 from __future__ import annotations
 
-from shared.canary import (
+from weightflow.shared.canary import (
     PRECEDENCE,
     CanaryJudgement,
     Drift,

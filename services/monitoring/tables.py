@@ -6,7 +6,7 @@ from datetime import datetime
 
 from sqlmodel import Field, SQLModel
 
-from contracts.base import utcnow
+from weightflow.contracts.base import utcnow
 
 
 class Watch(SQLModel, table=True):

@@ -20,12 +20,12 @@ from uuid import UUID
 
 from sqlmodel import Session, select
 
-from contracts.base import Event, utcnow
-from contracts.benchmark import UNQUANTIZED, ModelArtifact
-from contracts.fitting import FitCompleted, MemoryBudget
-from contracts.measurement import Measurement
-from contracts.monitoring import CanaryFailed, CanaryPassed, DeployedModel
-from contracts.registry import (
+from weightflow.contracts.base import Event, utcnow
+from weightflow.contracts.benchmark import UNQUANTIZED, ModelArtifact
+from weightflow.contracts.fitting import FitCompleted, MemoryBudget
+from weightflow.contracts.measurement import Measurement
+from weightflow.contracts.monitoring import CanaryFailed, CanaryPassed, DeployedModel
+from weightflow.contracts.registry import (
     DeploymentPromoted,
     Manifest,
     ManifestEntry,
@@ -39,16 +39,16 @@ from contracts.registry import (
     RollbackRequested,
     RolledBack,
 )
-from contracts.requirements import RequirementsAccepted, RunContext
-from contracts.tuning import AdapterArtifact, TuningGated
-from contracts.workflow import RequestRefused
-from services.registry import domain
-from services.registry.tables import DeploymentRecord, ManifestRecord
-from shared.artifacts import IntegrityError
-from shared.bus import HandlerContext, HandlerResult, OrphanError, Service
-from shared.canary import judge_canary
-from shared.db import EffectRecord
-from shared.modeling.stored import measure, rows, task_of
+from weightflow.contracts.requirements import RequirementsAccepted, RunContext
+from weightflow.contracts.tuning import AdapterArtifact, TuningGated
+from weightflow.contracts.workflow import RequestRefused
+from weightflow.services.registry import domain
+from weightflow.services.registry.tables import DeploymentRecord, ManifestRecord
+from weightflow.shared.artifacts import IntegrityError
+from weightflow.shared.bus import HandlerContext, HandlerResult, OrphanError, Service
+from weightflow.shared.canary import judge_canary
+from weightflow.shared.db import EffectRecord
+from weightflow.shared.modeling.stored import measure, rows, task_of
 
 service = Service("registry")
 

@@ -14,7 +14,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from contracts.registry import Manifest
+from weightflow.contracts.registry import Manifest
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ def last_good(releases: list[str], position: int, good: Callable[[str], bool]) -
 
 def _example_request(manifest: Manifest) -> str:
     """A curl line for the route the deployment's task serves first."""
-    from shared.modeling.registry import tasks
+    from weightflow.shared.modeling.registry import tasks
 
     serves = tasks.get(manifest.requirements.task.type).serves
     example: dict[str, object] = {"model": manifest.deployment}
@@ -91,8 +91,8 @@ weightflow registry verify {manifest_id}
 ```
 
 ```python
-from shared.artifacts import ArtifactStore
-from shared.modeling.stored import load_deployment, read_manifest
+from weightflow.shared.artifacts import ArtifactStore
+from weightflow.shared.modeling.stored import load_deployment, read_manifest
 store = ArtifactStore(".weightflow/artifacts")
 model = load_deployment(store, read_manifest(store, "{manifest_id}"))
 ```
@@ -112,7 +112,7 @@ With `weightflow serve` running, the canary probes it over HTTP (what clients se
 
 def _api_load_and_serve(manifest: Manifest, manifest_id: str) -> str:
     """A hosted API: nothing to load; the endpoint card pins where and how it is called."""
-    from shared.modeling.registry import tasks
+    from weightflow.shared.modeling.registry import tasks
 
     ref = manifest.requirements.candidate(manifest.candidate)
     api = ref.api if ref is not None else None
@@ -140,9 +140,9 @@ weightflow registry verify {manifest_id}
 ```
 
 ```python
-from shared.artifacts import ArtifactStore
-from shared.modeling.registry import sources
-from shared.modeling.stored import read_manifest
+from weightflow.shared.artifacts import ArtifactStore
+from weightflow.shared.modeling.registry import sources
+from weightflow.shared.modeling.stored import read_manifest
 store = ArtifactStore(".weightflow/artifacts")
 endpoint = sources.get("api").endpoint(store, read_manifest(store, "{manifest_id}").model.tree_digest)
 ```
@@ -159,14 +159,14 @@ of kind `unreachable`).
 
 
 def _load_and_serve(manifest: Manifest, manifest_id: str) -> str:
-    from shared.modeling.stored import is_remote
+    from weightflow.shared.modeling.stored import is_remote
 
     render = _api_load_and_serve if is_remote(manifest.source) else _local_load_and_serve
     return render(manifest, manifest_id)
 
 
 def _what(manifest: Manifest, adapter: str) -> str:
-    from shared.modeling.stored import is_remote
+    from weightflow.shared.modeling.stored import is_remote
 
     if is_remote(manifest.source):
         return f"{manifest.candidate}, a hosted model behind an OpenAI-compatible API (nothing quantized, no adapter)"
@@ -175,7 +175,7 @@ def _what(manifest: Manifest, adapter: str) -> str:
 
 
 def _where(manifest: Manifest) -> str:
-    from shared.modeling.stored import is_remote
+    from weightflow.shared.modeling.stored import is_remote
 
     if is_remote(manifest.source):
         return "Latency and cost are what a client of the API sees (cost from token usage x prices)."

@@ -13,16 +13,16 @@ from uuid import UUID
 
 from sqlmodel import Session
 
-from contracts.base import Event
-from contracts.requirements import (
+from weightflow.contracts.base import Event
+from weightflow.contracts.requirements import (
     RequirementsAccepted,
     RequirementsChanged,
     RequirementsRejected,
     RequirementsSubmitted,
 )
-from contracts.workflow import WorkflowRerouted
-from services.requirements import domain, loopback, tables
-from shared.bus import HandlerContext, HandlerResult, Service
+from weightflow.contracts.workflow import WorkflowRerouted
+from weightflow.services.requirements import domain, loopback, tables
+from weightflow.shared.bus import HandlerContext, HandlerResult, Service
 
 service = Service("requirements")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from contracts.requirements import (
+from weightflow.contracts.requirements import (
     DataRefs,
     Requirements,
     RequirementsChanged,
@@ -16,11 +16,11 @@ from contracts.requirements import (
     ResolvedCandidate,
     RunContext,
 )
-from contracts.requirements_doc import RequirementsError, parse_requirements, requirements_digest
-from shared.artifacts import ArtifactStore
-from shared.modeling.registry import sources
-from shared.modeling.stored import rows
-from shared.modeling.validation import check_data, check_requirements
+from weightflow.contracts.requirements_doc import RequirementsError, parse_requirements, requirements_digest
+from weightflow.shared.artifacts import ArtifactStore
+from weightflow.shared.modeling.registry import sources
+from weightflow.shared.modeling.stored import rows
+from weightflow.shared.modeling.validation import check_data, check_requirements
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ def _candidates(req: Requirements, uploaded: list[ResolvedCandidate], store: Art
     out: list[ResolvedCandidate] = []
     refs = req.candidates or []
     if not refs:  # default: every built-in
-        from contracts.requirements import CandidateRef
+        from weightflow.contracts.requirements import CandidateRef
 
         refs = [CandidateRef(builtin=name) for name in sources.get("builtin").known()]
     for i, ref in enumerate(refs):

@@ -18,14 +18,14 @@ from uuid import uuid5
 from pydantic import TypeAdapter
 from sqlmodel import Session
 
-from contracts.base import Event, utcnow
-from contracts.benchmark import NoCandidatePassed
-from contracts.fitting import FitFailed
-from contracts.monitoring import CanaryFailed, CanaryPassed
-from contracts.registry import PromotionSkipped, RollbackCommanded
-from contracts.requirements import Exclusion, RequirementsAccepted
-from contracts.tuning import AdapterRefused, TuningSkipped
-from contracts.workflow import (
+from weightflow.contracts.base import Event, utcnow
+from weightflow.contracts.benchmark import NoCandidatePassed
+from weightflow.contracts.fitting import FitFailed
+from weightflow.contracts.monitoring import CanaryFailed, CanaryPassed
+from weightflow.contracts.registry import PromotionSkipped, RollbackCommanded
+from weightflow.contracts.requirements import Exclusion, RequirementsAccepted
+from weightflow.contracts.tuning import AdapterRefused, TuningSkipped
+from weightflow.contracts.workflow import (
     Attempt,
     DeadLettered,
     Ending,
@@ -35,8 +35,8 @@ from contracts.workflow import (
     WorkflowRerouted,
     WorkflowResumed,
 )
-from services.requirements import domain, routing, tables
-from shared.bus import Commit, HandlerContext, HandlerResult, OrphanError, Service
+from weightflow.services.requirements import domain, routing, tables
+from weightflow.shared.bus import Commit, HandlerContext, HandlerResult, OrphanError, Service
 
 EXCLUSIONS = TypeAdapter(list[Exclusion])
 ATTEMPTS = TypeAdapter(list[Attempt])

@@ -18,9 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from contracts.monitoring import CanaryFailed
-from contracts.requirements import Exclusion, Requirements
-from contracts.workflow import Attempt, Ending
+from weightflow.contracts.monitoring import CanaryFailed
+from weightflow.contracts.requirements import Exclusion, Requirements
+from weightflow.contracts.workflow import Attempt, Ending
 
 
 @dataclass(frozen=True)

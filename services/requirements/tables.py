@@ -7,8 +7,8 @@ from datetime import datetime
 from sqlalchemy import UniqueConstraint
 from sqlmodel import Field, Session, SQLModel, col, select
 
-from contracts.base import utcnow
-from contracts.requirements import RunContext
+from weightflow.contracts.base import utcnow
+from weightflow.contracts.requirements import RunContext
 
 
 class RequirementsVersion(SQLModel, table=True):

@@ -8,18 +8,25 @@ from pathlib import Path
 
 from sqlmodel import Session
 
-from contracts.base import Event
-from contracts.benchmark import UNQUANTIZED
-from contracts.fitting import FitNeedsTuning
-from contracts.tuning import AdapterArtifact, AdapterRefused, AdapterTrained, LossPoint, TuningGated, TuningSkipped
-from services.tuning import domain
-from services.tuning.tables import TuningRun
-from shared import sample_logs
-from shared.bus import HandlerContext, HandlerResult, Service
-from shared.comparisons import compare
-from shared.modeling.registry import quantizers, tuners
-from shared.modeling.stored import load_tree, rows, task_of
-from shared.stats import paired_statistic
+from weightflow.contracts.base import Event
+from weightflow.contracts.benchmark import UNQUANTIZED
+from weightflow.contracts.fitting import FitNeedsTuning
+from weightflow.contracts.tuning import (
+    AdapterArtifact,
+    AdapterRefused,
+    AdapterTrained,
+    LossPoint,
+    TuningGated,
+    TuningSkipped,
+)
+from weightflow.services.tuning import domain
+from weightflow.services.tuning.tables import TuningRun
+from weightflow.shared import sample_logs
+from weightflow.shared.bus import HandlerContext, HandlerResult, Service
+from weightflow.shared.comparisons import compare
+from weightflow.shared.modeling.registry import quantizers, tuners
+from weightflow.shared.modeling.stored import load_tree, rows, task_of
+from weightflow.shared.stats import paired_statistic
 
 service = Service("tuning")
 METHOD = "lora"

@@ -9,9 +9,9 @@ bar refuses an adapter that cannot show it lost at most that much.
 
 from __future__ import annotations
 
-from contracts.measurement import Comparison, Measurement
-from contracts.requirements import Requirements
-from contracts.verdict import Miss, Verdict, judge
+from weightflow.contracts.measurement import Comparison, Measurement
+from weightflow.contracts.requirements import Requirements
+from weightflow.contracts.verdict import Miss, Verdict, judge
 
 
 def gate(req: Requirements, tuned: Measurement, *, general_before: float, general_after: float,

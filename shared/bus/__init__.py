@@ -5,8 +5,8 @@ transaction per event; `dead_letters`, `outbox`, `sweeper`, `lifecycle` are the 
 `inprocess` runs the same handlers without NATS for fast tests.
 """
 
-from shared.bus.errors import OrphanError, PermanentError, UndecodableMessage
-from shared.bus.service import Commit, Delivery, HandlerContext, HandlerResult, Service
+from weightflow.shared.bus.errors import OrphanError, PermanentError, UndecodableMessage
+from weightflow.shared.bus.service import Commit, Delivery, HandlerContext, HandlerResult, Service
 
 __all__ = [
     "Commit",

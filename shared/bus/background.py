@@ -11,12 +11,12 @@ from faststream.nats import NatsBroker
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from shared.artifacts import ArtifactStore
-from shared.bus import outbox
-from shared.bus.processing import stage_outbox
-from shared.bus.service import HandlerContext, Service
-from shared.bus.streams import stream_for
-from shared.settings import Settings
+from weightflow.shared.artifacts import ArtifactStore
+from weightflow.shared.bus import outbox
+from weightflow.shared.bus.processing import stage_outbox
+from weightflow.shared.bus.service import HandlerContext, Service
+from weightflow.shared.bus.streams import stream_for
+from weightflow.shared.settings import Settings
 
 log = logging.getLogger("weightflow.bus")
 

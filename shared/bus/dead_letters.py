@@ -13,12 +13,12 @@ from uuid import UUID
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from contracts.limits import MAX_ERROR_CHARS, MAX_PREVIEW_BYTES
-from contracts.workflow import DeadLettered
-from shared.artifacts import ArtifactStore
-from shared.bus.decoding import envelope
-from shared.bus.processing import stage_outbox
-from shared.db import DeadLetterRecord
+from weightflow.contracts.limits import MAX_ERROR_CHARS, MAX_PREVIEW_BYTES
+from weightflow.contracts.workflow import DeadLettered
+from weightflow.shared.artifacts import ArtifactStore
+from weightflow.shared.bus.decoding import envelope
+from weightflow.shared.bus.processing import stage_outbox
+from weightflow.shared.db import DeadLetterRecord
 
 
 def _uuid(value: str | None) -> UUID | None:

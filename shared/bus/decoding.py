@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from contracts.base import Event, parse_event
-from shared.bus.errors import UndecodableMessage
+from weightflow.contracts.base import Event, parse_event
+from weightflow.shared.bus.errors import UndecodableMessage
 
 
 def bounded_decoder(event_type: type[Event]) -> Callable[[Any], Event]:
@@ -27,7 +27,7 @@ def bounded_decoder(event_type: type[Event]) -> Callable[[Any], Event]:
 
 def envelope(raw: bytes) -> tuple[str | None, str | None]:
     """(event_id, run_id) of a payload if it has them, for dead letters of undecodable events; never raises."""
-    from contracts.base import decode_json
+    from weightflow.contracts.base import decode_json
 
     try:
         data = decode_json(raw)

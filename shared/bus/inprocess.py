@@ -14,18 +14,18 @@ from uuid import UUID
 
 from sqlmodel import Session
 
-from contracts.base import Event, parse_event
-from contracts.workflow import RunRecord
-from shared.artifacts import open_store
-from shared.bus.dead_letters import write_dead_letter
-from shared.bus.errors import PermanentError
-from shared.bus.outbox import pending
-from shared.bus.processing import already_processed, commit, stage_outbox
-from shared.bus.runs import MemoryRuns, check_run
-from shared.bus.service import Delivery, HandlerContext, HandlerSpec, Service
-from shared.bus.streams import RUNS_PREFIX
-from shared.db import OutboxRecord, create_tables, make_engine
-from shared.settings import Settings
+from weightflow.contracts.base import Event, parse_event
+from weightflow.contracts.workflow import RunRecord
+from weightflow.shared.artifacts import open_store
+from weightflow.shared.bus.dead_letters import write_dead_letter
+from weightflow.shared.bus.errors import PermanentError
+from weightflow.shared.bus.outbox import pending
+from weightflow.shared.bus.processing import already_processed, commit, stage_outbox
+from weightflow.shared.bus.runs import MemoryRuns, check_run
+from weightflow.shared.bus.service import Delivery, HandlerContext, HandlerSpec, Service
+from weightflow.shared.bus.streams import RUNS_PREFIX
+from weightflow.shared.db import OutboxRecord, create_tables, make_engine
+from weightflow.shared.settings import Settings
 
 
 class InProcessRunner:

@@ -12,8 +12,8 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from shared.artifacts import ArtifactStore
-from shared.settings import Settings
+from weightflow.shared.artifacts import ArtifactStore
+from weightflow.shared.settings import Settings
 
 log = logging.getLogger("weightflow.bus")
 

@@ -16,11 +16,11 @@ from sqlalchemy import func
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from contracts.base import utcnow
-from contracts.limits import MAX_ERROR_CHARS
-from shared.bus.streams import publish_with_retry, transient_publish_error
-from shared.db import OutboxRecord
-from shared.telemetry import continued_trace
+from weightflow.contracts.base import utcnow
+from weightflow.contracts.limits import MAX_ERROR_CHARS
+from weightflow.shared.bus.streams import publish_with_retry, transient_publish_error
+from weightflow.shared.db import OutboxRecord
+from weightflow.shared.telemetry import continued_trace
 
 log = logging.getLogger("weightflow.bus.outbox")
 

@@ -13,15 +13,15 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
-from contracts.base import Event
-from contracts.limits import MAX_EVENT_BYTES
-from contracts.requirements import RequirementsAccepted
-from contracts.workflow import RunRecord
-from shared.bus.errors import PermanentError
-from shared.bus.service import HandlerResult
-from shared.bus.streams import run_subject
-from shared.db import InboxRecord, OutboxRecord
-from shared.telemetry import current_traceparent
+from weightflow.contracts.base import Event
+from weightflow.contracts.limits import MAX_EVENT_BYTES
+from weightflow.contracts.requirements import RequirementsAccepted
+from weightflow.contracts.workflow import RunRecord
+from weightflow.shared.bus.errors import PermanentError
+from weightflow.shared.bus.service import HandlerResult
+from weightflow.shared.bus.streams import run_subject
+from weightflow.shared.db import InboxRecord, OutboxRecord
+from weightflow.shared.telemetry import current_traceparent
 
 
 def already_processed(engine: Engine, service: str, event_id: str) -> bool:

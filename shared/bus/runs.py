@@ -7,12 +7,12 @@ from uuid import UUID
 
 from nats.js.errors import NotFoundError
 
-from contracts.base import Event
-from contracts.requirements import RunContext
-from contracts.workflow import RunRecord
-from shared.bus.errors import OrphanError
-from shared.bus.streams import run_subject, runs_stream_name
-from shared.settings import Settings
+from weightflow.contracts.base import Event
+from weightflow.contracts.requirements import RunContext
+from weightflow.contracts.workflow import RunRecord
+from weightflow.shared.bus.errors import OrphanError
+from weightflow.shared.bus.streams import run_subject, runs_stream_name
+from weightflow.shared.settings import Settings
 
 
 class MemoryRuns:

@@ -25,24 +25,24 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js.errors import ServiceUnavailableError
 from opentelemetry.sdk.trace import TracerProvider
 
-from contracts.base import SUBJECT_PREFIX, Event
-from shared import metrics
-from shared.artifacts import open_store
-from shared.bus import lifecycle
-from shared.bus.background import Background
-from shared.bus.dead_letters import write_dead_letter
-from shared.bus.decoding import bounded_decoder
-from shared.bus.errors import PermanentError, UndecodableMessage
-from shared.bus.outbox import waiting
-from shared.bus.processing import already_processed, commit
-from shared.bus.runs import NatsRuns, check_run, lookup
-from shared.bus.service import Delivery, HandlerContext, HandlerSpec, Service
-from shared.bus.streams import ensure_streams
-from shared.bus.sweeper import Sweeper
-from shared.db import SchemaMismatchError, create_tables, make_engine
-from shared.ops_server import OpsServer
-from shared.settings import REFUSED_TO_START_EXIT, Settings, split_urls
-from shared.telemetry import current_trace_id, setup_tracing
+from weightflow.contracts.base import SUBJECT_PREFIX, Event
+from weightflow.shared import metrics
+from weightflow.shared.artifacts import open_store
+from weightflow.shared.bus import lifecycle
+from weightflow.shared.bus.background import Background
+from weightflow.shared.bus.dead_letters import write_dead_letter
+from weightflow.shared.bus.decoding import bounded_decoder
+from weightflow.shared.bus.errors import PermanentError, UndecodableMessage
+from weightflow.shared.bus.outbox import waiting
+from weightflow.shared.bus.processing import already_processed, commit
+from weightflow.shared.bus.runs import NatsRuns, check_run, lookup
+from weightflow.shared.bus.service import Delivery, HandlerContext, HandlerSpec, Service
+from weightflow.shared.bus.streams import ensure_streams
+from weightflow.shared.bus.sweeper import Sweeper
+from weightflow.shared.db import SchemaMismatchError, create_tables, make_engine
+from weightflow.shared.ops_server import OpsServer
+from weightflow.shared.settings import REFUSED_TO_START_EXIT, Settings, split_urls
+from weightflow.shared.telemetry import current_trace_id, setup_tracing
 
 log = logging.getLogger("weightflow.bus")
 STARTUP_PATIENCE_S = 120.0

@@ -18,11 +18,11 @@ from typing import Any, Generic, TypeVar
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from contracts import topology
-from contracts.base import Event
-from shared.artifacts import ArtifactStore
-from shared.db import EffectRecord
-from shared.settings import Settings
+from weightflow.contracts import topology
+from weightflow.contracts.base import Event
+from weightflow.shared.artifacts import ArtifactStore
+from weightflow.shared.db import EffectRecord
+from weightflow.shared.settings import Settings
 
 E = TypeVar("E", bound=Event)
 T = TypeVar("T")
@@ -153,12 +153,12 @@ class Service:
 
     def build(self, settings: Settings | None = None, *, url: str | None = None) -> Any:
         """The faststream app for this service (see shared.bus.runtime)."""
-        from shared.bus.runtime import ServiceRuntime
+        from weightflow.shared.bus.runtime import ServiceRuntime
 
         return ServiceRuntime(self, settings or Settings()).build(url=url)
 
     def run_process(self, settings: Settings | None = None) -> None:
         """Run as this OS process's only job until SIGTERM/SIGINT (what `weightflow service NAME` does)."""
-        from shared.bus.runtime import ServiceRuntime
+        from weightflow.shared.bus.runtime import ServiceRuntime
 
         ServiceRuntime(self, settings or Settings(), exit_process_on_stop=True).run()

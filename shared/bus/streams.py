@@ -17,8 +17,8 @@ from uuid import UUID
 from nats.js.api import StreamConfig
 from nats.js.errors import APIError, NotFoundError
 
-from contracts.base import SUBJECT_PREFIX
-from shared.settings import Settings
+from weightflow.contracts.base import SUBJECT_PREFIX
+from weightflow.shared.settings import Settings
 
 PUBLISH_ATTEMPTS = 6
 RUNS_PREFIX = "wfruns"

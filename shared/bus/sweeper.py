@@ -19,10 +19,10 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from shared.bus.decoding import envelope
-from shared.bus.service import Service
-from shared.db import AuditRecord, DeadLetterRecord, InboxRecord
-from shared.settings import Settings
+from weightflow.shared.bus.decoding import envelope
+from weightflow.shared.bus.service import Service
+from weightflow.shared.db import AuditRecord, DeadLetterRecord, InboxRecord
+from weightflow.shared.settings import Settings
 
 log = logging.getLogger("weightflow.bus.sweeper")
 

@@ -34,8 +34,8 @@ from sqlalchemy import MetaData, insert, inspect, text
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import SQLModel
 
-from contracts.topology import SERVICES
-from shared.db import SCHEMA_VERSION, SchemaMismatchError, SchemaRecord
+from weightflow.contracts.topology import SERVICES
+from weightflow.shared.db import SCHEMA_VERSION, SchemaMismatchError, SchemaRecord
 
 SCRIPTS = Path(__file__).resolve().parent
 UPGRADE = "weightflow db upgrade"
@@ -80,7 +80,7 @@ def migration_context(conn: Connection) -> MigrationContext:
 def metadata() -> MetaData:
     """Every table of every service: a process imports only its own service's, but a database is made whole."""
     for name in SERVICES:
-        importlib.import_module(f"services.{name}.tables")
+        importlib.import_module(f"weightflow.services.{name}.tables")
     return SQLModel.metadata
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from alembic import context
 
-from shared import migrations
+from weightflow.shared import migrations
 
 
 def include_name(name: str | None, type_: str, _parent: Any) -> bool:

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from contracts.fitting import MemoryBudget
+from weightflow.contracts.fitting import MemoryBudget
 
 UNQUANTIZED_BYTES = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0}
 DEFAULT_OVERHEAD = 0.30

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from contracts.limits import MAX_CONFIG_BYTES
-from shared.safetensors_check import UnsafeArtifactError, strict_json_loads, validate_safetensors
+from weightflow.contracts.limits import MAX_CONFIG_BYTES
+from weightflow.shared.safetensors_check import UnsafeArtifactError, strict_json_loads, validate_safetensors
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer.model", "spiece.model", "vocab.json")

@@ -14,7 +14,7 @@ from typing import TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from contracts.limits import MAX_DATA_FILE_BYTES, MAX_DATA_LINE_BYTES, MAX_DATA_ROWS, MAX_TEXT_CHARS
+from weightflow.contracts.limits import MAX_DATA_FILE_BYTES, MAX_DATA_LINE_BYTES, MAX_DATA_ROWS, MAX_TEXT_CHARS
 
 
 class _Row(BaseModel):

@@ -16,7 +16,7 @@ import transformers
 from torch import nn
 from transformers import AutoTokenizer
 
-from shared.modeling.registry import quantizers
+from weightflow.shared.modeling.registry import quantizers
 
 # LoRA targets by the names architectures give their attention projections (query/value first: the
 # LoRA paper's choice, and enough for classification heads and small LMs alike).

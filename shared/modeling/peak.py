@@ -25,8 +25,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from contracts.requirements import TaskSpec
-from shared.modeling.budget import SERVING_BATCH
+from weightflow.contracts.requirements import TaskSpec
+from weightflow.shared.modeling.budget import SERVING_BATCH
 
 CHILD_TIMEOUT_S = 1800.0
 _ROOT = Path(__file__).resolve().parents[2]
@@ -97,7 +97,7 @@ def measure_peak(
     path = os.pathsep.join(p for p in (str(_ROOT), os.environ.get("PYTHONPATH", "")) if p)
     with tempfile.TemporaryDirectory(prefix="wf-peak-") as tmp:
         proc = subprocess.run(
-            [sys.executable, "-m", "shared.modeling.peak", request.model_dump_json()],
+            [sys.executable, "-m", "weightflow.shared.modeling.peak", request.model_dump_json()],
             capture_output=True,
             text=True,
             timeout=timeout_s,
@@ -168,7 +168,7 @@ def _serve(loaded: Any, request: PeakRequest, context: int, generate: int) -> fl
     the memory a shape takes)."""
     import torch
 
-    from shared.modeling.tasks.language import keeps_logits
+    from weightflow.shared.modeling.tasks.language import keeps_logits
 
     model = loaded.model
     vocab = int(getattr(model.config, "vocab_size", 0) or len(loaded.tokenizer))
@@ -210,7 +210,7 @@ def _preload(model_dir: Path) -> None:
 
     import transformers
 
-    from shared.modeling.quantizers import int8_modules  # noqa: F401
+    from weightflow.shared.modeling.quantizers import int8_modules  # noqa: F401
 
     with contextlib.suppress(ImportError):
         import compressed_tensors  # noqa: F401
@@ -228,7 +228,7 @@ def _offloaded(request: PeakRequest, device: Any) -> Any:
 
     import transformers
 
-    from shared.modeling.loading import load_tokenizer
+    from weightflow.shared.modeling.loading import load_tokenizer
 
     config = json.loads((request.model_dir / "config.json").read_text())
     model_class = getattr(transformers, (config.get("architectures") or ["AutoModel"])[0])
@@ -254,9 +254,9 @@ def _child(request: PeakRequest) -> PeakMeasured:
     import torch
     import transformers  # noqa: F401  (imported before the base reading: the runtime, not the model)
 
-    from shared.modeling import loading  # noqa: F401  (registers the quantizers the loader detects)
-    from shared.modeling.device import pick_device
-    from shared.modeling.registry import load_plugins, tasks
+    from weightflow.shared.modeling import loading  # noqa: F401  (registers the quantizers the loader detects)
+    from weightflow.shared.modeling.device import pick_device
+    from weightflow.shared.modeling.registry import load_plugins, tasks
 
     load_plugins(os.environ.get("WEIGHTFLOW_PLUGINS", ""))  # a team's own task, as the service that asked has it
     _preload(request.model_dir)
@@ -303,7 +303,7 @@ def _exit_with_parent(poll_s: float = 1.0) -> None:
 
 def main(argv: list[str]) -> None:
     if len(argv) != 1:
-        raise SystemExit("usage: python -m shared.modeling.peak '<PeakRequest JSON>'")
+        raise SystemExit("usage: python -m weightflow.shared.modeling.peak '<PeakRequest JSON>'")
     _exit_with_parent()
     measured = _child(PeakRequest.model_validate(json.loads(argv[0])))
     print(measured.model_dump_json())

@@ -20,15 +20,15 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel
 
-from contracts.measurement import Measurement
-from contracts.requirements import CandidateRef, HardwareProfile, ResolvedCandidate, TaskSpec
-from shared.telemetry import traced
+from weightflow.contracts.measurement import Measurement
+from weightflow.contracts.requirements import CandidateRef, HardwareProfile, ResolvedCandidate, TaskSpec
+from weightflow.shared.telemetry import traced
 
 if TYPE_CHECKING:
-    from shared.artifacts import ArtifactStore
-    from shared.modeling.checkpoint import CheckpointInfo
-    from shared.modeling.peak import PeakMeasured
-    from shared.modeling.remote import Endpoint
+    from weightflow.shared.artifacts import ArtifactStore
+    from weightflow.shared.modeling.checkpoint import CheckpointInfo
+    from weightflow.shared.modeling.peak import PeakMeasured
+    from weightflow.shared.modeling.remote import Endpoint
 
 
 @dataclass
@@ -121,7 +121,7 @@ class CandidateSource(ABC):
 
     def check(self, ref: CandidateRef, base_dir: Path, task: Task, spec: TaskSpec) -> list[str]:
         """What is wrong with the candidate, read before anything is stored (the CLI's check)."""
-        from shared.modeling.checkpoint import CheckpointError, inspect_checkpoint
+        from weightflow.shared.modeling.checkpoint import CheckpointError, inspect_checkpoint
 
         try:
             info = inspect_checkpoint(self.local_dir(ref, base_dir), check_architecture=self.checks_architecture)
@@ -231,13 +231,13 @@ class Task(ABC):
         """Peak memory of this checkpoint at the serving shape, measured in a process of its own (what
         fitting decides on), whole or offloaded beyond `offload_max_bytes` of weights; a seam so a scripted
         test world can say what its tiny models would take."""
-        from shared.modeling.peak import measure_peak
+        from weightflow.shared.modeling.peak import measure_peak
 
         return measure_peak(model_dir, spec, device, offload_max_bytes=offload_max_bytes)
 
     def lora_targets(self, loaded: LoadedModel) -> tuple[list[str], list[str]]:
         """(target_modules, modules_to_save) for LoRA on this task's model."""
-        from shared.modeling.loading import attention_projections
+        from weightflow.shared.modeling.loading import attention_projections
 
         return attention_projections(loaded.model), []
 

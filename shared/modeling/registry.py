@@ -14,22 +14,22 @@ from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 if TYPE_CHECKING:
-    from shared.modeling.protocols import CandidateSource, Quantizer, Task, Tuner
+    from weightflow.shared.modeling.protocols import CandidateSource, Quantizer, Task, Tuner
 
 T = TypeVar("T")
 
 BUILTIN_MODULES = (
-    "shared.modeling.sources.builtin",
-    "shared.modeling.sources.path",
-    "shared.modeling.sources.hf_cache",
-    "shared.modeling.sources.api",
-    "shared.modeling.tasks.zero_shot",
-    "shared.modeling.tasks.text_classification",
-    "shared.modeling.tasks.generation",
-    "shared.modeling.tasks.multiple_choice",
-    "shared.modeling.quantizers.int8",
-    "shared.modeling.quantizers.compressed",
-    "shared.modeling.tuners.lora",
+    "weightflow.shared.modeling.sources.builtin",
+    "weightflow.shared.modeling.sources.path",
+    "weightflow.shared.modeling.sources.hf_cache",
+    "weightflow.shared.modeling.sources.api",
+    "weightflow.shared.modeling.tasks.zero_shot",
+    "weightflow.shared.modeling.tasks.text_classification",
+    "weightflow.shared.modeling.tasks.generation",
+    "weightflow.shared.modeling.tasks.multiple_choice",
+    "weightflow.shared.modeling.quantizers.int8",
+    "weightflow.shared.modeling.quantizers.compressed",
+    "weightflow.shared.modeling.tuners.lora",
 )
 _loaded: set[str] = set()
 

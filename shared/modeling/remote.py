@@ -52,7 +52,7 @@ from urllib.parse import quote
 
 import httpx
 
-from contracts.requirements import ApiEndpoint
+from weightflow.contracts.requirements import ApiEndpoint
 
 RETRIED_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 BACKOFF_BASE_S = 0.25

@@ -8,18 +8,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from contracts.fitting import MemoryBudget
-from contracts.measurement import Measurement
-from contracts.registry import Manifest
-from contracts.requirements import Requirements, TaskSpec
-from shared import sample_logs
-from shared.artifacts import ArtifactStore
-from shared.modeling.budget import MB, Architecture, memory_budget
-from shared.modeling.checkpoint import tree_config
-from shared.modeling.datasets import load_jsonl
-from shared.modeling.device import pick_device
-from shared.modeling.protocols import LoadedModel, Quantizer, Task
-from shared.modeling.registry import sources, tasks, tuners
+from weightflow.contracts.fitting import MemoryBudget
+from weightflow.contracts.measurement import Measurement
+from weightflow.contracts.registry import Manifest
+from weightflow.contracts.requirements import Requirements, TaskSpec
+from weightflow.shared import sample_logs
+from weightflow.shared.artifacts import ArtifactStore
+from weightflow.shared.modeling.budget import MB, Architecture, memory_budget
+from weightflow.shared.modeling.checkpoint import tree_config
+from weightflow.shared.modeling.datasets import load_jsonl
+from weightflow.shared.modeling.device import pick_device
+from weightflow.shared.modeling.protocols import LoadedModel, Quantizer, Task
+from weightflow.shared.modeling.registry import sources, tasks, tuners
 
 
 def task_of(spec: TaskSpec) -> Task:

@@ -10,11 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from contracts.requirements import DATA_SPLITS, Requirements
-from shared.modeling.datasets import DatasetError
-from shared.modeling.protocols import Task
-from shared.modeling.registry import UnknownNameError, quantizers, sources, tasks
-from shared.stats import half_width_at
+from weightflow.contracts.requirements import DATA_SPLITS, Requirements
+from weightflow.shared.modeling.datasets import DatasetError
+from weightflow.shared.modeling.protocols import Task
+from weightflow.shared.modeling.registry import UnknownNameError, quantizers, sources, tasks
+from weightflow.shared.stats import half_width_at
 
 
 def check_requirements(req: Requirements) -> tuple[Task | None, list[str]]:

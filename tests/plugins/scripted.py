@@ -18,15 +18,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from contracts.measurement import Measurement
-from contracts.requirements import HardwareProfile, TaskSpec
-from shared.modeling.peak import PeakMeasured
-from shared.modeling.protocols import LoadedModel, Quantizer, Task
-from shared.modeling.registry import quantizers, tasks
-from shared.modeling.tasks.base import measurement
-from shared.modeling.tasks.classification import label_names, labelled_samples
-from shared.modeling.tasks.zero_shot import ZeroShotClassification
-from shared.stats import wilson
+from weightflow.contracts.measurement import Measurement
+from weightflow.contracts.requirements import HardwareProfile, TaskSpec
+from weightflow.shared.modeling.peak import PeakMeasured
+from weightflow.shared.modeling.protocols import LoadedModel, Quantizer, Task
+from weightflow.shared.modeling.registry import quantizers, tasks
+from weightflow.shared.modeling.tasks.base import measurement
+from weightflow.shared.modeling.tasks.classification import label_names, labelled_samples
+from weightflow.shared.modeling.tasks.zero_shot import ZeroShotClassification
+from weightflow.shared.stats import wilson
 
 NAME = "scripted-classification"
 SCRIPT_ENV = "WEIGHTFLOW_TEST_SCRIPT"

@@ -13,8 +13,10 @@ from uuid import UUID, uuid4
 
 import typer
 
-from contracts.base import Event
-from contracts.registry import (
+from weightflow.cli.common import console, err, positive, request, run
+from weightflow.client import Client
+from weightflow.contracts.base import Event
+from weightflow.contracts.registry import (
     DeploymentPromoted,
     PromotionApproved,
     PromotionAwaitingApproval,
@@ -22,11 +24,9 @@ from contracts.registry import (
     PromotionRejected,
     PromotionSkipped,
 )
-from contracts.workflow import RequestRefused
-from shared.settings import Settings
-from weightflow.cli.common import console, err, positive, request, run
-from weightflow.client import Client
+from weightflow.contracts.workflow import RequestRefused
 from weightflow.render import summary
+from weightflow.shared.settings import Settings
 
 REASON = typer.Option(..., "--reason", help="why, recorded with the decision (shown by `weightflow history`)")
 TIMEOUT = typer.Option(60, callback=positive, help="seconds to wait for the registry's answer")

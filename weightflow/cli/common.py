@@ -16,17 +16,17 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
-from contracts.base import Event
-from shared.artifacts import ArtifactStore, IntegrityError, UnsafeArtifactError, open_store
-from shared.bus.streams import StreamSetupError
-from shared.db import SchemaMismatchError
-from shared.modeling.checkpoint import CheckpointError
-from shared.modeling.registry import PluginError
-from shared.safe_paths import UnsafePathError
-from shared.settings import Settings
-from shared.telemetry import TelemetryConfigError
 from weightflow.client import Client, RunTracker, failure_reason, track
+from weightflow.contracts.base import Event
 from weightflow.render import summary
+from weightflow.shared.artifacts import ArtifactStore, IntegrityError, UnsafeArtifactError, open_store
+from weightflow.shared.bus.streams import StreamSetupError
+from weightflow.shared.db import SchemaMismatchError
+from weightflow.shared.modeling.checkpoint import CheckpointError
+from weightflow.shared.modeling.registry import PluginError
+from weightflow.shared.safe_paths import UnsafePathError
+from weightflow.shared.settings import Settings
+from weightflow.shared.telemetry import TelemetryConfigError
 
 console = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 import typer
 from rich.markup import escape
 
-from shared.settings import Settings
 from weightflow.cli.common import console, err
+from weightflow.shared.settings import Settings
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -29,7 +29,7 @@ def _engine(settings: Settings) -> Iterator[Engine]:
     this release cannot use is a SchemaMismatchError: one of the CLI's refusals, exit 2, in `main`)."""
     from sqlalchemy.exc import OperationalError
 
-    from shared.db import make_engine
+    from weightflow.shared.db import make_engine
 
     engine = make_engine(settings.resolved_database_url())
     where = engine.url.render_as_string(hide_password=True)
@@ -47,7 +47,7 @@ def _engine(settings: Settings) -> Iterator[Engine]:
 def upgrade() -> None:
     """Upgrade the database (WEIGHTFLOW_DATABASE_URL, else the SQLite file in WEIGHTFLOW_HOME) to this release's
     schema; a database from before migrations too. Stop the services first; nothing stored is lost."""
-    from shared import migrations
+    from weightflow.shared import migrations
 
     with _engine(Settings()) as engine:
         before, after = migrations.upgrade(engine)
@@ -64,7 +64,7 @@ def upgrade() -> None:
 def current() -> None:
     """Where the database stands: its schema revision; exit 1 when this release cannot use it as it is (then the
     line says what to run, e.g. `weightflow db upgrade`)."""
-    from shared import migrations
+    from weightflow.shared import migrations
 
     settings = Settings()
     if settings.database_url is None and not (settings.home / "weightflow.db").exists():

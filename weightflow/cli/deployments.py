@@ -13,13 +13,13 @@ from uuid import uuid4
 
 import typer
 
-from contracts.monitoring import CanaryFailed, CanaryPassed, CanaryRequested
-from contracts.registry import DeploymentPromoted, ModelRegistered, RollbackRequested, RolledBack
-from contracts.workflow import RequestRefused
-from shared.artifacts import IntegrityError
-from shared.settings import Settings
 from weightflow.cli.common import Refused, console, err, history, positive, request, store
+from weightflow.contracts.monitoring import CanaryFailed, CanaryPassed, CanaryRequested
+from weightflow.contracts.registry import DeploymentPromoted, ModelRegistered, RollbackRequested, RolledBack
+from weightflow.contracts.workflow import RequestRefused
 from weightflow.render import summary
+from weightflow.shared.artifacts import IntegrityError
+from weightflow.shared.settings import Settings
 
 registry_app = typer.Typer(help="Registered manifests.", no_args_is_help=True)
 
@@ -63,7 +63,7 @@ def registry_show(manifest_id: str) -> None:
 @registry_app.command("verify")
 def registry_verify(manifest_id: str) -> None:
     """Recompute the sha256 of every file the manifest pins; exit 1 on any mismatch."""
-    from contracts.registry import Manifest
+    from weightflow.contracts.registry import Manifest
 
     artifacts = store(Settings())
     try:
@@ -127,7 +127,7 @@ def canary(deployment: str,
 
 def predict(deployment: str, texts: list[str] = typer.Argument(..., help="inputs for the deployed model")) -> None:
     """Run the live deployment on inputs, loaded from its verified manifest."""
-    from shared.modeling.stored import load_deployment, read_manifest, task_of
+    from weightflow.shared.modeling.stored import load_deployment, read_manifest, task_of
 
     settings = Settings()
     artifacts = store(settings)
@@ -204,17 +204,17 @@ def serve(deployment: str,
     import asyncio
     import os
 
-    from shared.modeling import openmp_spins
+    from weightflow.shared.modeling import openmp_spins
 
     if dedicated_cores:
         openmp_spins()  # before torch loads
     import uvicorn
 
-    from shared.ops_server import announce as announce_target
-    from shared.telemetry import setup_tracing
     from weightflow.serving.app import create_app
     from weightflow.serving.live import LiveDeployment, announce_endpoint
     from weightflow.serving.server import ClientTimeouts, server_config
+    from weightflow.shared.ops_server import announce as announce_target
+    from weightflow.shared.telemetry import setup_tracing
 
     settings = Settings()
     timeouts = ClientTimeouts(header_s=header_timeout or settings.serve_header_timeout_s,

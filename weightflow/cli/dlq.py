@@ -11,11 +11,11 @@ from uuid import uuid4
 
 import typer
 
-from contracts.workflow import DeadLettered
-from shared.settings import Settings
 from weightflow.backlog import backlog_of, merge_letters
 from weightflow.cli.common import console, err, history, run, store
 from weightflow.client import Client
+from weightflow.contracts.workflow import DeadLettered
+from weightflow.shared.settings import Settings
 
 app = typer.Typer(help="Dead letters: messages a service could not handle.", no_args_is_help=True)
 

@@ -15,13 +15,13 @@ from uuid import UUID
 
 import typer
 
-from contracts.base import Event
-from contracts.workflow import DeadLettered, WorkflowRerouted
-from shared.natsd import StoreHealth, store_health
-from shared.settings import Settings
 from weightflow.backlog import backlog_of, why_waiting
 from weightflow.cli.common import Refused, console, err, history, print_event, report_skipped, run, store
 from weightflow.client import Client, RunTracker, describe_state, find_run, run_state, runs_of
+from weightflow.contracts.base import Event
+from weightflow.contracts.workflow import DeadLettered, WorkflowRerouted
+from weightflow.shared.natsd import StoreHealth, store_health
+from weightflow.shared.settings import Settings
 
 
 def _tracked(prefix: str, events: list[Event] | None = None) -> tuple[UUID, RunTracker] | None:

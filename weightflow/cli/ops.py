@@ -10,15 +10,15 @@ from pathlib import Path
 
 import typer
 
-from contracts.base import Event
-from contracts.requirements import RequirementsAccepted
-from contracts.topology import SERVICES
-from contracts.workflow import DeadLettered, WorkflowHalted, WorkflowResumed
-from shared.natsd import StoreHealth, store_health
-from shared.settings import Settings
 from weightflow.backlog import backlog_of, merge_letters
 from weightflow.cli.common import console, err, run
 from weightflow.client import Client
+from weightflow.contracts.base import Event
+from weightflow.contracts.requirements import RequirementsAccepted
+from weightflow.contracts.topology import SERVICES
+from weightflow.contracts.workflow import DeadLettered, WorkflowHalted, WorkflowResumed
+from weightflow.shared.natsd import StoreHealth, store_health
+from weightflow.shared.settings import Settings
 
 STALE_OUTBOX_S = 60.0
 # Free space the next step needs: its biggest write is a model-sized artifact (a quantized variant, a copy
@@ -63,10 +63,10 @@ def doctor() -> None:
     something needs an operator."""
     from nats.js.errors import NotFoundError
 
-    from shared.bus.outbox import oldest_unpublished_age_s, parked
-    from shared.bus.streams import stream_configs
-    from shared.db import make_engine
     from weightflow.cluster_health import cluster_health
+    from weightflow.shared.bus.outbox import oldest_unpublished_age_s, parked
+    from weightflow.shared.bus.streams import stream_configs
+    from weightflow.shared.db import make_engine
 
     settings = Settings()
     problems: list[str] = []
@@ -184,7 +184,7 @@ def nats_config(
     (CLI) creates the streams and the artifact bucket and reads history; `alerting` may only subscribe to alert
     events. A cluster's routes admit only a route user whose password the node configs carry.
     """
-    from shared import nats_auth
+    from weightflow.shared import nats_auth
 
     env_dir = env_dir or out.parent
     try:
@@ -238,7 +238,7 @@ def nats_config(
 def setup_quantization(location: Path | None = typer.Option(None, help="where to build it (default: "
                                                                         "~/.cache/weightflow/quant-env)")) -> None:
     """Build the quantization environment (llmcompressor, for the w4a16 and awq schemes) beside this one."""
-    from shared.modeling.quantizers import quant_env
+    from weightflow.shared.modeling.quantizers import quant_env
 
     python = quant_env.setup(location, log=lambda line: console.print(line, markup=False))
     console.print(f"ready: {python}" + ("" if location is None else

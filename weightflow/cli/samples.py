@@ -7,11 +7,11 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from contracts.measurement import SampleRow
-from shared.settings import Settings
 from weightflow.cli.common import Refused, console, err, history, store
 from weightflow.client import find_run
+from weightflow.contracts.measurement import SampleRow
 from weightflow.evaluations import Evaluation, evaluations, read_rows
+from weightflow.shared.settings import Settings
 
 SHOWN_CHARS = 80  # the terminal table's cut; the stored log keeps more
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import typer
 
-from shared.settings import Settings
 from weightflow.cli.common import console, store
+from weightflow.shared.settings import Settings
 
 
 def ui(

@@ -15,14 +15,14 @@ from uuid import uuid4
 import typer
 from rich.markup import escape
 
-from contracts.base import Event
-from contracts.registry import DeploymentPromoted, PromotionAwaitingApproval
-from contracts.requirements_doc import RequirementsError
-from contracts.topology import SERVICES
-from contracts.workflow import RequestRefused, ResumeRequested, WorkflowResumed
-from shared.settings import REFUSED_TO_START_EXIT, Settings
 from weightflow.cli.common import Refused, console, err, positive, print_event, refusal, request, run, store
 from weightflow.client import AWAITING_APPROVAL, Client, RunTracker, failure_reason, track
+from weightflow.contracts.base import Event
+from weightflow.contracts.registry import DeploymentPromoted, PromotionAwaitingApproval
+from weightflow.contracts.requirements_doc import RequirementsError
+from weightflow.contracts.topology import SERVICES
+from weightflow.contracts.workflow import RequestRefused, ResumeRequested, WorkflowResumed
+from weightflow.shared.settings import REFUSED_TO_START_EXIT, Settings
 from weightflow.stack import NATS_KEY, Stack
 from weightflow.submission import Prepared, prepare
 
@@ -39,7 +39,7 @@ def service(name: str = typer.Argument(..., help=f"one of {', '.join(SERVICES)}"
                         format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s")
     # one line per HTTP request of a canary or an API benchmark drowns the log; failures are logged by us
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    from shared.modeling.registry import load_plugins
+    from weightflow.shared.modeling.registry import load_plugins
 
     try:
         settings = Settings()
@@ -50,7 +50,7 @@ def service(name: str = typer.Argument(..., help=f"one of {', '.join(SERVICES)}"
             raise
         err.print(f"[red]error:[/] {escape(message)}", highlight=False)
         raise SystemExit(REFUSED_TO_START_EXIT) from None
-    importlib.import_module(f"services.{name}.app").service.run_process(settings)
+    importlib.import_module(f"weightflow.services.{name}.app").service.run_process(settings)
 
 
 def _started(stack: Stack) -> Stack:

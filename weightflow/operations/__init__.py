@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from shared.ops_server import TARGETS_DIR
+from weightflow.shared.ops_server import TARGETS_DIR
 
 RULES = Path(__file__).with_name("alert-rules.yml")
 JOB = "weightflow"
@@ -49,7 +49,7 @@ def readiness(home: Path, timeout_s: float = 2.0) -> list[tuple[bool, str]]:
     supervisor would probe); a process that is gone or does not answer is a finding."""
     import httpx
 
-    from shared.ops_server import targets
+    from weightflow.shared.ops_server import targets
 
     out = []
     for target in targets(home):

@@ -11,15 +11,15 @@ from collections.abc import Sequence
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from contracts.base import Event
-from contracts.benchmark import CandidateBenchmarked, VariantBenchmarked
-from contracts.fitting import MemoryBudgetComputed
-from contracts.measurement import Measurement
-from contracts.monitoring import CanaryFailed, CanaryPassed, DriftDetected
-from contracts.registry import RolledBack
-from contracts.requirements import Requirements
-from contracts.tuning import AdapterTrained, TuningGated
-from contracts.workflow import WorkflowHalted, WorkflowRerouted
+from weightflow.contracts.base import Event
+from weightflow.contracts.benchmark import CandidateBenchmarked, VariantBenchmarked
+from weightflow.contracts.fitting import MemoryBudgetComputed
+from weightflow.contracts.measurement import Measurement
+from weightflow.contracts.monitoring import CanaryFailed, CanaryPassed, DriftDetected
+from weightflow.contracts.registry import RolledBack
+from weightflow.contracts.requirements import Requirements
+from weightflow.contracts.tuning import AdapterTrained, TuningGated
+from weightflow.contracts.workflow import WorkflowHalted, WorkflowRerouted
 
 MB = 1024 * 1024
 PASS, MISS, LINE, MUTED = "#1a7f37", "#cf222e", "#57606a", "#8c959f"

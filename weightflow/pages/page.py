@@ -16,14 +16,14 @@ import plotly.graph_objects as go
 from jinja2 import Environment, PackageLoader, select_autoescape
 from plotly.offline import get_plotlyjs
 
-from contracts.base import Event
-from contracts.fitting import FitCompleted, FitFailed, MemoryBudgetComputed
-from contracts.measurement import Measurement
-from contracts.monitoring import CanaryFailed, CanaryPassed, DriftDetected
-from contracts.registry import ModelRegistered, RolledBack
-from contracts.requirements import Requirements, RequirementsAccepted, RunContext
-from contracts.tuning import AdapterTrained, TuningGated
-from contracts.workflow import WorkflowHalted, WorkflowRerouted, WorkflowResumed
+from weightflow.contracts.base import Event
+from weightflow.contracts.fitting import FitCompleted, FitFailed, MemoryBudgetComputed
+from weightflow.contracts.measurement import Measurement
+from weightflow.contracts.monitoring import CanaryFailed, CanaryPassed, DriftDetected
+from weightflow.contracts.registry import ModelRegistered, RolledBack
+from weightflow.contracts.requirements import Requirements, RequirementsAccepted, RunContext
+from weightflow.contracts.tuning import AdapterTrained, TuningGated
+from weightflow.contracts.workflow import WorkflowHalted, WorkflowRerouted, WorkflowResumed
 from weightflow.evaluations import evaluations, read_rows
 from weightflow.pages import figures
 from weightflow.pages.trail import trail

@@ -10,12 +10,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from uuid import UUID
 
-from contracts.base import Event
-from contracts.monitoring import CanaryFailed, CanaryPassed, DriftDetected
-from contracts.registry import DeploymentPromoted, ModelRegistered, RolledBack
-from contracts.requirements import RequirementsAccepted
-from contracts.workflow import WorkflowHalted, WorkflowResumed
 from weightflow.client import RunTracker
+from weightflow.contracts.base import Event
+from weightflow.contracts.monitoring import CanaryFailed, CanaryPassed, DriftDetected
+from weightflow.contracts.registry import DeploymentPromoted, ModelRegistered, RolledBack
+from weightflow.contracts.requirements import RequirementsAccepted
+from weightflow.contracts.workflow import WorkflowHalted, WorkflowResumed
 
 # Events that name a deployment and belong to its history whichever run id they carry.
 DEPLOYMENT_EVENTS = (

@@ -11,14 +11,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from contracts.base import Event
-from contracts.benchmark import CandidateUnavailable, NoCandidatePassed, SelectionDecided
-from contracts.fitting import FitCompleted, FitFailed, FitSkipped, MemoryBudgetComputed
-from contracts.monitoring import CanaryFailed, CanaryPassed, DriftDetected
-from contracts.registry import DeploymentPromoted, ModelRegistered, PromotionSkipped, RolledBack
-from contracts.requirements import RequirementsAccepted, RequirementsRejected
-from contracts.tuning import AdapterTrained, TuningGated, TuningSkipped
-from contracts.workflow import DeadLettered, RequestRefused, WorkflowHalted, WorkflowRerouted, WorkflowResumed
+from weightflow.contracts.base import Event
+from weightflow.contracts.benchmark import CandidateUnavailable, NoCandidatePassed, SelectionDecided
+from weightflow.contracts.fitting import FitCompleted, FitFailed, FitSkipped, MemoryBudgetComputed
+from weightflow.contracts.monitoring import CanaryFailed, CanaryPassed, DriftDetected
+from weightflow.contracts.registry import DeploymentPromoted, ModelRegistered, PromotionSkipped, RolledBack
+from weightflow.contracts.requirements import RequirementsAccepted, RequirementsRejected
+from weightflow.contracts.tuning import AdapterTrained, TuningGated, TuningSkipped
+from weightflow.contracts.workflow import (
+    DeadLettered,
+    RequestRefused,
+    WorkflowHalted,
+    WorkflowRerouted,
+    WorkflowResumed,
+)
 from weightflow.render import summary
 
 ACTIONS = {

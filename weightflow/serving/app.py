@@ -32,13 +32,13 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared import genai
-from shared.modeling.protocols import CompletionParams, NotServed
 from weightflow.serving import metrics
 from weightflow.serving import schemas as s
 from weightflow.serving.batching import Abandoned, Batcher, NotRunning
 from weightflow.serving.live import LiveDeployment, ServedModel
 from weightflow.serving.problems import problems
+from weightflow.shared import genai
+from weightflow.shared.modeling.protocols import CompletionParams, NotServed
 
 log = logging.getLogger("weightflow.serve")
 

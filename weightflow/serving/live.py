@@ -20,14 +20,14 @@ from typing import Any
 
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from contracts.base import parse_event
-from contracts.registry import DeploymentPromoted, Manifest
-from contracts.requirements import TaskSpec
-from shared.artifacts import ArtifactStore, open_store
-from shared.modeling.protocols import LoadedModel, Task
-from shared.nats_auth import SERVE_INBOX_PREFIX
-from shared.settings import Settings
 from weightflow.client import Client
+from weightflow.contracts.base import parse_event
+from weightflow.contracts.registry import DeploymentPromoted, Manifest
+from weightflow.contracts.requirements import TaskSpec
+from weightflow.shared.artifacts import ArtifactStore, open_store
+from weightflow.shared.modeling.protocols import LoadedModel, Task
+from weightflow.shared.nats_auth import SERVE_INBOX_PREFIX
+from weightflow.shared.settings import Settings
 
 log = logging.getLogger("weightflow.serve")
 
@@ -52,7 +52,7 @@ class ServedModel:
 
 
 def load_served(store: ArtifactStore, deployment: str, manifest_id: str, device: str) -> ServedModel:
-    from shared.modeling.stored import load_deployment, read_manifest, task_of
+    from weightflow.shared.modeling.stored import load_deployment, read_manifest, task_of
 
     manifest = read_manifest(store, manifest_id)
     if manifest.deployment != deployment:
@@ -167,7 +167,7 @@ async def announce_endpoint(settings: Settings, live: LiveDeployment, url: str, 
     on without it when the bus is down: the canary then loads its own copy, as before."""
     from uuid import uuid4
 
-    from contracts.monitoring import ServingEndpointAnnounced
+    from weightflow.contracts.monitoring import ServingEndpointAnnounced
 
     event = ServingEndpointAnnounced(run_id=uuid4(), deployment=live.deployment, url=url, online=online,
                                      manifest_id=live.current.manifest_id if live.current else None)

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from contracts.limits import MAX_TEXT_CHARS
+from weightflow.contracts.limits import MAX_TEXT_CHARS
 
 MAX_INPUTS = 256  # texts or prompts in one request
 MAX_STOP = 4  # as OpenAI

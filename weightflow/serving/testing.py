@@ -19,17 +19,17 @@ from uuid import uuid4
 
 import uvicorn
 
-from contracts.measurement import Measurement
-from contracts.registry import Manifest, ManifestEntry
-from contracts.requirements import DataRefs
-from contracts.requirements_doc import parse_requirements
-from shared.artifacts import ArtifactStore
-from shared.modeling.registry import sources
-from shared.modeling.stored import budget_for
-from shared.settings import Settings
+from weightflow.contracts.measurement import Measurement
+from weightflow.contracts.registry import Manifest, ManifestEntry
+from weightflow.contracts.requirements import DataRefs
+from weightflow.contracts.requirements_doc import parse_requirements
 from weightflow.serving.app import create_app
 from weightflow.serving.live import LiveDeployment
 from weightflow.serving.server import ClientTimeouts, server_config
+from weightflow.shared.artifacts import ArtifactStore
+from weightflow.shared.modeling.registry import sources
+from weightflow.shared.modeling.stored import budget_for
+from weightflow.shared.settings import Settings
 from weightflow.submission import prepare
 
 

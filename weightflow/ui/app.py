@@ -17,9 +17,9 @@ from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 from jinja2 import ChoiceLoader, Environment, PackageLoader, select_autoescape
 from starlette.exceptions import HTTPException
 
-from shared.settings import Settings
 from weightflow.pages import PageOptions, deployment_scope, render_deployment_page, render_run_page, run_scope
 from weightflow.pages.page import plotly_js
+from weightflow.shared.settings import Settings
 from weightflow.ui import views
 from weightflow.ui.feed import EventFeed
 

@@ -10,9 +10,9 @@ import asyncio
 import contextlib
 import logging
 
-from contracts.base import Event
-from shared.settings import Settings
 from weightflow.client import Client
+from weightflow.contracts.base import Event
+from weightflow.shared.settings import Settings
 
 log = logging.getLogger("weightflow.ui")
 RETRY_S = 3.0

@@ -7,12 +7,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from contracts.base import Event
-from contracts.monitoring import CanaryFailed, CanaryPassed
-from contracts.registry import DeploymentPromoted, RolledBack
-from contracts.requirements import RequirementsAccepted
-from contracts.workflow import DeadLettered, WorkflowHalted, WorkflowResumed
 from weightflow.client import describe_state, run_state, runs_of
+from weightflow.contracts.base import Event
+from weightflow.contracts.monitoring import CanaryFailed, CanaryPassed
+from weightflow.contracts.registry import DeploymentPromoted, RolledBack
+from weightflow.contracts.requirements import RequirementsAccepted
+from weightflow.contracts.workflow import DeadLettered, WorkflowHalted, WorkflowResumed
 from weightflow.pages.scope import deployment_of, deployments
 from weightflow.render import summary
 

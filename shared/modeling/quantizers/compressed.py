@@ -22,10 +22,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from contracts.requirements import TaskSpec
-from shared.modeling.protocols import Quantizer, Task
-from shared.modeling.quantizers import quant_env
-from shared.modeling.registry import quantizers
+from weightflow.contracts.requirements import TaskSpec
+from weightflow.shared.modeling.protocols import Quantizer, Task
+from weightflow.shared.modeling.quantizers import quant_env
+from weightflow.shared.modeling.registry import quantizers
 
 WORKER = Path(__file__).with_name("llmcompressor_worker.py")
 GROUP_SIZES = (128, 64, 32, 16)
@@ -72,7 +72,7 @@ class CompressedTensors4Bit(Quantizer):
         quant = json.loads(path.read_text()).get("quantization_config") or {}
         if quant.get("quant_method") != "compressed-tensors":
             return False
-        from shared.modeling.quantizers.int4_modules import read_config
+        from weightflow.shared.modeling.quantizers.int4_modules import read_config
 
         try:
             read_config(Path(model_dir))
@@ -82,13 +82,13 @@ class CompressedTensors4Bit(Quantizer):
 
     def load(self, model_dir: Path, auto_class: Any, device: Any) -> Any:
         """Packed weights, dequantized a layer at a time in forward (never the whole model in fp32)."""
-        from shared.modeling.quantizers.int4_modules import load_int4
+        from weightflow.shared.modeling.quantizers.int4_modules import load_int4
 
         return load_int4(model_dir, auto_class, device)
 
     @staticmethod
     def _settings_python() -> Path | None:
-        from shared.settings import Settings
+        from weightflow.shared.settings import Settings
 
         return Settings().quant_python
 

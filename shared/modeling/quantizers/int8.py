@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from contracts.requirements import TaskSpec
-from shared.modeling.protocols import Quantizer, Task
-from shared.modeling.registry import quantizers
+from weightflow.contracts.requirements import TaskSpec
+from weightflow.shared.modeling.protocols import Quantizer, Task
+from weightflow.shared.modeling.registry import quantizers
 
 LAYOUT_FILE = "quantization.json"
 
@@ -28,7 +28,7 @@ class Int8WeightOnly(Quantizer):
 
     def quantize(self, task: Task, model_dir: Path, out_dir: Path, spec: TaskSpec, calibration: Sequence[Any],
                  device: Any) -> Path:
-        from shared.modeling.quantizers.int8_modules import quantize_int8, save_quantized
+        from weightflow.shared.modeling.quantizers.int8_modules import quantize_int8, save_quantized
 
         loaded = task.load(model_dir, device)
         quantize_int8(loaded.model)
@@ -43,12 +43,12 @@ class Int8WeightOnly(Quantizer):
         return (Path(model_dir) / LAYOUT_FILE).is_file()
 
     def load(self, model_dir: Path, auto_class: Any, device: Any) -> Any:
-        from shared.modeling.quantizers.int8_modules import load_int8
+        from weightflow.shared.modeling.quantizers.int8_modules import load_int8
 
         return load_int8(model_dir, auto_class, device)
 
     def make_trainable(self, model: Any) -> Any:
-        from shared.modeling.quantizers.int8_modules import dequantize_int8
+        from weightflow.shared.modeling.quantizers.int8_modules import dequantize_int8
 
         return dequantize_int8(model)
 

@@ -13,13 +13,13 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from contracts.requirements import ApiEndpoint, CandidateRef, ResolvedCandidate, TaskSpec
-from shared.modeling.protocols import CandidateSource, Task
-from shared.modeling.registry import sources
-from shared.modeling.remote import Endpoint
+from weightflow.contracts.requirements import ApiEndpoint, CandidateRef, ResolvedCandidate, TaskSpec
+from weightflow.shared.modeling.protocols import CandidateSource, Task
+from weightflow.shared.modeling.registry import sources
+from weightflow.shared.modeling.remote import Endpoint
 
 if TYPE_CHECKING:
-    from shared.artifacts import ArtifactStore
+    from weightflow.shared.artifacts import ArtifactStore
 
 CARD = "endpoint.json"
 CARD_KIND = "weightflow.endpoint/v1"

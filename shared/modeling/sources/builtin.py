@@ -18,14 +18,14 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from contracts.requirements import CandidateRef, ResolvedCandidate
-from shared.modeling.protocols import CandidateSource
-from shared.modeling.registry import sources
-from shared.modeling.sizes import size_class
-from shared.safetensors_check import validate_safetensors
+from weightflow.contracts.requirements import CandidateRef, ResolvedCandidate
+from weightflow.shared.modeling.protocols import CandidateSource
+from weightflow.shared.modeling.registry import sources
+from weightflow.shared.modeling.sizes import size_class
+from weightflow.shared.safetensors_check import validate_safetensors
 
 if TYPE_CHECKING:
-    from shared.artifacts import ArtifactStore
+    from weightflow.shared.artifacts import ArtifactStore
 
 SOURCE_REPO = "sentence-transformers/all-MiniLM-L6-v2"
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")

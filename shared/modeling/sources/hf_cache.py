@@ -11,15 +11,15 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from contracts.requirements import CandidateRef, ResolvedCandidate
-from shared.artifacts import tree_entries
-from shared.modeling.checkpoint import inspect_checkpoint
-from shared.modeling.protocols import CandidateSource
-from shared.modeling.registry import sources
-from shared.modeling.sources.path import describe
+from weightflow.contracts.requirements import CandidateRef, ResolvedCandidate
+from weightflow.shared.artifacts import tree_entries
+from weightflow.shared.modeling.checkpoint import inspect_checkpoint
+from weightflow.shared.modeling.protocols import CandidateSource
+from weightflow.shared.modeling.registry import sources
+from weightflow.shared.modeling.sources.path import describe
 
 if TYPE_CHECKING:
-    from shared.artifacts import ArtifactStore
+    from weightflow.shared.artifacts import ArtifactStore
 
 
 def cache_dir() -> Path:

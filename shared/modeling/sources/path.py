@@ -10,16 +10,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from contracts.requirements import CandidateRef, ResolvedCandidate
-from shared.artifacts import tree_entries
-from shared.modeling.checkpoint import CheckpointInfo, inspect_checkpoint
-from shared.modeling.protocols import CandidateSource
-from shared.modeling.registry import sources
-from shared.modeling.sizes import size_class
-from shared.safe_paths import resolve_inside
+from weightflow.contracts.requirements import CandidateRef, ResolvedCandidate
+from weightflow.shared.artifacts import tree_entries
+from weightflow.shared.modeling.checkpoint import CheckpointInfo, inspect_checkpoint
+from weightflow.shared.modeling.protocols import CandidateSource
+from weightflow.shared.modeling.registry import sources
+from weightflow.shared.modeling.sizes import size_class
+from weightflow.shared.safe_paths import resolve_inside
 
 if TYPE_CHECKING:
-    from shared.artifacts import ArtifactStore
+    from weightflow.shared.artifacts import ArtifactStore
 
 
 def describe(ref: CandidateRef, info: CheckpointInfo, reference: str, source: str, tree: str | None

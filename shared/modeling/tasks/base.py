@@ -12,11 +12,11 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from contracts.measurement import Interval, Measurement, SampleRow
-from contracts.requirements import HardwareProfile
+from weightflow.contracts.measurement import Interval, Measurement, SampleRow
+from weightflow.contracts.requirements import HardwareProfile
 
 if TYPE_CHECKING:
-    from shared.modeling.remote import Call, Caller
+    from weightflow.shared.modeling.remote import Call, Caller
 
 T = TypeVar("T")
 R = TypeVar("R")

@@ -14,17 +14,17 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel
 
-from contracts.measurement import Interval, Measurement, SampleRow
-from contracts.requirements import HardwareProfile, TaskSpec
-from shared.modeling.datasets import Example, Pair
-from shared.modeling.protocols import Classified, Embedded, GeneralOutputs, LoadedModel, Task
-from shared.modeling.tasks.base import measurement, request_latencies_ms, sample_rows, timed
+from weightflow.contracts.measurement import Interval, Measurement, SampleRow
+from weightflow.contracts.requirements import HardwareProfile, TaskSpec
+from weightflow.shared.modeling.datasets import Example, Pair
+from weightflow.shared.modeling.protocols import Classified, Embedded, GeneralOutputs, LoadedModel, Task
+from weightflow.shared.modeling.tasks.base import measurement, request_latencies_ms, sample_rows, timed
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
 
-    from shared.modeling.remote import Endpoint
+    from weightflow.shared.modeling.remote import Endpoint
 
 LABELLED_SPLITS = ("eval", "canary", "train")
 # How a chat model (an API candidate on route `chat`) is asked, unless task.prompt says otherwise.
@@ -152,7 +152,7 @@ class ClassificationTask(Task):
         import numpy as np
         from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 
-        from shared.stats import bootstrap, mean_interval
+        from weightflow.shared.stats import bootstrap, mean_interval
 
         truth = np.array([names.index(r.label) for r in rows])
         guess = np.array([names.index(p) if p in names else -1 for p in predicted])  # -1: no label, wrong
@@ -179,8 +179,8 @@ class ClassificationTask(Task):
                         hardware: HardwareProfile, confidence: float = 0.95) -> Measurement:
         """One text per request, as a client would send it: `classify` reads the endpoint's label;
         `embeddings` picks the label whose description embeds nearest (the zero-shot rule, remotely)."""
-        from shared.modeling.remote import Caller, MalformedResponse, field_of, text_of
-        from shared.modeling.tasks.base import remote_measurement
+        from weightflow.shared.modeling.remote import Caller, MalformedResponse, field_of, text_of
+        from weightflow.shared.modeling.tasks.base import remote_measurement
 
         names = self._check_labels(spec, rows)
         route = self.remote_route(spec, endpoint.route)
@@ -275,7 +275,7 @@ def _unit_rows(vectors: Sequence[Any]) -> np.ndarray:
     equal-length lists of numbers (base64 is never asked for)."""
     import numpy as np
 
-    from shared.modeling.remote import MalformedResponse
+    from weightflow.shared.modeling.remote import MalformedResponse
 
     try:
         matrix = np.asarray(vectors, dtype=np.float64)

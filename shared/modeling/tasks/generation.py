@@ -14,19 +14,19 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, Field, model_validator
 
-from contracts.limits import MAX_TEXT_CHARS
-from contracts.measurement import Interval, Measurement, SampleRow
-from contracts.requirements import HardwareProfile, TaskSpec
-from shared.modeling.protocols import LoadedModel
-from shared.modeling.registry import tasks
-from shared.modeling.tasks import text_metrics
-from shared.modeling.tasks.base import measurement, request_latencies_ms, sample_rows, timed
-from shared.modeling.tasks.language import LanguageTask, _Row, first_line, render_prompt
+from weightflow.contracts.limits import MAX_TEXT_CHARS
+from weightflow.contracts.measurement import Interval, Measurement, SampleRow
+from weightflow.contracts.requirements import HardwareProfile, TaskSpec
+from weightflow.shared.modeling.protocols import LoadedModel
+from weightflow.shared.modeling.registry import tasks
+from weightflow.shared.modeling.tasks import text_metrics
+from weightflow.shared.modeling.tasks.base import measurement, request_latencies_ms, sample_rows, timed
+from weightflow.shared.modeling.tasks.language import LanguageTask, _Row, first_line, render_prompt
 
 if TYPE_CHECKING:
     import torch
 
-    from shared.modeling.remote import Endpoint
+    from weightflow.shared.modeling.remote import Endpoint
 
 LATENCY_SAMPLES = 8
 
@@ -122,7 +122,7 @@ class Generation(LanguageTask):
         """(score, interval, per-row std, binary, every metric) of the answers against the rows' targets."""
         import numpy as np
 
-        from shared.stats import bootstrap, mean_interval
+        from weightflow.shared.stats import bootstrap, mean_interval
 
         per_row = [text_metrics.METRICS[metric](a, r.all_targets) for a, r in zip(answers, rows, strict=True)]
         extra = {name: float(np.mean([fn(a, r.all_targets) for a, r in zip(answers, rows, strict=True)]))
@@ -144,8 +144,8 @@ class Generation(LanguageTask):
                         hardware: HardwareProfile, confidence: float = 0.95) -> Measurement:
         """One row per request, greedy (temperature 0), at most `task.max_new_tokens`; the answer is the
         reply up to its first line break, as locally."""
-        from shared.modeling.remote import Caller, text_of
-        from shared.modeling.tasks.base import remote_measurement
+        from weightflow.shared.modeling.remote import Caller, text_of
+        from weightflow.shared.modeling.tasks.base import remote_measurement
 
         if not rows:
             raise ValueError("evaluation needs at least one row")

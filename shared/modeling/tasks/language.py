@@ -15,10 +15,17 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from contracts.limits import MAX_TEXT_CHARS
-from contracts.requirements import TaskSpec
-from shared.modeling.checkpoint import CheckpointInfo
-from shared.modeling.protocols import Completion, CompletionParams, GeneralOutputs, LoadedModel, Task, TextSink
+from weightflow.contracts.limits import MAX_TEXT_CHARS
+from weightflow.contracts.requirements import TaskSpec
+from weightflow.shared.modeling.checkpoint import CheckpointInfo
+from weightflow.shared.modeling.protocols import (
+    Completion,
+    CompletionParams,
+    GeneralOutputs,
+    LoadedModel,
+    Task,
+    TextSink,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -128,7 +135,7 @@ class LanguageTask(Task):
         return out
 
     def load(self, model_dir: Path, device: Any) -> LoadedModel:
-        from shared.modeling.loading import load_checkpoint, load_tokenizer
+        from weightflow.shared.modeling.loading import load_checkpoint, load_tokenizer
 
         tokenizer = load_tokenizer(model_dir)
         if tokenizer.pad_token is None:

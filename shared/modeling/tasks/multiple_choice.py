@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, Field, model_validator
 
-from contracts.limits import MAX_TEXT_CHARS
-from contracts.measurement import Measurement
-from contracts.requirements import HardwareProfile, TaskSpec
-from shared.modeling.protocols import LoadedModel
-from shared.modeling.registry import tasks
-from shared.modeling.tasks.base import measurement, request_latencies_ms, sample_rows, timed
-from shared.modeling.tasks.language import MAX_PROMPT_TOKENS, LanguageTask, _Row
+from weightflow.contracts.limits import MAX_TEXT_CHARS
+from weightflow.contracts.measurement import Measurement
+from weightflow.contracts.requirements import HardwareProfile, TaskSpec
+from weightflow.shared.modeling.protocols import LoadedModel
+from weightflow.shared.modeling.registry import tasks
+from weightflow.shared.modeling.tasks.base import measurement, request_latencies_ms, sample_rows, timed
+from weightflow.shared.modeling.tasks.language import MAX_PROMPT_TOKENS, LanguageTask, _Row
 
 if TYPE_CHECKING:
     import torch
@@ -71,7 +71,7 @@ class MultipleChoice(LanguageTask):
 
     def evaluate(self, loaded: LoadedModel, spec: TaskSpec, rows: Sequence[Any], metric: str,
                  hardware: HardwareProfile, confidence: float = 0.95) -> Measurement:
-        from shared.stats import mean_interval
+        from weightflow.shared.stats import mean_interval
 
         if not rows:
             raise ValueError("evaluation needs at least one row")

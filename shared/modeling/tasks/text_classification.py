@@ -11,11 +11,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from contracts.requirements import TaskSpec
-from shared.modeling.checkpoint import CheckpointInfo
-from shared.modeling.protocols import LoadedModel
-from shared.modeling.registry import tasks
-from shared.modeling.tasks.classification import ClassificationTask, label_names, mean_pool
+from weightflow.contracts.requirements import TaskSpec
+from weightflow.shared.modeling.checkpoint import CheckpointInfo
+from weightflow.shared.modeling.protocols import LoadedModel
+from weightflow.shared.modeling.registry import tasks
+from weightflow.shared.modeling.tasks.classification import ClassificationTask, label_names, mean_pool
 
 if TYPE_CHECKING:
     import torch
@@ -60,7 +60,7 @@ class TextClassification(ClassificationTask):
         return [f"{where}: {p}" for p in head_columns(info.id2label, spec)[1]]
 
     def load(self, model_dir: Path, device: Any) -> LoadedModel:
-        from shared.modeling.loading import load_checkpoint, load_tokenizer
+        from weightflow.shared.modeling.loading import load_checkpoint, load_tokenizer
 
         model = load_checkpoint(model_dir, "AutoModelForSequenceClassification", device)
         return LoadedModel(model, load_tokenizer(model_dir), device, self.name, Path(model_dir))
@@ -97,7 +97,7 @@ class TextClassification(ClassificationTask):
     def lora_targets(self, loaded: LoadedModel) -> tuple[list[str], list[str]]:
         from torch import nn
 
-        from shared.modeling.loading import attention_projections
+        from weightflow.shared.modeling.loading import attention_projections
 
         heads = [n for n in HEAD_NAMES if isinstance(getattr(loaded.model, n, None), nn.Module)]
         return attention_projections(loaded.model), heads[:1]

@@ -10,11 +10,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from contracts.requirements import TaskSpec
-from shared.modeling.checkpoint import CheckpointInfo
-from shared.modeling.protocols import LoadedModel
-from shared.modeling.registry import tasks
-from shared.modeling.tasks.classification import ClassificationTask, label_names, mean_pool
+from weightflow.contracts.requirements import TaskSpec
+from weightflow.shared.modeling.checkpoint import CheckpointInfo
+from weightflow.shared.modeling.protocols import LoadedModel
+from weightflow.shared.modeling.registry import tasks
+from weightflow.shared.modeling.tasks.classification import ClassificationTask, label_names, mean_pool
 
 if TYPE_CHECKING:
     import torch
@@ -35,7 +35,7 @@ class ZeroShotClassification(ClassificationTask):
         return []
 
     def load(self, model_dir: Path, device: Any) -> LoadedModel:
-        from shared.modeling.loading import load_checkpoint, load_tokenizer
+        from weightflow.shared.modeling.loading import load_checkpoint, load_tokenizer
 
         return LoadedModel(load_checkpoint(model_dir, "AutoModel", device), load_tokenizer(model_dir), device,
                            self.name, Path(model_dir))

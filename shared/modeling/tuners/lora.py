@@ -12,9 +12,9 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, Field
 
-from contracts.requirements import TaskSpec
-from shared.modeling.protocols import LoadedModel, Task, TrainResult, Tuner
-from shared.modeling.registry import tuners
+from weightflow.contracts.requirements import TaskSpec
+from weightflow.shared.modeling.protocols import LoadedModel, Task, TrainResult, Tuner
+from weightflow.shared.modeling.registry import tuners
 
 
 class LoraSettings(BaseModel):
@@ -35,12 +35,12 @@ class Lora(Tuner):
 
     def train(self, task: Task, loaded: LoadedModel, spec: TaskSpec, rows: Sequence[Any], out_dir: Path,
               seed: int = 0) -> TrainResult:
-        from shared.modeling.tuners.lora_training import train_lora
+        from weightflow.shared.modeling.tuners.lora_training import train_lora
 
         return train_lora(task, loaded, spec, rows, out_dir, self.settings.model_copy(update={"seed": seed}))
 
     def attach(self, loaded: LoadedModel, adapter_dir: Path) -> LoadedModel:
-        from shared.modeling.tuners.lora_training import attach
+        from weightflow.shared.modeling.tuners.lora_training import attach
 
         return attach(loaded, adapter_dir)
 

@@ -20,11 +20,11 @@ from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file
 from torch import nn
 
-from contracts.requirements import TaskSpec
-from contracts.tuning import LOSS_CURVE_POINTS
-from shared.modeling.protocols import LoadedModel, Task, TrainResult
-from shared.modeling.registry import quantizers
-from shared.modeling.tuners.lora import LoraSettings
+from weightflow.contracts.requirements import TaskSpec
+from weightflow.contracts.tuning import LOSS_CURVE_POINTS
+from weightflow.shared.modeling.protocols import LoadedModel, Task, TrainResult
+from weightflow.shared.modeling.registry import quantizers
+from weightflow.shared.modeling.tuners.lora import LoraSettings
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
