@@ -32,7 +32,7 @@ class Runs:
 
 
 def build_runs(tmp: Path) -> Runs:
-    from tests.test_workflow_unit import build_workflow
+    from tests.unit.test_workflow_unit import build_workflow
 
     with pytest.MonkeyPatch.context() as mp:
         flow = build_workflow(tmp / "tuned", mp)

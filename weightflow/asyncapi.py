@@ -3,7 +3,7 @@
     python -m weightflow.asyncapi > docs/asyncapi.yaml
 
 Each subscriber's payload schema comes from its handler's typed event, each publisher's from the
-topology; `tests/test_docs.py` fails when the committed document drifts from the code.
+topology; `tests/unit/test_docs.py` fails when the committed document drifts from the code.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ the plain ones and stumbles on the rest, which is the quality gap the demo's LoR
 the team's routing conventions are learnable from train.jsonl, not from the descriptions alone.
 
 Calibrated for requirements.yaml (threshold 0.80, tunable_gap 0.10; checked by
-tests/test_modeling.py): on eval.jsonl minilm-l3 scores about 0.67 (too far below to tune),
+tests/integration/test_modeling.py): on eval.jsonl minilm-l3 scores about 0.67 (too far below to tune),
 minilm-l6 about 0.78 in fp32 and int8 alike (a small gap), and a LoRA adapter trained on
 train.jsonl lifts int8 minilm-l6 to about 0.95 while general.jsonl Spearman moves by under 0.01.
 Changing the templates or weights below moves these numbers: rerun the tests.

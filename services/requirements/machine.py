@@ -1,7 +1,7 @@
 """The loop-back's state machine, declared once: per deployment and requirements version, which phase it is
 in, what moves it, and what it emits on the way.
 
-The table is the reference the decisions are tested against (tests/test_loopback_machine.py runs each canary
+The table is the reference the decisions are tested against (tests/unit/test_loopback_machine.py runs each canary
 row through the pure rules in services.requirements.routing) and the source of the diagram in docs/loopback.md
 (`python -m weightflow.services.requirements.machine > docs/loopback.md`; a test checks the committed page is current).
 """
@@ -98,10 +98,10 @@ def page() -> str:
     return f"""# The loop-back's state machine
 
 Generated from `services/requirements/machine.py`
-(`python -m weightflow.services.requirements.machine > docs/loopback.md`); `tests/test_loopback_machine.py`
+(`python -m weightflow.services.requirements.machine > docs/loopback.md`); `tests/unit/test_loopback_machine.py`
 checks this page against the code, and every canary row against the loop-back's decisions
-(`services/requirements/routing.py`); the unit lane's workflows (`tests/test_workflow_unit.py`,
-`tests/test_pre_promotion_canary.py`) walk the other rows.
+(`services/requirements/routing.py`); the unit lane's workflows (`tests/unit/test_workflow_unit.py`,
+`tests/integration/test_pre_promotion_canary.py`) walk the other rows.
 
 One owner decides every loop-back: the process manager in `services/requirements/loopback.py` (it runs in the
 requirements service's process) keeps, per deployment and requirements version, the attempts, the
