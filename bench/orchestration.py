@@ -43,6 +43,7 @@ from weightflow.contracts.base import Event, register
 from weightflow.contracts.topology import Stage
 from weightflow.contracts.workflow import RunRecord
 from weightflow.shared.bus import HandlerContext, HandlerResult, Service
+from weightflow.shared.bus.runtime import build_app
 from weightflow.shared.bus.streams import run_subject
 from weightflow.shared.settings import Settings
 
@@ -200,7 +201,7 @@ async def _microbench(url: str, home: Path, rounds: int, count: int, pause: floa
         signal.fire(time.perf_counter())
         return []
 
-    app = svc.build(settings)
+    app = build_app(svc, settings)
     quiet = ("faststream", "faststream.access.nats")  # one INFO line per message would flood the tables
     for name in quiet:
         logging.getLogger(name).setLevel(logging.WARNING)

@@ -41,6 +41,9 @@ class Event(Contract):
     STAGE: ClassVar[str] = ""
     NAME: ClassVar[str] = ""
     SCHEMA_VERSION: ClassVar[int] = 1
+    # An event that starts a run registers it in the run registry (stream WF_RUNS) as it is published, so later
+    # stages can tell a real run from a forged one; the bus asks `run_registration`, never which event it is.
+    REGISTERS_RUN: ClassVar[bool] = False
 
     event_type: str = ""
     event_id: UUID = Field(default_factory=uuid4)
@@ -82,6 +85,10 @@ class Event(Contract):
 
     def to_bytes(self) -> bytes:
         return self.model_dump_json().encode()
+
+    def run_registration(self) -> Contract | None:
+        """The run registry's entry this event publishes beside itself (events with REGISTERS_RUN)."""
+        return None
 
 
 EVENT_TYPES: dict[str, type[Event]] = {}

@@ -363,10 +363,19 @@ class RequirementsAccepted(Event):
     STAGE = "requirements"
     NAME = "accepted"
     SCHEMA_VERSION = 3
+    REGISTERS_RUN = True
     context: RunContext
     markdown_digest: str
     warnings: list[str] = Field(default_factory=list)
     reroute_of: UUID | None = Field(default=None, description="the run this one re-enters stage 2 for")
+
+    def run_registration(self) -> Contract:
+        """Accepting a run registers it, with the requirements it was accepted with."""
+        from weightflow.contracts.workflow import RunRecord  # workflow imports this module
+
+        c = self.context
+        return RunRecord(run_id=self.run_id, deployment=c.requirements.deployment.name, version=c.version,
+                         requirements_digest=c.requirements_digest, attempt=c.attempt)
 
 
 @register

@@ -9,7 +9,7 @@ from uuid import UUID
 from pydantic import Field, model_validator
 
 from weightflow.contracts.base import Contract, Event, register
-from weightflow.contracts.requirements import Exclusion
+from weightflow.contracts.requirements import Exclusion, RunContext
 
 
 @register
@@ -35,6 +35,17 @@ class RunRecord(Contract):
     version: int
     requirements_digest: str
     attempt: int = 0
+
+    def refusal(self, event: Event) -> str | None:
+        """Why `event` cannot belong to this run (None when it can): it carries the run's context, accepted with
+        other requirements."""
+        context = getattr(event, "context", None)
+        if isinstance(context, RunContext) and (context.requirements_digest != self.requirements_digest
+                                                or context.version != self.version):
+            return (f"{event.type_name()} {event.event_id} carries requirements v{context.version} "
+                    f"({context.requirements_digest[:12]}), but run {event.run_id} was accepted with "
+                    f"v{self.version} ({self.requirements_digest[:12]})")
+        return None
 
 
 class Ending(StrEnum):

@@ -47,7 +47,6 @@ from urllib.parse import quote, unquote, urlsplit
 from weightflow.contracts import topology
 from weightflow.contracts.base import Event
 from weightflow.contracts.registry import PromotionApproved, PromotionRejected
-from weightflow.contracts.requirements import RequirementsAccepted
 from weightflow.shared.bus import Service
 from weightflow.shared.bus.streams import RUNS_PREFIX, runs_stream_name
 from weightflow.shared.natsd import CLUSTER_SYNC_INTERVAL
@@ -80,7 +79,7 @@ class ServiceGrant:
             raise ValueError(f"service {service.name!r} declares that it emits {', '.join(forbidden)}, which only the "
                              "admin (CLI) user may publish; take it out of its emits in contracts/topology.py")
         subjects = {e.subject() for e in service.publishes}
-        if RequirementsAccepted in service.publishes:  # accepting a run registers it (shared.bus.streams)
+        if any(e.REGISTERS_RUN for e in service.publishes):  # the run registry's subjects (shared.bus.streams)
             subjects.add(f"{RUNS_PREFIX}.*")
         return cls(
             name=service.name,

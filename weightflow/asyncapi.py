@@ -14,6 +14,7 @@ import yaml
 from faststream.specification import AsyncAPI
 
 from weightflow.contracts.topology import SERVICES
+from weightflow.shared.bus.runtime import build_app
 from weightflow.shared.settings import Settings
 
 VERSION = "2"
@@ -24,7 +25,9 @@ def document() -> str:
     brokers = []
     for name in SERVICES:
         service = importlib.import_module(f"weightflow.services.{name}.app").service
-        brokers.append(service.build(settings).broker)
+        app = build_app(service, settings)
+        assert app.broker is not None
+        brokers.append(app.broker)
     spec = AsyncAPI(*brokers, title="weightflow", version=VERSION,
                     description="Every subject of the workflow's stream (WF) and the event each carries; "
                                 "contracts/topology.py says which service consumes and emits which.")

@@ -1,8 +1,9 @@
 """The event bus every service runs on: typed handlers over JetStream with inbox/outbox and dead letters.
 
-`service` declares handlers against the topology; `runtime` binds them to NATS; `processing` is the one
-transaction per event; `dead_letters`, `outbox`, `sweeper`, `lifecycle` are the promises around it;
-`inprocess` runs the same handlers without NATS for fast tests.
+`service` declares handlers against the topology; `delivery` is the one pipeline every message goes through
+(run check, retries, dead letters, the handler); `runtime` binds it to NATS and `inprocess` runs it without NATS
+for fast tests; `processing` is the one transaction per event; `dead_letters`, `outbox`, `sweeper`, `lifecycle`
+are the promises around it.
 """
 
 from weightflow.shared.bus.errors import OrphanError, PermanentError, UndecodableMessage

@@ -15,8 +15,6 @@ from sqlmodel import Session
 
 from weightflow.contracts.base import Event
 from weightflow.contracts.limits import MAX_EVENT_BYTES
-from weightflow.contracts.requirements import RequirementsAccepted
-from weightflow.contracts.workflow import RunRecord
 from weightflow.shared.bus.errors import PermanentError
 from weightflow.shared.bus.service import HandlerResult
 from weightflow.shared.bus.streams import run_subject
@@ -29,13 +27,6 @@ def already_processed(engine: Engine, service: str, event_id: str) -> bool:
         return session.get(InboxRecord, (service, event_id)) is not None
 
 
-def run_record(accepted: RequirementsAccepted) -> RunRecord:
-    """Accepting a run registers it, so later stages can tell a real run from a forged one."""
-    c = accepted.context
-    return RunRecord(run_id=accepted.run_id, deployment=c.requirements.deployment.name, version=c.version,
-                     requirements_digest=c.requirements_digest, attempt=c.attempt)
-
-
 def stage_outbox(session: Session, service: str, events: Sequence[Event]) -> None:
     trace = current_traceparent()
     for out in events:
@@ -43,9 +34,10 @@ def stage_outbox(session: Session, service: str, events: Sequence[Event]) -> Non
         if len(payload) > MAX_EVENT_BYTES:
             raise PermanentError(f"{out.type_name()} would be {len(payload)} bytes, over the {MAX_EVENT_BYTES}-byte "
                                  "event cap; the input that produced it is too large")
-        if isinstance(out, RequirementsAccepted):
+        registration = out.run_registration()
+        if registration is not None:
             session.add(OutboxRecord(event_id=f"run-{out.run_id}", service=service, subject=run_subject(out.run_id),
-                                     payload=run_record(out).model_dump_json().encode(), trace_context=trace))
+                                     payload=registration.model_dump_json().encode(), trace_context=trace))
         session.add(OutboxRecord(event_id=str(out.event_id), service=service, subject=out.subject(), payload=payload,
                                  trace_context=trace))
 

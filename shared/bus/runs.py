@@ -8,7 +8,6 @@ from uuid import UUID
 from nats.js.errors import NotFoundError
 
 from weightflow.contracts.base import Event
-from weightflow.contracts.requirements import RunContext
 from weightflow.contracts.workflow import RunRecord
 from weightflow.shared.bus.errors import OrphanError
 from weightflow.shared.bus.streams import run_subject, runs_stream_name
@@ -48,22 +47,10 @@ class NatsRuns:
 
 
 def check_run(event: Event, record: RunRecord | None) -> None:
-    """Raise OrphanError unless the event's run is registered and its context matches the registry."""
+    """Raise OrphanError unless the event's run is registered and the event agrees with its registration."""
     if record is None:
         raise OrphanError(f"run {event.run_id} is not a run the requirements service accepted: "
                           f"{event.type_name()} {event.event_id} has no history behind it")
-    context = getattr(event, "context", None)
-    if isinstance(context, RunContext) and (context.requirements_digest != record.requirements_digest
-                                            or context.version != record.version):
-        raise OrphanError(f"{event.type_name()} {event.event_id} carries requirements v{context.version} "
-                          f"({context.requirements_digest[:12]}), but run {event.run_id} was accepted with "
-                          f"v{record.version} ({record.requirements_digest[:12]})")
-
-
-RunLookup = MemoryRuns | NatsRuns
-
-
-async def lookup(runs: RunLookup, run_id: UUID) -> RunRecord | None:
-    if isinstance(runs, NatsRuns):
-        return await runs.fetch(run_id)
-    return runs.get(run_id)
+    refusal = record.refusal(event)
+    if refusal is not None:
+        raise OrphanError(refusal)

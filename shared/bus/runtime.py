@@ -9,10 +9,12 @@ write that fails NAKs rather than losing the message.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
+from uuid import UUID
 
 from faststream import AckPolicy, FastStream
 from faststream.middlewares import BaseMiddleware
@@ -26,16 +28,18 @@ from nats.js.errors import ServiceUnavailableError
 from opentelemetry.sdk.trace import TracerProvider
 
 from weightflow.contracts.base import SUBJECT_PREFIX, Event
+from weightflow.contracts.workflow import RunRecord
 from weightflow.shared import metrics
 from weightflow.shared.artifacts import open_store
 from weightflow.shared.bus import lifecycle
 from weightflow.shared.bus.background import Background
 from weightflow.shared.bus.dead_letters import write_dead_letter
 from weightflow.shared.bus.decoding import bounded_decoder
-from weightflow.shared.bus.errors import PermanentError, UndecodableMessage
+from weightflow.shared.bus.delivery import DeadLetter, Done, HandBack, Message, Retry, Verdict, deliver
+from weightflow.shared.bus.errors import UndecodableMessage
 from weightflow.shared.bus.outbox import waiting
 from weightflow.shared.bus.processing import already_processed, commit
-from weightflow.shared.bus.runs import NatsRuns, check_run, lookup
+from weightflow.shared.bus.runs import NatsRuns
 from weightflow.shared.bus.service import Delivery, HandlerContext, HandlerSpec, Service
 from weightflow.shared.bus.streams import ensure_streams
 from weightflow.shared.bus.sweeper import Sweeper
@@ -46,10 +50,6 @@ from weightflow.shared.telemetry import current_trace_id, setup_tracing
 
 log = logging.getLogger("weightflow.bus")
 STARTUP_PATIENCE_S = 120.0
-
-
-def backoff_s(deliveries: int, cap: float) -> float:
-    return float(min(2.0**deliveries, cap))
 
 
 class ServiceRuntime(lifecycle.Lifecycle, Background):
@@ -197,47 +197,47 @@ class ServiceRuntime(lifecycle.Lifecycle, Background):
     async def handle(self, spec: HandlerSpec[Any], event: Event, msg: NatsMessage) -> None:
         started = time.perf_counter()
         name = spec.event_type.type_name()
-        outcome = await self._handle(spec, event, msg)
-        metrics.EVENTS_CONSUMED.labels(self.service.name, name, outcome).inc()
-        metrics.HANDLER_SECONDS.labels(self.service.name, name).observe(time.perf_counter() - started)
-
-    async def _handle(self, spec: HandlerSpec[Any], event: Event, msg: NatsMessage) -> str:
-        """Deliver one message; returns its outcome for the metrics."""
         meta = msg.raw_message.metadata
         delivery = Delivery(msg.raw_message.subject, meta.sequence.stream if meta.sequence else None,
                             meta.num_delivered or 1)
         if delivery.deliveries > 1:
-            metrics.REDELIVERIES.labels(self.service.name, spec.event_type.type_name()).inc()
-        budget = self.settings.max_deliver
-        if self.stopping:  # shutting down: leave it to a replica or to our own restart
-            await msg.nack(delay=1.0)
-            return "handed_back"
-        if delivery.deliveries > budget:
-            return await self.dead_letter(msg, "exhausted", (
-                f"delivered {delivery.deliveries - 1} times without an ack: the {self.service.name} handler crashed, "
-                f"hung or was killed every time (see its log)"))
-        with self.in_flight(msg):
-            try:
-                if spec.requires_run:
-                    assert self.runs is not None
-                    check_run(event, await lookup(self.runs, event.run_id))
-                handled = await asyncio.to_thread(self._process, spec, event, delivery)
-            except PermanentError as exc:
-                return await self.dead_letter(msg, exc.reason, f"{type(exc).__name__}: {exc}")
-            except Exception as exc:
-                log.exception("%s failed on %s (delivery %d of %d)", self.service.name, event.type_name(),
-                              delivery.deliveries, budget)
-                if delivery.deliveries >= budget:
-                    return await self.dead_letter(
-                        msg, "exhausted", f"{type(exc).__name__}: {exc} (after {delivery.deliveries} deliveries)")
-                await msg.nack(delay=backoff_s(delivery.deliveries, self.settings.retry_backoff_cap_s))
+            metrics.REDELIVERIES.labels(self.service.name, name).inc()
+        outcome = await self._settle(await deliver(self, Message(spec, event, delivery, msg)), msg)
+        metrics.EVENTS_CONSUMED.labels(self.service.name, name, outcome).inc()
+        metrics.HANDLER_SECONDS.labels(self.service.name, name).observe(time.perf_counter() - started)
+
+    async def _settle(self, verdict: Verdict, msg: NatsMessage) -> str:
+        """Carry out the pipeline's verdict on the NATS message; returns its outcome for the metrics."""
+        match verdict:
+            case HandBack():
+                await msg.nack(delay=1.0)
+                return "handed_back"
+            case Retry(delay_s=delay):
+                await msg.nack(delay=delay)
                 return "retried"
-        if self.released(msg):  # NAKed at shutdown; its redelivery will find the inbox row
-            return "handed_back"
-        self.crash_point("after_commit")
-        await self.publish_outbox()
-        await msg.ack()
-        return "handled" if handled else "duplicate"
+            case DeadLetter(reason=reason, error=error):
+                return await self.dead_letter(msg, reason, error)
+            case Done(handled=handled):
+                if self.released(msg):  # NAKed at shutdown; its redelivery will find the inbox row
+                    return "handed_back"
+                self.crash_point("after_commit")
+                await self.publish_outbox()
+                await msg.ack()
+                return "handled" if handled else "duplicate"
+        raise AssertionError(verdict)
+
+    # -- what the pipeline borrows (shared.bus.delivery.Runner) ----------------------------------
+    @contextlib.asynccontextmanager
+    async def working_on(self, message: Message) -> AsyncIterator[None]:
+        with self.in_flight(message.raw):
+            yield
+
+    async def run_record(self, run_id: UUID) -> RunRecord | None:
+        assert self.runs is not None
+        return await self.runs.fetch(run_id)
+
+    async def process(self, message: Message) -> bool:
+        return await asyncio.to_thread(self._process, message.spec, message.event, message.delivery)
 
     def _process(self, spec: HandlerSpec[Any], event: Event, delivery: Delivery) -> bool:
         """Handle and commit; False when the event had already been handled (here or by a replica)."""
@@ -345,3 +345,13 @@ class ServiceRuntime(lifecycle.Lifecycle, Background):
             event = spec.event_type.type_name()
             metrics.CONSUMER_PENDING.labels(name, event).set(info.num_pending or 0)
             metrics.CONSUMER_ACK_PENDING.labels(name, event).set(info.num_ack_pending or 0)
+
+
+def build_app(service: Service, settings: Settings | None = None, *, url: str | None = None) -> FastStream:
+    """The faststream app of `service` (a test's, the AsyncAPI document's, or a process's)."""
+    return ServiceRuntime(service, settings or Settings()).build(url=url)
+
+
+def run_process(service: Service, settings: Settings | None = None) -> None:
+    """Run `service` as this OS process's only job until SIGTERM/SIGINT (what `weightflow service NAME` does)."""
+    ServiceRuntime(service, settings or Settings(), exit_process_on_stop=True).run()

@@ -150,15 +150,3 @@ class Service:
         """Replies (JetStream acks, fetched messages) arrive under this prefix, so NATS permissions can
         let each service read its own inbox only (shared.nats_auth)."""
         return f"_INBOX.{self.name}"
-
-    def build(self, settings: Settings | None = None, *, url: str | None = None) -> Any:
-        """The faststream app for this service (see shared.bus.runtime)."""
-        from weightflow.shared.bus.runtime import ServiceRuntime
-
-        return ServiceRuntime(self, settings or Settings()).build(url=url)
-
-    def run_process(self, settings: Settings | None = None) -> None:
-        """Run as this OS process's only job until SIGTERM/SIGINT (what `weightflow service NAME` does)."""
-        from weightflow.shared.bus.runtime import ServiceRuntime
-
-        ServiceRuntime(self, settings or Settings(), exit_process_on_stop=True).run()

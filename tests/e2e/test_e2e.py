@@ -193,8 +193,8 @@ def test_the_report_of_the_run_in_a_browser(first_run: list[Event], live_stack: 
                                             driver: Any) -> None:
     """The run's page, written by the CLI from the real stack and opened in a real headless Chromium: what the
     unit lane's pages show holds for a run the services made, runbook from the artifact store included."""
-    from ..pages_fixtures import artifacts_dir, console_errors, full_screenshot
     from ..integration.test_report import drawn_points, open_page
+    from ..pages_fixtures import artifacts_dir, console_errors, full_screenshot
 
     run_id = first_run[0].run_id
     assert_run_report(live_stack, run_id, tmp_path)

@@ -28,6 +28,7 @@ from weightflow.contracts.topology import Stage
 from weightflow.contracts.workflow import DeadLettered
 from weightflow.shared.artifacts import ArtifactStore
 from weightflow.shared.bus import HandlerContext, HandlerResult, Service
+from weightflow.shared.bus.runtime import build_app
 from weightflow.shared.db import DeadLetterRecord, InboxRecord, OutboxRecord, make_engine
 from weightflow.shared.settings import Settings
 from weightflow.submission import prepare
@@ -118,7 +119,7 @@ def test_duplicates_retries_and_poison(settings: Settings, database_url: str) ->
     seen = Collector()
 
     async def scenario() -> None:
-        app = svc.build(settings)
+        app = build_app(svc, settings)
         await app.start()
         try:
             async with Client(settings) as client:
@@ -170,7 +171,7 @@ def test_shutdown_finishes_quick_work_and_naks_the_rest(settings: Settings) -> N
 
     async def scenario() -> float:
         started = threading.Event()
-        app = slow_service(started, 0.5, calls_a).build(settings)
+        app = build_app(slow_service(started, 0.5, calls_a), settings)
         await app.start()
         async with Client(settings) as client:
             await client.publish(Ping(run_id=uuid4(), n=1))  # finishes inside the grace period
@@ -178,13 +179,13 @@ def test_shutdown_finishes_quick_work_and_naks_the_rest(settings: Settings) -> N
             started.clear()
             await app.stop()
             assert calls_a == [1]
-            app = slow_service(started, 6.0, calls_a).build(settings)
+            app = build_app(slow_service(started, 6.0, calls_a), settings)
             await app.start()
             await client.publish(Ping(run_id=uuid4(), n=2))  # outlives the grace period
             await wait_for(started.is_set)
             stopped_at = time.monotonic()
             await app.stop()
-            app = slow_service(threading.Event(), 0.0, calls_b).build(settings)
+            app = build_app(slow_service(threading.Event(), 0.0, calls_b), settings)
             await app.start()
             try:
                 await wait_for(lambda: 2 in calls_b, timeout=15)
@@ -214,7 +215,7 @@ def test_the_bus_counts_deliveries_itself(settings: Settings) -> None:
     svc = service("crasher", on_ping)
 
     async def scenario() -> tuple[int, Ping]:
-        app = svc.build(settings)
+        app = build_app(svc, settings)
         await app.start()  # declares the stream and the durable consumers, as a deployed service would
         await app.stop()
         async with Client(settings) as client:
@@ -230,7 +231,7 @@ def test_the_bus_counts_deliveries_itself(settings: Settings) -> None:
                 sequence: int = msg.metadata.sequence.stream
                 await asyncio.sleep(settings.ack_wait_s + 0.5)
             await crashing.unsubscribe()
-            app = svc.build(settings)
+            app = build_app(svc, settings)
             await app.start()
             try:
                 await wait_for(lambda: bool(rows(settings, DeadLetterRecord)), timeout=20)
@@ -272,7 +273,7 @@ def test_no_message_can_wedge_the_service(settings: Settings) -> None:
     seen = Collector()
 
     async def scenario() -> None:
-        app = svc.build(settings)
+        app = build_app(svc, settings)
         await app.start()
         try:
             async with Client(settings) as client:
@@ -337,7 +338,7 @@ def test_a_dead_letter_that_cannot_be_written_is_retried_not_lost(settings: Sett
     svc = service("diskfull", lambda event, ctx: effect(event))
 
     async def scenario() -> None:
-        app = svc.build(settings)
+        app = build_app(svc, settings)
         await app.start()
         try:
             async with Client(settings) as client:
@@ -359,7 +360,7 @@ def test_the_sweeper_records_what_jetstream_dropped(settings: Settings) -> None:
     svc = service("swept", lambda event, ctx: effect(event))
 
     async def scenario() -> Ping:
-        app = svc.build(settings)
+        app = build_app(svc, settings)
         await app.start()
         await app.stop()
         async with Client(settings) as client:
@@ -371,7 +372,7 @@ def test_the_sweeper_records_what_jetstream_dropped(settings: Settings) -> None:
             await msg.term()
             await rogue.unsubscribe()
             await client.publish(Ping(run_id=uuid4(), n=6))
-            app = svc.build(settings)
+            app = build_app(svc, settings)
             await app.start()
             try:
                 await wait_for(lambda: bool(rows(settings, DeadLetterRecord)), timeout=20)
@@ -395,7 +396,7 @@ def test_events_with_no_history_are_orphans_and_forged_advisories_do_nothing(set
     svc = service("skeptic", on_ping, requires_run=True)
 
     async def scenario() -> None:
-        app = svc.build(settings)
+        app = build_app(svc, settings)
         await app.start()
         try:
             async with Client(settings) as client:
@@ -432,7 +433,7 @@ def test_model_work_holds_no_transaction(settings: Settings, database_url: str) 
     states: list[str] = []
 
     async def scenario() -> None:
-        app = svc.build(settings)
+        app = build_app(svc, settings)
         await app.start()
         try:
             async with Client(settings) as client:

@@ -37,6 +37,7 @@ from weightflow.contracts.requirements import RequirementsRejected, Requirements
 from weightflow.contracts.workflow import DeadLettered
 from weightflow.shared import nats_auth
 from weightflow.shared.bus import Service
+from weightflow.shared.bus.runtime import build_app
 from weightflow.shared.nats_objects import NatsObjects
 from weightflow.shared.natsd import EmbeddedNats, free_port
 from weightflow.shared.settings import Settings
@@ -216,7 +217,7 @@ def test_service_runs_its_real_work_with_its_own_permissions(secured: SecuredNat
                                 database_url=f"sqlite:///{secured.home.parent / 'requirements.db'}")
 
     async def scenario() -> None:
-        app = service.build(settings)
+        app = build_app(service, settings)
         await app.start()
         try:
             async with Client(secured.settings("admin")) as admin:

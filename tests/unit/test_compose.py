@@ -9,7 +9,8 @@ value weightflow accepts; and no volume is shared between services (artifacts go
 
 What the file relies on is exercised by real processes elsewhere: the cluster and its leaders dying
 (tests/e2e/test_cluster.py), the generated accounts on a cluster and the artifact bucket under them
-(tests/integration/test_nats_permissions.py), six services with no shared disk (tests/e2e/test_shared_nothing.py), PostgreSQL and
+(tests/integration/test_nats_permissions.py), six services with no shared disk
+(tests/e2e/test_shared_nothing.py), PostgreSQL and
 `weightflow db upgrade` (tests/integration/test_migrations.py, the `postgres`-marked suites).
 """
 

@@ -39,6 +39,7 @@ def service(name: str = typer.Argument(..., help=f"one of {', '.join(SERVICES)}"
                         format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s")
     # one line per HTTP request of a canary or an API benchmark drowns the log; failures are logged by us
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    from weightflow.shared.bus.runtime import run_process
     from weightflow.shared.modeling.registry import load_plugins
 
     try:
@@ -50,7 +51,7 @@ def service(name: str = typer.Argument(..., help=f"one of {', '.join(SERVICES)}"
             raise
         err.print(f"[red]error:[/] {escape(message)}", highlight=False)
         raise SystemExit(REFUSED_TO_START_EXIT) from None
-    importlib.import_module(f"weightflow.services.{name}.app").service.run_process(settings)
+    run_process(importlib.import_module(f"weightflow.services.{name}.app").service, settings)
 
 
 def _started(stack: Stack) -> Stack:
