@@ -498,3 +498,22 @@ def test_a_served_language_model_measured_as_an_api_matches_the_model_in_process
     assert remote.via == "http" and remote.n == local.n == len(eval_rows)
     assert remote.score == local.score and remote.extra["chrf"] == pytest.approx(local.extra["chrf"])
     assert remote.extra["completion_tokens_per_task"] > 0 and remote.extra["http_status/200"] == len(eval_rows)
+
+
+def test_every_route_is_a_router_function_and_counted_by_its_path(encoder_server: ServerThread) -> None:
+    """The routes live in weightflow/serving/routes/ (one router per audience), readable and testable on their
+    own; create_app only assembles them. Requests are counted by route: a routed path under its own label."""
+    from fastapi.routing import APIRoute
+
+    from weightflow.serving.app import ROUTERS, route_paths
+
+    routes = [r for router in ROUTERS for r in router.routes if isinstance(r, APIRoute)]
+    assert route_paths() == {"/healthz", "/readyz", "/v1/models", "/v1/classify", "/v1/embeddings",
+                             "/v1/completions", "/v1/chat/completions"}
+    for route in routes:
+        module, name = route.endpoint.__module__, route.endpoint.__qualname__
+        assert module.startswith("weightflow.serving.routes.") and "<locals>" not in name, (route.path, module, name)
+    assert post(encoder_server, "/v1/classify", {"model": "ticket-router", "input": TEXTS[:1]}).status_code == 200
+    assert httpx.get(encoder_server.url + "/no/such/route", timeout=10).status_code == 404
+    scraped = httpx.get(encoder_server.url + "/metrics", timeout=10).text
+    assert 'route="/v1/classify",status="200"' in scraped and 'route="other",status="404"' in scraped, scraped[:2000]
