@@ -19,6 +19,9 @@ from weightflow.contracts.monitoring import CanaryFailed
 from weightflow.shared.sample_logs import parse
 
 WORST_SHOWN = 5
+# Live canaries whose rows a report shows (a deployment watched for weeks has thousands; `weightflow samples` has
+# the rest).
+LATEST_CANARY_SAMPLES = 3
 
 # What an event's measurement field measured, by (event name, field); anything else is named by its event.
 STAGES = {
@@ -136,3 +139,9 @@ def read_rows(evaluation: Evaluation, read_bytes: Callable[[str], bytes]) -> str
     except Exception as exc:  # a log missing on this host, or damaged, is a line of output, never a crash
         return f"the sample log {evaluation.digest[:12]} is not readable here: {str(exc)[:200]}"
     return None
+
+
+def shown(found: Sequence[Evaluation]) -> list[Evaluation]:
+    """What a report shows rows of: every evaluation but the live canaries, of which only the latest few."""
+    canaries = [e for e in found if e.stage == "canary"]
+    return [e for e in found if e.stage != "canary" or e in canaries[-LATEST_CANARY_SAMPLES:]]

@@ -2,13 +2,13 @@
 
 Built from the events alone, like `status`: the requirements, every candidate measured (score with its
 interval, the other metrics, per-label precision and recall, latency, cost, verdict), the selection's
-decision trail, memory budgets and fitting steps, the tuning gate, registration, canaries and the
-loop-back.
+decision trail, memory budgets and fitting steps, the tuning gate, registration, canaries, the
+loop-back, and each evaluation's worst rows from its sample log (where the store is readable).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from uuid import UUID
 
 from weightflow.contracts.base import Event
@@ -20,6 +20,7 @@ from weightflow.contracts.registry import DeploymentPromoted, ModelRegistered, R
 from weightflow.contracts.requirements import RequirementsAccepted
 from weightflow.contracts.tuning import AdapterTrained, TuningGated
 from weightflow.contracts.workflow import WorkflowHalted, WorkflowRerouted
+from weightflow.evaluations import evaluations, read_rows, shown
 from weightflow.pages.figures import benchmarked
 from weightflow.pages.page import other_metrics
 from weightflow.render import score, verdict_text
@@ -84,7 +85,43 @@ def _canaries(events: Sequence[Event]) -> list[str]:
     return rows
 
 
-def render(run_id: UUID, events: Sequence[Event], outcome: str) -> str:
+def _cell(text: str, limit: int = 80) -> str:
+    """A sample's text as one Markdown table cell: one line, no column breaks, cut."""
+    flat = " ".join(text.split()).replace("|", "\\|")
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def _samples(events: Sequence[Event], read_bytes: Callable[[str], bytes] | None) -> list[str]:
+    """Each evaluation's worst rows (the live canaries only the latest few), as the HTML page shows them."""
+    found, _ = evaluations(events)
+    picked = shown(found)
+    if not picked:
+        return []
+    out = ["## Samples", ""]
+    if read_bytes is None:
+        return [*out, f"{len(found)} evaluations keep their rows; `weightflow samples RUN` shows them.", ""]
+    for evaluation in picked:
+        out += [f"### {evaluation.title}", ""]
+        problem = read_rows(evaluation, read_bytes)
+        if problem is not None:
+            out += [problem, ""]
+            continue
+        wrong, worst = evaluation.wrong(), evaluation.worst()
+        out.append(f"{len(wrong)} of {len(evaluation.rows)} rows wrong (sample log `{evaluation.digest[:12]}`)"
+                   + (f"; the {len(worst)} lowest-scored:" if worst else "."))
+        if worst:
+            out += ["", "| row | score | input | answered | expected |", "|---|---|---|---|---|"]
+            out += [f"| {_cell(r.id, 24)} | {r.score:.3g} | {_cell(r.input)} | {_cell(r.prediction, 40)} "
+                    f"| {_cell(r.target, 40)} |" for r in worst]
+        out.append("")
+    if len(found) > len(picked):
+        out += [f"{len(found) - len(picked)} earlier canaries left out: `weightflow samples RUN` has them.", ""]
+    return out
+
+
+def render(run_id: UUID, events: Sequence[Event], outcome: str,
+           read_bytes: Callable[[str], bytes] | None = None) -> str:
+    """The report; with `read_bytes` (the artifact store's), each evaluation's worst rows as well."""
     out = [f"# Run {run_id}", "", f"Outcome: **{outcome}**.", ""]
     accepted = _of(events, RequirementsAccepted)
     if accepted and isinstance(accepted[0], RequirementsAccepted):
@@ -179,4 +216,5 @@ def render(run_id: UUID, events: Sequence[Event], outcome: str) -> str:
             elif isinstance(e, WorkflowHalted):
                 out.append(f"- **halted**: {e.reason}")
                 out += [f"  - advice: {a}" for a in e.advice]
+    out += ["", *_samples(events, read_bytes)]
     return "\n".join(out).rstrip() + "\n"

@@ -303,3 +303,26 @@ def test_a_deployment_page_in_a_browser_has_every_canary_of_its_runs(runs: Runs,
     assert drawn_points(driver)["canary-plot"] == (len(canaries), 0)
     assert driver.find_element("tag name", "h1").text == "Deployment scripted"
     full_screenshot(driver, artifacts_dir(tmp_path) / "report-deployment.png")
+
+
+def test_the_markdown_report_shows_each_evaluations_worst_rows_from_its_sample_log(runs: Runs) -> None:
+    """`weightflow report` (Markdown) shows what the page shows of the rows: each evaluation, how many rows it got
+    wrong and the lowest-scored ones, read from the sample logs in the store; without a store, where they are."""
+    from weightflow.evaluations import evaluations, read_rows
+
+    assert runs.store is not None
+    picked, outcome = run_scope(runs.tuned, first_run(runs.tuned))
+    text = render(first_run(runs.tuned), picked, outcome, runs.store.read_bytes)
+    found, _ = evaluations(picked)
+    assert found and "## Samples" in text
+    for evaluation in found:
+        assert f"### {evaluation.title}" in text
+        assert read_rows(evaluation, runs.store.read_bytes) is None
+        assert f"{len(evaluation.wrong())} of {len(evaluation.rows)} rows wrong" in text
+        for row in evaluation.worst():
+            assert f"| {row.id} | {row.score:.3g} |" in text, row.id
+    assert any(evaluation.worst() for evaluation in found), "the scripted run gets some rows wrong"
+    unread = render(first_run(runs.tuned), picked, outcome)
+    assert f"{len(found)} evaluations keep their rows; `weightflow samples RUN` shows them." in unread
+    broken = render(first_run(runs.tuned), picked, outcome, lambda digest: b"\x00 not a sample log")
+    assert "is not readable here" in broken and "Traceback" not in broken

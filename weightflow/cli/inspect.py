@@ -151,7 +151,7 @@ def report(run_id: str = typer.Argument("", metavar="RUN", help="run id (or a pr
         _write(html, render_run_page(chosen, picked, outcome, options))
         if out is None:
             return
-    text = render(chosen, tracker.events, tracker.outcome or "in progress")
+    text = render(chosen, tracker.events, tracker.outcome or "in progress", store(settings).read_bytes)
     if out is None:
         console.print(text, markup=False, highlight=False)
         return

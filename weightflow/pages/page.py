@@ -24,13 +24,12 @@ from weightflow.contracts.registry import ModelRegistered, RolledBack
 from weightflow.contracts.requirements import Requirements, RequirementsAccepted, RunContext
 from weightflow.contracts.tuning import AdapterTrained, TuningGated
 from weightflow.contracts.workflow import WorkflowHalted, WorkflowRerouted, WorkflowResumed
-from weightflow.evaluations import evaluations, read_rows
+from weightflow.evaluations import evaluations, read_rows, shown
 from weightflow.pages import figures
 from weightflow.pages.trail import trail
 from weightflow.render import verdict_text
 
 MB = 1024 * 1024
-LATEST_CANARY_SAMPLES = 3
 
 
 @dataclass(frozen=True)
@@ -186,15 +185,14 @@ def _samples(events: Sequence[Event], read_text: Callable[[str], str] | None) ->
     """Each evaluation's worst-scored rows, read before rendering; the live canaries only the latest few (a
     deployment watched for weeks has thousands), the rest named by `weightflow samples`."""
     found, without = evaluations(events)
-    canaries = [e for e in found if e.stage == "canary"]
-    shown = [e for e in found if e.stage != "canary" or e in canaries[-LATEST_CANARY_SAMPLES:]]
+    picked = shown(found)
     tables = []
     if read_text is not None:
-        for evaluation in shown:
+        for evaluation in picked:
             problem = read_rows(evaluation, lambda digest: read_text(digest).encode())
             tables.append({"title": evaluation.title, "digest": evaluation.digest, "problem": problem,
                            "worst": evaluation.worst(), "wrong": len(evaluation.wrong()), "n": len(evaluation.rows)})
-    return {"tables": tables, "found": len(found), "left_out": len(found) - len(shown), "without": without,
+    return {"tables": tables, "found": len(found), "left_out": len(found) - len(picked), "without": without,
             "readable": read_text is not None}
 
 
