@@ -41,9 +41,6 @@ class Event(Contract):
     STAGE: ClassVar[str] = ""
     NAME: ClassVar[str] = ""
     SCHEMA_VERSION: ClassVar[int] = 1
-    # An event that starts a run registers it in the run registry (stream WF_RUNS) as it is published, so later
-    # stages can tell a real run from a forged one; the bus asks `run_registration`, never which event it is.
-    REGISTERS_RUN: ClassVar[bool] = False
 
     event_type: str = ""
     event_id: UUID = Field(default_factory=uuid4)
@@ -87,8 +84,15 @@ class Event(Contract):
         return self.model_dump_json().encode()
 
     def run_registration(self) -> Contract | None:
-        """The run registry's entry this event publishes beside itself (events with REGISTERS_RUN)."""
+        """The run registry's entry this event publishes beside itself: an event that starts a run registers it
+        (stream WF_RUNS), so later stages can tell a real run from a forged one. The bus asks this, never which
+        event it is; an event type overrides it to register runs."""
         return None
+
+    @classmethod
+    def registers_runs(cls) -> bool:
+        """Whether events of this type register runs (the publisher needs the run registry's subjects)."""
+        return cls.run_registration is not Event.run_registration
 
 
 EVENT_TYPES: dict[str, type[Event]] = {}

@@ -363,7 +363,6 @@ class RequirementsAccepted(Event):
     STAGE = "requirements"
     NAME = "accepted"
     SCHEMA_VERSION = 3
-    REGISTERS_RUN = True
     context: RunContext
     markdown_digest: str
     warnings: list[str] = Field(default_factory=list)

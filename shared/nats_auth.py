@@ -79,7 +79,7 @@ class ServiceGrant:
             raise ValueError(f"service {service.name!r} declares that it emits {', '.join(forbidden)}, which only the "
                              "admin (CLI) user may publish; take it out of its emits in contracts/topology.py")
         subjects = {e.subject() for e in service.publishes}
-        if any(e.REGISTERS_RUN for e in service.publishes):  # the run registry's subjects (shared.bus.streams)
+        if any(e.registers_runs() for e in service.publishes):  # the run registry's subjects (shared.bus.streams)
             subjects.add(f"{RUNS_PREFIX}.*")
         return cls(
             name=service.name,

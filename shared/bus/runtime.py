@@ -216,7 +216,8 @@ class ServiceRuntime(lifecycle.Lifecycle, Background):
                 await msg.nack(delay=delay)
                 return "retried"
             case DeadLetter(reason=reason, error=error):
-                return await self.dead_letter(msg, reason, error)
+                with self.in_flight(msg):  # still ours while the record is written (a slow disk or a locked database)
+                    return await self.dead_letter(msg, reason, error)
             case Done(handled=handled):
                 if self.released(msg):  # NAKed at shutdown; its redelivery will find the inbox row
                     return "handed_back"

@@ -25,11 +25,15 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+import weightflow
 from weightflow.contracts.requirements import TaskSpec
 from weightflow.shared.modeling.budget import SERVING_BATCH
 
 CHILD_TIMEOUT_S = 1800.0
-_ROOT = Path(__file__).resolve().parents[2]
+# The folder that holds the `weightflow` package (a checkout's root, or site-packages), first on the child's path:
+# it adds weightflow itself and nothing that could shadow a package of the user's (the old parents[2] was
+# site-packages/weightflow in an installed wheel, which put weightflow's `shared` and `contracts` first).
+_ROOT = Path(weightflow.__file__).resolve().parent.parent
 
 
 class PeakRequest(BaseModel):

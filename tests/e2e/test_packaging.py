@@ -63,8 +63,21 @@ def test_the_wheel_installs_beside_a_package_named_shared(tmp_path: Path) -> Non
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(tmp_path / "dist"),
                     str(ROOT)], check=True, capture_output=True)
     wheel = next((tmp_path / "dist").glob("weightflow-*.whl"))
-    tops = {name.split("/")[0] for name in zipfile.ZipFile(wheel).namelist()}
+    names = set(zipfile.ZipFile(wheel).namelist())
+    tops = {name.split("/")[0] for name in names}
     assert {t for t in tops if not t.endswith(".dist-info")} == {"weightflow"}, tops
+    assert {"weightflow/shared/settings.py", "weightflow/contracts/base.py", "weightflow/services/registry/app.py",
+            "weightflow/shared/migrations/env.py"} <= names
+    # the sdist holds the linked folders' files too: a wheel built from it (what `pip install` of the sdist does)
+    # holds the same files as the one built from the tree
+    subprocess.run([sys.executable, "-m", "build", "--sdist", "--outdir", str(tmp_path / "sdist"), str(ROOT)],
+                   check=True, capture_output=True)
+    sdist = next((tmp_path / "sdist").glob("weightflow-*.tar.gz"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(tmp_path / "from-sdist"),
+                    str(sdist)], check=True, capture_output=True)
+    rebuilt = set(zipfile.ZipFile(next((tmp_path / "from-sdist").glob("weightflow-*.whl"))).namelist())
+    code = {n for n in names if not n.endswith(("RECORD", ".pyc"))}
+    assert code - rebuilt == set() and not any(n.endswith(".pyc") for n in rebuilt), sorted(code - rebuilt)[:10]
 
     env_dir = tmp_path / "env"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env_dir)], check=True)

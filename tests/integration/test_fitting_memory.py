@@ -98,7 +98,7 @@ def test_a_measuring_child_ends_with_the_service_that_asked(tmp_path: Path) -> N
 
     parent = subprocess.Popen([sys.executable, "-c", (
         "import subprocess, sys, time\n"
-        "subprocess.Popen([sys.executable, '-c', 'from shared.modeling.peak import _exit_with_parent\\n"
+        "subprocess.Popen([sys.executable, '-c', 'from weightflow.shared.modeling.peak import _exit_with_parent\\n"
         "import time\\n_exit_with_parent(0.1)\\ntime.sleep(120)'])\n"
         "time.sleep(120)\n")], cwd=Path(__file__).resolve().parents[2])
     try:

@@ -515,5 +515,7 @@ def test_every_route_is_a_router_function_and_counted_by_its_path(encoder_server
         assert module.startswith("weightflow.serving.routes.") and "<locals>" not in name, (route.path, module, name)
     assert post(encoder_server, "/v1/classify", {"model": "ticket-router", "input": TEXTS[:1]}).status_code == 200
     assert httpx.get(encoder_server.url + "/no/such/route", timeout=10).status_code == 404
+    assert httpx.get(encoder_server.url + "/openapi.json", timeout=10).status_code == 200
     scraped = httpx.get(encoder_server.url + "/metrics", timeout=10).text
-    assert 'route="/v1/classify",status="200"' in scraped and 'route="other",status="404"' in scraped, scraped[:2000]
+    for label in ('route="/v1/classify",status="200"', 'route="other",status="404"', 'route="/openapi.json"'):
+        assert label in scraped, (label, scraped[:2000])

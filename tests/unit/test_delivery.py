@@ -176,3 +176,12 @@ def test_both_runners_deliver_through_the_one_pipeline() -> None:
         assert "deliver" in imported.get("weightflow.shared.bus.delivery", []), name
         source = (BUS / name).read_text()
         assert "check_run(" not in source and "except PermanentError" not in source, name
+
+
+def test_only_the_event_that_starts_a_run_registers_it() -> None:
+    """The bus and the NATS grants ask the event type, not its name: overriding `run_registration` is the one
+    place that says an event registers runs."""
+    from weightflow.contracts import EVENT_TYPES
+    from weightflow.contracts.requirements import RequirementsAccepted
+
+    assert [t for t in EVENT_TYPES.values() if t.registers_runs()] == [RequirementsAccepted]

@@ -61,7 +61,8 @@ def create_app(live: LiveDeployment, *, max_batch: int = 8, max_wait_s: float = 
     app.state.serving = Serving(live, batcher, api_key)
     errors.install(app)
     # requests are counted by route; a path no route has counts as `other` (a scan cannot grow the label set)
-    app.add_middleware(metrics.RequestMetrics, routes=lambda: {"/metrics", *route_paths()})
+    documents = {app.openapi_url, app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url}
+    app.add_middleware(metrics.RequestMetrics, routes=lambda: {"/metrics", *route_paths(), *filter(None, documents)})
     metrics.QUEUED.set_function(lambda: batcher.queued)
     app.add_route("/metrics", metrics.metrics_endpoint, include_in_schema=False)
     for router in ROUTERS:
