@@ -5,6 +5,7 @@
     python -m bench --only hashing,scale  # a subset
     python -m bench --only lm_schemes     # fp32/int8/w4a16/awq on SmolLM2-135M (about 3 minutes; needs
                                           # examples/language-models/make_models.py and setup-quantization)
+    python -m bench --only service_start    # a service's start to ready, and the stack's (about a minute)
     python -m bench --reps 3 --out /tmp/results
 """
 
@@ -20,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 COMPARISONS = ("eval_throughput", "orchestration", "hashing", "memory_budget", "quantization", "scale", "lm_schemes",
-               "serving", "cluster", "artifact_store")
+               "serving", "cluster", "artifact_store", "service_start")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -16,6 +16,8 @@ from weightflow.shared.artifacts import ArtifactStore
 from weightflow.shared.settings import Settings
 
 log = logging.getLogger("weightflow.bus")
+# How long shutdown waits for the background tasks it cancelled (relay, sweeper, periodic jobs, metrics).
+TASKS_STOP_S = 5.0
 
 
 class Lifecycle:
@@ -29,6 +31,7 @@ class Lifecycle:
         self._tasks: list[asyncio.Task[None]] = []
         self._inflight: dict[int, Any] = {}
         self._released: set[int] = set()
+        self._abandoned = False  # a background task outlived its cancellation (see on_shutdown)
 
     def start_task(self, coro: Coroutine[Any, Any, None]) -> None:
         self._tasks.append(asyncio.create_task(coro))
@@ -81,13 +84,20 @@ class Lifecycle:
                         self.settings.shutdown_grace_s, msg.raw_message.subject)
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:
+            _, stuck = await asyncio.wait(self._tasks, timeout=TASKS_STOP_S)
+            if stuck:  # a task that ignores its cancellation must not keep the process from ever ending
+                self._abandoned = True
+                log.warning("%s: %d background task(s) still running %.0f s after being cancelled (%s); the process "
+                            "ends without them", self.name, len(stuck), TASKS_STOP_S,
+                            ", ".join(sorted(t.get_coro().__qualname__ for t in stuck)))  # type: ignore[union-attr]
         self._tasks.clear()
 
     async def after_shutdown(self) -> None:
-        if self._released and self._exit_process_on_stop:
+        if (self._released or self._abandoned) and self._exit_process_on_stop:
             # A handler thread cannot be interrupted and the interpreter would wait for it at exit; its
-            # message is already NAKed and its transaction uncommitted, so leaving now loses nothing.
+            # message is already NAKed and its transaction uncommitted, so leaving now loses nothing. Likewise a
+            # background task that outlived its cancellation: asyncio.run would wait for it forever.
             logging.shutdown()
             os._exit(0)
 

@@ -185,3 +185,32 @@ def test_only_the_event_that_starts_a_run_registers_it() -> None:
     from weightflow.contracts.requirements import RequirementsAccepted
 
     assert [t for t in EVENT_TYPES.values() if t.registers_runs()] == [RequirementsAccepted]
+
+
+def test_shutdown_does_not_wait_forever_for_a_task_that_ignores_its_cancellation(tmp_path: Path,
+                                                                                 monkeypatch: pytest.MonkeyPatch
+                                                                                 ) -> None:
+    """A background task stuck past its cancellation (seen once in a hundred SIGTERMs right after start) left a
+    service process waiting in shutdown forever; now shutdown waits TASKS_STOP_S, names the task and the process
+    leaves without it."""
+    import asyncio
+
+    from weightflow.shared.bus import lifecycle
+
+    monkeypatch.setattr(lifecycle, "TASKS_STOP_S", 0.2)
+    life = lifecycle.Lifecycle("door", Settings(home=tmp_path / "home", trace_file=False, shutdown_grace_s=0.1))
+
+    async def stubborn() -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            await asyncio.sleep(3600)  # ignores the first cancellation; the loop's own cleanup ends it
+
+    async def scenario() -> float:
+        life.start_task(stubborn())
+        await asyncio.sleep(0)
+        started = asyncio.get_running_loop().time()
+        await life.on_shutdown()
+        return asyncio.get_running_loop().time() - started
+
+    assert asyncio.run(scenario()) < 2.0 and life._abandoned
