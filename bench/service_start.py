@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.harness import Config, Report, Row, Stat, interleave
+from bench.harness import Config, Report, Row, Stat, interleave, stop, wait_ready
 
 NAME = "service_start"
 SERVICES = ("requirements", "benchmark", "tuning")
@@ -35,29 +35,15 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _until_ready(command: list[str], env: dict[str, str], port: int, timeout: float = 120.0) -> float:
+def _until_ready(command: list[str], env: dict[str, str], port: int) -> float:
     """Seconds from spawning `command` to its /readyz answering 200; the process is stopped after."""
     started = time.perf_counter()
     proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{command} exited with {proc.returncode} before it was ready")
-            if time.perf_counter() - started > timeout:
-                raise RuntimeError(f"{command} not ready in {timeout:.0f} s")
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1.0).status_code == 200:
-                    return time.perf_counter() - started
-            except httpx.TransportError:
-                pass
-            time.sleep(0.02)
+        wait_ready(f"http://127.0.0.1:{port}", proc, timeout=120, poll_s=0.02)
+        return time.perf_counter() - started
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, timeout=30)
 
 
 def _start(command: list[str], env: dict[str, str]) -> float:

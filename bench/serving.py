@@ -50,7 +50,7 @@ import aiohttp
 import httpx
 
 from bench.eval_throughput import PlainLoop
-from bench.harness import EXAMPLE_DIR, Config, Report, Row, Stat, bench_env, interleave, percentile
+from bench.harness import EXAMPLE_DIR, Config, Report, Row, Stat, bench_env, interleave, percentile, stop, wait_ready
 from weightflow.serving.live import load_served
 from weightflow.serving.testing import free_port, register_checkpoint
 from weightflow.shared.artifacts import ArtifactStore
@@ -69,20 +69,6 @@ def _texts(n: int) -> list[str]:
     rows = [json.loads(line) for line in (EXAMPLE_DIR / "eval.jsonl").read_text().splitlines() if line.strip()]
     texts = [str(r["text"]) for r in rows]
     return [texts[i % len(texts)] for i in range(n)]
-
-
-def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"weightflow serve exited with {proc.returncode}")
-        try:
-            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError("weightflow serve was not ready in time")
 
 
 class Load:
@@ -207,14 +193,10 @@ def serving(home: Path, deployment: str, manifest_id: str, device: str, *, dedic
                              "--max-wait-ms", str(MAX_WAIT_MS)] + (["--dedicated-cores"] if dedicated else []),
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _wait_ready(url, proc)
+        wait_ready(url, proc)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
 
 
 def run(cfg: Config) -> Report:

@@ -96,12 +96,17 @@ E2E_API_KEY_ENV = "WF_E2E_API_KEY"
 E2E_API_KEY = "sk-e2e-7d3b-must-never-be-logged"
 
 
-def wait_served(proc: subprocess.Popen[str], base_url: str, timeout: float = 120.0) -> None:
-    """Until `weightflow serve` (a real process) answers /readyz; its output when it dies first."""
+def wait_served(proc: subprocess.Popen[Any], base_url: str, timeout: float = 120.0, log: Path | None = None) -> None:
+    """Until a real process (`weightflow serve`, a service) answers /readyz; its output (or `log`) when it dies
+    first or is not ready in time."""
     deadline = time.monotonic() + timeout
+
+    def output() -> str:
+        return log.read_text() if log is not None else proc.stdout.read() if proc.stdout else ""
+
     while True:
-        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-        assert time.monotonic() < deadline, "serve did not start"
+        assert proc.poll() is None, output()
+        assert time.monotonic() < deadline, f"not ready in {timeout:.0f} s\n{output()}"
         try:
             if httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200:
                 return

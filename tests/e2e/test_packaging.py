@@ -14,16 +14,14 @@ import socket
 import subprocess
 import sys
 import sysconfig
-import time
 import zipfile
 from pathlib import Path
 
-import httpx
 import pytest
 
 from weightflow.shared.natsd import EmbeddedNats
 
-from ..conftest import ROOT
+from ..conftest import ROOT, wait_served
 
 GENERIC = {"contracts", "shared", "services"}
 SOURCES = ("contracts", "shared", "services", "weightflow", "bench", "tests", "examples")
@@ -117,16 +115,7 @@ def test_the_wheel_installs_beside_a_package_named_shared(tmp_path: Path) -> Non
         proc = subprocess.Popen([env_dir / "bin" / "weightflow", "service", "requirements"], cwd=tmp_path,
                                 env=service_env, stdout=log, stderr=subprocess.STDOUT)
         try:
-            deadline = time.monotonic() + 120
-            while True:
-                assert proc.poll() is None, (tmp_path / "service.log").read_text()
-                assert time.monotonic() < deadline, (tmp_path / "service.log").read_text()
-                try:
-                    if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.3)
+            wait_served(proc, f"http://127.0.0.1:{port}", log=tmp_path / "service.log")
         finally:
             proc.terminate()
             proc.wait(timeout=30)
