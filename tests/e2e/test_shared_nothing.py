@@ -9,6 +9,7 @@ three-node cluster whose artifact-stream leader is killed mid-run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -41,7 +42,9 @@ from weightflow.shared.settings import Settings
 from weightflow.stack import Stack
 from weightflow.submission import prepare
 
-from ..conftest import EXAMPLE_DIR
+from ..conftest import EXAMPLE_DIR, LiveStack, postgres_database
+from ..exactly_once import assert_exactly_once
+from .test_crash_safety import EXPECTED, EXPECTED_ROWS
 
 T = TypeVar("T")
 
@@ -293,19 +296,28 @@ def logs(homes: dict[str, Path]) -> str:
     return "\n".join(out)
 
 
+# Services SIGKILLed once each mid-run, at a crash point (shared.bus.lifecycle.crash_point): inside the fit's
+# transaction, and after tuning's commit before its ack (its adapter already in the bucket).
+KILLS = {"fitting": "mid_transaction", "tuning": "after_commit"}
+
+
 @pytest.mark.e2e
 @pytest.mark.slow
 @pytest.mark.cluster
-@pytest.mark.timeout(1200)  # 4-5 min on a busy 2-core machine: a whole run with LoRA, a node killed
+@pytest.mark.postgres
+@pytest.mark.timeout(1200)  # 4-5 min on a busy 2-core machine: a whole run with LoRA, a node and two services killed
 def test_six_services_in_six_homes_share_nothing_but_the_cluster_and_the_database(tmp_path: Path) -> None:
-    """The example run (LoRA tuning and the canary included) with each service in a folder of its own, artifacts in
-    a 3-replica bucket whose stream leader is SIGKILLed once tuning has started; the run completes, each folder holds
-    only its own cache of the bucket, no pinned file names a host path, and a CLI with yet another home verifies
-    the release from the bucket."""
+    """The example run (LoRA tuning and the canary included) with each service in a folder of its own, its state in
+    PostgreSQL, artifacts in a 3-replica bucket whose stream leader is SIGKILLed once tuning has started, and two
+    services SIGKILLed mid-handling (restarted by their supervisor, as `weightflow up` does): the run completes with
+    every event and effect exactly once, each folder holds only its own cache of the bucket, no pinned file names a
+    host path, and a CLI with yet another home verifies the release from the bucket."""
+    with postgres_database() as database_url:
+        shared_nothing_run(tmp_path, database_url)
+
+
+def shared_nothing_run(tmp_path: Path, database_url: str) -> None:
     homes = {name: tmp_path / "homes" / name for name in (*SERVICES, "submitter", "verifier")}
-    neutral = tmp_path / "db"  # the database is not the disk being taken away
-    neutral.mkdir()
-    database_url = f"sqlite:///{neutral / 'wf.db'}"
     env = {"WEIGHTFLOW_ARTIFACT_BACKEND": "nats", "WEIGHTFLOW_DATABASE_URL": database_url,
            "WEIGHTFLOW_STREAM_REPLICAS": "3", "WEIGHTFLOW_CANARY_INTERVAL_S": "3600", "WEIGHTFLOW_ACK_WAIT_S": "20",
            "WEIGHTFLOW_TRACE_FILE": "false"}
@@ -315,8 +327,13 @@ def test_six_services_in_six_homes_share_nothing_but_the_cluster_and_the_databas
             return Settings(home=home, nats_url=cluster.url, database_url=database_url, artifact_backend="nats",
                             stream_replicas=3, trace_file=False)
 
-        stacks = [Stack(settings_of(homes[name]), services=(name,), env=env).start() for name in SERVICES]
+        stacks = [Stack(settings_of(homes[name]), services=(name,),
+                        env=env | ({"WEIGHTFLOW_CRASH_POINTS": KILLS[name]} if name in KILLS else {})).start()
+                  for name in SERVICES]
         killed: list[str] = []
+        supervised = contextlib.ExitStack()
+        for stack in stacks:
+            supervised.enter_context(stack.supervising(interval=0.3))
         try:
             submitter = settings_of(homes["submitter"])
             event = prepare(EXAMPLE_DIR / "requirements.yaml", open_store(submitter)).event
@@ -345,10 +362,18 @@ def test_six_services_in_six_homes_share_nothing_but_the_cluster_and_the_databas
                 assert kind in kinds, kinds
             new_leader, _ = stream_leader(submitter, ARTIFACT_STREAM)
             assert new_leader is not None and new_leader != killed[0]
-            assert all(p.poll() is None for s in stacks for p in s.procs.values()), "no service died"
+            time.sleep(2.0)  # a late duplicate would land now
+            supervised.close()
+            fired = sorted(p.name for name in KILLS for p in (homes[name] / "crash-points").iterdir())
+            assert fired == sorted(f"{name}.{point}" for name, point in KILLS.items()), fired
+            restarts = {name: sum(stack.restarts.values()) for name, stack in zip(SERVICES, stacks, strict=True)}
+            assert restarts == {name: int(name in KILLS) for name in SERVICES}, restarts
+            assert_exactly_once(LiveStack(stacks[SERVICES.index("registry")]), history(submitter) or [],
+                                event.run_id, expected=EXPECTED, rows=EXPECTED_ROWS)
             registered = next(e for e in tracker.events if isinstance(e, ModelRegistered))
             stored = set(bucket_names(submitter))
         finally:
+            supervised.close()
             for stack in stacks:
                 stack.stop()
         run_s = time.monotonic() - started
@@ -366,7 +391,7 @@ def test_six_services_in_six_homes_share_nothing_but_the_cluster_and_the_databas
                 if path.is_file():
                     key = (path.stat().st_dev, path.stat().st_ino)
                     assert inodes.setdefault(key, name) == name, f"{path} is also a file of {inodes[key]}'s home"
-        assert not (homes["registry"] / "weightflow.db").exists(), "the database is the shared one"
+        assert not any((homes[name] / "weightflow.db").exists() for name in SERVICES), "the state is in PostgreSQL"
         auditor = open_store(settings_of(tmp_path / "auditor"))
         manifest = Manifest.model_validate(auditor.read_json(registered.manifest_id))
         assert manifest.adapter is not None, "the release carries the LoRA adapter"
