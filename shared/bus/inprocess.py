@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from weightflow.shared.artifacts import open_store
 from weightflow.shared.bus.dead_letters import write_dead_letter
 from weightflow.shared.bus.delivery import DeadLetter, Done, HandBack, Message, Retry, deliver
 from weightflow.shared.bus.outbox import pending
-from weightflow.shared.bus.processing import already_processed, commit, stage_outbox
+from weightflow.shared.bus.processing import handle_once, stage_outbox
 from weightflow.shared.bus.runs import MemoryRuns
 from weightflow.shared.bus.service import Delivery, HandlerContext, Service
 from weightflow.shared.bus.streams import RUNS_PREFIX
@@ -55,11 +56,7 @@ class _ServiceRunner:
         return self.owner.runs.get(run_id)
 
     async def process(self, message: Message) -> bool:
-        owner = self.owner
-        if already_processed(owner.engine, self.name, str(message.event.event_id)):
-            return False
-        result = message.spec.fn(message.event, owner._context(self.service, message.delivery))
-        return commit(owner.engine, self.name, message.event, result)
+        return handle_once(self.owner._context(self.service, message.delivery), message.spec, message.event)
 
 
 class InProcessRunner:
@@ -130,7 +127,7 @@ class InProcessRunner:
         match asyncio.run(deliver(self._runners[service.name], message)):
             case Retry():  # redelivered after what is queued now (no clock here: the delay is not waited)
                 d = message.delivery
-                again = Message(message.spec, message.event, Delivery(d.subject, d.stream_sequence, d.deliveries + 1))
+                again = dataclasses.replace(message, delivery=dataclasses.replace(d, deliveries=d.deliveries + 1))
                 self._enqueue(d.subject, payload, retry=(service, again))
             case DeadLetter(reason=reason, error=error):
                 write_dead_letter(self.engine, self.store, service.name, subject=message.delivery.subject,

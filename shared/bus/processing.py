@@ -7,7 +7,9 @@ its inbox row and changes nothing. Shared by the NATS runtime and the in-process
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
@@ -16,10 +18,12 @@ from sqlmodel import Session
 from weightflow.contracts.base import Event
 from weightflow.contracts.limits import MAX_EVENT_BYTES
 from weightflow.shared.bus.errors import PermanentError
-from weightflow.shared.bus.service import HandlerResult
+from weightflow.shared.bus.service import HandlerContext, HandlerResult, HandlerSpec
 from weightflow.shared.bus.streams import run_subject
 from weightflow.shared.db import InboxRecord, OutboxRecord
 from weightflow.shared.telemetry import current_traceparent
+
+log = logging.getLogger("weightflow.bus")
 
 
 def already_processed(engine: Engine, service: str, event_id: str) -> bool:
@@ -62,4 +66,17 @@ def commit(engine: Engine, service: str, event: Event, result: HandlerResult,
         if already_processed(engine, service, key[1]):
             return False
         raise  # a constraint of the handler's own tables: retried like any error
+    return True
+
+
+def handle_once(ctx: HandlerContext, spec: HandlerSpec[Any], event: Event,
+                crash_point: Callable[[str], None] = lambda _: None) -> bool:
+    """Run the handler (outside any transaction: the model work) and commit what it decided; False when the event
+    was handled already, by an earlier delivery or by a replica that committed first. Both runners' last step."""
+    if already_processed(ctx.engine, ctx.service, str(event.event_id)):
+        log.info("%s: %s %s already processed", ctx.service, event.type_name(), event.event_id)
+        return False
+    if not commit(ctx.engine, ctx.service, event, spec.fn(event, ctx), crash_point):
+        log.info("%s: %s %s was committed concurrently elsewhere", ctx.service, event.type_name(), event.event_id)
+        return False
     return True

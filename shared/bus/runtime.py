@@ -38,7 +38,7 @@ from weightflow.shared.bus.decoding import bounded_decoder
 from weightflow.shared.bus.delivery import DeadLetter, Done, HandBack, Message, Retry, Verdict, deliver
 from weightflow.shared.bus.errors import UndecodableMessage
 from weightflow.shared.bus.outbox import waiting
-from weightflow.shared.bus.processing import already_processed, commit
+from weightflow.shared.bus.processing import handle_once
 from weightflow.shared.bus.runs import NatsRuns
 from weightflow.shared.bus.service import Delivery, HandlerContext, HandlerSpec, Service
 from weightflow.shared.bus.streams import ensure_streams
@@ -238,21 +238,9 @@ class ServiceRuntime(lifecycle.Lifecycle, Background):
         return await self.runs.fetch(run_id)
 
     async def process(self, message: Message) -> bool:
-        return await asyncio.to_thread(self._process, message.spec, message.event, message.delivery)
-
-    def _process(self, spec: HandlerSpec[Any], event: Event, delivery: Delivery) -> bool:
-        """Handle and commit; False when the event had already been handled (here or by a replica)."""
         assert self.engine is not None and self.store is not None
-        if already_processed(self.engine, self.service.name, str(event.event_id)):
-            log.info("%s: %s %s already processed", self.service.name, event.type_name(), event.event_id)
-            return False
-        ctx = HandlerContext(self.service.name, self.store, self.settings, self.engine, delivery)
-        result = spec.fn(event, ctx)  # the model work: no transaction is open
-        if not commit(self.engine, self.service.name, event, result, self.crash_point):
-            log.info("%s: %s %s was committed concurrently elsewhere", self.service.name, event.type_name(),
-                     event.event_id)
-            return False
-        return True
+        ctx = HandlerContext(self.service.name, self.store, self.settings, self.engine, message.delivery)
+        return await asyncio.to_thread(handle_once, ctx, message.spec, message.event, self.crash_point)
 
     # -- dead letters ------------------------------------------------------------------------
     async def dead_letter(self, msg: NatsMessage, reason: str, error: str) -> str:

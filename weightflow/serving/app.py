@@ -22,13 +22,12 @@ from opentelemetry.trace import TracerProvider
 from weightflow.serving import errors, metrics
 from weightflow.serving import schemas as s
 from weightflow.serving.batching import Batcher
-from weightflow.serving.errors import ApiError
 from weightflow.serving.live import LiveDeployment
 from weightflow.serving.routes import classify, openai, operations
 from weightflow.serving.state import MANIFEST_HEADER, ROUTES, Serving
 from weightflow.serving.work import batch_work
 
-__all__ = ["MANIFEST_HEADER", "ApiError", "create_app"]
+__all__ = ["MANIFEST_HEADER", "create_app"]
 
 ROUTERS = (operations.router, openai.router, classify.router)
 
