@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -85,10 +86,46 @@ class LiveStack:
         return "\n".join([" → ".join(e.type_name() for e in tracker.events), *reasons, self.logs()])
 
     def logs(self) -> str:
+        """The services' log tails (each live service first logs what its tasks wait on: SIGUSR1), then what
+        JetStream holds: a stalled run says where it stalled."""
+        live = [proc for proc in self.stack.procs.values() if proc.poll() is None]
+        for proc in live:
+            with contextlib.suppress(OSError):
+                proc.send_signal(signal.SIGUSR1)
+        if live:
+            time.sleep(1.0)
         out = []
         for log in sorted((self.stack.home / "logs").glob("*.log")):
-            out.append(f"===== {log.name}\n" + log.read_text(errors="replace")[-4000:])
+            out.append(f"===== {log.name}\n" + log.read_text(errors="replace")[-8000:])
+        out.append(self.broker_state())
         return "\n".join(out)
+
+    def broker_state(self) -> str:
+        """The stream's events, each durable consumer's position and the nats-server's warnings (best effort: the
+        server may be down)."""
+        lines = ["===== JetStream"]
+        try:
+            lines += asyncio.run(asyncio.wait_for(self._jetstream_state(), timeout=20))
+        except Exception as exc:
+            lines.append(f"unreadable: {type(exc).__name__}: {exc}")
+        nats = self.stack.nats
+        if nats is not None and nats.log_file.exists():
+            marks = ("[WRN]", "[ERR]", "[FTL]", "Restored", "Starting nats-server")
+            lines += [line for line in nats.log_file.read_text(errors="replace").splitlines()
+                      if any(m in line for m in marks)][-40:]
+        return "\n".join(lines)
+
+    async def _jetstream_state(self) -> list[str]:
+        async with Client(self.settings) as client:
+            history = await client.history()
+            info = await client.js.stream_info(self.settings.stream)
+            lines = [f"stream {self.settings.stream}: first {info.state.first_seq} last {info.state.last_seq}",
+                     "events: " + ", ".join(e.type_name() for e in history)]
+            for c in await client.js.consumers_info(self.settings.stream):
+                lines.append(f"consumer {c.name}: delivered stream {c.delivered.stream_seq}, ack floor "
+                             f"{c.ack_floor.stream_seq}, pending {c.num_pending}, ack pending {c.num_ack_pending}, "
+                             f"redelivered {c.num_redelivered}, waiting pulls {c.num_waiting}")
+            return lines
 
 
 # The key the services hold for API candidates in the end-to-end tests: it must never leave their environment.

@@ -101,6 +101,18 @@ class Lifecycle:
             logging.shutdown()
             os._exit(0)
 
+    def dump_on_signal(self) -> None:
+        """`kill -USR1 <pid>` logs what every asyncio task is waiting on (`kill -USR2`: every thread's stack, which
+        works even when the event loop is blocked): a service that stopped taking work without dying says where it
+        stopped, with no debugger attached."""
+        if hasattr(signal, "SIGUSR1"):
+            asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, self.dump_tasks)
+
+    def dump_tasks(self) -> None:
+        lines = sorted(f"  {task.get_name()}: {awaiting(task.get_coro())}" for task in asyncio.all_tasks())
+        log.warning("%s: task dump (SIGUSR1), %d tasks, each with the awaits it is suspended in:\n%s", self.name,
+                    len(lines), "\n".join(lines))
+
     def crash_point(self, point: str) -> None:
         """Fault injection for the crash-safety tests: SIGKILL this process once at `point`.
 
@@ -117,3 +129,17 @@ class Lifecycle:
         log.warning("%s: crash point %s: SIGKILL", self.name, point)
         logging.shutdown()
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def awaiting(coro: Any) -> str:
+    """`outer:line > inner:line > ...`: the chain of awaits a suspended coroutine sits in (one line, unlike a
+    traceback per task)."""
+    hops = []
+    while coro is not None and len(hops) < 12:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is None:
+            hops.append(type(coro).__name__)
+            break
+        hops.append(f"{frame.f_code.co_qualname}:{frame.f_lineno}")
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+    return " > ".join(hops)

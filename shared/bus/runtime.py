@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import logging
+import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -41,6 +43,7 @@ from weightflow.shared.bus.outbox import waiting
 from weightflow.shared.bus.processing import handle_once
 from weightflow.shared.bus.runs import NatsRuns
 from weightflow.shared.bus.service import Delivery, HandlerContext, HandlerSpec, Service
+from weightflow.shared.bus.stalls import StallWatch
 from weightflow.shared.bus.streams import ensure_streams
 from weightflow.shared.bus.sweeper import Sweeper
 from weightflow.shared.db import SchemaMismatchError, create_tables, make_engine
@@ -62,6 +65,8 @@ class ServiceRuntime(lifecycle.Lifecycle, Background):
         self._provider: TracerProvider | None = None
         self._bound = False  # every consumer subscribed
         self._loop_tick = time.monotonic()  # the event loop's last sign of life, for /healthz
+        self.stalls = StallWatch(settings.consumer_stall_s)
+        self.subscribers: dict[str, Any] = {}  # durable consumer name -> its faststream subscriber
 
     # -- wiring ------------------------------------------------------------------------------
     def build(self, url: str | None = None) -> FastStream:
@@ -90,6 +95,7 @@ class ServiceRuntime(lifecycle.Lifecycle, Background):
                 title=f"{service.name}:{spec.event_type.type_name()}",
                 description=" ".join((spec.fn.__doc__ or "").split()))
             subscriber(self._callback(spec))
+            self.subscribers[service.durable_name(spec.event_type)] = subscriber
         for event_type in service.publishes:
             broker.publisher(event_type.subject(), schema=event_type, title=f"{service.name}>{event_type.type_name()}",
                              description=" ".join((event_type.__doc__ or "").split()))
@@ -102,6 +108,8 @@ class ServiceRuntime(lifecycle.Lifecycle, Background):
         """Serve until stopped. A database this release cannot use (behind its schema revision) ends the process
         before it touches NATS, with the one line that says what to run and exit code `REFUSED_TO_START_EXIT`: no
         traceback to read, and no restart by a supervisor (it would only refuse again)."""
+        if self._exit_process_on_stop and hasattr(signal, "SIGUSR2"):  # threads' stacks (Lifecycle.dump_on_signal)
+            faulthandler.register(signal.SIGUSR2, all_threads=True)
         self.engine = make_engine(self.settings.resolved_database_url())
         try:
             create_tables(self.engine)
@@ -176,6 +184,7 @@ class ServiceRuntime(lifecycle.Lifecycle, Background):
         sweeper = Sweeper(self.service, self.settings, self.engine, js, self.dead_letter_raw)
         self.start_task(sweeper.loop())
         self._bound = True
+        self.dump_on_signal()
         self.start_task(self.tick_loop())
         self.start_task(self.observe_loop())
         if self.settings.ops_port is not None:
@@ -197,6 +206,7 @@ class ServiceRuntime(lifecycle.Lifecycle, Background):
     async def handle(self, spec: HandlerSpec[Any], event: Event, msg: NatsMessage) -> None:
         started = time.perf_counter()
         name = spec.event_type.type_name()
+        self.stalls.delivered(self.service.durable_name(spec.event_type))
         meta = msg.raw_message.metadata
         delivery = Delivery(msg.raw_message.subject, meta.sequence.stream if meta.sequence else None,
                             meta.num_delivered or 1)
@@ -329,11 +339,30 @@ class ServiceRuntime(lifecycle.Lifecycle, Background):
         metrics.OUTBOX_OLDEST_AGE.labels(name).set(age)
         js = self.broker.connection.jetstream()
         for spec in self.service.handlers:
-            info = await js.consumer_info(self.settings.stream, self.service.durable_name(spec.event_type),
-                                          timeout=2.0)
+            durable = self.service.durable_name(spec.event_type)
+            info = await js.consumer_info(self.settings.stream, durable, timeout=2.0)
             event = spec.event_type.type_name()
             metrics.CONSUMER_PENDING.labels(name, event).set(info.num_pending or 0)
             metrics.CONSUMER_ACK_PENDING.labels(name, event).set(info.num_ack_pending or 0)
+            if self.stalls.observe(durable, info.num_pending or 0, info.num_ack_pending or 0) and not self.stopping:
+                await self.rebind(durable, event, info)
+
+    async def rebind(self, durable: str, event: str, info: Any) -> None:
+        """Bind a stalled consumer again (shared.bus.stalls): its pull loop and subscription start over on the
+        same durable consumer, which keeps its position. What every task waited on is logged first: the stall's
+        cause, for whoever reads the log."""
+        log.warning("%s: consumer %s has %d message(s) waiting and none delivered for %.0f s: binding it again",
+                    self.service.name, durable, info.num_pending or 0, self.stalls.stall_s)
+        self.dump_tasks()
+        subscriber = self.subscribers[durable]
+        try:
+            await subscriber.stop()
+            await subscriber.start()
+        except Exception:
+            log.exception("%s: binding consumer %s again failed; the next look tries again", self.service.name,
+                          durable)
+            return
+        metrics.CONSUMER_REBINDS.labels(self.service.name, event).inc()
 
 
 def build_app(service: Service, settings: Settings | None = None, *, url: str | None = None) -> FastStream:
