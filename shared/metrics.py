@@ -60,6 +60,9 @@ CONSUMER_PENDING = Gauge(f"{PREFIX}_consumer_pending_messages",
                          ["service", "event"])
 CONSUMER_ACK_PENDING = Gauge(f"{PREFIX}_consumer_ack_pending_messages",
                              "Messages a service's consumer was given and has not acked yet", ["service", "event"])
+CONSUMER_REBINDS = Counter(f"{PREFIX}_consumer_rebinds_total",
+                           "Consumers bound again after they stopped pulling while work waited (shared.bus.stalls)",
+                           ["service", "event"])
 SERVICE_READY = Gauge(f"{PREFIX}_service_ready", "1 when the service is connected, bound and not draining",
                       ["service"])
 

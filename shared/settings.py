@@ -71,6 +71,8 @@ class Settings(BaseSettings):
     ops_port: int | None = None
     ops_host: str = "127.0.0.1"
     metrics_interval_s: float = 5.0  # how often consumer lag and outbox depth are read for /metrics
+    # A consumer with work waiting and none in hand for this long is bound again (shared.bus.stalls).
+    consumer_stall_s: float = 30.0
     # Extra modules to import at start (comma-separated): model sources, tasks, quantizers, tuners
     # registered by a team's own code (see shared.modeling.registry).
     plugins: str = ""

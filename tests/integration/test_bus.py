@@ -453,3 +453,41 @@ def test_model_work_holds_no_transaction(settings: Settings, database_url: str) 
 
     asyncio.run(scenario())
     assert states and "idle in transaction" not in states, states
+
+
+def test_a_consumer_that_stops_pulling_is_bound_again(settings: Settings) -> None:
+    """A pull loop that ended (as one lost in a broker restart would) leaves its work waiting on the stream; the
+    runtime notices the consumer holding work that nobody fetches and binds it again, and the work flows on."""
+    from prometheus_client import REGISTRY
+
+    from weightflow.shared.bus.runtime import ServiceRuntime
+
+    settings = settings.model_copy(update={"consumer_stall_s": 2.0, "metrics_interval_s": 0.3, "ack_wait_s": 5.0})
+    runtime = ServiceRuntime(make_service({}), settings)
+    seen = Collector()
+    labels = {"service": "pinger", "event": Ping.type_name()}
+    before = REGISTRY.get_sample_value("weightflow_consumer_rebinds_total", labels) or 0.0
+
+    async def scenario() -> None:
+        app = runtime.build()
+        await app.start()
+        try:
+            async with Client(settings) as client:
+                await seen.attach(client)
+                await client.publish(Ping(run_id=uuid4(), n=1))
+                await wait_for(lambda: len(seen.of(Pong)) == 1)
+                # Cancelled, the pull loop is gone for good: faststream restarts a loop that failed, not one cancelled.
+                (subscriber,) = runtime.subscribers.values()
+                for task in subscriber.tasks:
+                    task.cancel()
+                await asyncio.sleep(1.5)  # its last pull request expires (1 s): the server would fill it
+                await client.publish(Ping(run_id=uuid4(), n=2))
+                await asyncio.sleep(1.0)
+                assert len(seen.of(Pong)) == 1, "nothing pulls the second event until the consumer is bound again"
+                await wait_for(lambda: len(seen.of(Pong)) == 2, timeout=30)
+        finally:
+            await app.stop()
+
+    asyncio.run(scenario())
+    assert (REGISTRY.get_sample_value("weightflow_consumer_rebinds_total", labels) or 0.0) == before + 1
+    assert sorted(e.n for e in rows(settings, Effect)) == [1, 2]
