@@ -134,7 +134,7 @@ class Lifecycle:
 def awaiting(coro: Any) -> str:
     """`outer:line > inner:line > ...`: the chain of awaits a suspended coroutine sits in (one line, unlike a
     traceback per task)."""
-    hops = []
+    hops: list[str] = []
     while coro is not None and len(hops) < 12:
         frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
         if frame is None:

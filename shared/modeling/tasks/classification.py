@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import math
 from abc import abstractmethod
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from pydantic import BaseModel
 
 from weightflow.contracts.measurement import Interval, Measurement, SampleRow
 from weightflow.contracts.requirements import HardwareProfile, TaskSpec
 from weightflow.shared.modeling.datasets import Example, Pair
+from weightflow.shared.modeling.length_buckets import run_bucketed
 from weightflow.shared.modeling.protocols import Classified, Embedded, GeneralOutputs, LoadedModel, Task
 from weightflow.shared.modeling.tasks.base import measurement, request_latencies_ms, sample_rows, timed
 
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from weightflow.shared.modeling.remote import Endpoint
 
 LABELLED_SPLITS = ("eval", "canary", "train")
+R = TypeVar("R")
 # How a chat model (an API candidate on route `chat`) is asked, unless task.prompt says otherwise.
 CHAT_PROMPT = ("Classify the text into exactly one of these labels:\n{labels}\n\n"
                "Answer with the label name only.\n\nText: {input}")
@@ -78,49 +80,50 @@ class ClassificationTask(Task):
                                  return_tensors="pt")
         return {key: value.to(loaded.device) for key, value in batch.items()}
 
-    # -- serving ----------------------------------------------------------------------------
-    def _token_counts(self, loaded: LoadedModel, texts: Sequence[str]) -> list[int]:
+    def token_counts(self, loaded: LoadedModel, texts: Sequence[str]) -> list[int]:
+        """Each text's tokens as the model sees it (truncated): what a batch pads to, and what serving counts."""
         ids = loaded.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
         return [len(i) for i in ids]
 
+    def bucketed(self, loaded: LoadedModel, texts: Sequence[str], run: Callable[[list[str]], Sequence[R]]) -> list[R]:
+        """`run` over batches of similar-length texts (shared.modeling.length_buckets), results in the texts' order,
+        under `torch.inference_mode`."""
+        import torch
+
+        with torch.inference_mode():
+            return run_bucketed(list(texts), self.token_counts(loaded, texts), self.batch_size, run)
+
+    # -- serving ----------------------------------------------------------------------------
     def classify(self, loaded: LoadedModel, spec: TaskSpec, texts: Sequence[str]) -> list[Classified]:
         """Each text's label (as `predict` picks it) and every label's probability."""
         import torch
 
         names = label_names(spec)
-        out: list[Classified] = []
-        with torch.inference_mode():
-            for i in range(0, len(texts), self.batch_size):
-                chunk = texts[i: i + self.batch_size]
-                scores = self.label_scores(loaded, spec, chunk).float() / self.score_temperature
-                probs = torch.softmax(scores, dim=1).cpu()
-                for row, tokens in zip(probs, self._token_counts(loaded, chunk), strict=True):
-                    out.append(Classified(label=names[int(row.argmax())],
-                                          scores={n: float(p) for n, p in zip(names, row, strict=True)}, tokens=tokens))
-        return out
+
+        def run(chunk: list[str]) -> list[Classified]:
+            scores = self.label_scores(loaded, spec, chunk).float() / self.score_temperature
+            probs = torch.softmax(scores, dim=1).cpu()
+            return [Classified(label=names[int(row.argmax())],
+                               scores={n: float(p) for n, p in zip(names, row, strict=True)}, tokens=tokens)
+                    for row, tokens in zip(probs, self.token_counts(loaded, chunk), strict=True)]
+
+        return self.bucketed(loaded, texts, run)
 
     def embeddings(self, loaded: LoadedModel, spec: TaskSpec, texts: Sequence[str]) -> list[Embedded]:
-        import torch
+        def run(chunk: list[str]) -> list[Embedded]:
+            vectors = self.embed(loaded, chunk).float().cpu().tolist()
+            return [Embedded(v, n) for v, n in zip(vectors, self.token_counts(loaded, chunk), strict=True)]
 
-        out: list[Embedded] = []
-        with torch.inference_mode():
-            for i in range(0, len(texts), self.batch_size):
-                chunk = texts[i: i + self.batch_size]
-                vectors = self.embed(loaded, chunk).float().cpu().tolist()
-                out += [Embedded(v, n) for v, n in zip(vectors, self._token_counts(loaded, chunk), strict=True)]
-        return out
+        return self.bucketed(loaded, texts, run)
 
     # -- shared behaviour -------------------------------------------------------------------
     def predict(self, loaded: LoadedModel, spec: TaskSpec, inputs: Sequence[str]) -> list[str]:
-        import torch
-
         names = label_names(spec)
-        out: list[str] = []
-        with torch.inference_mode():
-            for i in range(0, len(inputs), self.batch_size):
-                best = self.label_scores(loaded, spec, inputs[i: i + self.batch_size]).argmax(dim=1)
-                out += [names[int(j)] for j in best]
-        return out
+
+        def run(chunk: list[str]) -> list[str]:
+            return [names[int(j)] for j in self.label_scores(loaded, spec, chunk).argmax(dim=1)]
+
+        return self.bucketed(loaded, inputs, run)
 
     def evaluate(self, loaded: LoadedModel, spec: TaskSpec, rows: Sequence[Any], metric: str,
                  hardware: HardwareProfile, confidence: float = 0.95) -> Measurement:
@@ -238,11 +241,12 @@ class ClassificationTask(Task):
 
         if len(rows) < 2:
             raise ValueError("the general-ability set needs at least two pairs")
-        with torch.inference_mode():
-            a = torch.cat([self.embed(loaded, [p.a for p in rows[i: i + self.batch_size]])
-                           for i in range(0, len(rows), self.batch_size)]).cpu()
-            b = torch.cat([self.embed(loaded, [p.b for p in rows[i: i + self.batch_size]])
-                           for i in range(0, len(rows), self.batch_size)]).cpu()
+
+        def run(chunk: list[str]) -> list[torch.Tensor]:
+            return list(self.embed(loaded, chunk).cpu())
+
+        a = torch.stack(self.bucketed(loaded, [p.a for p in rows], run))
+        b = torch.stack(self.bucketed(loaded, [p.b for p in rows], run))
         cosine = (a * b).sum(dim=1).numpy().astype(float)
         return GeneralOutputs(np.column_stack([cosine, [float(p.score) for p in rows]]), spearman_of_columns)
 
