@@ -24,7 +24,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +44,7 @@ from weightflow.shared.modeling.sources.builtin import materialize_candidate
 from weightflow.shared.modeling.stored import load_tree, task_of
 from weightflow.shared.modeling.tasks.base import LATENCY_SAMPLES
 from weightflow.shared.modeling.tasks.classification import ClassificationTask
+from weightflow.shared.modeling.tasks.classification_runtime import ClassificationRuntime
 
 NAME = "eval_throughput"
 BATCH_SIZE = ClassificationTask.batch_size  # 32, what the benchmark service evaluates with
@@ -135,7 +136,7 @@ def run(cfg: Config) -> Report:
                      "models": models, "device": str(device), "task": task.name, "metric": metric}
 
     def evaluate(loaded: LoadedModel, data: list[Example]) -> Measurement:
-        return task.evaluate(loaded, req.task, data, metric, hardware, confidence)
+        return task.runtime().evaluate(loaded, req.task, data, metric, hardware, confidence)
 
     with tempfile.TemporaryDirectory(prefix="wf-bench-eval-") as tmp_name:
         tmp = Path(tmp_name)
@@ -177,7 +178,7 @@ def run(cfg: Config) -> Report:
             base_acc = base_measured[0]["accuracy"]
             wf_predictions = [r.prediction for r in wf_measured[0].sample_rows or []]
             differing = sum(a != b for a, b in zip(wf_predictions, base_measured[0]["predictions"], strict=True))
-            lengths = task.token_counts(loaded, texts)
+            lengths = cast(ClassificationRuntime, task.runtime()).token_counts(loaded, texts)
             padded = padded_tokens(lengths, length_buckets(lengths, BATCH_SIZE))
             unsorted = padded_tokens(lengths, in_arrival_order(len(texts), BATCH_SIZE))
             report.add(Row(f"{name}: batched eval throughput", "examples/s",

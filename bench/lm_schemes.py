@@ -194,7 +194,7 @@ def _child_main(request_path: str) -> None:
         out["method"] = "VmRSS/VmHWM growth (clear_refs reset)"
     reset()
     base = now()
-    loaded = task.load(model_dir, device)
+    loaded = task.runtime().load(model_dir, device)
     out["load_peak_mib"] = peak() - base
     out["after_load_mib"] = now() - base
     out["weight_bytes_loaded"] = loading.weight_bytes(loaded.model)
@@ -212,7 +212,7 @@ def _child_main(request_path: str) -> None:
     out["weight_bytes_after_gen"] = loading.weight_bytes(loaded.model)
     if request["evaluate"] and rows:
         hw = req.deployment.hardware
-        m = task.evaluate(loaded, req.task, rows, req.quality.metric, hw, req.monitoring.confidence)
+        m = task.runtime().evaluate(loaded, req.task, rows, req.quality.metric, hw, req.monitoring.confidence)
         out["measurement"] = m.model_dump()
     print(json.dumps(out))
 

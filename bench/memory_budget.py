@@ -48,10 +48,13 @@ def _child_main(model_dir: str, device_name: str) -> None:
     from weightflow.shared.modeling.quantizers.int8_modules import quantized_numel
     from weightflow.shared.modeling.registry import tasks
     from weightflow.shared.modeling.tasks.classification import ClassificationTask
+    from weightflow.shared.modeling.tasks.classification_runtime import ClassificationRuntime
 
     task = tasks.get(TASK)
     if not isinstance(task, ClassificationTask):
         raise TypeError(f"{TASK} is not a classification task")
+    runtime = task.runtime()
+    assert isinstance(runtime, ClassificationRuntime)
     # Import the loading code before the baseline is read, so the growth is the model's, not the libraries':
     # the task imports transformers lazily on its first `load`, and transformers imports modeling_utils (with
     # scipy, sympy, accelerate) and the architecture's module only when it resolves the model class.
@@ -70,12 +73,12 @@ def _child_main(model_dir: str, device_name: str) -> None:
 
     def serve_batch(loaded: Any) -> None:
         with torch.inference_mode():
-            task.embed(loaded, texts)
+            runtime.embed(loaded, texts)
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         gpu_base = torch.cuda.memory_allocated(device)
-        loaded = task.load(Path(model_dir), device)
+        loaded = runtime.load(Path(model_dir), device)
         out["load_peak_mib"] = (torch.cuda.max_memory_allocated(device) - gpu_base) / MiB
         out["after_load_mib"] = (torch.cuda.memory_allocated(device) - gpu_base) / MiB
         torch.cuda.reset_peak_memory_stats(device)
@@ -86,7 +89,7 @@ def _child_main(model_dir: str, device_name: str) -> None:
     else:
         require_reset_peak()
         base = require_kib("VmRSS")
-        loaded = task.load(Path(model_dir), device)
+        loaded = runtime.load(Path(model_dir), device)
         out["load_peak_mib"] = (require_kib("VmHWM") - base) / 1024.0
         out["after_load_mib"] = (require_kib("VmRSS") - base) / 1024.0
         require_reset_peak()
@@ -96,7 +99,7 @@ def _child_main(model_dir: str, device_name: str) -> None:
         out["after_trim_mib"] = trimmed_rss_kib() / 1024.0 - base / 1024.0
         out["method"] = "VmRSS/VmHWM growth (clear_refs reset)"
         out["base_rss_mib"] = base / 1024.0
-    out["batch_shape"] = list(task.inputs(loaded, texts)["input_ids"].shape)
+    out["batch_shape"] = list(runtime.inputs(loaded, texts)["input_ids"].shape)
     out["weight_bytes"] = weight_bytes(loaded.model)
     out["param_count"] = sum(p.numel() for p in loaded.model.parameters()) + quantized_numel(loaded.model)
     print(json.dumps(out))

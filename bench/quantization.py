@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -31,6 +31,7 @@ from weightflow.shared.modeling.sources.builtin import materialize_candidate
 from weightflow.shared.modeling.stored import task_of
 from weightflow.shared.modeling.tasks.base import LATENCY_SAMPLES
 from weightflow.shared.modeling.tasks.classification import ClassificationTask
+from weightflow.shared.modeling.tasks.classification_runtime import ClassificationRuntime
 
 NAME = "quantization"
 SCHEME = "int8"
@@ -45,7 +46,7 @@ def _dir_bytes(path: Path) -> int:
 
 def _evaluate(task: ClassificationTask, loaded: LoadedModel, req: Requirements, rows: Sequence[Example],
               out: list[Measurement]) -> None:
-    out.append(task.evaluate(loaded, req.task, rows, req.quality.metric, req.deployment.hardware,
+    out.append(task.runtime().evaluate(loaded, req.task, rows, req.quality.metric, req.deployment.hardware,
                              req.monitoring.confidence))
 
 
@@ -57,7 +58,8 @@ def embedding_error(task: ClassificationTask, ref: LoadedModel, quant: LoadedMod
 
     def embed(loaded: LoadedModel) -> torch.Tensor:
         with torch.inference_mode():
-            return torch.cat([task.embed(loaded, texts[i: i + batch_size]).float().cpu()
+            runtime = cast(ClassificationRuntime, task.runtime())
+            return torch.cat([runtime.embed(loaded, texts[i: i + batch_size]).float().cpu()
                               for i in range(0, len(texts), batch_size)])
 
     a, b = embed(ref), embed(quant)
@@ -85,8 +87,8 @@ def run(cfg: Config) -> Report:
             # As fitting does: the scheme quantizes the stored fp32 checkpoint (calibration: the eval rows,
             # which int8 weight-only does not use) and writes a checkpoint directory.
             int8_dir = quantizer.quantize(task, fp32_dir, tmp / name / SCHEME, req.task, rows, device)
-            fp32 = task.load(fp32_dir, device)
-            int8 = task.load(int8_dir, device)
+            fp32 = task.runtime().load(fp32_dir, device)
+            int8 = task.runtime().load(int8_dir, device)
             results: dict[str, list[Measurement]] = {"fp32": [], SCHEME: []}
 
             interleave([partial(_evaluate, task, fp32, req, rows, results["fp32"]),

@@ -219,7 +219,7 @@ def run(cfg: Config) -> Report:
         def in_process_batched() -> float:
             start = time.perf_counter()
             for i in range(0, len(texts), MAX_BATCH):
-                task.classify(loaded, spec, texts[i: i + MAX_BATCH])
+                task.runtime().classify(loaded, spec, texts[i: i + MAX_BATCH])
             seconds = time.perf_counter() - start
             in_process_input_ms.append(seconds / len(texts) * 1000)
             return len(texts) / seconds
@@ -236,7 +236,7 @@ def run(cfg: Config) -> Report:
         def in_process_single() -> float:
             for text in single:
                 start = time.perf_counter()
-                task.classify(loaded, spec, [text])
+                task.runtime().classify(loaded, spec, [text])
                 in_process_ms.append((time.perf_counter() - start) * 1000)
             return 0.0
 
@@ -363,7 +363,7 @@ def _generation(cfg: Config, tmp: Path, store: ArtifactStore, home: Path) -> lis
     def in_process_batched() -> float:
         start = time.perf_counter()
         for i in range(0, len(prompts), MAX_BATCH):
-            task.complete(loaded, spec, prompts[i: i + MAX_BATCH], params)
+            task.runtime().complete(loaded, spec, prompts[i: i + MAX_BATCH], params)
         seconds = time.perf_counter() - start
         input_ms.append(seconds / len(prompts) * 1000)
         return len(prompts) / seconds

@@ -78,7 +78,7 @@ def _measure(ctx: HandlerContext, model_dir: Path, req: Requirements,
     not be measured (then the variant is not chosen: a fit rests on a measurement, and a handler that raised
     would only measure again on every redelivery until the event is dead-lettered with no reason given)."""
     try:
-        peak = task_of(req.task).measure_peak(model_dir, req.task, str(pick_device(ctx.settings.device)))
+        peak = task_of(req.task).runtime().measure_peak(model_dir, req.task, str(pick_device(ctx.settings.device)))
     except UNMEASURABLE as exc:
         log.warning("the peak of %s could not be measured", model_dir, exc_info=True)
         said = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:300]
@@ -169,8 +169,9 @@ def _offload_cost(ctx: HandlerContext, selection: SelectionDecided, req: Require
         return f"offloading cannot help: activations and runtime alone take {taken:.0f} MB of {hw.memory_mb:g} MB"
     rest = "disk" if hw.device == "cpu" else "CPU memory"
     try:
-        peak = task_of(req.task).measure_peak(ctx.store.materialize_tree(selection.model.tree_digest), req.task,
-                                              str(pick_device(ctx.settings.device)), offload_max_bytes=room)
+        peak = task_of(req.task).runtime().measure_peak(
+            ctx.store.materialize_tree(selection.model.tree_digest), req.task, str(pick_device(ctx.settings.device)),
+            offload_max_bytes=room)
     except UNMEASURABLE as exc:
         return f"offloading to {rest} beyond {room / budget.MB:.0f} MB of weights could not be measured: {exc}"
     per_request_ms = peak.serve_s * 1000

@@ -83,7 +83,7 @@ def _judge(ctx: HandlerContext, manifest: Manifest) -> tuple[domain.CanaryJudgem
                                      req.monitoring.confidence)
         else:
             loaded = load_deployment(ctx.store, manifest, ctx.settings.device)  # verifies every pinned file
-            m = task.evaluate(loaded, req.task, canary, req.quality.metric, req.deployment.hardware,
+            m = task.runtime().evaluate(loaded, req.task, canary, req.quality.metric, req.deployment.hardware,
                               req.monitoring.confidence)
         m = sample_logs.keep(ctx.store, m)  # this canary's own rows
     except IntegrityError as exc:

@@ -54,19 +54,19 @@ def on_fit_needs_tuning(event: FitNeedsTuning, ctx: HandlerContext) -> HandlerRe
     train_tree = event.model.base_tree_digest if on_base else event.model.tree_digest
     trainee = load_tree(ctx.store, train_tree, task, ctx.settings.device) if on_base else base
     general = rows(ctx.store, data.general, task, "general")
-    general_before, outputs_before = task.general_pass(base, req.task, general)
+    general_before, outputs_before = task.runtime().general_pass(base, req.task, general)
     with tempfile.TemporaryDirectory(prefix="wf-lora-") as tmp:
         report = tuner.train(task, trainee, req.task, rows(ctx.store, data.train, task, "train"),
                              Path(tmp) / "adapter")
         adapter_tree = ctx.store.put_tree(Path(tmp) / "adapter")
     del trainee
     tuned = tuner.attach(base, ctx.store.materialize_tree(adapter_tree))
-    m = sample_logs.keep(ctx.store, task.evaluate(tuned, req.task, rows(ctx.store, data.eval, task, "eval"),
+    m = sample_logs.keep(ctx.store, task.runtime().evaluate(tuned, req.task, rows(ctx.store, data.eval, task, "eval"),
                                                   req.quality.metric, req.deployment.hardware,
                                                   req.quality.confidence))
     comparison = compare(ctx.store, event.measurement, m, baseline_name=event.model.label,
                          candidate_name=f"{event.model.label} + {METHOD}", confidence=req.quality.confidence)
-    general_after, outputs_after = task.general_pass(tuned, req.task, general)
+    general_after, outputs_after = task.runtime().general_pass(tuned, req.task, general)
     general_comparison = None
     if outputs_before is not None and outputs_after is not None:
         general_comparison = paired_statistic(

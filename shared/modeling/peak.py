@@ -172,7 +172,7 @@ def _serve(loaded: Any, request: PeakRequest, context: int, generate: int) -> fl
     the memory a shape takes)."""
     import torch
 
-    from weightflow.shared.modeling.tasks.language import keeps_logits
+    from weightflow.shared.modeling.tasks.language_runtime import keeps_logits
 
     model = loaded.model
     vocab = int(getattr(model.config, "vocab_size", 0) or len(loaded.tokenizer))
@@ -271,7 +271,8 @@ def _child(request: PeakRequest) -> PeakMeasured:
     generate = new_tokens(task, request.spec)
     meter = _Meter(device)
     meter.start()
-    loaded = task.load(request.model_dir, device) if request.offload_max_bytes is None else _offloaded(request, device)
+    loaded = (task.runtime().load(request.model_dir, device) if request.offload_max_bytes is None
+              else _offloaded(request, device))
     load_peak = meter.peak()
     meter.reset()
     _serve(loaded, request.model_copy(update={"batch": 1}), 8 + generate, min(generate, 1))  # touch every weight

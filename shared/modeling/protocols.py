@@ -1,17 +1,19 @@
 """The model layer's seams. Services call only these; each implementation is one registered module.
 
 * `CandidateSource` turns a candidate reference into a verified checkpoint tree and its size;
-* `Task` knows its rows, how to load a checkpoint for itself, run it, score it (with its metric),
-  measure general capability, and the loss an adapter trains on;
+* `Task` is a task's torch-free spec: its rows, metrics, validation, prompts and remote routes (and
+  measuring an API candidate over HTTP); its `TaskRuntime` loads a checkpoint for it, runs it, scores it,
+  measures general capability, the loss an adapter trains on, and what a served model answers;
 * `Quantizer` is one scheme: whether it can run here, how to write a quantized checkpoint, how to load
   one when transformers cannot;
 * `Tuner` trains an adapter on a frozen base for a task and serves it.
 
-Importing this module imports no torch: validation (the CLI) uses the torch-free methods only.
+Importing this module imports no torch, nor does importing a built-in task's spec module.
 """
 
 from __future__ import annotations
 
+import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -155,19 +157,39 @@ class CandidateSource(ABC):
 
 
 class Task(ABC):
+    """A task's spec: its rows, metrics, validation, prompts and remote routes. Torch-free by construction
+    (tests/unit/test_torch_line.py): the CLI validates, and a service measures an API candidate, without
+    importing a model library. The model work is its `runtime()`, imported on first use."""
+
     name: ClassVar[str]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        _trace(cls, "task", ("load", "evaluate", "evaluate_remote", "general_score", "general_outputs", "predict",
-                            "classify", "embeddings", "complete"))
+        _trace(cls, "task", ("evaluate_remote",))
 
     metrics: ClassVar[tuple[str, ...]]  # the first is the default
     row: ClassVar[type[BaseModel]]  # eval, canary and train rows
     general_row: ClassVar[type[BaseModel]]
     general_metric: ClassVar[str]  # higher is better
+    # The TaskRuntime that does this task's model work: the class, or "module:Class" imported on first use (a
+    # built-in task names its runtime module, so importing the spec imports no torch; ".module" is relative).
+    runtime_class: ClassVar[type[TaskRuntime] | str]
 
-    # -- torch-free checks ------------------------------------------------------------------
+    def runtime(self) -> TaskRuntime:
+        """This task's model work (load, evaluate, loss, generate, serve), created once."""
+        made: TaskRuntime | None = self.__dict__.get("_runtime")
+        if made is None:
+            cls = self.runtime_class
+            if isinstance(cls, str):
+                # ".x:Y" is module x beside the module of the class that named it (a subclass may live elsewhere)
+                module, _, attr = cls.partition(":")
+                named_in = next(c for c in type(self).__mro__ if "runtime_class" in vars(c)).__module__
+                cls = getattr(importlib.import_module(module, named_in.rpartition(".")[0]), attr)
+            made = self.__dict__["_runtime"] = cls(self)
+        assert made is not None
+        return made
+
+    # -- validation ---------------------------------------------------------------------------
     def check_spec(self, spec: TaskSpec, metric: str) -> list[str]:
         if metric not in self.metrics:
             return [f"quality.metric: {metric!r} is not a metric of task {self.name}; use one of {list(self.metrics)}"]
@@ -179,7 +201,65 @@ class Task(ABC):
     def check_checkpoint(self, spec: TaskSpec, info: CheckpointInfo) -> list[str]:
         return []
 
-    # -- model work -------------------------------------------------------------------------
+    def calibration_texts(self, spec: TaskSpec, rows: Sequence[Any]) -> list[str]:
+        """What a calibrating quantizer (AWQ) feeds the model: the rows as the task would present them."""
+        return [str(getattr(r, "text", None) or getattr(r, "input", "")) for r in rows]
+
+    def serving_context(self, spec: TaskSpec) -> int:
+        """Tokens per request at serving time: the sequence length the memory budget plans for."""
+        return 128
+
+    # The kinds of request a deployed model of this task serves: "classify", "embeddings", "completions" (chat
+    # included); the runtime answers them.
+    serves: ClassVar[frozenset[str]] = frozenset()
+
+    # -- over HTTP (an API candidate, or a canary on `weightflow serve`) -------------------------
+    # The OpenAI-compatible routes this task can be measured over; none: only local checkpoints.
+    remote_routes: ClassVar[tuple[str, ...]] = ()
+
+    def default_route(self, spec: TaskSpec) -> str:
+        return self.remote_routes[0]
+
+    def remote_route(self, spec: TaskSpec, route: str | None) -> str:
+        """The route to call; ValueError with what to choose instead."""
+        if not self.remote_routes:
+            raise ValueError(f"task {self.name} cannot be measured over an HTTP API (it needs the model itself); "
+                             "use local candidates for it")
+        if route is None:
+            return self.default_route(spec)
+        if route not in self.remote_routes:
+            raise ValueError(f"task {self.name} is measured over {list(self.remote_routes)}, not {route!r}")
+        return route
+
+    def prompt_template(self, spec: TaskSpec, route: str) -> str | None:
+        """The template a request on `route` is built from (pinned with the deployment), if any."""
+        return spec.prompt
+
+    def evaluate_remote(self, endpoint: Endpoint, spec: TaskSpec, rows: Sequence[Any], metric: str,
+                        hardware: HardwareProfile, confidence: float = 0.95) -> Measurement:
+        """The runtime's `evaluate`, with the model behind `endpoint`: what its clients see (latency per request
+        under the endpoint's concurrency, cost from token usage and prices, or from the hardware without them).
+        Raises shared.modeling.remote.EndpointError when the endpoint gives no usable answer. On the spec: HTTP
+        and metrics only, no model library."""
+        raise NotServed(f"task {self.name} cannot be measured over an HTTP API")
+
+
+class TaskRuntime(ABC):
+    """A task's model work on a loaded checkpoint: load, evaluate, general ability, predict, the tuner's loss,
+    peak memory, and what `weightflow serve` answers. `self.task` is its spec (rows, metrics, prompts)."""
+
+    def __init__(self, task: Task) -> None:
+        self.task = task
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _trace(cls, "task", ("load", "evaluate", "general_score", "general_outputs", "predict", "classify",
+                             "embeddings", "complete"))
+
+    @property
+    def name(self) -> str:
+        return self.task.name
+
     @abstractmethod
     def load(self, model_dir: Path, device: Any) -> LoadedModel: ...
 
@@ -218,14 +298,6 @@ class Task(ABC):
     def training_loss(self, loaded: LoadedModel, spec: TaskSpec, rows: Sequence[Any]) -> Any:
         """A differentiable loss on a batch of train rows (the tuner's objective)."""
 
-    def calibration_texts(self, spec: TaskSpec, rows: Sequence[Any]) -> list[str]:
-        """What a calibrating quantizer (AWQ) feeds the model: the rows as the task would present them."""
-        return [str(getattr(r, "text", None) or getattr(r, "input", "")) for r in rows]
-
-    def serving_context(self, spec: TaskSpec) -> int:
-        """Tokens per request at serving time: the sequence length the memory budget plans for."""
-        return 128
-
     def measure_peak(self, model_dir: Path, spec: TaskSpec, device: str, *,
                      offload_max_bytes: int | None = None) -> PeakMeasured:
         """Peak memory of this checkpoint at the serving shape, measured in a process of its own (what
@@ -241,10 +313,7 @@ class Task(ABC):
 
         return attention_projections(loaded.model), []
 
-    # -- serving (weightflow serve): what a deployed model of this task answers -----------------
-    # The kinds of request it serves: "classify", "embeddings", "completions" (chat included).
-    serves: ClassVar[frozenset[str]] = frozenset()
-
+    # -- serving (weightflow serve): what a deployed model of this task answers (Task.serves) ---
     def count_tokens(self, loaded: LoadedModel, text: str) -> int:
         return len(loaded.tokenizer(text, add_special_tokens=True)["input_ids"])
 
@@ -265,35 +334,6 @@ class Task(ABC):
                     ) -> tuple[str, bool]:
         """(prompt, templated) for a chat conversation; ValueError with what to send instead."""
         raise NotServed(f"task {self.name} does not chat")
-
-    # -- over HTTP (an API candidate, or a canary on `weightflow serve`) -------------------------
-    # The OpenAI-compatible routes this task can be measured over; none: only local checkpoints.
-    remote_routes: ClassVar[tuple[str, ...]] = ()
-
-    def default_route(self, spec: TaskSpec) -> str:
-        return self.remote_routes[0]
-
-    def remote_route(self, spec: TaskSpec, route: str | None) -> str:
-        """The route to call; ValueError with what to choose instead."""
-        if not self.remote_routes:
-            raise ValueError(f"task {self.name} cannot be measured over an HTTP API (it needs the model itself); "
-                             "use local candidates for it")
-        if route is None:
-            return self.default_route(spec)
-        if route not in self.remote_routes:
-            raise ValueError(f"task {self.name} is measured over {list(self.remote_routes)}, not {route!r}")
-        return route
-
-    def prompt_template(self, spec: TaskSpec, route: str) -> str | None:
-        """The template a request on `route` is built from (pinned with the deployment), if any."""
-        return spec.prompt
-
-    def evaluate_remote(self, endpoint: Endpoint, spec: TaskSpec, rows: Sequence[Any], metric: str,
-                        hardware: HardwareProfile, confidence: float = 0.95) -> Measurement:
-        """`evaluate`, with the model behind `endpoint`: what its clients see (latency per request under
-        the endpoint's concurrency, cost from token usage and prices, or from the hardware without them).
-        Raises shared.modeling.remote.EndpointError when the endpoint gives no usable answer."""
-        raise NotServed(f"task {self.name} cannot be measured over an HTTP API")
 
 
 class Quantizer(ABC):

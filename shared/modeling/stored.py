@@ -33,7 +33,7 @@ def rows(store: ArtifactStore, digest: str, task: Task, split: str) -> list[Any]
 
 
 def load_tree(store: ArtifactStore, tree_digest: str, task: Task, device: str = "auto") -> LoadedModel:
-    return task.load(store.materialize_tree(tree_digest), pick_device(device))
+    return task.runtime().load(store.materialize_tree(tree_digest), pick_device(device))
 
 
 def with_adapter(store: ArtifactStore, loaded: LoadedModel, adapter_tree: str, method: str = "lora") -> LoadedModel:
@@ -56,8 +56,8 @@ def measure(store: ArtifactStore, source: str, tree_digest: str, req: Requiremen
     loaded = load_tree(store, tree_digest, task, device)
     if adapter_tree is not None:
         loaded = with_adapter(store, loaded, adapter_tree, adapter_method)
-    return sample_logs.keep(store, task.evaluate(loaded, req.task, rows, req.quality.metric, req.deployment.hardware,
-                                                 confidence))
+    measured = task.runtime().evaluate(loaded, req.task, rows, req.quality.metric, req.deployment.hardware, confidence)
+    return sample_logs.keep(store, measured)
 
 
 def is_remote(source: str) -> bool:

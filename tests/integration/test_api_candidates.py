@@ -253,7 +253,7 @@ def test_weightflow_serve_measured_as_an_api_matches_the_model_in_process(tmp_pa
     manifest = read_manifest(store, manifest_id)
     spec, task = manifest.requirements.task, tasks.get("zero-shot-classification")
     rows = load_jsonl(EXAMPLE_DIR / "eval.jsonl", Example)[:40]
-    local = task.evaluate(load_deployment(store, manifest), spec, rows, "accuracy", HW)
+    local = task.runtime().evaluate(load_deployment(store, manifest), spec, rows, "accuracy", HW)
     with ServerThread(settings, "ticket-router", manifest_id, api_key=KEY) as server:
         for route in ("embeddings", "classify"):
             endpoint = dataclasses.replace(Endpoint.served(server.url, "ticket-router", api_key=KEY), route=route)

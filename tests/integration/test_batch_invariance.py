@@ -64,11 +64,11 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Calla
 
     zero_shot, text_classification = tasks.get("zero-shot-classification"), tasks.get("text-classification")
     yield {
-        "minilm": lambda: zero_shot.load(minilm, CPU),
-        "minilm-int8": lambda: int8(zero_shot.load(minilm, CPU)),
-        "head": lambda: text_classification.load(head, CPU),
-        "head-int8": lambda: int8(text_classification.load(head, CPU)),
-        "llama": lambda: spread(tasks.get("generation").load(llama, CPU)),
+        "minilm": lambda: zero_shot.runtime().load(minilm, CPU),
+        "minilm-int8": lambda: int8(zero_shot.runtime().load(minilm, CPU)),
+        "head": lambda: text_classification.runtime().load(head, CPU),
+        "head-int8": lambda: int8(text_classification.runtime().load(head, CPU)),
+        "llama": lambda: spread(tasks.get("generation").runtime().load(llama, CPU)),
     }
 
 
@@ -79,9 +79,10 @@ def check_classification(task: ClassificationTask, loaded: LoadedModel, spec: Ta
         sized = at_batch(task, n)
         assert isinstance(sized, ClassificationTask)
         with torch.inference_mode():
-            scores = torch.cat([sized.label_scores(loaded, spec, texts[i: i + n]) for i in range(0, len(texts), n)])
-        m = sized.evaluate(loaded, spec, rows, "accuracy", HARDWARE)
-        seen[n] = (sized.predict(loaded, spec, texts), scores.float().cpu(), m.score, m.extra)
+            scores = torch.cat([sized.runtime().label_scores(loaded, spec, texts[i: i + n])  # type: ignore[attr-defined]
+                                for i in range(0, len(texts), n)])
+        m = sized.runtime().evaluate(loaded, spec, rows, "accuracy", HARDWARE)
+        seen[n] = (sized.runtime().predict(loaded, spec, texts), scores.float().cpu(), m.score, m.extra)
     (labels1, scores1, score1, extra1), (labels8, scores8, score8, extra8) = seen[1], seen[8]
     assert labels1 == labels8
     assert (scores1 - scores8).abs().max() < SCORE_ATOL
@@ -116,10 +117,10 @@ def test_generation(models: dict[str, Callable[[], LoadedModel]]) -> None:
     rows = [GenerationRow(id=f"eval-{i}", input=f"what is {i} plus {'one ' * (i % 5)}", target=str(i))
             for i in range(12)]
     loaded, task = models["llama"](), tasks.get("generation")
-    answers = {n: at_batch(task, n).predict(loaded, spec, [r.input for r in rows]) for n in SIZES}
+    answers = {n: at_batch(task, n).runtime().predict(loaded, spec, [r.input for r in rows]) for n in SIZES}
     assert len(set(answers[1])) > 3, f"the answers differ from prompt to prompt: {answers[1]}"
     assert answers[1] == answers[8]
-    measured = {n: at_batch(task, n).evaluate(loaded, spec, rows, "chrf", HARDWARE) for n in SIZES}
+    measured = {n: at_batch(task, n).runtime().evaluate(loaded, spec, rows, "chrf", HARDWARE) for n in SIZES}
     assert measured[1].score == measured[8].score
     assert {k: v for k, v in measured[1].extra.items() if k in ("exact_match", "contains", "chrf")} == {
         k: v for k, v in measured[8].extra.items() if k in ("exact_match", "contains", "chrf")}
@@ -131,17 +132,17 @@ def test_multiple_choice(models: dict[str, Callable[[], LoadedModel]]) -> None:
     rows = [ChoiceRow(id=f"eval-{i}", input="Is fire hot? " * (1 + i % 3), label=i % 3,
                       choices=["yes", "no", "it depends on " + "the fire " * (i % 4)]) for i in range(10)]
     loaded, task = models["llama"](), tasks.get("multiple-choice")
-    picked = {n: at_batch(task, n).choose(loaded, spec, rows) for n in SIZES}  # type: ignore[attr-defined]
+    picked = {n: at_batch(task, n).runtime().choose(loaded, spec, rows) for n in SIZES}  # type: ignore[attr-defined]
     assert len(set(picked[1])) > 1, f"the picks differ from row to row: {picked[1]}"
     assert picked[1] == picked[8]
     prompts = [p for r in rows for p in [f"{r.input}"] * len(r.choices)]
     continuations = [f" {c}" for r in rows for c in r.choices]
     with torch.inference_mode():
-        sums = {n: torch.cat([task.continuation_logprobs(  # type: ignore[attr-defined]
+        sums = {n: torch.cat([task.runtime().continuation_logprobs(  # type: ignore[attr-defined]
             loaded, prompts[i: i + n], continuations[i: i + n])[0] for i in range(0, len(prompts), n)]) for n in SIZES}
     assert (sums[1] - sums[8]).abs().max() < SCORE_ATOL * 10
-    assert at_batch(task, 1).evaluate(loaded, spec, rows, "accuracy", HARDWARE).score == at_batch(
-        task, 8).evaluate(loaded, spec, rows, "accuracy", HARDWARE).score
+    assert at_batch(task, 1).runtime().evaluate(loaded, spec, rows, "accuracy", HARDWARE).score == at_batch(
+        task, 8).runtime().evaluate(loaded, spec, rows, "accuracy", HARDWARE).score
 
 
 def test_every_builtin_task_type_is_checked_here() -> None:

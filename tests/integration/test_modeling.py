@@ -315,10 +315,10 @@ def test_quantize_int8_replaces_every_linear_and_embedding() -> None:
 
 def test_loading_names_the_missing_file(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"config\.json"):
-        ZERO_SHOT.load(tmp_path / "nowhere", torch.device("cpu"))
+        ZERO_SHOT.runtime().load(tmp_path / "nowhere", torch.device("cpu"))
     (tmp_path / "config.json").write_text('{"model_type": "bert"}')
     with pytest.raises(FileNotFoundError, match=r"model\.safetensors"):
-        ZERO_SHOT.load(tmp_path, torch.device("cpu"))
+        ZERO_SHOT.runtime().load(tmp_path, torch.device("cpu"))
 
 
 def test_attach_needs_both_adapter_files(tmp_path: Path) -> None:
@@ -338,19 +338,19 @@ def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def l6(model_dirs: dict[str, Path]) -> LoadedModel:
-    return ZERO_SHOT.load(model_dirs["minilm-l6"], pick_device())
+    return ZERO_SHOT.runtime().load(model_dirs["minilm-l6"], pick_device())
 
 
 @pytest.fixture(scope="module")
 def int8_dir(model_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    loaded = ZERO_SHOT.load(model_dirs["minilm-l6"], pick_device())
+    loaded = ZERO_SHOT.runtime().load(model_dirs["minilm-l6"], pick_device())
     quantize_int8(loaded.model)
     yield save_quantized(loaded.model, loaded.tokenizer, tmp_path_factory.mktemp("int8") / "minilm-l6-int8")
 
 
 @pytest.fixture(scope="module")
 def int8(int8_dir: Path) -> LoadedModel:
-    return ZERO_SHOT.load(int8_dir, pick_device())
+    return ZERO_SHOT.runtime().load(int8_dir, pick_device())
 
 
 @pytest.fixture(scope="module")
@@ -360,7 +360,7 @@ def eval_rows() -> list[Example]:
 
 def _embed(loaded: LoadedModel, texts: list[str]) -> torch.Tensor:
     with torch.inference_mode():
-        return ZERO_SHOT.embed(loaded, texts).cpu()  # type: ignore[attr-defined]
+        return ZERO_SHOT.runtime().embed(loaded, texts).cpu()  # type: ignore[attr-defined]
 
 
 @pytest.mark.slow
@@ -380,7 +380,7 @@ def test_materialize_is_byte_identical_and_truncates(model_dirs: dict[str, Path]
 @pytest.mark.slow
 def test_builtin_params_match_the_loaded_models(model_dirs: dict[str, Path], l6: LoadedModel) -> None:
     builtin = sources.get("builtin")
-    l3 = ZERO_SHOT.load(model_dirs["minilm-l3"], torch.device("cpu"))
+    l3 = ZERO_SHOT.runtime().load(model_dirs["minilm-l3"], torch.device("cpu"))
     assert _params(l6) == builtin.resolve(CandidateRef(builtin="minilm-l6"), None, None).params
     assert _params(l3) == builtin.resolve(CandidateRef(builtin="minilm-l3"), None, None).params
     assert l3.model.config.num_hidden_layers == 3
@@ -398,12 +398,12 @@ def test_embed_is_normalised_batched_and_meaningful(l6: LoadedModel) -> None:
     assert batched.shape == (3, 384) and batched.dtype == torch.float32
     assert torch.allclose(batched.norm(dim=1), torch.ones(3), atol=1e-5)
     assert torch.allclose(one_by_one, batched, atol=1e-5)
-    assert ZERO_SHOT.predict(l6, SPEC, texts) == ["billing", "technical", "shipping"]
+    assert ZERO_SHOT.runtime().predict(l6, SPEC, texts) == ["billing", "technical", "shipping"]
 
 
 @pytest.mark.slow
 def test_evaluate_measures_quality_speed_and_the_score_interval(l6: LoadedModel, eval_rows: list[Example]) -> None:
-    m = ZERO_SHOT.evaluate(l6, SPEC, eval_rows[:96], "accuracy", HARDWARE)
+    m = ZERO_SHOT.runtime().evaluate(l6, SPEC, eval_rows[:96], "accuracy", HARDWARE)
     assert m.n == 96 and m.metric == "accuracy" and m.binary
     assert 0.6 < m.score < 0.97  # the demo set is calibrated to be hard but not hopeless
     assert m.interval is not None and m.interval.method == "wilson"
@@ -416,21 +416,22 @@ def test_evaluate_measures_quality_speed_and_the_score_interval(l6: LoadedModel,
     assert all(s.prediction in LABELS and s.score == float(s.prediction == s.target) for s in samples)
     assert sum(s.score for s in samples) / 96 == pytest.approx(m.score) and m.samples is None
     assert samples[0].latency_ms is not None and samples[-1].latency_ms is None, "the first rows are timed alone"
-    f1 = ZERO_SHOT.evaluate(l6, SPEC, eval_rows[:96], "macro_f1", HARDWARE)
+    f1 = ZERO_SHOT.runtime().evaluate(l6, SPEC, eval_rows[:96], "macro_f1", HARDWARE)
     assert f1.score == pytest.approx(m.extra["macro_f1"]) and not f1.binary
     assert f1.interval is not None and f1.interval.method == "bootstrap" and f1.score_std and f1.score_std > 0
     stray = [*eval_rows[:3], Example(id="x", text="hello", label="sales")]
     with pytest.raises(ValueError, match="sales"):
-        ZERO_SHOT.evaluate(l6, SPEC, stray, "accuracy", HARDWARE)
+        ZERO_SHOT.runtime().evaluate(l6, SPEC, stray, "accuracy", HARDWARE)
 
 
 @pytest.mark.slow
 def test_general_score_tracks_general_ability(l6: LoadedModel) -> None:
     pairs = load_jsonl(EXAMPLE_DIR / "general.jsonl", Pair)
-    assert ZERO_SHOT.general_score(l6, SPEC, pairs) > 0.7
+    assert ZERO_SHOT.runtime().general_score(l6, SPEC, pairs) > 0.7
     # row by row (what the tuning gate pairs): (cosine, gold) per pair, the score their Spearman
-    outputs = ZERO_SHOT.general_outputs(l6, SPEC, pairs)
-    assert outputs.values.shape == (len(pairs), 2) and outputs.score == ZERO_SHOT.general_score(l6, SPEC, pairs)
+    outputs = ZERO_SHOT.runtime().general_outputs(l6, SPEC, pairs)
+    assert outputs is not None and outputs.values.shape == (len(pairs), 2)
+    assert outputs.score == ZERO_SHOT.runtime().general_score(l6, SPEC, pairs)
     assert list(outputs.values[:, 1]) == [p.score for p in pairs]
 
 
@@ -444,7 +445,7 @@ def test_int8_reloads_identically_at_a_quarter_of_the_bytes(
     assert "encoder.layer.5.output.dense" in manifest["modules"]
     _no_pickles(int8_dir)
 
-    in_memory = ZERO_SHOT.load(model_dirs["minilm-l6"], l6.device)
+    in_memory = ZERO_SHOT.runtime().load(model_dirs["minilm-l6"], l6.device)
     quantize_int8(in_memory.model)
     resaved = save_quantized(in_memory.model, in_memory.tokenizer, tmp_path / "again")
     assert _sha256(resaved / "model.safetensors") == _sha256(int8_dir / "model.safetensors")
@@ -542,10 +543,10 @@ def test_demo_is_calibrated_around_its_threshold(
 ) -> None:
     """The support-tickets story: l3 too far below the threshold to tune, l6 (fp32 and int8) a small
     gap below it, and even a one-epoch adapter clears it without costing general ability."""
-    l3 = ZERO_SHOT.load(model_dirs["minilm-l3"], l6.device)
+    l3 = ZERO_SHOT.runtime().load(model_dirs["minilm-l3"], l6.device)
     tuned = attach(int8, adapter[0])
     accuracy = {
-        name: ZERO_SHOT.evaluate(loaded, SPEC, eval_rows, "accuracy", HARDWARE).score
+        name: ZERO_SHOT.runtime().evaluate(loaded, SPEC, eval_rows, "accuracy", HARDWARE).score
         for name, loaded in (("l3", l3), ("l6", l6), ("int8", int8), ("tuned", tuned))
     }
     assert accuracy["l3"] < DEMO_THRESHOLD - DEMO_TUNABLE_GAP, accuracy  # too far below: size up
@@ -553,7 +554,7 @@ def test_demo_is_calibrated_around_its_threshold(
     assert abs(accuracy["int8"] - accuracy["l6"]) <= 0.01, accuracy
     assert accuracy["tuned"] >= DEMO_THRESHOLD, accuracy
     pairs = load_jsonl(EXAMPLE_DIR / "general.jsonl", Pair)
-    drop = ZERO_SHOT.general_score(int8, SPEC, pairs) - ZERO_SHOT.general_score(tuned, SPEC, pairs)
+    drop = ZERO_SHOT.runtime().general_score(int8, SPEC, pairs) - ZERO_SHOT.runtime().general_score(tuned, SPEC, pairs)
     assert drop < 0.02
 
 
@@ -563,7 +564,7 @@ def test_train_lora_is_deterministic(model_dirs: dict[str, Path], tmp_path: Path
 
     rows = load_jsonl(EXAMPLE_DIR / "train.jsonl", Example)[:24]
     settings = LoraSettings(epochs=1, batch_size=12, seed=7)
-    base = ZERO_SHOT.load(model_dirs["minilm-l3"], pick_device())
+    base = ZERO_SHOT.runtime().load(model_dirs["minilm-l3"], pick_device())
     first = train_lora(ZERO_SHOT, base, SPEC, rows, tmp_path / "a", settings)
     second = train_lora(ZERO_SHOT, base, SPEC, rows, tmp_path / "b", settings)
     a = load_file(str(tmp_path / "a" / "adapter_model.safetensors"))
@@ -592,7 +593,7 @@ def test_repository_code_in_a_checkpoint_is_never_run(model_dirs: dict[str, Path
     with pytest.raises(CheckpointError, match="auto_map"):
         inspect_checkpoint(hostile)
     try:
-        loaded = ZERO_SHOT.load(hostile, pick_device())
+        loaded = ZERO_SHOT.runtime().load(hostile, pick_device())
         assert type(loaded.model).__module__.startswith("transformers.")
     except ValueError as exc:  # transformers may refuse outright: just as good
         assert "trust_remote_code" in str(exc)

@@ -80,7 +80,7 @@ def test_classify_answers_what_predict_answers_with_every_label_probability(enco
     store = ArtifactStore(home.resolved_artifacts_dir())
     manifest = read_manifest(store, encoder)
     spec = manifest.requirements.task
-    expected = task_of(spec).predict(load_deployment(store, manifest, "cpu"), spec, TEXTS)
+    expected = task_of(spec).runtime().predict(load_deployment(store, manifest, "cpu"), spec, TEXTS)
     assert [d["label"] for d in body["data"]] == expected
     for item in body["data"]:
         assert set(item["scores"]) == set(spec.labels or {})
@@ -248,21 +248,26 @@ def test_a_corrupt_manifest_is_refused_and_the_current_model_keeps_serving(home:
 
 
 class HeldTask:
-    """The live task, with its first model call held at `gate`: later requests queue behind it."""
+    """The live task (spec and runtime in one), with its first model call held at `gate`: later requests queue
+    behind it."""
 
     def __init__(self, task: Any) -> None:
         self.task, self.entered, self.gate = task, threading.Event(), threading.Event()
         self.inputs: list[str] = []
 
+    def runtime(self) -> HeldTask:
+        return self
+
     def __getattr__(self, name: str) -> Any:
-        return getattr(self.task, name)
+        runtime = self.task.runtime()
+        return getattr(runtime if hasattr(runtime, name) else self.task, name)
 
     def _run(self, method: str, loaded: Any, spec: Any, inputs: Any, *args: Any, **kw: Any) -> Any:
         if not self.entered.is_set():
             self.entered.set()
             self.gate.wait(30)
         self.inputs += list(inputs)
-        return getattr(self.task, method)(loaded, spec, inputs, *args, **kw)
+        return getattr(self.task.runtime(), method)(loaded, spec, inputs, *args, **kw)
 
     def classify(self, *args: Any, **kw: Any) -> Any:
         return self._run("classify", *args, **kw)
@@ -328,7 +333,7 @@ def test_chat_with_one_message_answers_what_the_evaluated_task_answers(lm_server
     store = ArtifactStore(home.resolved_artifacts_dir())
     manifest = read_manifest(store, language_model)
     spec = manifest.requirements.task
-    expected = task_of(spec).predict(load_deployment(store, manifest, "cpu"), spec, ["what is 3 plus one?"])
+    expected = task_of(spec).runtime().predict(load_deployment(store, manifest, "cpu"), spec, ["what is 3 plus one?"])
     r = post(lm_server, "/v1/chat/completions",
              {"model": "tiny-lm", "messages": [{"role": "user", "content": "what is 3 plus one?"}]})
     assert r.status_code == 200, r.text
@@ -492,7 +497,7 @@ def test_a_served_language_model_measured_as_an_api_matches_the_model_in_process
     spec, task = manifest.requirements.task, task_of(manifest.requirements.task)
     eval_rows = rows(store, manifest.data.eval, task, "eval")
     hw = HardwareProfile(profile="t", memory_mb=4096, cost_per_hour_usd=0.1)
-    local = task.evaluate(load_deployment(store, manifest, "cpu"), spec, eval_rows, "exact_match", hw)
+    local = task.runtime().evaluate(load_deployment(store, manifest, "cpu"), spec, eval_rows, "exact_match", hw)
     endpoint = dataclasses.replace(Endpoint.served(lm_server.url, "tiny-lm"), route="completions")
     remote = task.evaluate_remote(endpoint, spec, eval_rows, "exact_match", hw)
     assert remote.via == "http" and remote.n == local.n == len(eval_rows)

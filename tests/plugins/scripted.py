@@ -26,6 +26,7 @@ from weightflow.shared.modeling.registry import quantizers, tasks
 from weightflow.shared.modeling.tasks.base import measurement
 from weightflow.shared.modeling.tasks.classification import label_names, labelled_samples
 from weightflow.shared.modeling.tasks.zero_shot import ZeroShotClassification
+from weightflow.shared.modeling.tasks.zero_shot_runtime import ZeroShotRuntime
 from weightflow.shared.stats import wilson
 
 NAME = "scripted-classification"
@@ -90,8 +91,8 @@ def describe(loaded: LoadedModel) -> tuple[str, str, str]:
     return name, variant, "1" if adapter else "0"
 
 
-class ScriptedClassification(ZeroShotClassification):
-    name: ClassVar[str] = NAME
+class ScriptedRuntime(ZeroShotRuntime):
+    """The zero-shot model work with the scores, general score and peak the script says."""
 
     def evaluate(self, loaded: LoadedModel, spec: TaskSpec, rows: Sequence[Any], metric: str,
                  hardware: HardwareProfile, confidence: float = 0.95) -> Measurement:
@@ -135,8 +136,13 @@ class ScriptedClassification(ZeroShotClassification):
         if peak < 0:  # a negative peak in the script: the measuring child ran past its time
             raise subprocess.TimeoutExpired(cmd="python -m shared.modeling.peak", timeout=1800)
         return PeakMeasured(peak_bytes=peak, load_peak_bytes=peak, serve_peak_bytes=peak, device=device,
-                            method="scripted", batch=8, context=self.serving_context(spec), new_tokens=0,
+                            method="scripted", batch=8, context=self.task.serving_context(spec), new_tokens=0,
                             serve_s=0.001)
+
+
+class ScriptedClassification(ZeroShotClassification):
+    name: ClassVar[str] = NAME
+    runtime_class = ScriptedRuntime
 
 
 tasks.register(NAME, ScriptedClassification())

@@ -70,8 +70,8 @@ def test_a_sharded_checkpoint_is_inspected_stored_and_loaded(tmp_path: Path) -> 
     assert info.weight_files == tuple(shards) and info.params > 0
     store = ArtifactStore(tmp_path / "store")
     tree = store.put_tree(model_dir)
-    loaded = TEXT_CLASSIFICATION.load(store.materialize_tree(tree), torch.device("cpu"))
-    m = TEXT_CLASSIFICATION.evaluate(loaded, SPEC, ROWS, "macro_f1", HARDWARE)
+    loaded = TEXT_CLASSIFICATION.runtime().load(store.materialize_tree(tree), torch.device("cpu"))
+    m = TEXT_CLASSIFICATION.runtime().evaluate(loaded, SPEC, ROWS, "macro_f1", HARDWARE)
     assert m.n == len(ROWS) and 0 <= m.score <= 1 and "recall/urgent" in m.extra
     assert m.sample_rows is not None and [(s.id, s.input, s.target) for s in m.sample_rows] == [
         (r.id, r.text, r.label) for r in ROWS] and all(s.prediction in LABELS for s in m.sample_rows)
@@ -88,10 +88,10 @@ def test_lora_trains_the_head_and_serves_what_peft_trained(tmp_path: Path) -> No
 
     from weightflow.shared.modeling.quantizers.int8_modules import load_int8, quantize_int8, save_quantized
 
-    fp32 = TEXT_CLASSIFICATION.load(tiny_classifier(tmp_path / "m"), torch.device("cpu"))
+    fp32 = TEXT_CLASSIFICATION.runtime().load(tiny_classifier(tmp_path / "m"), torch.device("cpu"))
     quantize_int8(fp32.model)
     int8_dir = save_quantized(fp32.model, fp32.tokenizer, tmp_path / "int8")
-    base = TEXT_CLASSIFICATION.load(int8_dir, torch.device("cpu"))
+    base = TEXT_CLASSIFICATION.runtime().load(int8_dir, torch.device("cpu"))
     report = train_lora(TEXT_CLASSIFICATION, base, SPEC, ROWS, tmp_path / "adapter",
                         LoraSettings(epochs=15, batch_size=8, lr=2e-2))
     assert report.settings["modules_to_save"] == ["classifier"] and report.loss_last < report.loss_first

@@ -219,17 +219,19 @@ def test_a_task_that_overrides_its_general_score_is_taken_at_its_word() -> None:
     """A plugin task that inherits general_outputs but says its own general_score: its score, no rows."""
     from weightflow.shared.modeling.protocols import GeneralOutputs
     from weightflow.shared.modeling.tasks.zero_shot import ZeroShotClassification
+    from weightflow.shared.modeling.tasks.zero_shot_runtime import ZeroShotRuntime
 
-    class Own(ZeroShotClassification):
+    class Own(ZeroShotRuntime):
         def general_score(self, loaded: object, spec: object, rows: object) -> float:  # type: ignore[override]
             return 0.42
 
-    class Rows(ZeroShotClassification):
+    class Rows(ZeroShotRuntime):
         def general_outputs(self, loaded: object, spec: object, rows: object) -> GeneralOutputs:  # type: ignore[override]
             return GeneralOutputs(np.asarray([1.0, 0.0, 1.0]), lambda v: float(v.mean()))
 
-    assert Own().general_pass(None, None, []) == (0.42, None)  # type: ignore[arg-type]
-    score, outputs = Rows().general_pass(None, None, [])  # type: ignore[arg-type]
+    task = ZeroShotClassification()
+    assert Own(task).general_pass(None, None, []) == (0.42, None)  # type: ignore[arg-type]
+    score, outputs = Rows(task).general_pass(None, None, [])  # type: ignore[arg-type]
     assert outputs is not None and score == pytest.approx(2 / 3)
 
 

@@ -15,7 +15,8 @@ from weightflow.shared.modeling.protocols import LoadedModel
 from weightflow.shared.modeling.registry import sources, tasks
 from weightflow.shared.modeling.tasks import text_metrics
 from weightflow.shared.modeling.tasks.generation import GenerationRow
-from weightflow.shared.modeling.tasks.language import GeneralRow, LanguageTask, keeps_logits
+from weightflow.shared.modeling.tasks.language import GeneralRow
+from weightflow.shared.modeling.tasks.language_runtime import LanguageRuntime, keeps_logits
 from weightflow.shared.modeling.tasks.multiple_choice import ChoiceRow
 from weightflow.shared.modeling.tuners.lora import LoraSettings
 from weightflow.shared.modeling.tuners.lora_training import attach, train_lora
@@ -36,7 +37,7 @@ def lm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def lm(lm_dir: Path) -> LoadedModel:
-    return GENERATION.load(lm_dir, CPU)
+    return GENERATION.runtime().load(lm_dir, CPU)
 
 
 def rows(n: int = 6) -> list[GenerationRow]:
@@ -81,7 +82,7 @@ def test_the_task_fits_the_checkpoint(lm_dir: Path) -> None:
 
 def test_generation_measures_quality_latency_first_token_and_throughput(lm: LoadedModel) -> None:
     for metric in ("exact_match", "contains", "chrf"):
-        m = GENERATION.evaluate(lm, SPEC, rows(), metric, HARDWARE)
+        m = GENERATION.runtime().evaluate(lm, SPEC, rows(), metric, HARDWARE)
         assert m.n == 6 and m.metric == metric and 0 <= m.score <= 1 and m.interval is not None
         assert m.binary == (metric != "chrf")
         assert m.extra["tokens_per_s"] > 0 and 0 < m.extra["ttft_ms_p50"] <= m.latency_ms_p95
@@ -91,50 +92,52 @@ def test_generation_measures_quality_latency_first_token_and_throughput(lm: Load
             (r.id, r.input, r.target) for r in rows()]
         assert sum(s.score for s in samples) / 6 == pytest.approx(m.score), "each row's own score on the metric"
         assert all("\n" not in s.prediction for s in samples) and samples[0].latency_ms is not None
-    answers = GENERATION.predict(lm, SPEC, ["what is 1 plus 1", "what is 2 plus 2"])
+    answers = GENERATION.runtime().predict(lm, SPEC, ["what is 1 plus 1", "what is 2 plus 2"])
     assert len(answers) == 2 and all("\n" not in a for a in answers)
-    one_by_one = [GENERATION.predict(lm, SPEC, [t])[0] for t in ("what is 1 plus 1", "what is 2 plus 2")]
+    one_by_one = [GENERATION.runtime().predict(lm, SPEC, [t])[0] for t in ("what is 1 plus 1", "what is 2 plus 2")]
     assert answers == one_by_one, "left padding: a batch answers what single requests answer"
 
 
 def test_multiple_choice_scores_each_choice_by_likelihood(lm_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    loaded = MULTIPLE_CHOICE.load(lm_dir, CPU)
+    loaded = MULTIPLE_CHOICE.runtime().load(lm_dir, CPU)
     spec = TaskSpec(type="multiple-choice", prompt="{input}")
     questions = [ChoiceRow(id=f"eval-{i}", input="Is fire hot?", choices=["yes", "no"], label=i % 2)
                  for i in range(4)]
-    m = MULTIPLE_CHOICE.evaluate(loaded, spec, questions, "accuracy", HARDWARE)
+    m = MULTIPLE_CHOICE.runtime().evaluate(loaded, spec, questions, "accuracy", HARDWARE)
     assert m.score == 0.5, "the same question twice each way: one half right whatever it picks"
     samples = m.sample_rows  # the chosen and the right choice as text
     assert samples is not None and [s.id for s in samples] == [q.id for q in questions]
     assert [s.target for s in samples] == ["yes", "no", "yes", "no"] and len({s.prediction for s in samples}) == 1
     assert [s.score for s in samples] == [float(s.prediction == s.target) for s in samples]
 
-    def fixed(self: LanguageTask, loaded: LoadedModel, prompts: list[str], continuations: list[str], *,
+    def fixed(self: LanguageRuntime, loaded: LoadedModel, prompts: list[str], continuations: list[str], *,
               grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.tensor([-4.0, -3.0]), torch.tensor([4, 1])  # long likely choice vs short one
 
-    monkeypatch.setattr(LanguageTask, "continuation_logprobs", fixed)
-    assert MULTIPLE_CHOICE._choose(loaded, spec, "q", ["long", "short"]) == 0  # -1.0 per token beats -3.0
+    monkeypatch.setattr(LanguageRuntime, "continuation_logprobs", fixed)
+    runtime = MULTIPLE_CHOICE.runtime()
+    assert isinstance(runtime, LanguageRuntime)
+    assert runtime._choose(loaded, spec, "q", ["long", "short"]) == 0  # -1.0 per token beats -3.0
     unnormalised = spec.model_copy(update={"length_normalise": False})
-    assert MULTIPLE_CHOICE._choose(loaded, unnormalised, "q", ["long", "short"]) == 1  # -3.0 total beats -4.0
+    assert runtime._choose(loaded, unnormalised, "q", ["long", "short"]) == 1  # -3.0 total beats -4.0
 
 
 def test_general_ability_is_log_perplexity_or_accuracy(lm: LoadedModel) -> None:
     text = [GeneralRow(id=f"g{i}", text="The quick brown fox jumps over the lazy dog.") for i in range(3)]
-    score = GENERATION.general_score(lm, SPEC, text)
+    score = GENERATION.runtime().general_score(lm, SPEC, text)
     assert -10 < score < 0, "−ln(perplexity) of a random model is about −ln(vocabulary)"
     mc = [GeneralRow(id=f"q{i}", input="Is fire hot?", choices=["yes", "no"], label=i % 2) for i in range(4)]
-    assert GENERATION.general_score(lm, SPEC, mc) == 0.5
+    assert GENERATION.runtime().general_score(lm, SPEC, mc) == 0.5
     # row by row, for the paired comparison: (log-likelihood, tokens) per text, a 0/1 hit per question
-    per_text = GENERATION.general_outputs(lm, SPEC, text)
+    per_text = GENERATION.runtime().general_outputs(lm, SPEC, text)
     assert per_text.values.shape == (3, 2) and per_text.score == pytest.approx(score)
     assert per_text.score == pytest.approx(per_text.values[:, 0].sum() / per_text.values[:, 1].sum())
-    assert sorted(GENERATION.general_outputs(lm, SPEC, mc).values.tolist()) == [0.0, 0.0, 1.0, 1.0]
+    assert sorted(GENERATION.runtime().general_outputs(lm, SPEC, mc).values.tolist()) == [0.0, 0.0, 1.0, 1.0]
 
 
 def test_the_loss_is_on_target_tokens_only(lm: LoadedModel) -> None:
     prompts = ["Question: what is 2 plus 2\nAnswer:"]
-    loss = GENERATION.target_loss(lm, prompts, [" 4"])  # type: ignore[attr-defined]
+    loss = GENERATION.runtime().target_loss(lm, prompts, [" 4"])  # type: ignore[attr-defined]
     tokenizer = lm.tokenizer
     prompt_ids = tokenizer(prompts[0])["input_ids"]
     target_ids = tokenizer(" 4" + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
@@ -152,7 +155,7 @@ def test_continuation_logprobs_project_only_the_continuation_and_match_the_full_
     prompts = ["Is fire hot?", "Question: what is two plus two, written as a word?\nAnswer:"]
     continuations = [" yes", " four or so"]
     assert keeps_logits(lm.model)
-    sums, counts = GENERATION.continuation_logprobs(lm, prompts, continuations)  # type: ignore[attr-defined]
+    sums, counts = GENERATION.runtime().continuation_logprobs(lm, prompts, continuations)  # type: ignore[attr-defined]
     for i, (prompt, cont) in enumerate(zip(prompts, continuations, strict=True)):
         prompt_ids = lm.tokenizer(prompt)["input_ids"]
         cont_ids = lm.tokenizer(cont, add_special_tokens=False)["input_ids"]
@@ -184,7 +187,8 @@ def test_lora_on_a_causal_lm_learns_and_serves_what_peft_trained(lm_dir: Path, l
 def test_the_kv_cache_budget_is_what_generation_holds(lm: LoadedModel) -> None:
     """The formula against the cache transformers actually keeps after a batched generation."""
     arch = Architecture.from_config(lm.model.config.to_dict())
-    batch = GENERATION.encode(lm, ["hello there", "a longer prompt than that"], side="left")  # type: ignore[attr-defined]
+    batch = GENERATION.runtime().encode(  # type: ignore[attr-defined]
+        lm, ["hello there", "a longer prompt than that"], side="left")
     with torch.inference_mode():
         out = lm.model.generate(**batch, max_new_tokens=5, do_sample=False, return_dict_in_generate=True,
                                 pad_token_id=lm.tokenizer.pad_token_id)

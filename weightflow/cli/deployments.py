@@ -137,7 +137,7 @@ def predict(deployment: str, texts: list[str] = typer.Argument(..., help="inputs
     except (ValueError, IntegrityError) as exc:
         err.print(f"[red]error:[/] {exc}", highlight=False)
         raise typer.Exit(2) from exc
-    outputs = task_of(manifest.requirements.task).predict(loaded, manifest.requirements.task, texts)
+    outputs = task_of(manifest.requirements.task).runtime().predict(loaded, manifest.requirements.task, texts)
     for text, output in zip(texts, outputs, strict=True):
         console.print(f"{output}\t{text}", markup=False)
 

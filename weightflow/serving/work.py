@@ -42,9 +42,9 @@ def batch_work(live: LiveDeployment) -> Callable[[Hashable, list[Any]], tuple[st
         started = time.perf_counter()
         try:
             if kind == "classify":
-                return served.manifest_id, served.task.classify(served.loaded, served.spec, inputs)
+                return served.manifest_id, served.task.runtime().classify(served.loaded, served.spec, inputs)
             if kind == "embeddings":
-                return served.manifest_id, served.task.embeddings(served.loaded, served.spec, inputs)
+                return served.manifest_id, served.task.runtime().embeddings(served.loaded, served.spec, inputs)
             params, templated = parts[1], parts[2]
             prompts = cast(list[Prompt], inputs)
             sinks = [p.sink for p in prompts]
@@ -57,7 +57,7 @@ def batch_work(live: LiveDeployment) -> Callable[[Hashable, list[Any]], tuple[st
                 if sink is not None:
                     sink(piece)
 
-            completions = served.task.complete(
+            completions = served.task.runtime().complete(
                 served.loaded, served.spec, [p.text for p in prompts], params, templated=templated,
                 on_text=on_text if any(sinks) else None)
             metrics.observe_generation(started, first[0] if first else None, completions)

@@ -30,7 +30,7 @@ class Int8WeightOnly(Quantizer):
                  device: Any) -> Path:
         from weightflow.shared.modeling.quantizers.int8_modules import quantize_int8, save_quantized
 
-        loaded = task.load(model_dir, device)
+        loaded = task.runtime().load(model_dir, device)
         quantize_int8(loaded.model)
         return save_quantized(loaded.model, loaded.tokenizer, out_dir)
 

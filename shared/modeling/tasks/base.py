@@ -1,15 +1,14 @@
-"""What every task measures the same way: batched throughput, per-request latency, cost, intervals.
+"""What every task measures the same way: a measurement from scores, latencies and throughput, cost, the
+sample log. Torch-free (the timing of local model work is `timing`'s, on the runtime side).
 
 Quality and speed are measured together, on the same device and data, because selection trades one
 against the other; latency is per single request (what a client waits for), throughput batched (what
-the hardware bill pays for). Heavy libraries are imported where used: registering a task (and so
-validating a requirements file) imports no torch.
+the hardware bill pays for).
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from weightflow.contracts.measurement import Interval, Measurement, SampleRow
@@ -28,38 +27,6 @@ def cost_per_1k(throughput_per_s: float, hardware: HardwareProfile) -> float:
     if throughput_per_s <= 0:
         return float("inf")
     return 1000.0 / throughput_per_s * hardware.cost_per_hour_usd / 3600.0
-
-
-def sync(device: Any) -> None:
-    if getattr(device, "type", "cpu") == "cuda":
-        import torch
-
-        torch.cuda.synchronize(device)
-
-
-def timed(run: Callable[[Sequence[T]], list[R]], inputs: Sequence[T], device: Any) -> tuple[list[R], float]:
-    """Outputs of one batched pass over `inputs`, and its wall time in seconds."""
-    sync(device)
-    start = time.perf_counter()
-    outputs = run(inputs)
-    sync(device)
-    return outputs, time.perf_counter() - start
-
-
-def request_latencies_ms(run: Callable[[Sequence[T]], list[R]], inputs: Sequence[T], device: Any,
-                         samples: int = LATENCY_SAMPLES) -> list[float]:
-    """Single-request latencies over the first `samples` inputs, after a two-request warm-up."""
-    chosen = list(inputs[: max(1, samples)])
-    for item in chosen[:2]:  # first calls pay for allocator growth and kernel selection
-        run([item])
-    latencies = []
-    for item in chosen:
-        sync(device)
-        start = time.perf_counter()
-        run([item])
-        sync(device)
-        latencies.append((time.perf_counter() - start) * 1000.0)
-    return latencies
 
 
 def sample_rows(rows: Sequence[Any], inputs: Sequence[str], predictions: Sequence[str], targets: Sequence[str],

@@ -1,34 +1,30 @@
-"""What the classification tasks share: labelled rows, metrics (scikit-learn), intervals, general ability.
+"""What the classification tasks share, torch-free: labelled rows, label checks, metrics (scikit-learn) and their
+intervals, the chat prompt, and measuring an API candidate over HTTP.
 
-Subclasses say how a model scores labels for texts and how it embeds text; everything measured about
-them (accuracy, macro-F1, per-label precision/recall, latency, cost, the score's interval, Spearman on
-sentence pairs for general ability) is computed here, once.
+Their model work (scoring labels, embedding, batching, the general pass) is `classification_runtime`'s; a
+subclass names its runtime in `runtime_class`.
 """
 
 from __future__ import annotations
 
 import math
-from abc import abstractmethod
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel
 
 from weightflow.contracts.measurement import Interval, Measurement, SampleRow
 from weightflow.contracts.requirements import HardwareProfile, TaskSpec
 from weightflow.shared.modeling.datasets import Example, Pair
-from weightflow.shared.modeling.length_buckets import run_bucketed
-from weightflow.shared.modeling.protocols import Classified, Embedded, GeneralOutputs, LoadedModel, Task
-from weightflow.shared.modeling.tasks.base import measurement, request_latencies_ms, sample_rows, timed
+from weightflow.shared.modeling.protocols import Task
+from weightflow.shared.modeling.tasks.base import sample_rows
 
 if TYPE_CHECKING:
     import numpy as np
-    import torch
 
     from weightflow.shared.modeling.remote import Endpoint
 
 LABELLED_SPLITS = ("eval", "canary", "train")
-R = TypeVar("R")
 # How a chat model (an API candidate on route `chat`) is asked, unless task.prompt says otherwise.
 CHAT_PROMPT = ("Classify the text into exactly one of these labels:\n{labels}\n\n"
                "Answer with the label name only.\n\nText: {input}")
@@ -66,81 +62,7 @@ class ClassificationTask(Task):
             return [f"data.{split}: labels {unknown} are not in task.labels {sorted(spec.labels)}"]
         return []
 
-    # -- what subclasses provide ------------------------------------------------------------
-    @abstractmethod
-    def label_scores(self, loaded: LoadedModel, spec: TaskSpec, texts: Sequence[str]) -> torch.Tensor:
-        """[len(texts), len(spec.labels)] scores in task-label order; no gradients needed."""
-
-    @abstractmethod
-    def embed(self, loaded: LoadedModel, texts: Sequence[str]) -> torch.Tensor:
-        """[len(texts), d] L2-normalised sentence embeddings (for the general-ability set)."""
-
-    def inputs(self, loaded: LoadedModel, texts: Sequence[str]) -> dict[str, torch.Tensor]:
-        batch = loaded.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
-                                 return_tensors="pt")
-        return {key: value.to(loaded.device) for key, value in batch.items()}
-
-    def token_counts(self, loaded: LoadedModel, texts: Sequence[str]) -> list[int]:
-        """Each text's tokens as the model sees it (truncated): what a batch pads to, and what serving counts."""
-        ids = loaded.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
-        return [len(i) for i in ids]
-
-    def bucketed(self, loaded: LoadedModel, texts: Sequence[str], run: Callable[[list[str]], Sequence[R]]) -> list[R]:
-        """`run` over batches of similar-length texts (shared.modeling.length_buckets), results in the texts' order,
-        under `torch.inference_mode`."""
-        import torch
-
-        with torch.inference_mode():
-            return run_bucketed(list(texts), self.token_counts(loaded, texts), self.batch_size, run)
-
-    # -- serving ----------------------------------------------------------------------------
-    def classify(self, loaded: LoadedModel, spec: TaskSpec, texts: Sequence[str]) -> list[Classified]:
-        """Each text's label (as `predict` picks it) and every label's probability."""
-        import torch
-
-        names = label_names(spec)
-
-        def run(chunk: list[str]) -> list[Classified]:
-            scores = self.label_scores(loaded, spec, chunk).float() / self.score_temperature
-            probs = torch.softmax(scores, dim=1).cpu()
-            return [Classified(label=names[int(row.argmax())],
-                               scores={n: float(p) for n, p in zip(names, row, strict=True)}, tokens=tokens)
-                    for row, tokens in zip(probs, self.token_counts(loaded, chunk), strict=True)]
-
-        return self.bucketed(loaded, texts, run)
-
-    def embeddings(self, loaded: LoadedModel, spec: TaskSpec, texts: Sequence[str]) -> list[Embedded]:
-        def run(chunk: list[str]) -> list[Embedded]:
-            vectors = self.embed(loaded, chunk).float().cpu().tolist()
-            return [Embedded(v, n) for v, n in zip(vectors, self.token_counts(loaded, chunk), strict=True)]
-
-        return self.bucketed(loaded, texts, run)
-
-    # -- shared behaviour -------------------------------------------------------------------
-    def predict(self, loaded: LoadedModel, spec: TaskSpec, inputs: Sequence[str]) -> list[str]:
-        names = label_names(spec)
-
-        def run(chunk: list[str]) -> list[str]:
-            return [names[int(j)] for j in self.label_scores(loaded, spec, chunk).argmax(dim=1)]
-
-        return self.bucketed(loaded, inputs, run)
-
-    def evaluate(self, loaded: LoadedModel, spec: TaskSpec, rows: Sequence[Any], metric: str,
-                 hardware: HardwareProfile, confidence: float = 0.95) -> Measurement:
-        names = self._check_labels(spec, rows)
-        texts = [r.text for r in rows]
-
-        def run(batch: Sequence[str]) -> list[str]:
-            return self.predict(loaded, spec, batch)
-
-        predicted, seconds = timed(run, texts, loaded.device)
-        latencies = request_latencies_ms(run, texts, loaded.device)
-        score, interval, std, binary, extra = self.score(names, rows, predicted, metric, confidence)
-        return measurement(score=score, metric=metric, n=len(rows), interval=interval, score_std=std,
-                           binary=binary, latencies_ms=latencies, seconds=seconds, hardware=hardware, extra=extra,
-                           samples=labelled_samples(rows, predicted, latencies))
-
-    def _check_labels(self, spec: TaskSpec, rows: Sequence[Any]) -> list[str]:
+    def check_labels(self, spec: TaskSpec, rows: Sequence[Any]) -> list[str]:
         if not rows:
             raise ValueError("evaluation needs at least one row")
         names = label_names(spec)
@@ -185,7 +107,7 @@ class ClassificationTask(Task):
         from weightflow.shared.modeling.remote import Caller, MalformedResponse, field_of, text_of
         from weightflow.shared.modeling.tasks.base import remote_measurement
 
-        names = self._check_labels(spec, rows)
+        names = self.check_labels(spec, rows)
         route = self.remote_route(spec, endpoint.route)
         extra_counts: dict[str, float] = {}
         shown: list[str] | None = None
@@ -230,27 +152,6 @@ class ClassificationTask(Task):
         """A chat model is asked with `task.prompt` ({labels} and {input}) or weightflow's default."""
         return (spec.prompt or CHAT_PROMPT) if route == "chat" else None
 
-    def general_score(self, loaded: LoadedModel, spec: TaskSpec, rows: Sequence[Any]) -> float:
-        """Spearman between embedding cosine and gold similarity on sentence pairs."""
-        return self.general_outputs(loaded, spec, rows).score
-
-    def general_outputs(self, loaded: LoadedModel, spec: TaskSpec, rows: Sequence[Any]) -> GeneralOutputs:
-        """(cosine, gold similarity) per pair; the score is their Spearman correlation."""
-        import numpy as np
-        import torch
-
-        if len(rows) < 2:
-            raise ValueError("the general-ability set needs at least two pairs")
-
-        def run(chunk: list[str]) -> list[torch.Tensor]:
-            return list(self.embed(loaded, chunk).cpu())
-
-        a = torch.stack(self.bucketed(loaded, [p.a for p in rows], run))
-        b = torch.stack(self.bucketed(loaded, [p.b for p in rows], run))
-        cosine = (a * b).sum(dim=1).numpy().astype(float)
-        return GeneralOutputs(np.column_stack([cosine, [float(p.score) for p in rows]]), spearman_of_columns)
-
-
 def spearman_of_columns(values: Any) -> float:
     """Spearman between a pass's two columns (model cosine, gold similarity): the general score of any rows."""
     from scipy.stats import spearmanr
@@ -264,14 +165,6 @@ def labelled_samples(rows: Sequence[Any], predicted: Sequence[str], latencies_ms
     named no label, the answer itself), scored 1 when right whatever the metric."""
     return sample_rows(rows, [r.text for r in rows], predicted if shown is None else shown, [r.label for r in rows],
                        [float(p == r.label) for p, r in zip(predicted, rows, strict=True)], latencies_ms)
-
-
-def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    import torch
-
-    weights = mask.unsqueeze(-1).to(hidden.dtype)
-    pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
-    return torch.nn.functional.normalize(pooled.float(), p=2, dim=-1)
 
 
 def _unit_rows(vectors: Sequence[Any]) -> np.ndarray:

@@ -17,15 +17,13 @@ from pydantic import BaseModel, Field, model_validator
 from weightflow.contracts.limits import MAX_TEXT_CHARS
 from weightflow.contracts.measurement import Interval, Measurement, SampleRow
 from weightflow.contracts.requirements import HardwareProfile, TaskSpec
-from weightflow.shared.modeling.protocols import LoadedModel
+from weightflow.shared.modeling.protocols import TaskRuntime
 from weightflow.shared.modeling.registry import tasks
 from weightflow.shared.modeling.tasks import text_metrics
-from weightflow.shared.modeling.tasks.base import measurement, request_latencies_ms, sample_rows, timed
+from weightflow.shared.modeling.tasks.base import sample_rows
 from weightflow.shared.modeling.tasks.language import LanguageTask, _Row, first_line, render_prompt
 
 if TYPE_CHECKING:
-    import torch
-
     from weightflow.shared.modeling.remote import Endpoint
 
 LATENCY_SAMPLES = 8
@@ -53,6 +51,7 @@ class Generation(LanguageTask):
     remote_routes: ClassVar[tuple[str, ...]] = ("chat", "completions")
     metrics: ClassVar[tuple[str, ...]] = ("exact_match", "contains", "regex", "chrf")
     row: ClassVar[type[BaseModel]] = GenerationRow
+    runtime_class: ClassVar[type[TaskRuntime] | str] = ".generation_runtime:GenerationRuntime"
 
     def check_rows(self, spec: TaskSpec, metric: str, split: str, rows: Sequence[BaseModel]) -> list[str]:
         if metric != "regex":
@@ -62,60 +61,6 @@ class Generation(LanguageTask):
             if problem is not None:
                 return [f"data.{split} ({getattr(row, 'id', '?')}): {problem}"]
         return []
-
-    def generate(self, loaded: LoadedModel, spec: TaskSpec, inputs: Sequence[str], max_new_tokens: int | None = None
-                 ) -> tuple[list[str], int]:
-        """(answers, tokens generated) for a batch, greedy."""
-        import torch
-
-        prompts = [self.prompt(loaded, spec, text) for text in inputs]
-        batch = self.encode(loaded, prompts, side="left", add_special=not spec.chat_template)
-        tokenizer = loaded.tokenizer
-        with torch.inference_mode():
-            out: torch.Tensor = loaded.model.generate(
-                **batch, max_new_tokens=max_new_tokens or spec.max_new_tokens, do_sample=False,
-                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-        new = out[:, batch["input_ids"].shape[1]:]
-        produced = int((new != tokenizer.pad_token_id).sum())
-        texts = tokenizer.batch_decode(new, skip_special_tokens=True)
-        return [first_line(t) for t in texts], produced
-
-    def predict(self, loaded: LoadedModel, spec: TaskSpec, inputs: Sequence[str]) -> list[str]:
-        out: list[str] = []
-        for i in range(0, len(inputs), self.batch_size):
-            out += self.generate(loaded, spec, inputs[i: i + self.batch_size])[0]
-        return out
-
-    def evaluate(self, loaded: LoadedModel, spec: TaskSpec, rows: Sequence[Any], metric: str,
-                 hardware: HardwareProfile, confidence: float = 0.95) -> Measurement:
-        import numpy as np
-
-        if not rows:
-            raise ValueError("evaluation needs at least one row")
-        produced = [0]
-
-        def run(batch: Sequence[GenerationRow]) -> list[str]:
-            answers: list[str] = []
-            for i in range(0, len(batch), self.batch_size):
-                chunk, count = self.generate(loaded, spec, [r.input for r in batch[i: i + self.batch_size]])
-                answers += chunk
-                produced[0] += count
-            return answers
-
-        answers, seconds = timed(run, list(rows), loaded.device)
-        tokens = produced[0]
-        latencies = request_latencies_ms(run, list(rows), loaded.device, LATENCY_SAMPLES)
-
-        def first_token(batch: Sequence[GenerationRow]) -> list[str]:
-            return self.generate(loaded, spec, [r.input for r in batch], max_new_tokens=1)[0]
-
-        ttft = request_latencies_ms(first_token, list(rows), loaded.device, LATENCY_SAMPLES)
-        score, interval, std, binary, extra = self.score(answers, rows, metric, confidence)
-        extra |= {"ttft_ms_p50": float(np.percentile(ttft, 50)), "tokens_per_s": tokens / seconds if seconds else 0.0,
-                  "tokens_per_task": tokens / len(rows)}
-        return measurement(score=score, metric=metric, n=len(rows), interval=interval, score_std=std, binary=binary,
-                           latencies_ms=latencies, seconds=seconds, hardware=hardware, extra=extra,
-                           samples=answer_samples(rows, answers, metric, latencies))
 
     def score(self, answers: Sequence[str], rows: Sequence[Any], metric: str, confidence: float
               ) -> tuple[float, Interval, float, bool, dict[str, float]]:
@@ -166,10 +111,6 @@ class Generation(LanguageTask):
                                       score_std=std, binary=binary, hardware=hardware, extra=extra,
                                       samples=answer_samples(rows, answers, metric, [c.latency_ms for c in calls]))
 
-    def training_loss(self, loaded: LoadedModel, spec: TaskSpec, rows: Sequence[Any]) -> torch.Tensor:
-        prompts = [self.prompt(loaded, spec, r.input) for r in rows]
-        return self.target_loss(loaded, prompts, [f" {r.all_targets[0]}" if not spec.chat_template else
-                                                  r.all_targets[0] for r in rows])
 
 
 def answer_samples(rows: Sequence[Any], answers: Sequence[str], metric: str, latencies_ms: Sequence[float]

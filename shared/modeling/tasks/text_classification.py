@@ -7,18 +7,13 @@ attention and trains the head itself (`modules_to_save`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import ClassVar
 
 from weightflow.contracts.requirements import TaskSpec
 from weightflow.shared.modeling.checkpoint import CheckpointInfo
-from weightflow.shared.modeling.protocols import LoadedModel
+from weightflow.shared.modeling.protocols import TaskRuntime
 from weightflow.shared.modeling.registry import tasks
-from weightflow.shared.modeling.tasks.classification import ClassificationTask, label_names, mean_pool
-
-if TYPE_CHECKING:
-    import torch
+from weightflow.shared.modeling.tasks.classification import ClassificationTask, label_names
 
 HEAD_NAMES = ("classifier", "score", "classification_head")
 
@@ -49,6 +44,7 @@ class TextClassification(ClassificationTask):
     name: ClassVar[str] = "text-classification"
     # a head's labels come from a classify route; a chat model can be asked for them instead
     remote_routes: ClassVar[tuple[str, ...]] = ("classify", "chat")
+    runtime_class: ClassVar[type[TaskRuntime] | str] = ".text_classification_runtime:TextClassificationRuntime"
 
     def check_checkpoint(self, spec: TaskSpec, info: CheckpointInfo) -> list[str]:
         where = info.directory.name
@@ -58,49 +54,6 @@ class TextClassification(ClassificationTask):
         if not info.id2label:
             return [f"{where}: config.json has no id2label"]
         return [f"{where}: {p}" for p in head_columns(info.id2label, spec)[1]]
-
-    def load(self, model_dir: Path, device: Any) -> LoadedModel:
-        from weightflow.shared.modeling.loading import load_checkpoint, load_tokenizer
-
-        model = load_checkpoint(model_dir, "AutoModelForSequenceClassification", device)
-        return LoadedModel(model, load_tokenizer(model_dir), device, self.name, Path(model_dir))
-
-    def _columns(self, loaded: LoadedModel, spec: TaskSpec) -> list[int]:
-        id2label = {int(k): str(v) for k, v in loaded.model.config.id2label.items()}
-        columns, problems = head_columns(id2label, spec)
-        if problems:
-            raise ValueError("; ".join(problems))
-        return columns
-
-    def logits(self, loaded: LoadedModel, spec: TaskSpec, texts: Sequence[str]) -> torch.Tensor:
-        columns = self._columns(loaded, spec)
-        out: torch.Tensor = loaded.model(**self.inputs(loaded, texts)).logits
-        return out[:, columns]
-
-    def label_scores(self, loaded: LoadedModel, spec: TaskSpec, texts: Sequence[str]) -> torch.Tensor:
-        return self.logits(loaded, spec, texts)
-
-    def embed(self, loaded: LoadedModel, texts: Sequence[str]) -> torch.Tensor:
-        inputs = self.inputs(loaded, texts)
-        hidden = loaded.model(**inputs, output_hidden_states=True).hidden_states[-1]
-        return mean_pool(hidden, inputs["attention_mask"])
-
-    def training_loss(self, loaded: LoadedModel, spec: TaskSpec, rows: Sequence[Any]) -> torch.Tensor:
-        import torch
-        import torch.nn.functional as F
-
-        names = label_names(spec)
-        logits = self.logits(loaded, spec, [r.text for r in rows])
-        targets = torch.tensor([names.index(r.label) for r in rows], device=logits.device)
-        return F.cross_entropy(logits, targets)
-
-    def lora_targets(self, loaded: LoadedModel) -> tuple[list[str], list[str]]:
-        from torch import nn
-
-        from weightflow.shared.modeling.loading import attention_projections
-
-        heads = [n for n in HEAD_NAMES if isinstance(getattr(loaded.model, n, None), nn.Module)]
-        return attention_projections(loaded.model), heads[:1]
 
 
 tasks.register(TextClassification.name, TextClassification())

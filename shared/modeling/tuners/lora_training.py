@@ -49,7 +49,7 @@ def train_lora(task: Task, loaded: LoadedModel, spec: TaskSpec, rows: Sequence[A
         raise ValueError("LoRA training needs at least one train row")
     start = time.perf_counter()
     base = _trainable_base(copy.deepcopy(loaded.model))
-    targets, heads = task.lora_targets(LoadedModel(base, loaded.tokenizer, loaded.device, loaded.task,
+    targets, heads = task.runtime().lora_targets(LoadedModel(base, loaded.tokenizer, loaded.device, loaded.task,
                                                    loaded.model_dir))
     forked: list[int] = []
     device = loaded.device
@@ -73,7 +73,7 @@ def train_lora(task: Task, loaded: LoadedModel, spec: TaskSpec, rows: Sequence[A
             epoch_losses = []
             order = torch.randperm(len(rows), generator=generator).tolist()
             for i in range(0, len(order), settings.batch_size):
-                loss = task.training_loss(student, spec, [rows[j] for j in order[i: i + settings.batch_size]])
+                loss = task.runtime().training_loss(student, spec, [rows[j] for j in order[i: i + settings.batch_size]])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

@@ -43,7 +43,7 @@ async def completions(req: s.CompletionRequest, request: Request) -> Response:
     serving = serving_of(request)
     served = serving.served(req.model, "completions")
     prompts = req.prompts()
-    counts = [served.task.count_tokens(served.front, p) for p in prompts]
+    counts = [served.task.runtime().count_tokens(served.front, p) for p in prompts]
     if min(counts) == 0:
         raise ApiError(400, f"prompt {counts.index(0)} has no tokens (this model adds no start token): send "
                        "some text", param="prompt")
@@ -75,7 +75,7 @@ async def chat(req: s.ChatRequest, request: Request) -> Response:
     serving = serving_of(request)
     served = serving.served(req.model, "completions")
     try:
-        prompt, templated = served.task.chat_prompt(served.front, served.spec, req.conversation())
+        prompt, templated = served.task.runtime().chat_prompt(served.front, served.spec, req.conversation())
     except ValueError as exc:
         raise ApiError(400, str(exc), param="messages") from exc
     tokens = len(served.front.tokenizer(prompt, add_special_tokens=not templated)["input_ids"])
