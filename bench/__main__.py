@@ -6,6 +6,9 @@
     python -m bench --only lm_schemes     # fp32/int8/w4a16/awq on SmolLM2-135M (about 3 minutes; needs
                                           # examples/language-models/make_models.py and setup-quantization)
     python -m bench --only service_start    # a service's start to ready, and the stack's (about a minute)
+    python -m bench --only generation_throughput  # SmolLM2-135M's evaluation vs a plain generate loop (needs
+                                          # examples/language-models/make_models.py)
+    python -m bench --only hop_profile      # where an event hop's time goes, step by step (seconds)
     python -m bench --reps 3 --out /tmp/results
 """
 
@@ -21,7 +24,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 COMPARISONS = ("eval_throughput", "orchestration", "hashing", "memory_budget", "quantization", "scale", "lm_schemes",
-               "serving", "cluster", "artifact_store", "service_start")
+               "serving", "cluster", "artifact_store", "service_start", "generation_throughput",
+               "hop_profile")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any
 from uuid import UUID
 
@@ -12,6 +13,8 @@ from weightflow.contracts.workflow import RunRecord
 from weightflow.shared.bus.errors import OrphanError
 from weightflow.shared.bus.streams import run_subject, runs_stream_name
 from weightflow.shared.settings import Settings
+
+KNOWN_RUNS = 4096  # registrations a process keeps in memory (a few hundred bytes each)
 
 
 class MemoryRuns:
@@ -35,14 +38,26 @@ class NatsRuns:
     def __init__(self, js: Any, settings: Settings) -> None:
         self.js = js
         self.stream = runs_stream_name(settings)
+        # A registration never changes (a reroute or a change starts a new run), so one found is kept: every
+        # event of a run after its first costs no round trip. A miss is never kept (the run may be registered
+        # a moment later).
+        self._known: OrderedDict[UUID, RunRecord] = OrderedDict()
 
     async def fetch(self, run_id: UUID) -> RunRecord | None:
+        known = self._known.get(run_id)
+        if known is not None:
+            self._known.move_to_end(run_id)
+            return known
         for direct in (True, False):
             try:
                 msg = await self.js.get_last_msg(self.stream, run_subject(run_id), direct=direct)
             except NotFoundError:
                 continue
-            return RunRecord.model_validate_json(msg.data)
+            record = RunRecord.model_validate_json(msg.data)
+            self._known[run_id] = record
+            if len(self._known) > KNOWN_RUNS:
+                self._known.popitem(last=False)
+            return record
         return None
 
 
