@@ -72,7 +72,7 @@ class Settings(BaseSettings):
     ops_host: str = "127.0.0.1"
     metrics_interval_s: float = 5.0  # how often consumer lag and outbox depth are read for /metrics
     # A consumer with work waiting and none in hand for this long is bound again (shared.bus.stalls).
-    consumer_stall_s: float = 30.0
+    consumer_stall_s: float = Field(30.0, gt=0, allow_inf_nan=False)
     # Extra modules to import at start (comma-separated): model sources, tasks, quantizers, tuners
     # registered by a team's own code (see shared.modeling.registry).
     plugins: str = ""

@@ -106,7 +106,8 @@ class Lifecycle:
         works even when the event loop is blocked): a service that stopped taking work without dying says where it
         stopped, with no debugger attached."""
         if hasattr(signal, "SIGUSR1"):
-            asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, self.dump_tasks)
+            with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):  # not the main thread's loop
+                asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, self.dump_tasks)
 
     def dump_tasks(self) -> None:
         lines = sorted(f"  {task.get_name()}: {awaiting(task.get_coro())}" for task in asyncio.all_tasks())

@@ -67,6 +67,7 @@ class ServiceRuntime(lifecycle.Lifecycle, Background):
         self._loop_tick = time.monotonic()  # the event loop's last sign of life, for /healthz
         self.stalls = StallWatch(settings.consumer_stall_s)
         self.subscribers: dict[str, Any] = {}  # durable consumer name -> its faststream subscriber
+        self._in_hand: dict[str, int] = {}  # durable consumer name -> its messages this process is handling
 
     # -- wiring ------------------------------------------------------------------------------
     def build(self, url: str | None = None) -> FastStream:
@@ -110,6 +111,8 @@ class ServiceRuntime(lifecycle.Lifecycle, Background):
         traceback to read, and no restart by a supervisor (it would only refuse again)."""
         if self._exit_process_on_stop and hasattr(signal, "SIGUSR2"):  # threads' stacks (Lifecycle.dump_on_signal)
             faulthandler.register(signal.SIGUSR2, all_threads=True)
+            # SIGUSR1's default ends the process: until the loop's task dump takes it over, it only says so
+            signal.signal(signal.SIGUSR1, lambda *_: log.warning("%s: still starting, no task dump yet", self.name))
         self.engine = make_engine(self.settings.resolved_database_url())
         try:
             create_tables(self.engine)
@@ -206,13 +209,18 @@ class ServiceRuntime(lifecycle.Lifecycle, Background):
     async def handle(self, spec: HandlerSpec[Any], event: Event, msg: NatsMessage) -> None:
         started = time.perf_counter()
         name = spec.event_type.type_name()
-        self.stalls.delivered(self.service.durable_name(spec.event_type))
+        durable = self.service.durable_name(spec.event_type)
+        self.stalls.delivered(durable)
         meta = msg.raw_message.metadata
         delivery = Delivery(msg.raw_message.subject, meta.sequence.stream if meta.sequence else None,
                             meta.num_delivered or 1)
         if delivery.deliveries > 1:
             metrics.REDELIVERIES.labels(self.service.name, name).inc()
-        outcome = await self._settle(await deliver(self, Message(spec, event, delivery, msg)), msg)
+        self._in_hand[durable] = self._in_hand.get(durable, 0) + 1
+        try:
+            outcome = await self._settle(await deliver(self, Message(spec, event, delivery, msg)), msg)
+        finally:
+            self._in_hand[durable] -= 1
         metrics.EVENTS_CONSUMED.labels(self.service.name, name, outcome).inc()
         metrics.HANDLER_SECONDS.labels(self.service.name, name).observe(time.perf_counter() - started)
 
@@ -344,19 +352,27 @@ class ServiceRuntime(lifecycle.Lifecycle, Background):
             event = spec.event_type.type_name()
             metrics.CONSUMER_PENDING.labels(name, event).set(info.num_pending or 0)
             metrics.CONSUMER_ACK_PENDING.labels(name, event).set(info.num_ack_pending or 0)
-            if self.stalls.observe(durable, info.num_pending or 0, info.num_ack_pending or 0) and not self.stopping:
+            stalled = self.stalls.observe(durable, pending=info.num_pending or 0,
+                                          ack_pending=info.num_ack_pending or 0, waiting=info.num_waiting or 0,
+                                          in_hand=self._in_hand.get(durable, 0))
+            if stalled and not self.stopping:
                 await self.rebind(durable, event, info)
 
     async def rebind(self, durable: str, event: str, info: Any) -> None:
         """Bind a stalled consumer again (shared.bus.stalls): its pull loop and subscription start over on the
         same durable consumer, which keeps its position. What every task waited on is logged first: the stall's
         cause, for whoever reads the log."""
-        log.warning("%s: consumer %s has %d message(s) waiting and none delivered for %.0f s: binding it again",
-                    self.service.name, durable, info.num_pending or 0, self.stalls.stall_s)
+        log.warning("%s: consumer %s has %d message(s) waiting (%d to be delivered again, %d pull requests) and "
+                    "none delivered for %.0f s: binding it again", self.service.name, durable,
+                    info.num_pending or 0, info.num_ack_pending or 0, info.num_waiting or 0, self.stalls.stall_s)
         self.dump_tasks()
         subscriber = self.subscribers[durable]
         try:
             await subscriber.stop()
+        except Exception as exc:  # its tasks are cancelled by now; a subscription it could not close is dropped
+            log.warning("%s: unbinding consumer %s: %s: %s", self.service.name, durable, type(exc).__name__, exc)
+            subscriber.subscription = None
+        try:
             await subscriber.start()
         except Exception:
             log.exception("%s: binding consumer %s again failed; the next look tries again", self.service.name,
