@@ -14,6 +14,7 @@ Importing this module imports no torch, nor does importing a built-in task's spe
 from __future__ import annotations
 
 import importlib
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -156,6 +157,12 @@ class CandidateSource(ABC):
         raise NotImplementedError(f"candidate source {self.name} runs models locally")
 
 
+# What a TaskRuntime does; a spec that defines one of these has put model work on the wrong side.
+RUNTIME_METHODS = frozenset({"load", "evaluate", "general_score", "general_outputs", "general_pass", "predict",
+                             "training_loss", "measure_peak", "lora_targets", "count_tokens", "classify", "embeddings",
+                             "complete", "chat_prompt"})
+
+
 class Task(ABC):
     """A task's spec: its rows, metrics, validation, prompts and remote routes. Torch-free by construction
     (tests/unit/test_torch_line.py): the CLI validates, and a service measures an API candidate, without
@@ -165,6 +172,10 @@ class Task(ABC):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        misplaced = sorted(RUNTIME_METHODS & set(vars(cls)))
+        if misplaced:  # callers reach model work through runtime(): these would silently never run
+            raise TypeError(f"task {cls.__qualname__} defines {misplaced} on its spec; model work belongs on a "
+                            "TaskRuntime subclass that the task names in runtime_class")
         _trace(cls, "task", ("evaluate_remote",))
 
     metrics: ClassVar[tuple[str, ...]]  # the first is the default
@@ -179,12 +190,14 @@ class Task(ABC):
         """This task's model work (load, evaluate, loss, generate, serve), created once."""
         made: TaskRuntime | None = self.__dict__.get("_runtime")
         if made is None:
-            cls = self.runtime_class
+            cls = getattr(self, "runtime_class", None)
+            if cls is None:
+                raise TypeError(f"task {self.name} names no runtime_class (the TaskRuntime doing its model work)")
             if isinstance(cls, str):
                 # ".x:Y" is module x beside the module of the class that named it (a subclass may live elsewhere)
                 module, _, attr = cls.partition(":")
                 named_in = next(c for c in type(self).__mro__ if "runtime_class" in vars(c)).__module__
-                cls = getattr(importlib.import_module(module, named_in.rpartition(".")[0]), attr)
+                cls = getattr(importlib.import_module(module, sys.modules[named_in].__package__), attr)
             made = self.__dict__["_runtime"] = cls(self)
         assert made is not None
         return made

@@ -80,3 +80,21 @@ def test_each_builtin_runtime_is_the_one_its_spec_names() -> None:
         assert isinstance(runtime, TaskRuntime) and runtime.task is task and runtime.name == name
         assert type(runtime).__module__.endswith("_runtime"), type(runtime).__module__
         assert task.runtime() is runtime  # made once
+
+
+def test_model_work_on_a_spec_is_refused_when_the_class_is_made() -> None:
+    """A plugin written for the one-class Task (its own `evaluate` on the spec) would be silently bypassed, since
+    callers reach model work through runtime(): the class is refused instead, saying where the method goes."""
+    from weightflow.shared.modeling.tasks.zero_shot import ZeroShotClassification
+
+    with pytest.raises(TypeError, match=r"defines \['evaluate', 'load'\] on its spec.*TaskRuntime"):
+        class OldStyle(ZeroShotClassification):
+            def load(self, model_dir: object, device: object) -> None: ...
+
+            def evaluate(self) -> None: ...
+
+    class NoRuntime(ZeroShotClassification):
+        runtime_class = None  # type: ignore[assignment]
+
+    with pytest.raises(TypeError, match="names no runtime_class"):
+        NoRuntime().runtime()

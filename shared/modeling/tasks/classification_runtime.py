@@ -54,8 +54,11 @@ class ClassificationRuntime(TaskRuntime):
 
     def bucketed(self, loaded: LoadedModel, texts: Sequence[str], run: Callable[[list[str]], Sequence[R]]) -> list[R]:
         """`run` over batches of similar-length texts (shared.modeling.length_buckets), results in the texts' order,
-        under `torch.inference_mode`."""
+        under `torch.inference_mode`. What fits one batch (a served batch, a timed single request) runs as it is:
+        there is nothing to sort, and counting its tokens first would be time measured for nothing."""
         with torch.inference_mode():
+            if len(texts) <= self.task.batch_size:
+                return list(run(list(texts)))
             return run_bucketed(list(texts), self.token_counts(loaded, texts), self.task.batch_size, run)
 
     # -- serving ----------------------------------------------------------------------------
