@@ -12,6 +12,7 @@ current (and, while a node was down, said so).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -110,6 +111,20 @@ def wait_for(live: LiveStack, run_id: UUID, event_type: type[Event], timeout: fl
         time.sleep(0.3)
 
 
+def next_consumer(live: LiveStack, run_id: UUID, timeout: float = 60) -> tuple[str, type[Event]]:
+    """(service, event type) of the consumer the run waits on next. Read until the history shows one: it was seen
+    a moment ago, but a read while the node just restarted catches up once came back without it (CI, 2026-12-07)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(Exception):  # the node this client reached may be the one restarting
+            history = live.history()
+            for seen, service, consumed in WAITS_ON:
+                if any(isinstance(e, seen) and e.run_id == run_id for e in history):
+                    return service, consumed
+        assert time.monotonic() < deadline, f"none of {[w[0].type_name() for w in WAITS_ON]} within {timeout}s"
+        time.sleep(0.3)
+
+
 def kill_leader(cluster: EmbeddedCluster, settings: Settings, durable: str = "") -> tuple[str, float, float]:
     """SIGKILL the node leading the WF stream (or one of its consumers) and wait until another node leads it;
     (the node, when it was killed, how long the group had no leader: the kill to the new leader's `leader_since`).
@@ -158,8 +173,7 @@ def test_stream_and_consumer_leaders_die_mid_run_and_every_effect_happens_once(
         wait_for(live, run_id, FitCompleted)  # the run went on with two nodes
         cluster.restart(stream_leader)
 
-        ahead = next((service, consumed) for seen, service, consumed in WAITS_ON
-                     if any(isinstance(e, seen) and e.run_id == run_id for e in live.history()))
+        ahead = next_consumer(live, run_id)
         durable = Service(ahead[0]).durable_name(ahead[1])
         consumer_leader, second_kill, consumer_election_s = kill_leader(cluster, settings, durable)
         down = doctor(cli_env)  # a node is down: doctor says which, and what lags, exit 1
