@@ -9,7 +9,7 @@ the hardware bill pays for).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal
 
 from weightflow.contracts.measurement import Interval, Measurement, SampleRow
 from weightflow.contracts.requirements import HardwareProfile
@@ -17,8 +17,6 @@ from weightflow.contracts.requirements import HardwareProfile
 if TYPE_CHECKING:
     from weightflow.shared.modeling.remote import Call, Caller
 
-T = TypeVar("T")
-R = TypeVar("R")
 LATENCY_SAMPLES = 32
 
 
