@@ -157,12 +157,6 @@ class CandidateSource(ABC):
         raise NotImplementedError(f"candidate source {self.name} runs models locally")
 
 
-# What a TaskRuntime does; a spec that defines one of these has put model work on the wrong side.
-RUNTIME_METHODS = frozenset({"load", "evaluate", "general_score", "general_outputs", "general_pass", "predict",
-                             "training_loss", "measure_peak", "lora_targets", "count_tokens", "classify", "embeddings",
-                             "complete", "chat_prompt"})
-
-
 class Task(ABC):
     """A task's spec: its rows, metrics, validation, prompts and remote routes. Torch-free by construction
     (tests/unit/test_torch_line.py): the CLI validates, and a service measures an API candidate, without
@@ -172,7 +166,7 @@ class Task(ABC):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        misplaced = sorted(RUNTIME_METHODS & set(vars(cls)))
+        misplaced = sorted(runtime_methods() & set(vars(cls)))
         if misplaced:  # callers reach model work through runtime(): these would silently never run
             raise TypeError(f"task {cls.__qualname__} defines {misplaced} on its spec; model work belongs on a "
                             "TaskRuntime subclass that the task names in runtime_class")
@@ -255,6 +249,11 @@ class Task(ABC):
         Raises shared.modeling.remote.EndpointError when the endpoint gives no usable answer. On the spec: HTTP
         and metrics only, no model library."""
         raise NotServed(f"task {self.name} cannot be measured over an HTTP API")
+
+
+def runtime_methods() -> frozenset[str]:
+    """What a TaskRuntime does (its public methods); a spec that defines one has put model work on the wrong side."""
+    return frozenset(n for n, v in vars(TaskRuntime).items() if not n.startswith("_") and callable(v))
 
 
 class TaskRuntime(ABC):
