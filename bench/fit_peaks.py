@@ -4,13 +4,15 @@
     python -m bench.fit_peaks zero-shot-classification DIR ...
     python -m bench.fit_peaks --schemes=w4a16 multiple-choice DIR ...   # reviews.yaml's serving shape (8 x 256)
     python -m bench.fit_peaks --schemes=int8,w4a16,awq generation DIR ...   # 4-bit: needs the quantization env
+    python -m bench.fit_peaks --repeat=3 generation DIR ...   # three fresh processes a variant: median and range
 
 For each model directory, fp32 and each scheme (default int8; quantized here, 4-bit ones by llmcompressor in its
 own environment, calibrated on examples/language-models/general.jsonl): the budget fitting predicts
-(`memory_budget` with the stored `*.safetensors` as weights, the task's serving context, the default 64 MB
-runtime term) and the peak `shared.modeling.peak.measure_peak` measures in a fresh process (what fitting
-decides on), the relative error, and the serving batch's wall time (8 requests at the serving context,
-generated token by token for generation). Prints one Markdown table; rows go to bench/RESULTS.md by hand.
+(`memory_budget` with the stored `*.safetensors` as weights, the task's serving context, the CPU calibration's
+runtime and weight overhead, the scheme's working memory) and the peak `shared.modeling.peak.measure_peak`
+measures in a fresh process (what fitting decides on), the relative error, and the serving batch's wall time
+(8 requests at the serving context, generated token by token for generation). Prints one Markdown table; rows go
+to bench/RESULTS.md by hand.
 """
 
 from __future__ import annotations
@@ -33,21 +35,33 @@ SPECS = {
 
 
 def main(argv: list[str]) -> None:
-    schemes = ["int8"]
-    if argv and argv[0].startswith("--schemes="):
-        schemes = [s for s in argv.pop(0).removeprefix("--schemes=").split(",") if s]
+    schemes, repeat = ["int8"], 1
+    while argv and argv[0].startswith("--"):
+        flag, _, value = argv.pop(0).partition("=")
+        if flag == "--schemes":
+            schemes = [s for s in value.split(",") if s]
+        elif flag == "--repeat":  # fresh processes per variant: the allocator's spread between identical runs
+            repeat = int(value)
     if len(argv) < 2 or argv[0] not in SPECS:
-        raise SystemExit(f"usage: python -m bench.fit_peaks {{{','.join(SPECS)}}} MODEL_DIR [MODEL_DIR ...]")
-    from weightflow.contracts.requirements import HardwareProfile, TaskSpec
-    from weightflow.shared.modeling.budget import MB, Architecture, memory_budget
+        raise SystemExit(f"usage: python -m bench.fit_peaks [--schemes=int8,...] [--repeat=N] "
+                         f"{{{','.join(SPECS)}}} MODEL_DIR [MODEL_DIR ...]")
+    from weightflow.contracts.requirements import TaskSpec
+    from weightflow.shared.modeling.budget import (
+        SERVING_BATCH,
+        Architecture,
+        calibration,
+        memory_budget,
+        runtime_bytes,
+        tokenizer_bytes,
+    )
     from weightflow.shared.modeling.device import pick_device
     from weightflow.shared.modeling.peak import measure_peak
     from weightflow.shared.modeling.registry import quantizers, tasks
 
     spec = TaskSpec.model_validate(SPECS[argv[0]])
     task = tasks.get(spec.type)
-    runtime = int(HardwareProfile(profile="default", memory_mb=1, cost_per_hour_usd=0).runtime_mb * MB)
-    print("| model | variant | weights on disk MiB | predicted MiB | measured peak MiB | error | serving batch s |")
+    print("| model | variant | weights on disk MiB | predicted MiB | measured peak MiB, median [range] (load / serve) "
+          "| error | serving batch s |")
     print("|---|---|---|---|---|---|---|")
     for directory in map(Path, argv[1:]):
         arch = Architecture.from_config(json.loads((directory / "config.json").read_text()))
@@ -60,13 +74,21 @@ def main(argv: list[str]) -> None:
             base_s = 0.0
             for variant, path in variants:
                 weights = sum(p.stat().st_size for p in path.glob("*.safetensors"))
-                predicted = memory_budget(variant, params, arch, 1, weight_bytes=weights,
-                                          seq=task.serving_context(spec), runtime_bytes=runtime)
-                peak = measure_peak(path, spec, "cpu")
+                seq = task.serving_context(spec)
+                runtime = runtime_bytes("cpu", tokenizer_bytes({p.name: p.stat().st_size for p in path.iterdir()}))
+                working = quantizers.get(variant).working_bytes(arch, SERVING_BATCH, seq) if variant != "fp32" else 0
+                predicted = memory_budget(variant, params, arch, 1, weight_bytes=weights, seq=seq,
+                                          overhead=calibration("cpu").weight_overhead, runtime_bytes=runtime,
+                                          working_bytes=working)
+                peaks = sorted((measure_peak(path, spec, "cpu") for _ in range(repeat)), key=lambda p: p.peak_bytes)
+                peak = peaks[len(peaks) // 2]  # the median run
+                spread = (f" [{peaks[0].peak_bytes / MIB:.0f}-{peaks[-1].peak_bytes / MIB:.0f}]"
+                          if repeat > 1 else "")
                 error = (predicted.total_bytes - peak.peak_bytes) / peak.peak_bytes
                 base_s = base_s or peak.serve_s
                 print(f"| {directory.name} | {variant} | {weights / MIB:.1f} | {predicted.total_bytes / MIB:.1f} | "
-                      f"{peak.peak_bytes / MIB:.1f} | {error:+.1%} | {peak.serve_s:.2f} "
+                      f"{peak.peak_bytes / MIB:.1f}{spread} ({peak.load_peak_bytes / MIB:.1f} / "
+                      f"{peak.serve_peak_bytes / MIB:.1f}) | {error:+.1%} | {peak.serve_s:.2f} "
                       f"({peak.serve_s / base_s:.2f}x fp32) |", flush=True)
 
 

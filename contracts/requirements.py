@@ -13,7 +13,14 @@ from pathlib import PurePosixPath
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import BeforeValidator, Field, field_validator, model_validator
+from pydantic import (
+    BeforeValidator,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from weightflow.contracts.base import Contract, Event, register
 
@@ -101,9 +108,18 @@ class HardwareProfile(Contract):
     device: Literal["cpu", "cuda"] = "cpu"
     memory_mb: float = Field(gt=0)
     cost_per_hour_usd: float = Field(ge=0)
-    runtime_mb: float = Field(default=64.0, ge=0, description=(
-        "memory the serving process takes beyond weights and activations (torch, tokenizer, allocator "
-        "slack); 64 MB covers what the bench measured on CPU (bench/RESULTS.md)"))
+    runtime_mb: float | None = Field(default=None, ge=0, description=(
+        "memory the serving process takes beyond weights and activations (tokenizer, allocator, runtime buffers); "
+        "unset: calibrated for the device and the model (on CPU 18 MB plus about 9x the tokenizer.json, "
+        "bench/RESULTS.md §15). An unset value is left out of the JSON, so an earlier release reads its own "
+        "default (64)"))
+
+    @model_serializer(mode="wrap")
+    def _leave_out_unset_runtime(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if data.get("runtime_mb", 0) is None:
+            del data["runtime_mb"]
+        return data
 
 
 # The machine that calls a hosted API: it hosts no model, so it costs nothing per hour and needs no memory

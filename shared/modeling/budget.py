@@ -1,10 +1,19 @@
 """Memory budget: will this variant fit the target hardware? (pure; used by fitting and by selection)
 
-budget = params x bytes/param x (1 + overhead) + activations at the serving batch and sequence + a
-fixed runtime term. For decoders the activations are the KV cache (2 x layers x kv_heads x head_dim x
-context x batch x bytes) plus one layer's working set and the last position's logits; for encoders one
-layer's working set. Overhead (allocator slack, runtime buffers, framework) is 20-40% in practice; 30% is
-the default. Quantization comes before sharding/offload because it keeps a single-device deployment.
+budget = weights x (1 + overhead) + activations at the serving batch and context + the scheme's working
+memory + the runtime (the serving process's own: tokenizer, allocator, beyond the interpreter and torch)
++ the hardware's `runtime_mb` headroom. Each term is calibrated per device against what fitting decides
+on, the peak a fresh process measures at the serving shape (shared.modeling.peak; bench/RESULTS.md §15):
+
+* weights: on CPU a checkpoint's safetensors are mapped, not copied, so they count once (overhead 0);
+* activations, per sequence: one layer's working set (three intermediate-wide tensors of the MLP, six
+  hidden-wide ones, query/key/value) plus, for an encoder, its attention scores (a padding mask keeps
+  it on the math path); a decoder adds its KV cache for every layer and the last position's logits
+  (generation runs a flash kernel on CPU, which never holds the scores);
+* runtime: a fixed part, plus the loaded tokenizer, about 9x its tokenizer.json.
+
+Quantization comes before sharding/offload because it keeps a single-device deployment. The prediction
+orders the schemes and rules a variant out; the measured peak decides.
 """
 
 from __future__ import annotations
@@ -20,6 +29,48 @@ DEFAULT_OVERHEAD = 0.30
 SERVING_BATCH = 8
 SERVING_SEQ = 128
 MB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class DeviceCalibration:
+    """What the measured peak holds beyond the formula's weights and activations, on one kind of device."""
+
+    weight_overhead: float  # a fraction of the weights on top of them
+    runtime_bytes: int  # the serving process's own memory beyond the interpreter, torch and transformers
+    tokenizer_factor: float  # memory a loaded tokenizer takes per byte of its tokenizer.json
+    calibrated: str  # where the numbers come from, for the budget's description
+
+
+# CPU: fitted on 12 models x variants (encoders, decoders, int8, 4-bit) measured by the peak child, 2026-12-07,
+# bench/RESULTS.md §15. CUDA: not calibrated (no GPU lent yet); the peak there is torch's allocator
+# (`max_memory_allocated`), which sees neither the CUDA context nor the host's tokenizer, so the runtime term is
+# 0 and the weights get accelerate's "add up to 20 %".
+CALIBRATION = {
+    "cpu": DeviceCalibration(weight_overhead=0.0, runtime_bytes=18 * MB, tokenizer_factor=9.0,
+                             calibrated="calibrated on cpu, bench/RESULTS.md §15"),
+    "cuda": DeviceCalibration(weight_overhead=0.20, runtime_bytes=0, tokenizer_factor=0.0,
+                              calibrated="not calibrated on cuda yet"),
+}
+
+
+def calibration(device: str) -> DeviceCalibration:
+    """The calibration of a device kind ("cuda:1" is "cuda")."""
+    return CALIBRATION.get(device.split(":")[0], CALIBRATION["cpu"])
+
+
+def tokenizer_bytes(file_sizes: Mapping[str, int]) -> int:
+    """A checkpoint's tokenizer on disk, from its {file name: size}: tokenizer.json (what a fast tokenizer loads),
+    else its vocabulary, merges and sentencepiece model files."""
+    if "tokenizer.json" in file_sizes:
+        return file_sizes["tokenizer.json"]
+    return sum(size for name, size in file_sizes.items()
+               if name.startswith(("vocab", "merges")) or name.endswith(".model"))
+
+
+def runtime_bytes(device: str, tokenizer_bytes: int) -> int:
+    """The serving process's own memory on `device` with a tokenizer of `tokenizer_bytes` (its tokenizer.json)."""
+    cal = calibration(device)
+    return int(cal.runtime_bytes + cal.tokenizer_factor * tokenizer_bytes)
 
 
 @dataclass(frozen=True)
@@ -62,23 +113,23 @@ def kv_cache_bytes(arch: Architecture, *, batch: int, seq: int, bytes_per_value:
 
 def activation_bytes(arch: Architecture, *, batch: int = SERVING_BATCH, seq: int = SERVING_SEQ,
                      bytes_per_value: float = 4.0) -> int:
-    """Decoders keep a KV cache for every layer, plus one layer's working set and the last position's
-    logits; encoders hold one layer's activations at a time."""
-    per_token = 4 * arch.hidden + arch.intermediate
-    attention = arch.heads * seq * seq
-    working = int(batch * (seq * per_token + attention) * bytes_per_value)
-    if arch.is_decoder:
-        logits = int(batch * arch.vocab * bytes_per_value)
-        return kv_cache_bytes(arch, batch=batch, seq=seq, bytes_per_value=bytes_per_value) + working + logits
-    return working
+    """One layer's working set per sequence (the MLP's three intermediate-wide tensors, six hidden-wide ones,
+    query/key/value), an encoder's attention scores; a decoder's KV cache for every layer and last logits."""
+    per_sequence = seq * (3 * arch.intermediate + 6 * arch.hidden + 3 * arch.heads * arch.head_dim)
+    if not arch.is_decoder:
+        return int(batch * (per_sequence + arch.heads * seq * seq) * bytes_per_value)
+    logits = batch * arch.vocab
+    return (int((batch * per_sequence + logits) * bytes_per_value)
+            + kv_cache_bytes(arch, batch=batch, seq=seq, bytes_per_value=bytes_per_value))
 
 
 def memory_budget(variant: str, params: int, arch: Architecture, budget_bytes: int, *,
                   bytes_per_param: float | None = None, weight_bytes: int | None = None,
                   overhead: float = DEFAULT_OVERHEAD, batch: int = SERVING_BATCH,
-                  seq: int = SERVING_SEQ, runtime_bytes: int = 0) -> MemoryBudget:
+                  seq: int = SERVING_SEQ, runtime_bytes: int = 0, working_bytes: int = 0) -> MemoryBudget:
     """Predict peak serving memory; `weight_bytes` (measured on the saved variant) beats the nominal
-    `bytes_per_param` (the scheme's, or fp32's) when known."""
+    `bytes_per_param` (the scheme's, or fp32's) when known. `working_bytes`: what the scheme's own layers
+    hold while they compute (a dequantized block of weights), counted with the activations."""
     if params <= 0:
         raise ValueError("params must be positive")
     if weight_bytes is not None:
@@ -88,7 +139,7 @@ def memory_budget(variant: str, params: int, arch: Architecture, budget_bytes: i
     else:
         raise ValueError(f"variant {variant!r} needs its bytes per parameter (the quantizer's) or its measured "
                          "weight_bytes")
-    act = activation_bytes(arch, batch=batch, seq=seq)
+    act = activation_bytes(arch, batch=batch, seq=seq) + working_bytes
     total = int(weights * (1 + overhead)) + act + runtime_bytes
     return MemoryBudget(variant=variant, params=params, bytes_per_param=round(weights / params, 4),
                         weight_bytes=weights, overhead_fraction=overhead, activation_bytes=act,

@@ -367,6 +367,11 @@ class Quantizer(ABC):
         shared.modeling.budget.Architecture."""
         return int(params * self.bytes_per_param)
 
+    def working_bytes(self, arch: Any, batch: int, seq: int) -> int:
+        """Memory this scheme's layers hold while they compute, beyond the activations every variant holds (a
+        block of weights turned to float, say), at `batch` sequences of `seq` tokens. Default: none."""
+        return 0
+
     @abstractmethod
     def quantize(self, task: Task, model_dir: Path, out_dir: Path, spec: TaskSpec, calibration: Sequence[Any],
                  device: Any) -> Path: ...

@@ -14,12 +14,20 @@ from weightflow.contracts.registry import Manifest
 from weightflow.contracts.requirements import Requirements, TaskSpec
 from weightflow.shared import sample_logs
 from weightflow.shared.artifacts import ArtifactStore
-from weightflow.shared.modeling.budget import MB, Architecture, memory_budget
+from weightflow.shared.modeling.budget import (
+    MB,
+    SERVING_BATCH,
+    Architecture,
+    calibration,
+    memory_budget,
+    runtime_bytes,
+    tokenizer_bytes,
+)
 from weightflow.shared.modeling.checkpoint import tree_config
 from weightflow.shared.modeling.datasets import load_jsonl
 from weightflow.shared.modeling.device import pick_device
 from weightflow.shared.modeling.protocols import LoadedModel, Quantizer, Task
-from weightflow.shared.modeling.registry import sources, tasks, tuners
+from weightflow.shared.modeling.registry import quantizers, sources, tasks, tuners
 
 
 def task_of(spec: TaskSpec) -> Task:
@@ -93,9 +101,18 @@ def budget_for(store: ArtifactStore, tree_digest: str, params: int, variant: str
     """The memory budget of a stored checkpoint's variant on the requirements' hardware, at the serving
     context its task plans for, plus the hardware's runtime term (one rule for fitting, and for
     selection's "would it fit?"). Before a variant exists its weights are the quantizer's prediction."""
-    arch = architecture(store, tree_digest)
+    files = store.tree_files(tree_digest)
+    arch = Architecture.from_config(tree_config(files, store.read_json))
     hw = req.deployment.hardware
+    if quantizer is None and variant in quantizers.names():
+        quantizer = quantizers.get(variant)
     if weight_bytes is None and quantizer is not None:
         weight_bytes = quantizer.predict_weight_bytes(params, arch)
-    return memory_budget(variant, params, arch, int(hw.memory_mb * MB), weight_bytes=weight_bytes,
-                         seq=task_of(req.task).serving_context(req.task), runtime_bytes=int(hw.runtime_mb * MB))
+    seq = task_of(req.task).serving_context(req.task)
+    tokenizer = tokenizer_bytes({name: store.size_of(d) for name, d in files.items()
+                                 if name.startswith(("tokenizer.json", "vocab", "merges")) or name.endswith(".model")})
+    return memory_budget(variant, params, arch, int(hw.memory_mb * MB), weight_bytes=weight_bytes, seq=seq,
+                         overhead=calibration(hw.device).weight_overhead,
+                         runtime_bytes=(runtime_bytes(hw.device, tokenizer) if hw.runtime_mb is None
+                                        else int(hw.runtime_mb * MB)),
+                         working_bytes=quantizer.working_bytes(arch, SERVING_BATCH, seq) if quantizer else 0)

@@ -61,3 +61,13 @@ def test_unknown_type_extra_fields_and_garbage_are_errors() -> None:
 def test_any_payload_is_a_value_error_never_a_crash(payload: bytes) -> None:
     with pytest.raises(ValueError):
         parse_event(payload)
+
+
+def test_an_unset_runtime_is_left_out_of_the_json_so_an_earlier_release_reads_its_own_default() -> None:
+    from weightflow.contracts.requirements import HardwareProfile
+
+    unset = HardwareProfile(profile="edge", memory_mb=512, cost_per_hour_usd=0.1)
+    assert unset.runtime_mb is None and "runtime_mb" not in json.loads(unset.model_dump_json())
+    assert HardwareProfile.model_validate_json(unset.model_dump_json()) == unset
+    explicit = HardwareProfile(profile="edge", memory_mb=512, cost_per_hour_usd=0.1, runtime_mb=0)
+    assert json.loads(explicit.model_dump_json())["runtime_mb"] == 0, "an explicit 0 is kept: it means no runtime"

@@ -136,6 +136,34 @@ def test_memory_budget_formula() -> None:
         memory_budget("int4", 22_713_216, arch, 96 * MB)
 
 
+def test_the_runtime_term_is_calibrated_per_device_and_counts_the_tokenizer() -> None:
+    """On CPU the peak child measured 18 MB beside the model plus ~9x the tokenizer.json (RESULTS §15); on CUDA the
+    allocator's peak sees no host memory. An unknown device kind is budgeted as a CPU."""
+    from weightflow.shared.modeling.budget import calibration, runtime_bytes, tokenizer_bytes
+
+    assert runtime_bytes("cpu", 0) == 18 * MB
+    assert runtime_bytes("cpu", 3_522_871) == int(18 * MB + 9 * 3_522_871)  # SmolLM2's tokenizer.json
+    assert runtime_bytes("cuda:1", 3_522_871) == 0 and calibration("cuda:1").weight_overhead == 0.2
+    assert calibration("cpu").weight_overhead == 0.0 and calibration("npu") == calibration("cpu")
+    assert tokenizer_bytes({"tokenizer.json": 10, "vocab.txt": 5}) == 10, "a fast tokenizer loads tokenizer.json"
+    assert tokenizer_bytes({"vocab.json": 5, "merges.txt": 3, "spiece.model": 2, "config.json": 99}) == 10
+
+
+def test_a_scheme_working_memory_is_counted_with_the_activations() -> None:
+    from weightflow.shared.modeling.quantizers.int8 import BLOCK_ELEMENTS, Int8WeightOnly
+
+    arch = Architecture.from_config({"hidden_size": 576, "num_hidden_layers": 30, "num_attention_heads": 9,
+                                     "num_key_value_heads": 3, "intermediate_size": 1536, "vocab_size": 49152,
+                                     "architectures": ["LlamaForCausalLM"]})
+    working = Int8WeightOnly().working_bytes(arch, 8, 264)
+    assert working == 4 * (min(BLOCK_ELEMENTS, 576 * 1536) + 8 * 264 * 1536)
+    plain = memory_budget("int8", 134_515_008, arch, 512 * MB, weight_bytes=164_000_000, seq=264)
+    more = memory_budget("int8", 134_515_008, arch, 512 * MB, weight_bytes=164_000_000, seq=264,
+                         working_bytes=working)
+    assert more.activation_bytes - plain.activation_bytes == working
+    assert more.total_bytes - plain.total_bytes == working
+
+
 def test_decoder_budget_counts_the_kv_cache() -> None:
     arch = Architecture.from_config({"hidden_size": 2048, "num_hidden_layers": 16, "num_attention_heads": 16,
                                      "architectures": ["LlamaForCausalLM"]})

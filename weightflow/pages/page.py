@@ -98,7 +98,7 @@ def requirements_rows(ctx: RunContext) -> list[tuple[str, str]]:
         (
             "hardware",
             f"{hw.profile}: {hw.device}, {hw.memory_mb:g} MB, ${hw.cost_per_hour_usd:g}/hour, runtime "
-            f"{hw.runtime_mb:g} MB",
+            + ("calibrated for the device" if hw.runtime_mb is None else f"{hw.runtime_mb:g} MB"),
         ),
         ("candidates", ", ".join(names)),
         (

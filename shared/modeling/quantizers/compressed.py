@@ -54,6 +54,11 @@ class CompressedTensors4Bit(Quantizer):
         full = arch.embedding_params * (1 if arch.tied else 2) if arch.vocab else 0
         return int(full * 4 + max(params - full, 0) * self.bytes_per_param)
 
+    def working_bytes(self, arch: Any, batch: int, seq: int) -> int:
+        """One layer's weight dequantized to float for its call, and its output."""
+        widest = max(arch.intermediate, arch.hidden)
+        return int(4 * (arch.hidden * widest + batch * seq * widest))
+
     def unavailable(self, device: str) -> str | None:
         if device == "cpu":
             return ("4-bit weights have no kernels on a cpu (each layer is dequantized at every call): use int8, "

@@ -19,6 +19,7 @@ from weightflow.shared.modeling.protocols import Quantizer, Task
 from weightflow.shared.modeling.registry import quantizers
 
 LAYOUT_FILE = "quantization.json"
+BLOCK_ELEMENTS = 1 << 21  # weight elements a layer turns to float at once in a forward (8 MiB in fp32)
 
 
 class Int8WeightOnly(Quantizer):
@@ -38,6 +39,12 @@ class Int8WeightOnly(Quantizer):
         """One byte a weight plus an fp32 scale a row; a tied output layer is stored apart from the
         embedding it shares (a second copy of vocab x hidden)."""
         return int(params * self.bytes_per_param) + (arch.embedding_params if arch.tied else 0)
+
+    def working_bytes(self, arch: Any, batch: int, seq: int) -> int:
+        """A block of weights in float, and a second output of the widest layer (the block path scales its
+        product; the int8 kernel path fills a preallocated output from a chunk of scaled rows)."""
+        widest = int(max(arch.intermediate, arch.hidden))
+        return int(4 * (min(BLOCK_ELEMENTS, arch.hidden * widest) + batch * seq * widest))
 
     def detects(self, model_dir: Path) -> bool:
         return (Path(model_dir) / LAYOUT_FILE).is_file()

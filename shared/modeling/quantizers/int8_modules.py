@@ -26,6 +26,8 @@ from pydantic import BaseModel, ConfigDict
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from weightflow.shared.modeling.quantizers.int8 import BLOCK_ELEMENTS
+
 SCHEME: Literal["int8-weight-only"] = "int8-weight-only"
 FORMAT_VERSION: Literal[1] = 1
 LAYOUT_FILE = "quantization.json"
@@ -54,7 +56,7 @@ def _quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 _TINY = torch.finfo(torch.float32).tiny  # an all-zero token row stays zero, whatever it is divided by
 _UNIT_STEP, _UNIT_ZERO = 1.0 / 63, 64  # [-1, 1] onto uint8 1..127: 7 bits, as fbgemm on x86 needs
-CHUNK_ELEMENTS = 1 << 21  # weight elements turned to float at once in a forward (8 MiB in fp32)
+CHUNK_ELEMENTS = BLOCK_ELEMENTS  # weight elements turned to float at once in a forward (the budget counts them)
 # Activation elements per fbgemm call on the int8 path (1 MiB in fp32): the scaled copy of the input and the kernel's
 # own buffers are a chunk's size, not the whole batch's (MiniLM-L6 at 8 x 128: serving peak 110 -> 98 MiB, its
 # spread 106-119 -> 96-101 over six runs; 4 % slower; the same numbers, since every row is quantized on its own)
