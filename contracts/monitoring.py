@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Literal
 from uuid import UUID
 
@@ -27,9 +28,11 @@ class DeployedModel(Contract):
 class CanaryRequested(Event):
     STAGE = "monitoring"
     NAME = "canary_requested"
-    SCHEMA_VERSION = 2
+    SCHEMA_VERSION = 3  # 3: due_at
     deployment: str
     scheduled: bool = Field(default=False, description="true when the schedule (not an operator) asked")
+    due_at: datetime | None = Field(default=None, description=(
+        "when the schedule wanted the canary to start (its slot): the canary's start minus this is its lag"))
 
 
 @register

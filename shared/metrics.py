@@ -98,6 +98,9 @@ CANARY_COST = Gauge(f"{PREFIX}_canary_cost_per_1k_usd", "The last canary's cost 
 CANARY_ROWS = Gauge(f"{PREFIX}_canary_rows", "Rows the last canary's score rests on", ["deployment"])
 CANARY_LAST = Gauge(f"{PREFIX}_canary_last_timestamp_seconds",
                     "When the deployment's last canary ended (time() - this: seconds since)", ["deployment"])
+CANARY_LAG = Histogram(f"{PREFIX}_canary_start_lag_seconds",
+                       "How late a scheduled canary started after its slot (the schedule's own delay: tick, "
+                       "queue, hop)", buckets=_SECONDS)
 # Timestamps, not a pass/fail gauge, decide the alert: with several monitoring replicas (or one restarted) the
 # newest verdict is the one with the newest timestamp, whichever process holds it.
 CANARY_LAST_PASSED = Gauge(f"{PREFIX}_canary_last_passed_timestamp_seconds", "When a canary last passed",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import UTC
 from typing import Any
 from uuid import UUID
 
@@ -31,7 +31,7 @@ from weightflow.contracts.registry import DeploymentPromoted, Manifest
 from weightflow.contracts.workflow import RequestRefused, WorkflowResumed
 from weightflow.services.monitoring import domain
 from weightflow.services.monitoring.tables import CanaryRecord, ServedEndpoint, Watch
-from weightflow.shared import sample_logs
+from weightflow.shared import metrics, sample_logs
 from weightflow.shared.artifacts import IntegrityError
 from weightflow.shared.bus import Commit, HandlerContext, HandlerResult, OrphanError, Service
 from weightflow.shared.modeling.registry import sources
@@ -96,6 +96,9 @@ def _judge(ctx: HandlerContext, manifest: Manifest) -> tuple[domain.CanaryJudgem
 @service.handles(CanaryRequested, requires_run=False)
 def on_canary_requested(event: CanaryRequested, ctx: HandlerContext) -> HandlerResult:
     """Run the canary of the live manifest now (scheduled, or an operator's `weightflow canary`)."""
+    if event.scheduled and event.due_at is not None:  # a redelivered request counts as late as it is
+        due = event.due_at if event.due_at.tzinfo else event.due_at.replace(tzinfo=UTC)
+        metrics.CANARY_LAG.observe(max(0.0, (utcnow() - due).total_seconds()))
     watch = ctx.read(lambda s: s.get(Watch, event.deployment))
     if watch is None:
         if event.scheduled:
@@ -186,21 +189,31 @@ def on_resumed(event: WorkflowResumed, ctx: HandlerContext) -> HandlerResult:
     return commit
 
 
+# Due canaries claimed per tick, oldest first: a fleet promoted at once is requested over a few ticks, each tick's
+# transaction stays short, and a tick reads only due rows (next_due_at is indexed), however many are not due.
+CLAIMS_PER_TICK = 500
+
+
 @service.every(lambda settings: settings.scheduler_tick_s)
 def claim_due_canaries(ctx: HandlerContext) -> Commit:
-    """Claim each due canary (compare-and-set on next_due_at, so one replica claims it) and request it."""
+    """Claim each due canary (compare-and-set on next_due_at, so one replica claims it), move it to its next slot
+    on the deployment's own phase, and request it."""
 
     def commit(session: Session) -> Sequence[Event]:
         now = utcnow()
         out: list[Event] = []
-        for watch in session.exec(select(Watch).where(col(Watch.next_due_at) <= now)).all():
+        due = session.exec(select(Watch).where(col(Watch.next_due_at) <= now)
+                           .order_by(col(Watch.next_due_at)).limit(CLAIMS_PER_TICK)).all()
+        for watch in due:
+            slot = watch.next_due_at
             claimed = session.execute(
-                update(Watch).where(col(Watch.deployment) == watch.deployment)
-                .where(col(Watch.next_due_at) == watch.next_due_at)
-                .values(next_due_at=now + timedelta(seconds=watch.interval_s)))
+                update(Watch).where(col(Watch.deployment) == watch.deployment).where(col(Watch.next_due_at) == slot)
+                .values(next_due_at=domain.next_due(watch.deployment, watch.interval_s, now))
+                .execution_options(synchronize_session=False))
             if claimed.rowcount == 1:  # type: ignore[attr-defined]
                 out.append(CanaryRequested(run_id=UUID(watch.run_id), causation_id=UUID(watch.promoted_event_id),
-                                           deployment=watch.deployment, scheduled=True))
+                                           deployment=watch.deployment, scheduled=True,
+                                           due_at=slot if slot.tzinfo else slot.replace(tzinfo=UTC)))
         return out
 
     return commit

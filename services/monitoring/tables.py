@@ -17,7 +17,7 @@ class Watch(SQLModel, table=True):
     manifest_run_id: str = Field(description="the run that registered the live manifest")
     promoted_event_id: str = Field(description="causation of scheduled canaries: the promotion being watched")
     interval_s: float
-    next_due_at: datetime
+    next_due_at: datetime = Field(index=True)  # the scheduler reads due rows only
     updated_at: datetime = Field(default_factory=utcnow)
 
 
