@@ -9,6 +9,7 @@
     python -m bench --only generation_throughput  # SmolLM2-135M's evaluation vs a plain generate loop (needs
                                           # examples/language-models/make_models.py)
     python -m bench --only hop_profile      # where an event hop's time goes, step by step (seconds)
+    python -m bench --only canary_schedule  # scheduler tick cost vs deployments not due; claim lag (~2 min)
     python -m bench --reps 3 --out /tmp/results
 """
 
@@ -25,7 +26,7 @@ from pathlib import Path
 
 COMPARISONS = ("eval_throughput", "orchestration", "hashing", "memory_budget", "quantization", "scale", "lm_schemes",
                "serving", "cluster", "artifact_store", "service_start", "generation_throughput",
-               "hop_profile")
+               "hop_profile", "canary_schedule")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

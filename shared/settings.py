@@ -64,7 +64,7 @@ class Settings(BaseSettings):
     crash_points: str = ""  # tests only: comma-separated shared.bus crash points (mid_transaction, after_commit)
     device: str = "auto"
     canary_interval_s: float | None = None
-    scheduler_tick_s: float = 1.0
+    scheduler_tick_s: float = 0.25  # an idle tick is one indexed read; a due canary waits at most this long
     otlp_endpoint: str | None = None
     # Operator endpoints (/metrics, /healthz, /readyz; shared.ops_server): off when None, a free port when 0
     # (announced under <home>/ops/targets/ for Prometheus and `weightflow doctor`). The embedded stack uses 0.

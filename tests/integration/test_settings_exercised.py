@@ -75,7 +75,7 @@ def test_the_duplicate_window_and_scheduler_tick_are_read_from_the_environment(
     from weightflow.shared.settings import Settings
 
     monkeypatch.setenv("WEIGHTFLOW_DUPLICATE_WINDOW_S", "37")
-    monkeypatch.setenv("WEIGHTFLOW_SCHEDULER_TICK_S", "0.25")
+    monkeypatch.setenv("WEIGHTFLOW_SCHEDULER_TICK_S", "0.75")
     with EmbeddedNats(tmp_path / "nats") as server:
         settings = Settings(home=tmp_path / "home", nats_url=server.url)
 
@@ -90,4 +90,4 @@ def test_the_duplicate_window_and_scheduler_tick_are_read_from_the_environment(
                 await nc.close()
 
         assert asyncio.run(windows()) == [37.0, 37.0]
-    assert [interval(settings) for interval, _ in monitoring.periodics] == [0.25]
+    assert [interval(settings) for interval, _ in monitoring.periodics] == [0.75]
