@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     crash_points: str = ""  # tests only: comma-separated shared.bus crash points (mid_transaction, after_commit)
     device: str = "auto"
     canary_interval_s: float | None = None
+    # Models the monitoring service keeps loaded between canaries, by manifest (0: load for every canary). A kept
+    # model is still checked: every pinned file is verified before each canary, as loading would.
+    canary_models_kept: int = Field(default=1, ge=0)
     scheduler_tick_s: float = 0.25  # an idle tick is one indexed read; a due canary waits at most this long
     otlp_endpoint: str | None = None
     # Operator endpoints (/metrics, /healthz, /readyz; shared.ops_server): off when None, a free port when 0

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from datetime import UTC
 from typing import Any
@@ -34,11 +36,43 @@ from weightflow.services.monitoring.tables import CanaryRecord, ServedEndpoint, 
 from weightflow.shared import metrics, sample_logs
 from weightflow.shared.artifacts import IntegrityError
 from weightflow.shared.bus import Commit, HandlerContext, HandlerResult, OrphanError, Service
+from weightflow.shared.modeling.protocols import LoadedModel
 from weightflow.shared.modeling.registry import sources
 from weightflow.shared.modeling.remote import Endpoint, EndpointError
 from weightflow.shared.modeling.stored import is_remote, load_deployment, read_manifest, rows, task_of
 
 service = Service("monitoring")
+
+
+class _KeptModels:
+    """The models of the last few deployments canaried here, by manifest id (a manifest pins its files, so the model
+    it names never changes): a fleet's canaries do not load a model from the store for every run. Every pinned file
+    is still verified before each canary, as loading would; only a model not kept is loaded."""
+
+    def __init__(self) -> None:
+        self._models: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, ctx: HandlerContext, manifest_id: str, manifest: Manifest) -> LoadedModel:
+        keep = ctx.settings.canary_models_kept
+        with self._lock:
+            kept = self._models.get(manifest_id)
+            if kept is not None:
+                self._models.move_to_end(manifest_id)
+        if kept is not None:
+            for digest in manifest.checksums().values():
+                ctx.store.verify(digest)
+            return kept
+        loaded = load_deployment(ctx.store, manifest, ctx.settings.device)  # verifies every pinned file
+        if keep > 0:
+            with self._lock:
+                self._models[manifest_id] = loaded
+                while len(self._models) > keep:
+                    self._models.popitem(last=False)
+        return loaded
+
+
+_kept = _KeptModels()
 
 
 def _interval(ctx: HandlerContext, configured: float) -> float:
@@ -69,7 +103,8 @@ def _endpoint(ctx: HandlerContext, manifest: Manifest) -> Endpoint | None:
     return endpoint
 
 
-def _judge(ctx: HandlerContext, manifest: Manifest) -> tuple[domain.CanaryJudgement, Measurement | None]:
+def _judge(ctx: HandlerContext, manifest_id: str, manifest: Manifest
+           ) -> tuple[domain.CanaryJudgement, Measurement | None]:
     """The canary set through what clients call (over HTTP when there is an endpoint), judged."""
     req = manifest.requirements
     task = task_of(req.task)
@@ -82,7 +117,7 @@ def _judge(ctx: HandlerContext, manifest: Manifest) -> tuple[domain.CanaryJudgem
             m = task.evaluate_remote(endpoint, req.task, canary, req.quality.metric, req.deployment.hardware,
                                      req.monitoring.confidence)
         else:
-            loaded = load_deployment(ctx.store, manifest, ctx.settings.device)  # verifies every pinned file
+            loaded = _kept.get(ctx, manifest_id, manifest)  # every pinned file verified
             m = task.runtime().evaluate(loaded, req.task, canary, req.quality.metric, req.deployment.hardware,
                               req.monitoring.confidence)
         m = sample_logs.keep(ctx.store, m)  # this canary's own rows
@@ -107,7 +142,7 @@ def on_canary_requested(event: CanaryRequested, ctx: HandlerContext) -> HandlerR
                                       reason=f"{event.deployment!r} has no live manifest to watch; see "
                                              "`weightflow registry ls`")]
     manifest = read_manifest(ctx.store, watch.manifest_id)
-    judgement, m = _judge(ctx, manifest)
+    judgement, m = _judge(ctx, watch.manifest_id, manifest)
     common: dict[str, Any] = {"deployment": watch.deployment, "manifest_id": watch.manifest_id,
                               "manifest_run_id": UUID(manifest.run_id)}
     out: list[Event] = [DriftDetected.follow(event, deployment=watch.deployment, manifest_id=watch.manifest_id,

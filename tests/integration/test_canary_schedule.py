@@ -98,3 +98,49 @@ def test_a_tick_reads_the_due_rows_by_their_index(tmp_path: Any) -> None:
                                  "ORDER BY next_due_at LIMIT 500"), {"now": datetime.now(UTC)}).all()
     assert any("ix_monitoring_watches_next_due_at" in str(row) for row in plan), plan
     engine.dispose()
+
+
+def test_a_kept_model_is_loaded_once_and_verified_before_every_canary(tmp_path: Any,
+                                                                      monkeypatch: Any) -> None:
+    import os
+
+    import pytest
+
+    from tests.lm_fixtures import tiny_lm_deployment
+    from weightflow.services.monitoring import app
+    from weightflow.serving.testing import register_checkpoint
+    from weightflow.shared.artifacts import ArtifactStore, IntegrityError
+    from weightflow.shared.modeling import stored
+    from weightflow.shared.modeling.stored import read_manifest
+    from weightflow.shared.settings import Settings
+
+    store = ArtifactStore(tmp_path / "store")
+    manifest_id = register_checkpoint(store, tiny_lm_deployment(tmp_path / "tiny"))
+    manifest = read_manifest(store, manifest_id)
+    loads: list[str] = []
+    real_load = stored.load_deployment
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        loads.append("load")
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(app, "load_deployment", counted)
+    ctx = SimpleNamespace(store=store, settings=Settings(home=tmp_path / "home", device="cpu"))
+    kept = app._KeptModels()
+    first = kept.get(ctx, manifest_id, manifest)  # type: ignore[arg-type]
+    assert kept.get(ctx, manifest_id, manifest) is first and loads == ["load"]  # type: ignore[arg-type]
+    weights = next(d for name, d in manifest.checksums().items() if name.endswith(".safetensors"))
+    path = store.path_of(weights)
+    original = path.read_bytes()
+    os.chmod(path, 0o600)
+    path.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))  # one bit changed on disk after the model was kept
+    with pytest.raises(IntegrityError):
+        kept.get(ctx, manifest_id, manifest)  # type: ignore[arg-type]
+    path.write_bytes(original)
+    loads.clear()
+    none_kept = SimpleNamespace(store=store, settings=Settings(home=tmp_path / "home", device="cpu",
+                                                               canary_models_kept=0))
+    fresh = app._KeptModels()
+    fresh.get(none_kept, manifest_id, manifest)  # type: ignore[arg-type]
+    fresh.get(none_kept, manifest_id, manifest)  # type: ignore[arg-type]
+    assert loads == ["load", "load"], "WEIGHTFLOW_CANARY_MODELS_KEPT=0 loads for every canary"
