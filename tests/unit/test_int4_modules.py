@@ -20,9 +20,13 @@ from ..lm_fixtures import tiny_llama
 GROUP = 16
 
 
-def quantize_to_packed(directory: Path) -> Path:
-    """Write what llmcompressor's W4A16 writes (symmetric int4 by groups of 16, lm_head left alone), by hand:
-    the test needs no llmcompressor environment."""
+def quantize_to_packed(directory: Path, *, symmetric: bool = True,
+                       dequantized: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write what llmcompressor writes (int4 by groups of 16, lm_head left alone), by hand: the test needs no
+    llmcompressor environment. Symmetric: W4A16's scale only. Asymmetric (what the 4-bit schemes write now):
+    a scale and an integer zero point per group, q = round(w / scale) + zero_point in [-8, 7], the zero
+    points packed eight a word along the output dimension. `dequantized` receives (q - zero_point) * scale
+    per layer, computed here, not by compressed-tensors."""
     state = load_file(str(directory / "model.safetensors"))
     out: dict[str, torch.Tensor] = {}
     for key, weight in state.items():
@@ -31,13 +35,23 @@ def quantize_to_packed(directory: Path) -> Path:
             continue
         name, (rows, cols) = key.removesuffix(".weight"), weight.shape
         groups = weight.view(rows, cols // GROUP, GROUP)
-        scale = groups.abs().amax(-1) / 7.5
-        q = torch.round(groups / scale[..., None]).clamp(-8, 7).to(torch.int8).view(rows, cols)
+        if symmetric:
+            scale = groups.abs().amax(-1) / 7.5
+            zero = torch.zeros_like(scale)
+        else:
+            low, high = groups.amin(-1).clamp(max=0), groups.amax(-1).clamp(min=0)
+            scale = (high - low) / 15
+            zero = (-8 - torch.round(low / scale)).clamp(-8, 7)
+        q = (torch.round(groups / scale[..., None]) + zero[..., None]).clamp(-8, 7).to(torch.int8).view(rows, cols)
         out |= {
             f"{name}.weight_packed": pack_to_int32(q, 4),
             f"{name}.weight_scale": scale,
             f"{name}.weight_shape": torch.tensor([rows, cols]),
         }
+        if dequantized is not None:
+            dequantized[key] = ((q.view(rows, -1, GROUP) - zero[..., None]) * scale[..., None]).view(rows, cols)
+        if not symmetric:
+            out[f"{name}.weight_zero_point"] = pack_to_int32(zero.to(torch.int8), 4, packed_dim=0)
     save_file(out, str(directory / "model.safetensors"), metadata={"format": "pt"})
     config = json.loads((directory / "config.json").read_text())
     config["quantization_config"] = {
@@ -53,7 +67,7 @@ def quantize_to_packed(directory: Path) -> Path:
                     "type": "int",
                     "strategy": "group",
                     "group_size": GROUP,
-                    "symmetric": True,
+                    "symmetric": symmetric,
                     "dynamic": False,
                 },
             }
@@ -118,3 +132,28 @@ def test_only_the_packed_layout_is_claimed_other_compressed_checkpoints_stay_wit
     config["quantization_config"] |= change
     (tmp_path / "config.json").write_text(json.dumps(config))
     assert quantizers.get("w4a16").detects(tmp_path) is claimed
+
+
+
+def test_asymmetric_packed_layers_compute_the_model_dequantized_by_hand(tmp_path: Path) -> None:
+    """Zero points (asymmetric groups, what both 4-bit schemes write): the served logits are those of the fp32
+    model holding (q - zero_point) * scale, each weight within half a step of the original. The reference is
+    dequantized here because transformers 5.24 with compressed-tensors 0.20.1 refuses this layout at load (it
+    expects the zero points unpacked: 'weight_zero_point ... ckpt [72, 9] vs model [576, 9]' on SmolLM2)."""
+    directory = tiny_llama(tmp_path / "model")
+    reference: torch.nn.Module = transformers.AutoModelForCausalLM.from_pretrained(
+        str(directory), local_files_only=True, dtype=torch.float32)
+    reference.eval()
+    original = {k: v.clone() for k, v in reference.state_dict().items()}
+    dequantized: dict[str, torch.Tensor] = {}
+    quantize_to_packed(directory, symmetric=False, dequantized=dequantized)
+    reference.load_state_dict(dequantized, strict=False)
+    served = load_checkpoint(directory, "AutoModelForCausalLM", torch.device("cpu"))
+    layer = served.get_submodule("model.layers.0.mlp.down_proj")
+    assert isinstance(layer, Int4Linear) and layer.weight_zero_point is not None and layer.weight_zero_point.any()
+    step = layer.weight_scale.repeat_interleave(GROUP, dim=1)
+    assert ((layer.dequantized_weight() - original["model.layers.0.mlp.down_proj.weight"]).abs()
+            <= step / 2 + 1e-6).all()
+    ids = torch.randint(0, 500, (2, 20), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(reference(ids).logits, served(ids).logits)
