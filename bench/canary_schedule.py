@@ -249,7 +249,7 @@ def run(cfg: Config) -> Report:
     report.notes.append(f"{len(lags)} claims in 1.5 intervals after the burst (each deployment once or twice); "
                         "lag is bounded by the tick: what a canary waits beyond it is the bus hop and its replica's "
                         "queue")
-    fleets = ((deployments, 1), (deployments // 2, 1), (deployments, 2))
+    fleets = ((deployments, 2),) if cfg.smoke else ((deployments, 1), (deployments // 2, 1), (deployments, 2))
     for fleet, replicas in fleets:
         with tempfile.TemporaryDirectory(prefix="wf-bench-fleet-") as tmp:
             e2e = _end_to_end(Path(tmp), fleet, interval, replicas)

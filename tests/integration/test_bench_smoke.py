@@ -53,3 +53,18 @@ def test_smoke_mode_writes_results(tmp_path: Path) -> None:
             if row["weightflow"] is not None and row["baseline"] is not None and row["baseline"]["median"]:
                 assert row["ratio"] == pytest.approx(row["weightflow"]["median"] / row["baseline"]["median"])
         assert "### " in proc.stdout
+
+
+@pytest.mark.slow
+def test_the_canary_schedule_bench_runs_end_to_end_in_smoke_mode(tmp_path: Path) -> None:
+    """Its own process: two real monitoring replicas on an embedded nats-server, about 40 s."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke", "--only", "canary_schedule", "--reps", "1", "--out", str(tmp_path)],
+        cwd=ROOT, env=dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1"), capture_output=True, text=True,
+        timeout=400, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = {row["metric"]: row for row in json.loads((tmp_path / "canary_schedule.json").read_text())["rows"]}
+    assert any(m.startswith("tick with 20 due of 10,000") and r["baseline"] for m, r in rows.items())
+    (e2e,) = [r for m, r in rows.items() if m.startswith("canary start lag")]
+    assert "0 twice" in e2e["note"], e2e["note"]  # two replicas never claimed a slot twice
