@@ -12,12 +12,13 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
 from sqlalchemy import update
 from sqlmodel import Session, col, select
+from sqlmodel.sql.expression import SelectOfScalar
 
 from weightflow.contracts.base import Event, utcnow
 from weightflow.contracts.measurement import Measurement
@@ -45,13 +46,25 @@ service = Service("monitoring")
 
 
 class _KeptModels:
-    """The models of the last few deployments canaried here, by manifest id (a manifest pins its files, so the model
-    it names never changes): a fleet's canaries do not load a model from the store for every run. Every pinned file
-    is still verified before each canary, as loading would; only a model not kept is loaded."""
+    """The models of the last few manifests canaried here, by manifest id (a manifest pins its files, so the model it
+    names never changes): a deployment canaried again, or many deployments of one manifest, do not load the model
+    from the store every time (with the default of one, a fleet of different models canaried in turn still loads
+    each). Every pinned file is verified before each canary, as loading would, and a kept model is used only while
+    every store object is still the very file it was loaded from (a repair swaps a new file in, and the kept model
+    would still hold the old bytes): otherwise it is loaded again. A failed verification drops it. One canary runs
+    at a time per subscriber (a kept model's tokenizer is not safe to share between threads)."""
 
     def __init__(self) -> None:
-        self._models: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._models: OrderedDict[str, tuple[LoadedModel, dict[str, tuple[int, int]]]] = OrderedDict()
         self._lock = threading.Lock()
+
+    @staticmethod
+    def _files(ctx: HandlerContext, manifest: Manifest) -> dict[str, tuple[int, int]]:
+        out = {}
+        for digest in manifest.checksums().values():
+            found = os.stat(ctx.store.path_of(digest))
+            out[digest] = (found.st_dev, found.st_ino)
+        return out
 
     def get(self, ctx: HandlerContext, manifest_id: str, manifest: Manifest) -> LoadedModel:
         keep = ctx.settings.canary_models_kept
@@ -60,13 +73,26 @@ class _KeptModels:
             if kept is not None:
                 self._models.move_to_end(manifest_id)
         if kept is not None:
-            for digest in manifest.checksums().values():
-                ctx.store.verify(digest)
-            return kept
+            try:
+                for digest in manifest.checksums().values():
+                    ctx.store.verify(digest)
+                if self._files(ctx, manifest) == kept[1]:
+                    return kept[0]
+            except (IntegrityError, OSError):
+                with self._lock:
+                    self._models.pop(manifest_id, None)
+                raise
+            with self._lock:  # a store object was replaced since: what the kept model holds is not what is pinned
+                self._models.pop(manifest_id, None)
+        if keep > 0:
+            with self._lock:  # make room first: the model being replaced is not held while the new one loads
+                while len(self._models) >= keep:
+                    self._models.popitem(last=False)
         loaded = load_deployment(ctx.store, manifest, ctx.settings.device)  # verifies every pinned file
         if keep > 0:
+            files = self._files(ctx, manifest)
             with self._lock:
-                self._models[manifest_id] = loaded
+                self._models[manifest_id] = (loaded, files)
                 while len(self._models) > keep:
                     self._models.popitem(last=False)
         return loaded
@@ -229,6 +255,12 @@ def on_resumed(event: WorkflowResumed, ctx: HandlerContext) -> HandlerResult:
 CLAIMS_PER_TICK = 500
 
 
+def due_watches(now: datetime) -> SelectOfScalar[Watch]:
+    """The due watches a tick claims, oldest first (the deployment breaks ties, so replicas lock rows in one order)."""
+    return (select(Watch).where(col(Watch.next_due_at) <= now)
+            .order_by(col(Watch.next_due_at), col(Watch.deployment)).limit(CLAIMS_PER_TICK))
+
+
 @service.every(lambda settings: settings.scheduler_tick_s)
 def claim_due_canaries(ctx: HandlerContext) -> Commit:
     """Claim each due canary (compare-and-set on next_due_at, so one replica claims it), move it to its next slot
@@ -237,8 +269,7 @@ def claim_due_canaries(ctx: HandlerContext) -> Commit:
     def commit(session: Session) -> Sequence[Event]:
         now = utcnow()
         out: list[Event] = []
-        due = session.exec(select(Watch).where(col(Watch.next_due_at) <= now)
-                           .order_by(col(Watch.next_due_at)).limit(CLAIMS_PER_TICK)).all()
+        due = session.exec(due_watches(now)).all()
         for watch in due:
             slot = watch.next_due_at
             claimed = session.execute(

@@ -31,8 +31,8 @@ def phase_s(deployment: str, interval_s: float) -> float:
 
 def next_due(deployment: str, interval_s: float, now: datetime) -> datetime:
     """The deployment's next slot on a fixed grid (its phase plus whole intervals from the epoch), at least half an
-    interval after `now`: a late tick does not drift the schedule, a canary just run (a promotion's first, an
-    operator's) is not followed by a scheduled one a moment later, and a monitor that was down for several
+    interval after `now`: a late tick does not drift the schedule, a promotion's first canary is not followed by a
+    scheduled one a moment later, and a monitor that was down for several
     intervals runs one canary when it is back, not the backlog."""
     if interval_s <= 0:
         return now

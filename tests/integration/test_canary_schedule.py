@@ -91,11 +91,13 @@ def test_two_replicas_ticking_together_claim_every_due_canary_once(database_url:
 
 
 def test_a_tick_reads_the_due_rows_by_their_index(tmp_path: Any) -> None:
+    from weightflow.services.monitoring.app import due_watches
+
     engine = make_engine(f"sqlite:///{tmp_path / 'wf.db'}")
     create_tables(engine)
+    query = str(due_watches(datetime.now(UTC)).compile(engine, compile_kwargs={"literal_binds": True}))
     with engine.connect() as conn:
-        plan = conn.execute(text("EXPLAIN QUERY PLAN SELECT * FROM monitoring_watches WHERE next_due_at <= :now "
-                                 "ORDER BY next_due_at LIMIT 500"), {"now": datetime.now(UTC)}).all()
+        plan = conn.execute(text(f"EXPLAIN QUERY PLAN {query}")).all()
     assert any("ix_monitoring_watches_next_due_at" in str(row) for row in plan), plan
     engine.dispose()
 
@@ -132,11 +134,19 @@ def test_a_kept_model_is_loaded_once_and_verified_before_every_canary(tmp_path: 
     weights = next(d for name, d in manifest.checksums().items() if name.endswith(".safetensors"))
     path = store.path_of(weights)
     original = path.read_bytes()
+    # a repair swaps a new file in (as the store's put does): the kept model holds the old file's pages, so the next
+    # canary loads the model again even though every object verifies
+    repaired = path.with_name("repaired")
+    repaired.write_bytes(original)
+    os.replace(repaired, path)
+    second = kept.get(ctx, manifest_id, manifest)  # type: ignore[arg-type]
+    assert second is not first and loads == ["load", "load"]
     os.chmod(path, 0o600)
-    path.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))  # one bit changed on disk after the model was kept
+    path.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))  # one bit changed in place after the model was kept
     with pytest.raises(IntegrityError):
         kept.get(ctx, manifest_id, manifest)  # type: ignore[arg-type]
-    path.write_bytes(original)
+    path.write_bytes(original)  # the same file again, but the failed canary dropped the kept model
+    assert kept.get(ctx, manifest_id, manifest) is not second and len(loads) == 3  # type: ignore[arg-type]
     loads.clear()
     none_kept = SimpleNamespace(store=store, settings=Settings(home=tmp_path / "home", device="cpu",
                                                                canary_models_kept=0))

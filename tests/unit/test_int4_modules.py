@@ -23,8 +23,8 @@ GROUP = 16
 def quantize_to_packed(directory: Path, *, symmetric: bool = True,
                        dequantized: dict[str, torch.Tensor] | None = None) -> Path:
     """Write what llmcompressor writes (int4 by groups of 16, lm_head left alone), by hand: the test needs no
-    llmcompressor environment. Symmetric: W4A16's scale only. Asymmetric (what the 4-bit schemes write now):
-    a scale and an integer zero point per group, q = round(w / scale) + zero_point in [-8, 7], the zero
+    llmcompressor environment. Symmetric: W4A16's scale only. Asymmetric (what `awq` writes now; `w4a16`
+    stays symmetric): a scale and an integer zero point per group, q = round(w / scale) + zero_point in [-8, 7], the zero
     points packed eight a word along the output dimension. `dequantized` receives (q - zero_point) * scale
     per layer, computed here, not by compressed-tensors."""
     state = load_file(str(directory / "model.safetensors"))
@@ -136,7 +136,7 @@ def test_only_the_packed_layout_is_claimed_other_compressed_checkpoints_stay_wit
 
 
 def test_asymmetric_packed_layers_compute_the_model_dequantized_by_hand(tmp_path: Path) -> None:
-    """Zero points (asymmetric groups, what both 4-bit schemes write): the served logits are those of the fp32
+    """Zero points (asymmetric groups, what `awq` writes): the served logits are those of the fp32
     model holding (q - zero_point) * scale, each weight within half a step of the original. The reference is
     dequantized here because transformers 5.24 with compressed-tensors 0.20.1 refuses this layout at load (it
     expects the zero points unpacked: 'weight_zero_point ... ckpt [72, 9] vs model [576, 9]' on SmolLM2)."""

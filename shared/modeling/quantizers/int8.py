@@ -41,8 +41,10 @@ class Int8WeightOnly(Quantizer):
         return int(params * self.bytes_per_param) + (arch.embedding_params if arch.tied else 0)
 
     def working_bytes(self, arch: Any, batch: int, seq: int) -> int:
-        """A block of weights in float, and a second output of the widest layer (the block path scales its
-        product; the int8 kernel path fills a preallocated output from a chunk of scaled rows)."""
+        """A block of weights in float, and a second output-sized tensor of the widest layer: the block path's
+        product of one block before it is copied into the preallocated output, and what the allocator keeps beside
+        it (calibrated against the measured peak, bench/RESULTS.md §15; the int8 kernel path fills a preallocated
+        output from a chunk of scaled rows)."""
         widest = int(max(arch.intermediate, arch.hidden))
         return int(4 * (min(BLOCK_ELEMENTS, arch.hidden * widest) + batch * seq * widest))
 
