@@ -3,7 +3,8 @@
 budget = weights x (1 + overhead) + activations at the serving batch and context + the scheme's working
 memory + the runtime (the serving process's own: tokenizer, allocator, beyond the interpreter and torch;
 the hardware's `runtime_mb` replaces the calibrated runtime when set). Each term is calibrated per device
-against what fitting decides on, the peak a fresh process measures at the serving shape (shared.modeling.peak; bench/RESULTS.md §15):
+against what fitting decides on, the peak a fresh process measures at the serving shape
+(shared.modeling.peak; bench/RESULTS.md §15):
 
 * weights: on CPU a checkpoint's safetensors are mapped, not copied, so they count once (overhead 0);
 * activations, per sequence: one layer's working set (three intermediate-wide tensors of the MLP, six

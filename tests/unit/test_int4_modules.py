@@ -24,9 +24,9 @@ def quantize_to_packed(directory: Path, *, symmetric: bool = True,
                        dequantized: dict[str, torch.Tensor] | None = None) -> Path:
     """Write what llmcompressor writes (int4 by groups of 16, lm_head left alone), by hand: the test needs no
     llmcompressor environment. Symmetric: W4A16's scale only. Asymmetric (what `awq` writes now; `w4a16`
-    stays symmetric): a scale and an integer zero point per group, q = round(w / scale) + zero_point in [-8, 7], the zero
-    points packed eight a word along the output dimension. `dequantized` receives (q - zero_point) * scale
-    per layer, computed here, not by compressed-tensors."""
+    stays symmetric): a scale and an integer zero point per group, q = round(w / scale) + zero_point in
+    [-8, 7], the zero points packed eight a word along the output dimension. `dequantized` receives
+    (q - zero_point) * scale per layer, computed here, not by compressed-tensors."""
     state = load_file(str(directory / "model.safetensors"))
     out: dict[str, torch.Tensor] = {}
     for key, weight in state.items():
