@@ -36,7 +36,7 @@ CANDIDATE = "rerun"
 # below the 0.80 threshold by less than the tunable gap: the run tunes, and the adapter clears it
 SCRIPT = {f"{CANDIDATE}/*/0/eval": 0.75, f"{CANDIDATE}/*/1/eval": 0.9, f"{CANDIDATE}/*/*/canary": 0.9}
 # what differs between any two runs by design: identities (and ids derived from them), times, what names them
-RUN_FIELDS = {"event_id", "run_id", "causation_id", "request_id", "occurred_at", "created_at", "seconds",
+RUN_FIELDS = {"event_id", "run_id", "causation_id", "request_id", "occurred_at", "created_at", "due_at", "seconds",
               "manifest_id", "manifest_run_id", "previous_manifest_id", "runbook_digest"}
 
 

@@ -150,13 +150,13 @@ def test_the_runtime_term_is_calibrated_per_device_and_counts_the_tokenizer() ->
 
 
 def test_a_scheme_working_memory_is_counted_with_the_activations() -> None:
-    from weightflow.shared.modeling.quantizers.int8 import BLOCK_ELEMENTS, Int8WeightOnly
+    from weightflow.shared.modeling.quantizers.int8 import PREFILL_BLOCK_ELEMENTS, Int8WeightOnly
 
     arch = Architecture.from_config({"hidden_size": 576, "num_hidden_layers": 30, "num_attention_heads": 9,
                                      "num_key_value_heads": 3, "intermediate_size": 1536, "vocab_size": 49152,
                                      "architectures": ["LlamaForCausalLM"]})
     working = Int8WeightOnly().working_bytes(arch, 8, 264)
-    assert working == 4 * (min(BLOCK_ELEMENTS, 576 * 1536) + 8 * 264 * 1536)
+    assert working == 4 * (2 * min(PREFILL_BLOCK_ELEMENTS, 576 * 1536) + 8 * 264 * 1536)
     plain = memory_budget("int8", 134_515_008, arch, 512 * MB, weight_bytes=164_000_000, seq=264)
     more = memory_budget("int8", 134_515_008, arch, 512 * MB, weight_bytes=164_000_000, seq=264,
                          working_bytes=working)

@@ -19,7 +19,12 @@ from weightflow.shared.modeling.protocols import Quantizer, Task
 from weightflow.shared.modeling.registry import quantizers
 
 LAYOUT_FILE = "quantization.json"
-BLOCK_ELEMENTS = 1 << 18  # weight elements a layer turns to float at once (1 MiB in fp32: stays in L2, RESULTS §15)
+# Weight elements a layer turns to float at once. Decoding (a few rows of activations, memory-bound) takes 1 MiB
+# blocks, which stay in L2: SmolLM2-135M int8 generates 1.25x faster than with 8 MiB ones; a prefill (many rows,
+# compute-bound) takes 8 MiB ones: 1 MiB blocks made it 1.3x slower (RESULTS §15).
+BLOCK_ELEMENTS = 1 << 18
+PREFILL_BLOCK_ELEMENTS = 1 << 21
+DECODE_ROWS = 64  # activation rows up to which a forward counts as decoding
 
 
 class Int8WeightOnly(Quantizer):
@@ -46,7 +51,8 @@ class Int8WeightOnly(Quantizer):
         it (calibrated against the measured peak, bench/RESULTS.md §15; the int8 kernel path fills a preallocated
         output from a chunk of scaled rows)."""
         widest = int(max(arch.intermediate, arch.hidden))
-        return int(4 * (min(BLOCK_ELEMENTS, arch.hidden * widest) + batch * seq * widest))
+        block = min(PREFILL_BLOCK_ELEMENTS, arch.hidden * widest)  # in float, and the GEMM's packed copy of it
+        return int(4 * (2 * block + batch * seq * widest))
 
     def detects(self, model_dir: Path) -> bool:
         return (Path(model_dir) / LAYOUT_FILE).is_file()

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from weightflow.shared.modeling.quantizers.int8 import BLOCK_ELEMENTS
+from weightflow.shared.modeling.quantizers.int8 import BLOCK_ELEMENTS, DECODE_ROWS, PREFILL_BLOCK_ELEMENTS
 
 SCHEME: Literal["int8-weight-only"] = "int8-weight-only"
 FORMAT_VERSION: Literal[1] = 1
@@ -56,7 +56,8 @@ def _quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 _TINY = torch.finfo(torch.float32).tiny  # an all-zero token row stays zero, whatever it is divided by
 _UNIT_STEP, _UNIT_ZERO = 1.0 / 63, 64  # [-1, 1] onto uint8 1..127: 7 bits, as fbgemm on x86 needs
-CHUNK_ELEMENTS = BLOCK_ELEMENTS  # weight elements turned to float at once in a forward (the budget counts them)
+CHUNK_ELEMENTS = BLOCK_ELEMENTS  # weight elements turned to float at once while decoding (int8.py says why)
+PREFILL_CHUNK_ELEMENTS = PREFILL_BLOCK_ELEMENTS  # ... and in a forward over more than DECODE_ROWS rows
 # Activation elements per fbgemm call on the int8 path (1 MiB in fp32): the scaled copy of the input and the kernel's
 # own buffers are a chunk's size, not the whole batch's (MiniLM-L6 at 8 x 128: serving peak 110 -> 98 MiB, its
 # spread 106-119 -> 96-101 over six runs; 4 % slower; the same numbers, since every row is quantized on its own)
@@ -189,7 +190,8 @@ class Int8Linear(nn.Module):
         weight is ever built (for a 49k-row output layer that copy was 2 x 108 MiB at every decoding step). The
         blocks are written in place (concatenating them held every block and the joined output at once: SmolLM2
         int8's peak rose from ~420 to ~485 MiB with 1 MiB blocks)."""
-        rows = max(1, CHUNK_ELEMENTS // max(self.in_features, 1))
+        decoding = x.numel() <= DECODE_ROWS * self.in_features
+        rows = max(1, (CHUNK_ELEMENTS if decoding else PREFILL_CHUNK_ELEMENTS) // max(self.in_features, 1))
         scale = self.weight_scale.to(x.dtype)
         weight = self.int8_weight().to(x.device)  # unpacked from fbgemm's copy once a CPU forward packed it
         if rows >= self.out_features:
