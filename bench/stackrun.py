@@ -31,7 +31,7 @@ from weightflow.submission import prepare
 
 
 def example_copy(dest: Path, deployment: str) -> Path:
-    """The shipped example (both candidates, 128 MB target: int8 + re-benchmark) under its own deployment."""
+    """The shipped example (both candidates, 140 MB target: int8 + re-benchmark) under its own deployment."""
     dest.mkdir(parents=True, exist_ok=True)
     for name in ("eval.jsonl", "canary.jsonl", "train.jsonl", "general.jsonl"):
         shutil.copyfile(EXAMPLE_DIR / name, dest / name)

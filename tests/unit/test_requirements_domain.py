@@ -20,7 +20,7 @@ def test_shipped_example_is_valid_and_renders() -> None:
     assert req.deployment.name == "ticket-router" and len(req.task.labels) == 4
     md = render_markdown(req, 3, "ab" * 32)
     assert "# Requirements: support-ticket-router (v3)" in md
-    assert f"≥ {req.quality.threshold:.3f}" in md and "edge-cpu-128mb" in md
+    assert f"≥ {req.quality.threshold:.3f}" in md and "edge-cpu-140mb" in md
 
 
 def test_malformed_yaml_names_the_line() -> None:
@@ -83,7 +83,7 @@ def test_unknown_names_are_listed_with_the_known_ones() -> None:
 
 
 def test_impossible_hardware_is_refused_with_the_field() -> None:
-    text = EXAMPLE.read_text().replace("memory_mb: 128", "memory_mb: -1").replace("cost_per_hour_usd: 0.10",
+    text = EXAMPLE.read_text().replace("memory_mb: 140", "memory_mb: -1").replace("cost_per_hour_usd: 0.10",
                                                                                  "cost_per_hour_usd: lots")
     with pytest.raises(RequirementsError) as info:
         parse_requirements(text)
