@@ -46,14 +46,7 @@ def main(argv: list[str]) -> None:
         raise SystemExit(f"usage: python -m bench.fit_peaks [--schemes=int8,...] [--repeat=N] "
                          f"{{{','.join(SPECS)}}} MODEL_DIR [MODEL_DIR ...]")
     from weightflow.contracts.requirements import TaskSpec
-    from weightflow.shared.modeling.budget import (
-        SERVING_BATCH,
-        Architecture,
-        calibration,
-        memory_budget,
-        runtime_bytes,
-        tokenizer_bytes,
-    )
+    from weightflow.shared.modeling.budget import SERVING_BATCH, Architecture, calibrated_budget
     from weightflow.shared.modeling.device import pick_device
     from weightflow.shared.modeling.peak import measure_peak
     from weightflow.shared.modeling.registry import quantizers, tasks
@@ -75,11 +68,10 @@ def main(argv: list[str]) -> None:
             for variant, path in variants:
                 weights = sum(p.stat().st_size for p in path.glob("*.safetensors"))
                 seq = task.serving_context(spec)
-                runtime = runtime_bytes("cpu", tokenizer_bytes({p.name: p.stat().st_size for p in path.iterdir()}))
                 working = quantizers.get(variant).working_bytes(arch, SERVING_BATCH, seq) if variant != "fp32" else 0
-                predicted = memory_budget(variant, params, arch, 1, weight_bytes=weights, seq=seq,
-                                          overhead=calibration("cpu").weight_overhead, runtime_bytes=runtime,
-                                          working_bytes=working)
+                predicted = calibrated_budget(variant, params, arch, 1, device="cpu", seq=seq, weight_bytes=weights,
+                                              file_sizes={p.name: p.stat().st_size for p in path.iterdir()},
+                                              working_bytes=working)
                 peaks = sorted((measure_peak(path, spec, "cpu") for _ in range(repeat)), key=lambda p: p.peak_bytes)
                 peak = peaks[len(peaks) // 2]  # the median run
                 spread = (f" [{peaks[0].peak_bytes / MIB:.0f}-{peaks[-1].peak_bytes / MIB:.0f}]"

@@ -148,6 +148,17 @@ def memory_budget(variant: str, params: int, arch: Architecture, budget_bytes: i
                         fits=total <= budget_bytes)
 
 
+def calibrated_budget(variant: str, params: int, arch: Architecture, budget_bytes: int, *, device: str,
+                      file_sizes: Mapping[str, int], seq: int, weight_bytes: int | None = None,
+                      working_bytes: int = 0, runtime_override: int | None = None) -> MemoryBudget:
+    """`memory_budget` with the device's calibration: its weight overhead, and its runtime for the checkpoint's
+    tokenizer (`file_sizes`: {file name: size}) unless the hardware profile names one (`runtime_override`)."""
+    runtime = runtime_bytes(device, tokenizer_bytes(file_sizes)) if runtime_override is None else runtime_override
+    return memory_budget(variant, params, arch, budget_bytes, weight_bytes=weight_bytes, seq=seq,
+                         overhead=calibration(device).weight_overhead, runtime_bytes=runtime,
+                         working_bytes=working_bytes)
+
+
 def describe(b: MemoryBudget) -> str:
     verdict = "fits" if b.fits else "does not fit"
     runtime = f" + {b.runtime_bytes / MB:.1f} MB runtime" if b.runtime_bytes else ""

@@ -14,15 +14,7 @@ from weightflow.contracts.registry import Manifest
 from weightflow.contracts.requirements import Requirements, TaskSpec
 from weightflow.shared import sample_logs
 from weightflow.shared.artifacts import ArtifactStore
-from weightflow.shared.modeling.budget import (
-    MB,
-    SERVING_BATCH,
-    Architecture,
-    calibration,
-    memory_budget,
-    runtime_bytes,
-    tokenizer_bytes,
-)
+from weightflow.shared.modeling.budget import MB, SERVING_BATCH, Architecture, calibrated_budget
 from weightflow.shared.modeling.checkpoint import tree_config
 from weightflow.shared.modeling.datasets import load_jsonl
 from weightflow.shared.modeling.device import pick_device
@@ -109,10 +101,9 @@ def budget_for(store: ArtifactStore, tree_digest: str, params: int, variant: str
     if weight_bytes is None and quantizer is not None:
         weight_bytes = quantizer.predict_weight_bytes(params, arch)
     seq = task_of(req.task).serving_context(req.task)
-    tokenizer = tokenizer_bytes({name: store.size_of(d) for name, d in files.items()
-                                 if name.startswith(("tokenizer.json", "vocab", "merges")) or name.endswith(".model")})
-    return memory_budget(variant, params, arch, int(hw.memory_mb * MB), weight_bytes=weight_bytes, seq=seq,
-                         overhead=calibration(hw.device).weight_overhead,
-                         runtime_bytes=(runtime_bytes(hw.device, tokenizer) if hw.runtime_mb is None
-                                        else int(hw.runtime_mb * MB)),
-                         working_bytes=quantizer.working_bytes(arch, SERVING_BATCH, seq) if quantizer else 0)
+    sizes = {name: store.size_of(d) for name, d in files.items()
+             if name.startswith(("tokenizer.json", "vocab", "merges")) or name.endswith(".model")}
+    return calibrated_budget(variant, params, arch, int(hw.memory_mb * MB), device=hw.device, file_sizes=sizes,
+                             seq=seq, weight_bytes=weight_bytes,
+                             working_bytes=quantizer.working_bytes(arch, SERVING_BATCH, seq) if quantizer else 0,
+                             runtime_override=None if hw.runtime_mb is None else int(hw.runtime_mb * MB))
