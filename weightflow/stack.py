@@ -26,6 +26,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
+
 from weightflow.contracts.topology import SERVICES
 from weightflow.shared.natsd import EmbeddedNats, StoreHealth
 from weightflow.shared.ops_server import targets
@@ -259,8 +261,37 @@ class Stack:
                 proc.kill()
                 proc.wait()
         self.procs.clear()
+        self._stop_strays(timeout=max(1.0, deadline - time.monotonic()))
         if self.nats is not None:
             self.nats.stop()
             (self.home / NATS_URL_FILE).unlink(missing_ok=True)
             (self.home / NATS_MONITOR_FILE).unlink(missing_ok=True)
             self.nats = None
+
+    def _stop_strays(self, timeout: float) -> None:
+        """Stop this stack's service processes that `procs` does not hold. A signal that lands while `spawn` runs
+        (a restart at the moment Ctrl-C arrives) can leave a started child that nothing recorded; a clean-clone
+        CI run once found `service monitoring` alive after `up` stopped. Only our own children running a service
+        command with this stack's home: a test's other stacks and nats-servers are left alone."""
+        commands = {tuple(service_command(name)) for name in SERVICES}
+        home = str(self.home)
+        strays, names = [], []
+        for child in psutil.Process().children(recursive=True):
+            try:
+                command = tuple(child.cmdline())
+                if command in commands and child.environ().get("WEIGHTFLOW_HOME") == home:
+                    strays.append(child)
+                    names.append(f"{command[-1]} (pid {child.pid})")
+            except psutil.Error:
+                continue  # gone, or not ours to read
+        if not strays:
+            return
+        log.warning("stopping service processes the stack had lost track of: %s", ", ".join(names))
+        for proc in strays:
+            with contextlib.suppress(psutil.Error):
+                proc.terminate()
+        _, alive = psutil.wait_procs(strays, timeout=timeout)
+        for proc in alive:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        psutil.wait_procs(alive, timeout=5)
