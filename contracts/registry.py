@@ -171,7 +171,9 @@ class Manifest(Contract):
     adapter: ManifestEntry | None = None
     adapter_train_data_digest: str | None = None
     adapter_settings: dict[str, float | int | str | list[str]] | None = None
-    sharding: str = Field(default="single-device", description="no sharding or offload in this release")
+    sharding: str = Field(default="single-device", description=(
+        "'single-device', or how an offloaded variant's weights are placed (its placement file is in the model's "
+        "tree, so the model checksum pins it and every loader applies it)"))
     measurement: Measurement
     canary_baseline: Measurement
     budget: MemoryBudget

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Sequence
@@ -41,7 +43,7 @@ from weightflow.services.fitting import domain
 from weightflow.services.fitting.tables import FitAttempt
 from weightflow.shared.bus import HandlerContext, HandlerResult, OrphanError, Service
 from weightflow.shared.comparisons import compare
-from weightflow.shared.modeling import budget
+from weightflow.shared.modeling import budget, placement
 from weightflow.shared.modeling.device import pick_device
 from weightflow.shared.modeling.registry import quantizers
 from weightflow.shared.modeling.stored import budget_for, is_remote, rows, task_of
@@ -52,6 +54,7 @@ log = logging.getLogger(__name__)
 UNMEASURABLE = (RuntimeError, OSError, ValueError, subprocess.SubprocessError)
 
 service = Service("fitting")
+OFFLOAD = "offload"  # the last entry of a fit's list of steps to try, after every allowed scheme
 
 
 def _stored_weight_bytes(ctx: HandlerContext, tree_digest: str) -> int:
@@ -112,6 +115,8 @@ def _try_schemes(cause: Event, selection: SelectionDecided, schemes: list[str], 
     task = task_of(req.task)
     out: list[Event] = []
     for i, scheme in enumerate(schemes):
+        if scheme == OFFLOAD:
+            break
         quantizer = quantizers.get(scheme)
         why_not = quantizer.unavailable(hw.device)
         if why_not is not None:
@@ -146,42 +151,76 @@ def _try_schemes(cause: Event, selection: SelectionDecided, schemes: list[str], 
                              remaining_json=json.dumps(schemes[i + 1:]))
         out.append(BenchmarkRequested.follow(cause, context=selection.context, model=variant, request_id=request_id))
         return out, attempt
-    offload = _offload_cost(ctx, selection, req)
-    steps.append(offload)
+    if OFFLOAD in schemes:
+        more, attempt = _try_offload(cause, selection, [s for s in schemes if s != OFFLOAD], steps, ctx)
+        return [*out, *more], attempt
     out.append(FitFailed.follow(cause, steps=steps, reason=(
         f"no variant of {selection.model.candidate} fits {hw.memory_mb:g} MB and meets the requirements "
         f"as measured at the serving shape (tried: {', '.join(schemes) or 'nothing: no scheme left to try'}); "
-        f"{offload}; choose hardware with more memory, allow more schemes or a smaller candidate")))
+        "choose hardware with more memory, allow more schemes or a smaller candidate")))
     return out, None
 
 
-def _offload_cost(ctx: HandlerContext, selection: SelectionDecided, req: Requirements) -> str:
-    """The last resort, measured and named: the unquantized model with as many weights on the target as the
-    budget leaves beside activations and the runtime, the rest offloaded (accelerate's device map: on disk
-    for a CPU target, in CPU memory for a GPU), run at the serving shape. This release refuses it with its
-    latency; deploying an offloaded model (the runbook and `weightflow serve` loading the same map) is not
-    built yet."""
-    fp32 = budget_for(ctx.store, selection.model.tree_digest, selection.model.params, UNQUANTIZED, req)
-    room = fp32.budget_bytes - fp32.activation_bytes - fp32.runtime_bytes
+def _placed_copy(model_dir: Path, out_dir: Path, placed: placement.Placement) -> Path:
+    """The checkpoint's files (hard links where the store allows, else copies) plus its placement."""
+    out_dir.mkdir(parents=True)
+    for source in model_dir.iterdir():
+        if source.is_file():
+            try:
+                os.link(source, out_dir / source.name)
+            except OSError:
+                shutil.copyfile(source, out_dir / source.name)
+    placement.write(out_dir, placed)
+    return out_dir
+
+
+def _try_offload(cause: Event, selection: SelectionDecided, tried: list[str], steps: list[str],
+                 ctx: HandlerContext) -> tuple[list[Event], FitAttempt | None]:
+    """The last resort: the unquantized model with as many weights on the target as the budget leaves beside
+    activations and the runtime, the rest offloaded (accelerate's device map: on disk for a CPU target, in host
+    memory for a GPU). It is measured like any variant and, when its peak fits, re-benchmarked: it is chosen only
+    if it still meets the latency and cost ceilings on the team's eval set (the offload's price is latency)."""
+    req = selection.context.requirements
     hw = req.deployment.hardware
-    if room <= 0:
-        taken = (fp32.activation_bytes + fp32.runtime_bytes) / budget.MB
-        return f"offloading cannot help: activations and runtime alone take {taken:.0f} MB of {hw.memory_mb:g} MB"
-    rest = "disk" if hw.device == "cpu" else "CPU memory"
-    try:
-        peak = task_of(req.task).runtime().measure_peak(
-            ctx.store.materialize_tree(selection.model.tree_digest), req.task, str(pick_device(ctx.settings.device)),
-            offload_max_bytes=room)
-    except UNMEASURABLE as exc:
-        return f"offloading to {rest} beyond {room / budget.MB:.0f} MB of weights could not be measured: {exc}"
-    per_request_ms = peak.serve_s * 1000
-    ceiling = req.latency.p95_ms
-    verdict = "over" if per_request_ms > ceiling else "within"
-    fits = "within" if peak.peak_bytes <= fp32.budget_bytes else "still over"
-    return (f"offloading the unquantized weights beyond {room / budget.MB:.0f} MB to {rest} was measured: peak "
-            f"{peak.peak_bytes / budget.MB:.0f} MB ({fits} the budget), a serving batch of {peak.batch} x "
-            f"{peak.context} tokens takes {per_request_ms:.0f} ms, {verdict} the p95 ceiling of {ceiling:g} ms; "
-            "this release does not deploy offloaded models yet, so it is refused")
+    fp32 = budget_for(ctx.store, selection.model.tree_digest, selection.model.params, UNQUANTIZED, req)
+    fixed = fp32.activation_bytes + fp32.runtime_bytes
+    tried_text = ", ".join(tried) or "no quantization scheme"
+    refusal = (f"no variant of {selection.model.candidate} fits {hw.memory_mb:g} MB and meets the requirements as "
+               f"measured at the serving shape (tried: {tried_text}, then offload)")
+    if fixed >= fp32.budget_bytes:
+        steps.append(f"offload: cannot help, activations and runtime alone take {fixed / budget.MB:.0f} MB of "
+                     f"{hw.memory_mb:g} MB")
+        return [FitFailed.follow(cause, steps=steps, reason=(
+            f"{refusal}; choose hardware with more memory, a smaller serving context or a smaller candidate"))], None
+    on_device = int((fp32.budget_bytes - fixed) / (1 + fp32.overhead_fraction))
+    placed = placement.plan(hw.device, on_device)
+    variant_name = placement.offloaded(UNQUANTIZED)
+    b = fp32.model_copy(update={"variant": variant_name, "weight_bytes": min(on_device, fp32.weight_bytes),
+                                "total_bytes": fp32.budget_bytes, "fits": True})
+    with tempfile.TemporaryDirectory(prefix="wf-fit-") as tmp:
+        model_dir = _placed_copy(ctx.store.materialize_tree(selection.model.tree_digest), Path(tmp) / "offload",
+                                 placed)
+        outcome = _measure(ctx, model_dir, req, b)
+        tree = ctx.store.put_tree(model_dir)
+    measured = outcome if isinstance(outcome, MeasuredPeak) else None
+    out: list[Event] = [MemoryBudgetComputed.follow(cause, budget=b, measured=measured)]
+    steps.append(f"{variant_name}: {placed.describe()}; "
+                 f"{domain.describe_peak(measured) if measured else outcome}")
+    if measured is None or not measured.fits:
+        why = (f"offloaded, its peak was measured at {measured.peak_bytes / budget.MB:.0f} MB, still over the "
+               f"budget, and a serving batch of {measured.batch} x {measured.context} tokens took "
+               f"{measured.serve_s * 1000:.0f} ms" if measured else f"offloaded, {outcome}")
+        out.append(FitFailed.follow(cause, steps=steps, reason=(
+            f"{refusal}: {why}; choose hardware with more memory, allow more schemes or a smaller candidate")))
+        return out, None
+    variant = selection.model.model_copy(update={"variant": variant_name, "tree_digest": tree})
+    request_id = str(uuid5(cause.event_id, variant_name))
+    attempt = FitAttempt(request_id=request_id, run_id=str(cause.run_id),
+                         selection_json=selection.model_dump_json(), model_json=variant.model_dump_json(),
+                         budget_json=_Fitted(budget=b, measured=measured).model_dump_json(),
+                         steps_json=json.dumps(steps), remaining_json="[]")
+    out.append(BenchmarkRequested.follow(cause, context=selection.context, model=variant, request_id=request_id))
+    return out, attempt
 
 
 def _skip_remote(event: SelectionDecided) -> list[Event]:
@@ -233,7 +272,10 @@ def on_selected(event: SelectionDecided, ctx: HandlerContext) -> HandlerResult:
         predicted = budget_for(ctx.store, event.model.tree_digest, event.model.params, scheme, req, quantizer=q)
         infos.append(domain.SchemeInfo(scheme, q.bytes_per_param, q.expected_quality_loss, q.unavailable(hw.device),
                                        predicted.fits))
-    more, attempt = _try_schemes(event, event, [i.scheme for i in domain.scheme_order(infos)], steps, ctx)
+    ordered = [i.scheme for i in domain.scheme_order(infos)]
+    if domain.offload_allowed(event.context, event.plan):
+        ordered.append(OFFLOAD)
+    more, attempt = _try_schemes(event, event, ordered, steps, ctx)
 
     def commit(session: Session) -> Sequence[Event]:
         if attempt is not None:

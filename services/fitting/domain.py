@@ -17,6 +17,7 @@ from weightflow.contracts.benchmark import UNQUANTIZED, FitPlan
 from weightflow.contracts.fitting import MeasuredPeak, MemoryBudget
 from weightflow.contracts.measurement import Comparison, Measurement
 from weightflow.contracts.requirements import Requirements, RunContext
+from weightflow.shared.modeling.placement import offloaded
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,11 @@ def candidate_schemes(context: RunContext, plan: FitPlan) -> list[str]:
     q = context.requirements.quantization
     allowed = [q.force] if q.force else list(q.allowed)
     return [s for s in allowed if s not in plan.skip_variants and s != UNQUANTIZED]
+
+
+def offload_allowed(context: RunContext, plan: FitPlan) -> bool:
+    """Offload is tried after every allowed scheme, unless a scheme is forced or a loop-back ruled it out."""
+    return not context.requirements.quantization.force and offloaded(UNQUANTIZED) not in plan.skip_variants
 
 
 def keep_unquantized(fp32_fits: bool, context: RunContext, plan: FitPlan) -> bool:

@@ -48,6 +48,7 @@ from weightflow.shared.artifacts import IntegrityError
 from weightflow.shared.bus import HandlerContext, HandlerResult, OrphanError, Service
 from weightflow.shared.canary import judge_canary
 from weightflow.shared.db import EffectRecord
+from weightflow.shared.modeling import placement
 from weightflow.shared.modeling.stored import measure, rows, task_of
 
 service = Service("registry")
@@ -128,6 +129,19 @@ def _registered(ctx: HandlerContext, run_id: UUID) -> bool:
                     is not None)
 
 
+def _scheme(variant: str) -> str | None:
+    scheme = placement.scheme_of(variant)
+    return None if scheme == UNQUANTIZED else scheme
+
+
+def _sharding(ctx: HandlerContext, tree_digest: str) -> str:
+    """What the manifest says of the weights' placement: fitting's offload writes it into the tree."""
+    digest = ctx.store.tree_files(tree_digest).get(placement.PLACEMENT_FILE)
+    if digest is None:
+        return "single-device"
+    return placement.Placement.model_validate_json(ctx.store.read_bytes(digest)).describe()
+
+
 def _register(cause: Event, ctx: HandlerContext, context: RunContext, model: ModelArtifact,
               measurement: Measurement, budget: MemoryBudget, adapter: AdapterArtifact | None) -> HandlerResult:
     if _registered(ctx, cause.run_id):
@@ -142,8 +156,9 @@ def _register(cause: Event, ctx: HandlerContext, context: RunContext, model: Mod
         requirements_digest=context.requirements_digest, requirements_version=context.version,
         requirements=context.requirements, data=context.data, candidate=model.candidate, source=model.source,
         params=model.params, base=_entry(ctx, model.base_tree_digest), variant=model.variant,
-        quantization=None if model.variant == UNQUANTIZED else model.variant, model=_entry(ctx, model.tree_digest),
+        quantization=_scheme(model.variant), model=_entry(ctx, model.tree_digest),
         adapter=_entry(ctx, adapter.tree_digest) if adapter else None,
+        sharding=_sharding(ctx, model.tree_digest),
         adapter_train_data_digest=adapter.train_data_digest if adapter else None,
         adapter_settings=adapter.settings if adapter else None,
         measurement=measurement, canary_baseline=baseline, budget=budget, previous_manifest_id=live)

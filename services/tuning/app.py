@@ -24,6 +24,7 @@ from weightflow.services.tuning.tables import TuningRun
 from weightflow.shared import sample_logs
 from weightflow.shared.bus import HandlerContext, HandlerResult, Service
 from weightflow.shared.comparisons import compare
+from weightflow.shared.modeling import placement
 from weightflow.shared.modeling.registry import quantizers, tuners
 from weightflow.shared.modeling.stored import load_tree, rows, task_of
 from weightflow.shared.stats import paired_statistic
@@ -50,7 +51,10 @@ def on_fit_needs_tuning(event: FitNeedsTuning, ctx: HandlerContext) -> HandlerRe
     base = load_tree(ctx.store, event.model.tree_digest, task, ctx.settings.device)
     # A scheme an adapter cannot train on (4-bit compressed-tensors) trains on the unquantized base; the
     # adapter is then served, and gated, on the quantized model it will run on.
-    on_base = event.model.variant != UNQUANTIZED and quantizers.get(event.model.variant).trains_on_base
+    # An offloaded variant trains on its base too: tuning runs where the whole model fits, not on the target.
+    scheme = placement.scheme_of(event.model.variant)
+    on_base = event.model.variant != UNQUANTIZED and (scheme != event.model.variant or
+                                                      quantizers.get(scheme).trains_on_base)
     train_tree = event.model.base_tree_digest if on_base else event.model.tree_digest
     trainee = load_tree(ctx.store, train_tree, task, ctx.settings.device) if on_base else base
     general = rows(ctx.store, data.general, task, "general")

@@ -4,6 +4,7 @@ A quantizer whose format transformers does not know (weightflow's int8) loads it
 A quantizer whose checkpoints must not load the way transformers would (weightflow's int8; compressed-tensors,
 which transformers decompresses to float at load) loads its own directories; everything else goes through
 transformers.
+A tree that holds a placement (fitting's offload, shared.modeling.placement) loads under its device map.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import transformers
 from torch import nn
 from transformers import AutoTokenizer
 
+from weightflow.shared.modeling import placement
 from weightflow.shared.modeling.registry import quantizers
 
 # LoRA targets by the names architectures give their attention projections (query/value first: the
@@ -33,6 +35,11 @@ def load_checkpoint(model_dir: Path, auto_class: str, device: torch.device) -> n
     if not (model_dir / "config.json").is_file():
         raise FileNotFoundError(f"{model_dir} is missing config.json")
     cls = getattr(transformers, auto_class)
+    placed = placement.read(model_dir)
+    if placed is not None:  # offloaded: accelerate's hooks move each module, so no `.to()` that would undo the map
+        offloaded: nn.Module = placement.load(model_dir, cls, device, placed)
+        offloaded.eval()
+        return offloaded
     for name in quantizers.names():
         quantizer = quantizers.get(name)
         if quantizer.detects(model_dir):

@@ -43,14 +43,6 @@ class PeakRequest(BaseModel):
     spec: TaskSpec
     device: str = "cpu"
     batch: int = Field(default=SERVING_BATCH, ge=1)
-    offload_max_bytes: int | None = Field(
-        default=None,
-        ge=0,
-        description=(
-            "plan a device map with accelerate: at most this many bytes of weights on the device, the rest on disk "
-            "(a CPU device) or in CPU memory (a GPU); None: loaded whole, as serving loads it"
-        ),
-    )
 
 
 class PeakMeasured(BaseModel):
@@ -88,13 +80,11 @@ def measure_peak(
     device: str = "cpu",
     *,
     batch: int = SERVING_BATCH,
-    offload_max_bytes: int | None = None,
     timeout_s: float = CHILD_TIMEOUT_S,
 ) -> PeakMeasured:
     """Run the measurement in a fresh interpreter; a child that fails raises with its stderr's tail."""
     request = PeakRequest(
-        model_dir=Path(model_dir), spec=spec, device=device, batch=batch, offload_max_bytes=offload_max_bytes
-    )
+        model_dir=Path(model_dir), spec=spec, device=device, batch=batch)
     # The caller's working folder, as a service started with `python -m` has it (a team's plugin module may live
     # there), with this package importable; the child's temporary files (an offload folder) live in a folder
     # removed here, however the child ends (a timeout kills it before its own cleanup could run).
@@ -162,6 +152,34 @@ class _Meter:
         self.base = self.now()
 
 
+class _AnonMeter(_Meter):
+    """Peak anonymous memory for a model offloaded to disk on CPU, sampled every millisecond: its weights come
+    back as memory-mapped file pages, which VmHWM counts but the kernel reclaims under a memory limit (page
+    cache), so the memory the budget must hold is the anonymous part. Sampling can miss a spike shorter than
+    the interval; the module-by-module copies it is after last a module's forward."""
+
+    def __init__(self, device: Any) -> None:
+        super().__init__(device)
+        self.method = "RssAnon peak, sampled every 1 ms (disk-offloaded weights are reclaimable file pages)"
+        self.high = 0
+        self._stop = threading.Event()
+        threading.Thread(target=self._sample, name="anon-meter", daemon=True).start()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.001):
+            self.high = max(self.high, _status_kib("RssAnon") * 1024)
+
+    def now(self) -> int:
+        return _status_kib("RssAnon") * 1024
+
+    def reset(self) -> None:
+        self.high = self.now()
+
+    def peak(self) -> int:
+        self.high = max(self.high, self.now())
+        return self.high - self.base
+
+
 # Positions a multiple-choice pass projects onto the vocabulary at the serving shape: a choice of a few tokens
 # (LanguageTask.continuation_logprobs keeps the continuation's positions only).
 SCORED_POSITIONS = 8
@@ -219,46 +237,24 @@ def _preload(model_dir: Path) -> None:
     with contextlib.suppress(ImportError):
         import compressed_tensors  # noqa: F401
         from transformers.quantizers import quantizer_compressed_tensors  # noqa: F401
+    from weightflow.shared.modeling.placement import PLACEMENT_FILE
+
+    if (Path(model_dir) / PLACEMENT_FILE).is_file():
+        import accelerate  # noqa: F401  (an offloaded model loads through its device map)
     config = json.loads((Path(model_dir) / "config.json").read_text())
     for name in [*(config.get("architectures") or []), "AutoModel", "AutoTokenizer", "PreTrainedTokenizerFast"]:
         with contextlib.suppress(AttributeError, ImportError):
             getattr(transformers, name)
 
 
-def _offloaded(request: PeakRequest, device: Any) -> Any:
-    """The checkpoint under accelerate's device map: `offload_max_bytes` of weights on the device, the rest
-    on disk for a CPU device (a folder beside the measurement, gone with it) or in CPU memory for a GPU."""
-    import types
-
-    import transformers
-
-    from weightflow.shared.modeling.loading import load_tokenizer
-
-    config = json.loads((request.model_dir / "config.json").read_text())
-    model_class = getattr(transformers, (config.get("architectures") or ["AutoModel"])[0])
-    folder = tempfile.mkdtemp(prefix="wf-offload-")
-    on_device: Any = "cpu" if device.type == "cpu" else (device.index or 0)
-    max_memory = {on_device: int(request.offload_max_bytes or 0)}
-    if device.type != "cpu":
-        max_memory["cpu"] = 1 << 40
-    model = model_class.from_pretrained(
-        str(request.model_dir),
-        local_files_only=True,
-        use_safetensors=True,
-        trust_remote_code=False,
-        device_map="auto",
-        max_memory=max_memory,
-        offload_folder=folder,
-        offload_buffers=True,
-    ).eval()
-    return types.SimpleNamespace(model=model, tokenizer=load_tokenizer(request.model_dir), device=device)
-
-
 def _child(request: PeakRequest) -> PeakMeasured:
     import torch
     import transformers  # noqa: F401  (imported before the base reading: the runtime, not the model)
 
-    from weightflow.shared.modeling import loading  # noqa: F401  (registers the quantizers the loader detects)
+    from weightflow.shared.modeling import (
+        loading,  # noqa: F401  (registers the quantizers the loader detects)
+        placement,
+    )
     from weightflow.shared.modeling.device import pick_device
     from weightflow.shared.modeling.registry import load_plugins, tasks
 
@@ -269,10 +265,11 @@ def _child(request: PeakRequest) -> PeakMeasured:
     device = pick_device(request.device)
     context = task.serving_context(request.spec)
     generate = new_tokens(task, request.spec)
-    meter = _Meter(device)
+    placed = placement.read(request.model_dir)
+    meter = _AnonMeter(device) if placed is not None and placed.rest == "disk" and device.type == "cpu" \
+        else _Meter(device)
     meter.start()
-    loaded = (task.runtime().load(request.model_dir, device) if request.offload_max_bytes is None
-              else _offloaded(request, device))
+    loaded = task.runtime().load(request.model_dir, device)
     load_peak = meter.peak()
     meter.reset()
     _serve(loaded, request.model_copy(update={"batch": 1}), 8 + generate, min(generate, 1))  # touch every weight

@@ -310,14 +310,13 @@ class TaskRuntime(ABC):
     def training_loss(self, loaded: LoadedModel, spec: TaskSpec, rows: Sequence[Any]) -> Any:
         """A differentiable loss on a batch of train rows (the tuner's objective)."""
 
-    def measure_peak(self, model_dir: Path, spec: TaskSpec, device: str, *,
-                     offload_max_bytes: int | None = None) -> PeakMeasured:
+    def measure_peak(self, model_dir: Path, spec: TaskSpec, device: str) -> PeakMeasured:
         """Peak memory of this checkpoint at the serving shape, measured in a process of its own (what
-        fitting decides on), whole or offloaded beyond `offload_max_bytes` of weights; a seam so a scripted
-        test world can say what its tiny models would take."""
+        fitting decides on), loaded as serving loads it (under its device map when it holds a placement); a
+        seam so a scripted test world can say what its tiny models would take."""
         from weightflow.shared.modeling.peak import measure_peak
 
-        return measure_peak(model_dir, spec, device, offload_max_bytes=offload_max_bytes)
+        return measure_peak(model_dir, spec, device)
 
     def lora_targets(self, loaded: LoadedModel) -> tuple[list[str], list[str]]:
         """(target_modules, modules_to_save) for LoRA on this task's model."""

@@ -11,9 +11,13 @@ from pathlib import Path
 import pytest
 
 from weightflow.contracts.fitting import FitCompleted, FitFailed, MemoryBudgetComputed
+from weightflow.contracts.monitoring import CanaryPassed
+from weightflow.contracts.registry import ModelRegistered
 from weightflow.contracts.requirements import TaskSpec
 from weightflow.services.fitting.domain import judge_peak
 from weightflow.shared.modeling.budget import Architecture, memory_budget
+from weightflow.shared.modeling.placement import PLACEMENT_FILE
+from weightflow.shared.modeling.stored import load_deployment, read_manifest
 
 from ..unit.test_workflow_unit import build_workflow, of
 
@@ -23,7 +27,8 @@ MB = 2**20
 def test_a_variant_predicted_to_fit_but_measured_over_budget_does_not_fit(tmp_path: Path,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     workflow = build_workflow(tmp_path, monkeypatch)
-    workflow.scores(a_eval=0.95, b_eval=0.9, a_canary=0.95, b_canary=0.95, a_int8_0_peak=5.0)
+    workflow.scores(a_eval=0.95, b_eval=0.9, a_canary=0.95, b_canary=0.95, a_int8_0_peak=5.0,
+                    **{"a_fp32+offload_0_peak": 4.0})
     events = workflow.submit()
     budgets = [e for e in of(events, MemoryBudgetComputed) if e.budget.variant == "int8"]
     assert budgets and budgets[0].budget.fits, "the prediction put int8 within the 3 MB budget"
@@ -32,9 +37,50 @@ def test_a_variant_predicted_to_fit_but_measured_over_budget_does_not_fit(tmp_pa
     assert measured.error < 0 and measured.method == "scripted", "predicted below what was measured"
     failed = of(events, FitFailed)
     assert failed and "as measured at the serving shape" in failed[0].reason
-    assert "offload" in failed[0].reason, "the last resort is named, with what it would cost"
+    assert "then offload" in failed[0].reason and "its peak was measured at 4 MB" in failed[0].reason, \
+        "the last resort was measured too, and the refusal names what it measured"
     assert any("measured peak 5.0 MB" in step and "does not fit" in step for step in failed[0].steps)
     assert not of(events, FitCompleted)
+
+
+def test_when_no_scheme_fits_the_offloaded_model_is_measured_re_benchmarked_registered_and_loaded_as_fitted(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The last resort for real: int8 measured over the 3 MB budget, the unquantized weights offloaded beyond what
+    the budget leaves (accelerate's device map, on disk for this CPU target) fit as measured; the variant is
+    re-benchmarked, registered with its placement pinned by the model's checksum, and every loader (the canary, the
+    runbook's `load_deployment`) runs it under the same device map."""
+    workflow = build_workflow(tmp_path, monkeypatch)
+    workflow.scores(a_eval=0.95, b_eval=0.9, a_canary=0.95, b_canary=0.95, a_int8_0_peak=5.0,
+                    **{"a_fp32+offload_0_peak": 2.0})
+    events = workflow.submit()
+    (offload,) = [e for e in of(events, MemoryBudgetComputed) if e.budget.variant == "fp32+offload"]
+    assert offload.measured is not None and offload.measured.fits
+    assert offload.budget.weight_bytes < offload.budget.total_bytes <= offload.budget.budget_bytes
+    fit = of(events, FitCompleted)[0]
+    assert fit.model.variant == "fp32+offload" and fit.model.base_tree_digest != fit.model.tree_digest
+    assert any("offloaded: at most" in step and "on disk" in step for step in fit.steps), fit.steps
+    assert any(step.startswith("re-benchmarked fp32+offload") for step in fit.steps), "chosen only after a re-run"
+    registered = of(events, ModelRegistered)[0]
+    assert f"model/{PLACEMENT_FILE}" in registered.checksums, "the placement is pinned with the weights"
+    store = workflow.runner.store
+    manifest = read_manifest(store, registered.manifest_id)
+    assert manifest.quantization is None and manifest.sharding.startswith("offloaded: at most")
+    assert manifest.sharding in store.read_bytes(registered.runbook_digest).decode(), "the runbook says how"
+    assert of(events, CanaryPassed), "the canary loaded and ran the offloaded model"
+    loaded = load_deployment(store, manifest, device="cpu")
+    assert (Path(loaded.model_dir) / PLACEMENT_FILE).is_file(), "the runbook's loader reads the same placement"
+
+
+def test_an_offloaded_model_too_slow_for_the_latency_ceiling_is_not_chosen(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Offload's price is latency: its re-benchmark on the eval set decides, and a miss ends the fit saying so."""
+    workflow = build_workflow(tmp_path, monkeypatch)
+    workflow.scores(a_eval=0.95, b_eval=0.9, a_canary=0.95, b_canary=0.95, a_int8_0_peak=5.0,
+                    **{"a_fp32+offload_0_peak": 2.0, "a_fp32+offload_0_latency": 900.0})
+    events = workflow.submit()
+    failed = of(events, FitFailed)
+    assert failed and not of(events, FitCompleted) and not of(events, ModelRegistered)
+    assert any("fp32+offload misses" in step and "latency" in step for step in failed[0].steps), failed[0].steps
 
 
 def test_the_fit_carries_predicted_and_measured_peaks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -50,7 +96,8 @@ def test_a_variant_whose_peak_cannot_be_measured_is_not_chosen_and_the_fit_ends_
     """The measuring child timing out (or dying for memory) is an answer, not a crash of the handler that would
     measure again on every redelivery until the event is dead-lettered with no reason."""
     workflow = build_workflow(tmp_path, monkeypatch)
-    workflow.scores(a_eval=0.95, b_eval=0.9, a_canary=0.95, b_canary=0.95, a_int8_0_peak=-1.0)
+    workflow.scores(a_eval=0.95, b_eval=0.9, a_canary=0.95, b_canary=0.95, a_int8_0_peak=-1.0,
+                    **{"a_fp32+offload_0_peak": -1.0})
     events = workflow.submit()
     (budget,) = [e for e in of(events, MemoryBudgetComputed) if e.budget.variant == "int8"]
     assert budget.budget.fits and budget.measured is None

@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 from weightflow.contracts.measurement import Measurement
 from weightflow.contracts.requirements import HardwareProfile, TaskSpec
 from weightflow.shared.modeling.peak import PeakMeasured
+from weightflow.shared.modeling.placement import PLACEMENT_FILE
 from weightflow.shared.modeling.protocols import LoadedModel, Quantizer, Task
 from weightflow.shared.modeling.registry import quantizers, tasks
 from weightflow.shared.modeling.tasks.base import measurement
@@ -82,11 +83,16 @@ def _lookup(key: tuple[str, ...]) -> float:
     return best[1]
 
 
+def _variant(model_dir: Path) -> str:
+    return ("scripted-int8" if (model_dir / "scripted.json").is_file() else
+            "int8" if (model_dir / "quantization.json").is_file() else
+            "fp32+offload" if (model_dir / PLACEMENT_FILE).is_file() else "fp32")
+
+
 def describe(loaded: LoadedModel) -> tuple[str, str, str]:
     """(candidate, variant, adapter 0/1) of a loaded scripted checkpoint."""
     name = str(getattr(loaded.model.config, "scripted_name", "?"))
-    variant = ("scripted-int8" if (loaded.model_dir / "scripted.json").is_file() else
-               "int8" if (loaded.model_dir / "quantization.json").is_file() else "fp32")
+    variant = _variant(Path(loaded.model_dir))
     adapter = any(type(m).__name__ == "LoraWrapped" for m in loaded.model.modules())
     return name, variant, "1" if adapter else "0"
 
@@ -122,13 +128,11 @@ class ScriptedRuntime(ZeroShotRuntime):
         inputs = self.inputs(loaded, [r.text for r in rows])
         return loaded.model(**inputs).last_hidden_state.pow(2).mean()
 
-    def measure_peak(self, model_dir: Path, spec: TaskSpec, device: str, *,
-                     offload_max_bytes: int | None = None) -> PeakMeasured:
+    def measure_peak(self, model_dir: Path, spec: TaskSpec, device: str) -> PeakMeasured:
         """The script's `name/variant/*/peak` (MB) when set, else the stored weights: the tiny models' real
         peak is the interpreter's noise, and the scripted budgets are a few MB."""
         config = json.loads((Path(model_dir) / "config.json").read_text())
-        variant = ("scripted-int8" if (Path(model_dir) / "scripted.json").is_file() else
-                   "int8" if (Path(model_dir) / "quantization.json").is_file() else "fp32")
+        variant = _variant(Path(model_dir))
         try:
             peak = int(_lookup((str(config.get("scripted_name", "?")), variant, "0", "peak")) * 2**20)
         except KeyError:
