@@ -55,6 +55,7 @@ UNMEASURABLE = (RuntimeError, OSError, ValueError, subprocess.SubprocessError)
 
 service = Service("fitting")
 OFFLOAD = "offload"  # the last entry of a fit's list of steps to try, after every allowed scheme
+OFFLOAD_TRIES = 2  # a placement measured over the budget is shrunk by its excess and measured once more
 
 
 def _stored_weight_bytes(ctx: HandlerContext, tree_digest: str) -> int:
@@ -193,19 +194,27 @@ def _try_offload(cause: Event, selection: SelectionDecided, tried: list[str], st
         return [FitFailed.follow(cause, steps=steps, reason=(
             f"{refusal}; choose hardware with more memory, a smaller serving context or a smaller candidate"))], None
     on_device = int((fp32.budget_bytes - fixed) / (1 + fp32.overhead_fraction))
-    placed = placement.plan(hw.device, on_device)
     variant_name = placement.offloaded(UNQUANTIZED)
-    b = fp32.model_copy(update={"variant": variant_name, "weight_bytes": min(on_device, fp32.weight_bytes),
-                                "total_bytes": fp32.budget_bytes, "fits": True})
+    out: list[Event] = []
     with tempfile.TemporaryDirectory(prefix="wf-fit-") as tmp:
         model_dir = _placed_copy(ctx.store.materialize_tree(selection.model.tree_digest), Path(tmp) / "offload",
-                                 placed)
-        outcome = _measure(ctx, model_dir, req, b)
+                                 placement.plan(hw.device, on_device))
+        for _ in range(OFFLOAD_TRIES):
+            placed = placement.plan(hw.device, on_device)
+            placement.write(model_dir, placed)
+            b = fp32.model_copy(update={"variant": variant_name, "weight_bytes": min(on_device, fp32.weight_bytes),
+                                        "total_bytes": fp32.budget_bytes, "fits": True})
+            outcome = _measure(ctx, model_dir, req, b)
+            measured = outcome if isinstance(outcome, MeasuredPeak) else None
+            out.append(MemoryBudgetComputed.follow(cause, budget=b, measured=measured))
+            steps.append(f"{variant_name}: {placed.describe()}; "
+                         f"{domain.describe_peak(measured) if measured else outcome}")
+            if measured is None or measured.fits or on_device == 0:
+                break
+            # Over by the modules streamed in from the offload (their working copies), not by what stays: keep
+            # that much less on the device and measure once more.
+            on_device = max(0, on_device - int((measured.peak_bytes - measured.budget_bytes) * 1.1))
         tree = ctx.store.put_tree(model_dir)
-    measured = outcome if isinstance(outcome, MeasuredPeak) else None
-    out: list[Event] = [MemoryBudgetComputed.follow(cause, budget=b, measured=measured)]
-    steps.append(f"{variant_name}: {placed.describe()}; "
-                 f"{domain.describe_peak(measured) if measured else outcome}")
     if measured is None or not measured.fits:
         why = (f"offloaded, its peak was measured at {measured.peak_bytes / budget.MB:.0f} MB, still over the "
                f"budget, and a serving batch of {measured.batch} x {measured.context} tokens took "

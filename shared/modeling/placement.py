@@ -11,7 +11,9 @@ On a CPU target the offloaded weights come back from memory-mapped files one mod
 cache, which the kernel reclaims under a memory limit, so what the budget must hold is the anonymous memory (the
 peak meter says so in its method). glibc's dynamic mmap threshold would keep every freed weight copy in the heap
 (anonymous memory grew to the whole model in a probe: 711 MiB for SmolLM2-135M's 540 MB of weights); pinning the
-threshold returns each copy to the kernel when the module is done (182 MiB growth in the same probe).
+threshold returns each copy to the kernel when the module is done (182 MiB growth in the same probe). The weights
+the map keeps on the CPU are copied out of the file's mapping at load, so they count as the anonymous memory they
+must stay.
 """
 
 from __future__ import annotations
@@ -113,4 +115,23 @@ def load(model_dir: Path, auto_class: Any, device: Any, placement: Placement) ->
         shutil.rmtree(folder, ignore_errors=True)
         raise
     weakref.finalize(model, shutil.rmtree, folder, True)
+    if placement.rest == "disk":
+        _own_resident_weights(model)
     return model
+
+
+def _own_resident_weights(model: Any) -> None:
+    """Copy the weights the map keeps on the CPU out of the checkpoint's memory map. transformers leaves them as
+    views of the mapped safetensors file: file pages the kernel may drop under a memory limit and read back on
+    every forward, so a budget of anonymous memory (what the peak meter reads for an offloaded model) would not
+    see them at all. Owned copies are what the placement grants the target; tied tensors stay tied."""
+    copies: dict[int, Any] = {}
+    for module in model.modules():
+        for tensors in (module._parameters, module._buffers):
+            for tensor in tensors.values():
+                if tensor is None or tensor.device.type != "cpu":
+                    continue  # on disk (meta until its module runs) or on a GPU
+                key = tensor.data_ptr()
+                if key not in copies:
+                    copies[key] = tensor.data.clone()
+                tensor.data = copies[key]

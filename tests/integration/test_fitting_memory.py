@@ -51,7 +51,7 @@ def test_when_no_scheme_fits_the_offloaded_model_is_measured_re_benchmarked_regi
     runbook's `load_deployment`) runs it under the same device map."""
     workflow = build_workflow(tmp_path, monkeypatch)
     workflow.scores(a_eval=0.95, b_eval=0.9, a_canary=0.95, b_canary=0.95, a_int8_0_peak=5.0,
-                    **{"a_fp32+offload_0_peak": 2.0})
+                    **{"a_fp32+offload_0_peak": 0.5})
     events = workflow.submit()
     (offload,) = [e for e in of(events, MemoryBudgetComputed) if e.budget.variant == "fp32+offload"]
     assert offload.measured is not None and offload.measured.fits
@@ -71,12 +71,29 @@ def test_when_no_scheme_fits_the_offloaded_model_is_measured_re_benchmarked_regi
     assert (Path(loaded.model_dir) / PLACEMENT_FILE).is_file(), "the runbook's loader reads the same placement"
 
 
+def test_an_offload_measured_over_the_budget_keeps_less_on_the_device_and_is_measured_once_more(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the device keeps plus what streams in from the offload: over by the excess, the placement keeps that
+    much less (and a tenth more) on the device, and the second measurement decides."""
+    workflow = build_workflow(tmp_path, monkeypatch)
+    workflow.scores(a_eval=0.95, b_eval=0.9, a_canary=0.95, b_canary=0.95, a_int8_0_peak=5.0,
+                    **{"a_fp32+offload_0_peak": 2.5})
+    events = workflow.submit()
+    first, second = [e for e in of(events, MemoryBudgetComputed) if e.budget.variant == "fp32+offload"]
+    assert first.measured is not None and not first.measured.fits
+    assert second.measured is not None and second.measured.fits
+    excess = first.measured.peak_bytes - first.measured.budget_bytes
+    assert first.budget.weight_bytes - second.budget.weight_bytes == pytest.approx(excess * 1.1, abs=2)
+    fit = of(events, FitCompleted)[0]
+    assert fit.model.variant == "fp32+offload" and fit.measured == second.measured
+
+
 def test_an_offloaded_model_too_slow_for_the_latency_ceiling_is_not_chosen(tmp_path: Path,
                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """Offload's price is latency: its re-benchmark on the eval set decides, and a miss ends the fit saying so."""
     workflow = build_workflow(tmp_path, monkeypatch)
     workflow.scores(a_eval=0.95, b_eval=0.9, a_canary=0.95, b_canary=0.95, a_int8_0_peak=5.0,
-                    **{"a_fp32+offload_0_peak": 2.0, "a_fp32+offload_0_latency": 900.0})
+                    **{"a_fp32+offload_0_peak": 0.5, "a_fp32+offload_0_latency": 900.0})
     events = workflow.submit()
     failed = of(events, FitFailed)
     assert failed and not of(events, FitCompleted) and not of(events, ModelRegistered)

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 from weightflow.contracts.measurement import Measurement
 from weightflow.contracts.requirements import HardwareProfile, TaskSpec
+from weightflow.shared.modeling import placement
 from weightflow.shared.modeling.peak import PeakMeasured
 from weightflow.shared.modeling.placement import PLACEMENT_FILE
 from weightflow.shared.modeling.protocols import LoadedModel, Quantizer, Task
@@ -130,11 +131,15 @@ class ScriptedRuntime(ZeroShotRuntime):
 
     def measure_peak(self, model_dir: Path, spec: TaskSpec, device: str) -> PeakMeasured:
         """The script's `name/variant/*/peak` (MB) when set, else the stored weights: the tiny models' real
-        peak is the interpreter's noise, and the scripted budgets are a few MB."""
+        peak is the interpreter's noise, and the scripted budgets are a few MB. An offloaded variant's scripted
+        peak is what it streams: the weights its placement keeps on the device are added to it."""
         config = json.loads((Path(model_dir) / "config.json").read_text())
         variant = _variant(Path(model_dir))
+        placed = placement.read(Path(model_dir))
         try:
             peak = int(_lookup((str(config.get("scripted_name", "?")), variant, "0", "peak")) * 2**20)
+            if placed is not None and peak >= 0:  # an offloaded peak: what stays on the device plus the scripted rest
+                peak += placed.on_device_bytes
         except KeyError:
             peak = sum(p.stat().st_size for p in Path(model_dir).glob("*.safetensors"))
         if peak < 0:  # a negative peak in the script: the measuring child ran past its time
