@@ -153,8 +153,8 @@ def _try_schemes(cause: Event, selection: SelectionDecided, schemes: list[str], 
         out.append(BenchmarkRequested.follow(cause, context=selection.context, model=variant, request_id=request_id))
         return out, attempt
     if OFFLOAD in schemes:
-        more, attempt = _try_offload(cause, selection, [s for s in schemes if s != OFFLOAD], steps, ctx)
-        return [*out, *more], attempt
+        more, offloaded = _try_offload(cause, selection, [s for s in schemes if s != OFFLOAD], steps, ctx)
+        return [*out, *more], offloaded
     out.append(FitFailed.follow(cause, steps=steps, reason=(
         f"no variant of {selection.model.candidate} fits {hw.memory_mb:g} MB and meets the requirements "
         f"as measured at the serving shape (tried: {', '.join(schemes) or 'nothing: no scheme left to try'}); "
