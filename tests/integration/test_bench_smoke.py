@@ -68,3 +68,20 @@ def test_the_canary_schedule_bench_runs_end_to_end_in_smoke_mode(tmp_path: Path)
     assert any(m.startswith("tick with 20 due of 10,000") and r["baseline"] for m, r in rows.items())
     (e2e,) = [r for m, r in rows.items() if m.startswith("canary start lag")]
     assert "0 twice" in e2e["note"], e2e["note"]  # two replicas never claimed a slot twice
+
+
+@pytest.mark.slow
+def test_the_offload_bench_measures_a_tiny_llama_whole_and_offloaded(tmp_path: Path) -> None:
+    """Its own processes, real measurements of a tiny Llama: the table has the baseline and the offloaded row."""
+    from tests.lm_fixtures import tiny_llama
+
+    model = tiny_llama(tmp_path / "tiny", hidden=64, layers=2)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.offload", "generation", str(model), "0"],
+        cwd=ROOT, env=dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1"), capture_output=True, text=True,
+        timeout=300, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
+    assert rows[1].startswith("| all (whole model) |") and "1.00×" in rows[1]
+    assert rows[2].startswith("| at most 0 MB, the rest on disk |") and "RssAnon peak" in rows[2], rows
