@@ -40,6 +40,7 @@ from weightflow.contracts.fitting import (
 from weightflow.contracts.measurement import Comparison, Measurement
 from weightflow.contracts.requirements import Requirements
 from weightflow.services.fitting import domain
+from weightflow.services.fitting.peaks import PeakCache
 from weightflow.services.fitting.tables import FitAttempt
 from weightflow.shared.bus import HandlerContext, HandlerResult, OrphanError, Service
 from weightflow.shared.comparisons import compare
@@ -76,20 +77,21 @@ def _load_fitted(text: str) -> _Fitted:
     return _Fitted.model_validate(data if "budget" in data else {"budget": data})
 
 
-def _measure(ctx: HandlerContext, model_dir: Path, req: Requirements,
+def _measure(peaks: PeakCache, model_dir: Path, tree_digest: str, req: Requirements,
              predicted: MemoryBudget) -> MeasuredPeak | str:
     """The variant's peak at the serving shape, in a child process, judged against the budget; or why it could
     not be measured (then the variant is not chosen: a fit rests on a measurement, and a handler that raised
     would only measure again on every redelivery until the event is dead-lettered with no reason given)."""
     try:
-        peak = task_of(req.task).runtime().measure_peak(model_dir, req.task, str(pick_device(ctx.settings.device)))
+        peak, cached = peaks.measure(model_dir, tree_digest, req)
     except UNMEASURABLE as exc:
         log.warning("the peak of %s could not be measured", model_dir, exc_info=True)
         said = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:300]
         return f"its peak memory could not be measured ({said}), so it is not chosen"
-    return domain.judge_peak(predicted, peak_bytes=peak.peak_bytes, device=peak.device,
+    judged = domain.judge_peak(predicted, peak_bytes=peak.peak_bytes, device=peak.device,
                              target_device=req.deployment.hardware.device, method=peak.method, batch=peak.batch,
                              context=peak.context, serve_s=peak.serve_s)
+    return judged.model_copy(update={"note": "; ".join(n for n in (judged.note, cached) if n)}) if cached else judged
 
 
 def _complete(cause: Event, selection: SelectionDecided, model: ModelArtifact, m: Measurement, b: MemoryBudget,
@@ -109,7 +111,7 @@ def _complete(cause: Event, selection: SelectionDecided, model: ModelArtifact, m
 
 
 def _try_schemes(cause: Event, selection: SelectionDecided, schemes: list[str], steps: list[str],
-                 ctx: HandlerContext) -> tuple[list[Event], FitAttempt | None]:
+                 ctx: HandlerContext, peaks: PeakCache) -> tuple[list[Event], FitAttempt | None]:
     """Quantize with the first scheme that runs here and fits; ask for its re-benchmark."""
     req = selection.context.requirements
     hw = req.deployment.hardware
@@ -133,7 +135,7 @@ def _try_schemes(cause: Event, selection: SelectionDecided, schemes: list[str], 
                            weight_bytes=_stored_weight_bytes(ctx, tree))
             steps.append(f"quantized to {scheme}: predicted {budget.describe(b)}")
             # the prediction rules a variant out, never in: one it puts within the budget is measured
-            outcome = _measure(ctx, Path(tmp) / scheme, req, b) if b.fits else None
+            outcome = _measure(peaks, Path(tmp) / scheme, tree, req, b) if b.fits else None
         variant = selection.model.model_copy(update={"variant": scheme, "tree_digest": tree})
         measured = outcome if isinstance(outcome, MeasuredPeak) else None
         out.append(MemoryBudgetComputed.follow(cause, budget=b, measured=measured))
@@ -153,7 +155,7 @@ def _try_schemes(cause: Event, selection: SelectionDecided, schemes: list[str], 
         out.append(BenchmarkRequested.follow(cause, context=selection.context, model=variant, request_id=request_id))
         return out, attempt
     if OFFLOAD in schemes:
-        more, offloaded = _try_offload(cause, selection, [s for s in schemes if s != OFFLOAD], steps, ctx)
+        more, offloaded = _try_offload(cause, selection, [s for s in schemes if s != OFFLOAD], steps, ctx, peaks)
         return [*out, *more], offloaded
     out.append(FitFailed.follow(cause, steps=steps, reason=(
         f"no variant of {selection.model.candidate} fits {hw.memory_mb:g} MB and meets the requirements "
@@ -176,7 +178,7 @@ def _placed_copy(model_dir: Path, out_dir: Path, placed: placement.Placement) ->
 
 
 def _try_offload(cause: Event, selection: SelectionDecided, tried: list[str], steps: list[str],
-                 ctx: HandlerContext) -> tuple[list[Event], FitAttempt | None]:
+                 ctx: HandlerContext, peaks: PeakCache) -> tuple[list[Event], FitAttempt | None]:
     """The last resort: the unquantized model with as many weights on the target as the budget leaves beside
     activations and the runtime, the rest offloaded (accelerate's device map: on disk for a CPU target, in host
     memory for a GPU). It is measured like any variant and, when its peak fits, re-benchmarked: it is chosen only
@@ -204,7 +206,7 @@ def _try_offload(cause: Event, selection: SelectionDecided, tried: list[str], st
             placement.write(model_dir, placed)
             b = fp32.model_copy(update={"variant": variant_name, "weight_bytes": min(on_device, fp32.weight_bytes),
                                         "total_bytes": fp32.budget_bytes, "fits": True})
-            outcome = _measure(ctx, model_dir, req, b)
+            outcome = _measure(peaks, model_dir, ctx.store.put_tree(model_dir), req, b)
             measured = outcome if isinstance(outcome, MeasuredPeak) else None
             out.append(MemoryBudgetComputed.follow(cause, budget=b, measured=measured))
             steps.append(f"{variant_name}: {placed.describe()}; "
@@ -261,11 +263,13 @@ def on_selected(event: SelectionDecided, ctx: HandlerContext) -> HandlerResult:
         return ctx.once(key, event, _skip_remote(event))
     req = event.context.requirements
     hw = req.deployment.hardware
+    peaks = PeakCache(ctx, str(event.run_id))
     fp32 = budget_for(ctx.store, event.model.tree_digest, event.model.params, UNQUANTIZED, req)
     out: list[Event] = [MemoryBudgetComputed.follow(event, budget=fp32)]
     steps = [budget.describe(fp32)]
     if domain.keep_unquantized(fp32.fits, event.context, event.plan):
-        outcome = _measure(ctx, ctx.store.materialize_tree(event.model.tree_digest), req, fp32)
+        outcome = _measure(peaks, ctx.store.materialize_tree(event.model.tree_digest), event.model.tree_digest, req,
+                           fp32)
         measured = outcome if isinstance(outcome, MeasuredPeak) else None
         out = [MemoryBudgetComputed.follow(event, budget=fp32, measured=measured)]
         steps.append(domain.describe_peak(measured) if measured else f"unquantized: {outcome}")
@@ -273,7 +277,7 @@ def on_selected(event: SelectionDecided, ctx: HandlerContext) -> HandlerResult:
             steps.append("no change needed: the unquantized model fits")
             out.append(_complete(event, event, event.model, event.measurement, fp32, event.quality_gap, steps,
                                  measured))
-            return ctx.once(key, event, out)
+            return ctx.once(key, event, peaks.keeping(out))
         steps.append("the unquantized model does not fit as measured: quantize")
     infos = []
     for scheme in domain.candidate_schemes(event.context, event.plan):
@@ -284,14 +288,14 @@ def on_selected(event: SelectionDecided, ctx: HandlerContext) -> HandlerResult:
     ordered = [i.scheme for i in domain.scheme_order(infos)]
     if domain.offload_allowed(event.context, event.plan):
         ordered.append(OFFLOAD)
-    more, attempt = _try_schemes(event, event, ordered, steps, ctx)
+    more, attempt = _try_schemes(event, event, ordered, steps, ctx, peaks)
 
     def commit(session: Session) -> Sequence[Event]:
         if attempt is not None:
             session.add(attempt)
         return [*out, *more]
 
-    return ctx.once(key, event, commit)
+    return ctx.once(key, event, peaks.keeping(commit))
 
 
 @service.handles(VariantBenchmarked)
@@ -304,6 +308,7 @@ def on_benchmarked(event: VariantBenchmarked, ctx: HandlerContext) -> HandlerRes
         return []
     selection = SelectionDecided.model_validate_json(attempt.selection_json)
     model = ModelArtifact.model_validate_json(attempt.model_json)
+    peaks = PeakCache(ctx, str(event.run_id))
     fitted = _load_fitted(attempt.budget_json)
     b = fitted.budget
     steps: list[str] = json.loads(attempt.steps_json)
@@ -327,7 +332,7 @@ def on_benchmarked(event: VariantBenchmarked, ctx: HandlerContext) -> HandlerRes
     if blocking or (isinstance(completion, FitFailed) and event.quality_gap > 0 and remaining):
         missed = blocking or [x.message() for x in event.verdict.misses]
         steps.append(f"{model.variant} misses: {'; '.join(missed)}")
-        more, follow_up = _try_schemes(event, selection, remaining, steps, ctx)
+        more, follow_up = _try_schemes(event, selection, remaining, steps, ctx, peaks)
         status = "failed"
     else:
         more = [completion]
@@ -341,6 +346,7 @@ def on_benchmarked(event: VariantBenchmarked, ctx: HandlerContext) -> HandlerRes
         session.add(row)
         if follow_up is not None:
             session.add(follow_up)
+        peaks.save(session)
         return more
 
     return commit

@@ -30,6 +30,9 @@ from weightflow.contracts.requirements import TaskSpec
 from weightflow.shared.modeling.budget import SERVING_BATCH
 
 CHILD_TIMEOUT_S = 1800.0
+# The measuring code's revision: part of the key a measured peak is kept under (services/fitting/peaks.py). Raise it
+# when what is measured changes (the meter, the serving shape, how a variant loads).
+PEAK_METHOD = 2
 # The folder that holds the `weightflow` package (a checkout's root, or site-packages), first on the child's path:
 # it adds weightflow itself and nothing that could shadow a package of the user's (the old parents[2] was
 # site-packages/weightflow in an installed wheel, which put weightflow's `shared` and `contracts` first).

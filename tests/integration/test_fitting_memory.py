@@ -15,10 +15,13 @@ from weightflow.contracts.monitoring import CanaryPassed
 from weightflow.contracts.registry import ModelRegistered
 from weightflow.contracts.requirements import TaskSpec
 from weightflow.services.fitting.domain import judge_peak
+from weightflow.services.fitting.peaks import peak_key
 from weightflow.shared.modeling.budget import Architecture, memory_budget
+from weightflow.shared.modeling.peak import PeakMeasured
 from weightflow.shared.modeling.placement import PLACEMENT_FILE
 from weightflow.shared.modeling.stored import load_deployment, read_manifest
 
+from ..plugins.scripted import ScriptedRuntime
 from ..unit.test_workflow_unit import build_workflow, of
 
 MB = 2**20
@@ -122,6 +125,39 @@ def test_a_variant_whose_peak_cannot_be_measured_is_not_chosen_and_the_fit_ends_
     assert failed and any("int8: its peak memory could not be measured" in s and "TimeoutExpired" not in s
                           for s in failed[0].steps), failed[0].steps
     assert not of(events, FitCompleted)
+
+def test_a_tree_measured_once_at_a_shape_is_not_measured_again_and_the_fit_says_when_it_was(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A measurement is a fresh interpreter (seconds of CPU): a second run of the same model reuses the first run's
+    peak for the same variant tree, shape and device, and says so; the measuring child is not started again."""
+    workflow = build_workflow(tmp_path, monkeypatch)
+    workflow.scores(a_eval=0.95, b_eval=0.9, a_canary=0.95, b_canary=0.95, a_int8_0_peak=2.5)
+    calls: list[Path] = []
+    real = ScriptedRuntime.measure_peak
+
+    def counted(self: ScriptedRuntime, model_dir: Path, spec: TaskSpec, device: str) -> PeakMeasured:
+        calls.append(model_dir)
+        return real(self, model_dir, spec, device)
+
+    monkeypatch.setattr(ScriptedRuntime, "measure_peak", counted)
+    first = of(workflow.submit(), FitCompleted)[0]
+    measured_first = len(calls)
+    second = of(workflow.submit(), FitCompleted)[-1]
+    assert first.run_id != second.run_id and first.model.tree_digest == second.model.tree_digest
+    assert measured_first >= 1 and len(calls) == measured_first, "the second run started no measuring child"
+    assert first.measured is not None and "measured before" not in first.measured.note
+    assert second.measured is not None and second.measured.peak_bytes == first.measured.peak_bytes
+    assert f"measured before, by run {str(first.run_id)[:8]}" in second.measured.note
+
+
+def test_a_peak_is_kept_under_everything_it_depends_on() -> None:
+    spec = TaskSpec(type="generation", prompt="Q: {input}\nA:", max_new_tokens=8)
+    key = peak_key("tree", spec, "cpu")
+    assert key == peak_key("tree", spec.model_copy(), "cpu")
+    assert len({key, peak_key("other", spec, "cpu"), peak_key("tree", spec, "cuda:0"),
+                peak_key("tree", spec.model_copy(update={"max_new_tokens": 16}), "cpu"),
+                peak_key("tree", spec, "cpu", batch=4)}) == 5
+
 
 def test_a_peak_measured_on_another_device_says_so() -> None:
     arch = Architecture(hidden=64, layers=2, heads=4, intermediate=128, is_decoder=False)
