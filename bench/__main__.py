@@ -10,6 +10,8 @@
                                           # examples/language-models/make_models.py)
     python -m bench --only hop_profile      # where an event hop's time goes, step by step (seconds)
     python -m bench --only canary_schedule  # scheduler tick cost vs deployments not due; claim lag (~2 min)
+    python -m bench --only release_scale --baseline 69378cf  # runs/min of N concurrent runs, this checkout vs
+                                          # that commit's services (a git worktree), one replica each (~15 min)
     python -m bench --reps 3 --out /tmp/results
 """
 
@@ -26,7 +28,7 @@ from pathlib import Path
 
 COMPARISONS = ("eval_throughput", "orchestration", "hashing", "memory_budget", "quantization", "scale", "lm_schemes",
                "serving", "cluster", "artifact_store", "service_start", "generation_throughput",
-               "hop_profile", "canary_schedule")
+               "hop_profile", "canary_schedule", "release_scale")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -38,6 +40,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=None, help="where the JSON goes (default bench/results)")
     parser.add_argument("--device", default=os.environ.get("WEIGHTFLOW_DEVICE", "auto"),
                         help="auto (CUDA when present), cpu or cuda")
+    parser.add_argument("--baseline", default=None,
+                        help="a commit: release_scale runs it (a git worktree) against this checkout")
     parser.add_argument("--keep-going", action="store_true", help="run the rest when one comparison fails")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.only.split(",") if n.strip()] or list(COMPARISONS)
@@ -57,7 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from bench.harness import RESULTS_DIR, Config, machine_info, table, write_json
 
-    cfg = Config(reps=args.reps, smoke=args.smoke, out=args.out or RESULTS_DIR, device=args.device)
+    cfg = Config(reps=args.reps, smoke=args.smoke, out=args.out or RESULTS_DIR, device=args.device,
+                 baseline=args.baseline)
     machine = machine_info(cfg.device)
     print(f"# weightflow bench ({'smoke' if cfg.smoke else 'full'}, reps={cfg.reps}) on {machine['cpu_model']}, "
           f"{machine['cpu_cores']} cores, {machine['mem_total_gib']} GiB, torch {machine['torch']}, "

@@ -36,6 +36,7 @@ class Config:
     smoke: bool = False
     out: Path = RESULTS_DIR
     device: str = "auto"
+    baseline: str | None = None  # a commit: comparisons against a previous release build it in a git worktree
 
 
 @dataclass

@@ -45,7 +45,8 @@ def main(argv: list[str]) -> None:
         return statistics.median(peaks), min(peaks), max(peaks), statistics.median(times), runs[0].method
 
     whole = measured(source)
-    print(f"| weights kept on cpu | measured peak MiB, median [range] | vs whole | serving batch s | vs whole | method |")
+    print("| weights kept on cpu | measured peak MiB, median [range] | vs whole | serving batch s | vs whole "
+          "| method |")
     print("|---|---|---|---|---|---|")
     print(f"| all (whole model) | {whole[0]:.1f} [{whole[1]:.1f}–{whole[2]:.1f}] | 1.00× | {whole[3]:.2f} | 1.00× | "
           f"{whole[4]} |")

@@ -41,11 +41,12 @@ def _summarise(results: list[RunResult]) -> dict[str, Any]:
     }
 
 
-def measure_stack(cfg: Config, tmp: Path, replicas: int) -> dict[int, list[dict[str, Any]]]:
-    """{N: one summary per repetition} for one stack with `replicas` of each service."""
-    work = tmp / f"work-r{replicas}"
+def measure_stack(cfg: Config, tmp: Path, replicas: int, *, env: dict[str, str] | None = None,
+                  label: str = "") -> dict[int, list[dict[str, Any]]]:
+    """{N: one summary per repetition} for one stack with `replicas` of each service (`env` for its services)."""
+    work = tmp / f"work{label}-r{replicas}"
     out: dict[int, list[dict[str, Any]]] = {}
-    with running_stack(tmp / f"home-r{replicas}", replicas=replicas, device=cfg.device) as stack:
+    with running_stack(tmp / f"home{label}-r{replicas}", replicas=replicas, device=cfg.device, env=env) as stack:
         settings = stack.settings
         (warm,) = submit_many(settings, [trivial_requirements(work, "bench-warm")], timeout=600)
         if warm.outcome != "succeeded":

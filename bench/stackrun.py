@@ -76,10 +76,12 @@ def trivial_requirements(dest: Path, deployment: str, *, eval_rows: int = 64, ca
 
 
 @contextlib.contextmanager
-def running_stack(home: Path, *, replicas: int = 1, device: str = "auto") -> Iterator[Stack]:
+def running_stack(home: Path, *, replicas: int = 1, device: str = "auto",
+                  env: dict[str, str] | None = None) -> Iterator[Stack]:
     """The embedded stack (nats-server + one process per service and replica) as `weightflow up` runs it;
-    the canary interval is an hour, so only each run's first canary (due at promotion) runs."""
-    env = {"WEIGHTFLOW_CANARY_INTERVAL_S": "3600", "WEIGHTFLOW_DEVICE": device}
+    the canary interval is an hour, so only each run's first canary (due at promotion) runs. `env` reaches the
+    service processes (PYTHONPATH to a worktree runs another release's services)."""
+    env = {"WEIGHTFLOW_CANARY_INTERVAL_S": "3600", "WEIGHTFLOW_DEVICE": device, **(env or {})}
     stack = Stack(Settings(home=home), replicas=replicas, env=env)
     stack.start()
     try:
