@@ -26,7 +26,7 @@ import weakref
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 PLACEMENT_FILE = "weightflow-placement.json"
 OFFLOAD_SUFFIX = "+offload"
@@ -74,7 +74,12 @@ def read(model_dir: Path) -> Placement | None:
     path = Path(model_dir) / PLACEMENT_FILE
     if not path.is_file():
         return None
-    return Placement.model_validate_json(path.read_text())
+    try:
+        return Placement.model_validate_json(path.read_text())
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'file'}: {e['msg']}" for e in exc.errors())
+        raise ValueError(f"{path} is not a placement this release loads ({problems}); fitting writes it, so refit "
+                         "the model rather than edit the file") from None
 
 
 def write(model_dir: Path, placement: Placement) -> Path:
