@@ -17,8 +17,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from bench.harness import Better, Config, Report, Row, Stat
-from bench.scale import levels, measure_stack
+from bench.harness import Config, Report
+from bench.scale import add_level_rows, levels, measure_stack
 
 NAME = "release_scale"
 # The last commit before fitting kept measured peaks (services/fitting/peaks.py): every run of a model measured
@@ -48,15 +48,8 @@ def run(cfg: Config) -> Report:
         with worktree(commit, tmp / "baseline") as tree, contextlib.chdir(tree):
             old = measure_stack(cfg, tmp, 1, env={"PYTHONPATH": str(tree)}, label="-baseline")
         new = measure_stack(cfg, tmp, 1, label="-current")
-    metrics: tuple[tuple[str, str, str, Better], ...] = (("runs_per_min", "throughput", "runs/min", "higher"),
-                                                         ("latency_p50_s", "p50 run latency", "s", "lower"),
-                                                         ("latency_p95_s", "p95 run latency", "s", "lower"))
-    for n in levels(cfg):
-        for key, metric, unit, better in metrics:
-            report.add(Row(f"N={n}: {metric}", unit, Stat.of([s[key] for s in new[n]]),
-                           Stat.of([s[key] for s in old[n]]), f"release {commit}", better,
-                           note="one replica per service on both sides",
-                           extra={"current": new[n], "baseline": old[n]}))
+    add_level_rows(report, cfg, new, old, f"release {commit}", lambda n: "one replica per service on both sides",
+                   names=("current", "baseline"))
     report.config = {"levels": levels(cfg), "baseline": commit, "replicas": 1,
                      "workload": "trivial: minilm-l3 only, eval 64 rows, canary 32 rows, fp32 fits, no tuning"}
     report.notes.append("Both stacks run one after the other on the same cores; the baseline's services import its "

@@ -10,6 +10,7 @@ first. The weightflow side of each row is two replicas of every service, the bas
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,22 +66,32 @@ def measure_stack(cfg: Config, tmp: Path, replicas: int, *, env: dict[str, str] 
     return out
 
 
+METRICS: tuple[tuple[str, str, str, Better], ...] = (("runs_per_min", "throughput", "runs/min", "higher"),
+                                                     ("latency_p95_s", "p95 run latency", "s", "lower"),
+                                                     ("latency_p50_s", "p50 run latency", "s", "lower"))
+
+
+def add_level_rows(report: Report, cfg: Config, mine: dict[int, list[dict[str, Any]]],
+                   theirs: dict[int, list[dict[str, Any]]], baseline_name: str, note: Callable[[int], str],
+                   names: tuple[str, str]) -> None:
+    """One row per level and metric: `mine` against `theirs` (their summaries kept under `names`)."""
+    for n in levels(cfg):
+        for key, metric, unit, better in METRICS:
+            report.add(Row(f"N={n}: {metric}", unit, Stat.of([s[key] for s in mine[n]]),
+                           Stat.of([s[key] for s in theirs[n]]), baseline_name, better, note=note(n),
+                           extra={names[0]: mine[n], names[1]: theirs[n]}))
+
+
 def run(cfg: Config) -> Report:
     report = Report(NAME, "6. Scale: N concurrent trivial runs, two replicas per service vs one")
     with tempfile.TemporaryDirectory(prefix="wf-bench-scale-") as tmp_name:
         tmp = Path(tmp_name)
         one = measure_stack(cfg, tmp, 1)
         two = measure_stack(cfg, tmp, 2)
-    metrics: tuple[tuple[str, str, str, Better], ...] = (("runs_per_min", "throughput", "runs/min", "higher"),
-                                                         ("latency_p95_s", "p95 run latency", "s", "lower"),
-                                                         ("latency_p50_s", "p50 run latency", "s", "lower"))
-    for n in levels(cfg):
-        for key, metric, unit, better in metrics:
-            report.add(Row(f"N={n}: {metric}", unit, Stat.of([s[key] for s in two[n]]),
-                           Stat.of([s[key] for s in one[n]]), "1 replica per service", better,
-                           note="weightflow side = 2 replicas per service"
-                                + (f"; {len(one[n])} repetitions of N=1" if n == 1 else ""),
-                           extra={"two_replicas": two[n], "one_replica": one[n]}))
+    add_level_rows(report, cfg, two, one, "1 replica per service",
+                   lambda n: "weightflow side = 2 replicas per service"
+                   + (f"; {len(one[n])} repetitions of N=1" if n == 1 else ""),
+                   names=("two_replicas", "one_replica"))
     report.config = {"levels": levels(cfg), "replicas": [1, 2],
                      "workload": "trivial: minilm-l3 only, eval 64 rows, canary 32 rows, fp32 fits, no tuning"}
     report.notes.append("Both stacks run on the same 2 CPU cores: a second replica adds concurrency, not cores, "
