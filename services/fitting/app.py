@@ -164,8 +164,8 @@ def _try_schemes(cause: Event, selection: SelectionDecided, schemes: list[str], 
     return out, None
 
 
-def _placed_copy(model_dir: Path, out_dir: Path, placed: placement.Placement) -> Path:
-    """The checkpoint's files (hard links where the store allows, else copies) plus its placement."""
+def _linked_copy(model_dir: Path, out_dir: Path) -> Path:
+    """The checkpoint's files in a folder of their own: hard links where the store allows, else copies."""
     out_dir.mkdir(parents=True)
     for source in model_dir.iterdir():
         if source.is_file():
@@ -173,7 +173,6 @@ def _placed_copy(model_dir: Path, out_dir: Path, placed: placement.Placement) ->
                 os.link(source, out_dir / source.name)
             except OSError:
                 shutil.copyfile(source, out_dir / source.name)
-    placement.write(out_dir, placed)
     return out_dir
 
 
@@ -199,14 +198,14 @@ def _try_offload(cause: Event, selection: SelectionDecided, tried: list[str], st
     variant_name = placement.offloaded(UNQUANTIZED)
     out: list[Event] = []
     with tempfile.TemporaryDirectory(prefix="wf-fit-") as tmp:
-        model_dir = _placed_copy(ctx.store.materialize_tree(selection.model.tree_digest), Path(tmp) / "offload",
-                                 placement.plan(hw.device, on_device))
+        model_dir = _linked_copy(ctx.store.materialize_tree(selection.model.tree_digest), Path(tmp) / "offload")
         for _ in range(OFFLOAD_TRIES):
             placed = placement.plan(hw.device, on_device)
             placement.write(model_dir, placed)
             b = fp32.model_copy(update={"variant": variant_name, "weight_bytes": min(on_device, fp32.weight_bytes),
                                         "total_bytes": fp32.budget_bytes, "fits": True})
-            outcome = _measure(peaks, model_dir, ctx.store.put_tree(model_dir), req, b)
+            tree = ctx.store.put_tree(model_dir)  # the placement is part of the tree: its digest keys the peak
+            outcome = _measure(peaks, model_dir, tree, req, b)
             measured = outcome if isinstance(outcome, MeasuredPeak) else None
             out.append(MemoryBudgetComputed.follow(cause, budget=b, measured=measured))
             steps.append(f"{variant_name}: {placed.describe()}; "
@@ -216,7 +215,6 @@ def _try_offload(cause: Event, selection: SelectionDecided, tried: list[str], st
             # Over by the modules streamed in from the offload (their working copies), not by what stays: keep
             # that much less on the device and measure once more.
             on_device = max(0, on_device - int((measured.peak_bytes - measured.budget_bytes) * 1.1))
-        tree = ctx.store.put_tree(model_dir)
     if measured is None or not measured.fits:
         why = (f"offloaded, its peak was measured at {measured.peak_bytes / budget.MB:.0f} MB, still over the "
                f"budget, and a serving batch of {measured.batch} x {measured.context} tokens took "

@@ -14,7 +14,6 @@ import json
 from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import TypeVar
 
 from sqlmodel import Session
 
@@ -26,8 +25,6 @@ from weightflow.shared.modeling.budget import SERVING_BATCH
 from weightflow.shared.modeling.device import pick_device
 from weightflow.shared.modeling.peak import PEAK_METHOD, PeakMeasured
 from weightflow.shared.modeling.stored import task_of
-
-T = TypeVar("T")
 
 
 def _version(package: str) -> str:
