@@ -165,22 +165,26 @@ class _AnonMeter(_Meter):
         super().__init__(device)
         self.method = "RssAnon peak, sampled every 1 ms (disk-offloaded weights are reclaimable file pages)"
         self.high = 0
-        self._stop = threading.Event()
+        self._lock = threading.Lock()  # a reset must not be undone by a sample taken before it
         threading.Thread(target=self._sample, name="anon-meter", daemon=True).start()
 
     def _sample(self) -> None:
-        while not self._stop.wait(0.001):
-            self.high = max(self.high, _status_kib("RssAnon") * 1024)
+        while True:
+            time.sleep(0.001)
+            with self._lock:
+                self.high = max(self.high, self.now())
 
     def now(self) -> int:
         return _status_kib("RssAnon") * 1024
 
     def reset(self) -> None:
-        self.high = self.now()
+        with self._lock:
+            self.high = self.now()
 
     def peak(self) -> int:
-        self.high = max(self.high, self.now())
-        return self.high - self.base
+        with self._lock:
+            self.high = max(self.high, self.now())
+            return self.high - self.base
 
 
 # Positions a multiple-choice pass projects onto the vocabulary at the serving shape: a choice of a few tokens
